@@ -1,0 +1,78 @@
+//! The crate's one error type, and how each failure becomes an XMPP error.
+//!
+//! Expected failures (a client's malformed query, an unknown archive id) carry the
+//! XMPP condition the client must see; storage failures carry their cause for the
+//! log but reach the client only as `internal-server-error`, never with internals.
+
+use thiserror::Error;
+
+/// Everything that can go wrong in the archive engine.
+#[derive(Debug, Error)]
+pub enum MamError {
+    /// The client's request is malformed (bad form, bad date, bad JID, wrong FORM_TYPE).
+    #[error("{0}")]
+    BadRequest(String),
+    /// The query form carries a field this server does not know (XEP-0313 §4.1.1: MUST).
+    #[error("{0}")]
+    FeatureNotImplemented(String),
+    /// An archive id named in the query (`after-id`, RSM `after`, …) is not in this archive.
+    #[error("{0}")]
+    ItemNotFound(String),
+    /// The request asks for more than the server allows (e.g. too many `ids`).
+    #[error("{0}")]
+    PolicyViolation(String),
+    /// A configuration option has a value we cannot accept; names the option.
+    #[error("{0}")]
+    Config(String),
+    /// The database failed; the string says which operation.
+    #[error("{context}: {source}")]
+    Storage {
+        context: &'static str,
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// Stored data could not be read back (e.g. an archived stanza that is not XML).
+    #[error("corrupt archive data: {0}")]
+    Corrupt(String),
+}
+
+/// An XMPP stanza error as `util.stanza.error_reply` takes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct XmppError {
+    /// `cancel`, `modify`, `wait`, …
+    pub error_type: &'static str,
+    /// A defined condition of RFC 6120 §8.3.3.
+    pub condition: &'static str,
+    /// Human-readable text for the client; `None` where saying more would leak internals.
+    pub text: Option<String>,
+}
+
+impl MamError {
+    /// Wraps a rusqlite error with the operation that failed.
+    pub fn storage(context: &'static str) -> impl FnOnce(rusqlite::Error) -> MamError {
+        move |source| MamError::Storage { context, source }
+    }
+
+    /// The XMPP error a client sees for this failure.
+    pub fn to_xmpp(&self) -> XmppError {
+        let (error_type, condition, text) = match self {
+            MamError::BadRequest(t) => ("modify", "bad-request", Some(t.clone())),
+            MamError::FeatureNotImplemented(t) => {
+                ("cancel", "feature-not-implemented", Some(t.clone()))
+            }
+            MamError::ItemNotFound(t) => ("cancel", "item-not-found", Some(t.clone())),
+            MamError::PolicyViolation(t) => ("modify", "policy-violation", Some(t.clone())),
+            MamError::Config(_) | MamError::Storage { .. } | MamError::Corrupt(_) => {
+                ("wait", "internal-server-error", None)
+            }
+        };
+        XmppError {
+            error_type,
+            condition,
+            text,
+        }
+    }
+}
+
+/// Shorthand used across the crate.
+pub type Result<T> = std::result::Result<T, MamError>;

@@ -1,0 +1,145 @@
+//! The archive backend boundary.
+//!
+//! Everything above this module speaks in owners, messages, find requests and pages;
+//! nothing above it knows SQL. A backend (SQLite today, PostgreSQL next) implements
+//! [`ArchiveStore`]. Every operation is scoped by [`Owner`] (host, user) and every
+//! index a backend builds leads with it, so an archive shards cleanly by owner.
+
+pub mod schema;
+pub mod sqlite;
+
+use crate::error::Result;
+use crate::policy::Prefs;
+use crate::time::Micros;
+
+/// Whose archive: a local account on a virtual host.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Owner {
+    /// The virtual host (`module.host`), e.g. `example.com`.
+    pub host: String,
+    /// The account's node part, e.g. `juliet`.
+    pub user: String,
+}
+
+impl Owner {
+    pub fn new(host: &str, user: &str) -> Self {
+        Owner {
+            host: host.to_owned(),
+            user: user.to_owned(),
+        }
+    }
+}
+
+/// A message about to be archived.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewMessage {
+    /// The archive id (also the stanza-id), from [`crate::id::new_archive_id`].
+    pub id: String,
+    /// When it was archived, in microseconds.
+    pub when: Micros,
+    /// The bare JID of the other party.
+    pub with_bare: String,
+    /// The other party's resource, when the message was addressed to or from a full JID.
+    pub with_resource: Option<String>,
+    /// The stanza as Prosody serialises it (see [`crate::stanza`]).
+    pub xml: String,
+}
+
+/// A message read back from the archive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchivedMessage {
+    pub id: String,
+    pub when: Micros,
+    pub with_bare: String,
+    pub xml: String,
+}
+
+/// The conversation partner a find is restricted to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WithFilter {
+    /// Bare JID, always present.
+    pub bare: String,
+    /// When the client gave a full JID: only messages with that exact resource match.
+    pub resource: Option<String>,
+}
+
+/// What to read from one owner's archive. All present constraints apply together.
+///
+/// Archive order is (timestamp, insertion order): ties in time keep the order in which
+/// the messages were stored.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FindRequest {
+    pub with: Option<WithFilter>,
+    /// Inclusive lower bound on the timestamp.
+    pub start: Option<Micros>,
+    /// Inclusive upper bound on the timestamp.
+    pub end: Option<Micros>,
+    /// Only messages strictly after each of these ids. An id not in this owner's
+    /// archive makes the find fail with [`crate::error::MamError::ItemNotFound`].
+    pub after: Vec<String>,
+    /// Only messages strictly before each of these ids (same rule for unknown ids).
+    pub before: Vec<String>,
+    /// Only these ids (XEP-0313 extended `ids`); ids not in the archive are simply
+    /// absent from the result.
+    pub ids: Option<Vec<String>>,
+    /// At most this many items.
+    pub limit: usize,
+    /// Newest first (then the page is the *last* `limit` matches). Items still come
+    /// back newest first; the caller decides the order it sends them in.
+    pub reverse: bool,
+    /// Also count all matches of `with`/`start`/`end`/`ids`, ignoring `after`,
+    /// `before` and `limit` (RSM `<count>`).
+    pub total: bool,
+}
+
+/// The result of a find.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Page {
+    /// In the order the request asked for (oldest first, or newest first if reverse).
+    pub items: Vec<ArchivedMessage>,
+    /// Present when the request asked for `total`.
+    pub total: Option<u64>,
+}
+
+/// One end of an archive (XEP-0313 `<metadata>` `start`/`end`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchiveEnd {
+    pub id: String,
+    pub when: Micros,
+}
+
+/// The first and last message of an owner's archive; `None` when it is empty.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchiveBounds {
+    pub first: ArchiveEnd,
+    pub last: ArchiveEnd,
+}
+
+/// A storage backend for message archives and archiving preferences.
+pub trait ArchiveStore: Send {
+    /// Stores one message. With `item_limit = Some(n)`, afterwards the owner keeps at
+    /// most `n` messages: the oldest are removed (never leaving holes) and the new
+    /// message is always kept. Returns how many old messages were removed.
+    fn append(&mut self, owner: &Owner, msg: &NewMessage, item_limit: Option<u64>) -> Result<u64>;
+
+    /// Reads a page of an owner's archive.
+    fn find(&mut self, owner: &Owner, req: &FindRequest) -> Result<Page>;
+
+    /// The first and last message of an owner's archive.
+    fn bounds(&mut self, owner: &Owner) -> Result<Option<ArchiveBounds>>;
+
+    /// An owner's stored preferences; `None` if they never set any.
+    fn get_prefs(&mut self, owner: &Owner) -> Result<Option<Prefs>>;
+
+    /// Replaces an owner's preferences.
+    fn set_prefs(&mut self, owner: &Owner, prefs: &Prefs) -> Result<()>;
+
+    /// Removes an owner's whole archive and preferences (account deletion).
+    /// Returns the number of messages removed.
+    fn delete_user(&mut self, owner: &Owner) -> Result<u64>;
+
+    /// Removes at most `batch` messages older than `cutoff` (strictly before), across
+    /// all owners on `host`, in one short transaction. Returns how many it removed;
+    /// fewer than `batch` means nothing older remains.
+    fn expire_batch(&mut self, host: &str, cutoff: Micros, batch: usize) -> Result<u64>;
+}
