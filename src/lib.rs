@@ -1,9 +1,31 @@
 //! Native engine for Prosody's XEP-0313 Message Archive Management module.
+//!
+//! # Layout
+//! - [`lua_api`]: the only mlua code: the module table, the archive handle, stanza
+//!   conversion between Lua tables and [`stanza::Element`].
+//! - [`archive`]: the engine one handle drives: archiving, queries, prefs, expiry.
+//! - [`config`]: Prosody's options, parsed and validated once at load.
+//! - [`policy`]: what to archive and why; archiving preferences.
+//! - [`query`]: XEP-0313 queries (form, RSM) and their answers.
+//! - [`stanza`]: XML in Prosody's stanza model; parse and serialise.
+//! - [`store`]: the backend boundary and the SQLite backend.
+//! - [`id`], [`time`], [`ns`], [`error`]: archive ids, date-times, namespaces, errors.
 
+pub mod archive;
+pub mod config;
 pub mod error;
 pub mod id;
+pub mod lua_api;
 pub mod ns;
 pub mod policy;
+pub mod query;
 pub mod stanza;
 pub mod store;
 pub mod time;
+
+/// The entry point Prosody's `package.loadlib(path, "luaopen_mam_native")` calls.
+#[cfg(feature = "module")]
+#[mlua::lua_module(name = "mam_native")]
+fn mam_native(lua: &mlua::Lua) -> mlua::Result<mlua::Table> {
+    lua_api::exports(lua)
+}

@@ -1,0 +1,261 @@
+-- prosody-mam-native: XEP-0313 Message Archive Management with a native engine.
+--
+-- This file only wires Prosody's events to the native library (mam_native.so, in
+-- this module's folder). Every decision (what to archive, preferences, queries,
+-- expiry) is made there; see README.md for the options, which are stock mod_mam's.
+
+local st = require "util.stanza";
+local jid_split = require "util.jid".split;
+local jid_bare = require "util.jid".bare;
+local jid_prep = require "util.jid".prep;
+local um = require "core.usermanager";
+local rm_load_roster = require "core.rostermanager".load_roster;
+
+local xmlns_mam = "urn:xmpp:mam:2";
+local xmlns_mam_ext = "urn:xmpp:mam:2#extended";
+local xmlns_st_id = "urn:xmpp:sid:0";
+
+local host = module.host;
+
+-- Load the native engine from our own folder: no lua_cpath changes needed.
+local native_path = module:get_directory() .. "/mam_native.so";
+local luaopen, load_err = package.loadlib(native_path, "luaopen_mam_native");
+if not luaopen then
+	module:log("error", "Could not load the native MAM engine from %s: %s", native_path, tostring(load_err));
+	error("mod_mam: native library missing or incompatible: " .. tostring(load_err));
+end
+local native = luaopen();
+
+-- Every option is read here and validated once, in Rust.
+local options = {};
+for _, name in ipairs(native.option_names) do
+	options[name] = module:get_option(name);
+end
+
+local archive, open_err = native.open {
+	host = host;
+	data_path = prosody.paths.data;
+	options = options;
+	stanza_mt = st.stanza_mt;
+	jid_prep = jid_prep;
+};
+if not archive then
+	module:log("error", "%s", open_err.log);
+	error("mod_mam: " .. open_err.log);
+end
+local config = archive:config();
+module:log("debug", "Archive at %s, expiry %s", config.database_path,
+	config.expires_after and (config.expires_after .. "s") or "never");
+
+local function error_reply(stanza, err)
+	return st.error_reply(stanza, err.type or "wait", err.condition or "internal-server-error", err.text);
+end
+
+local function fail(origin, stanza, what, err)
+	if err.condition == "internal-server-error" or not err.condition then
+		module:log("error", "%s failed: %s", what, err.log);
+	else
+		module:log("debug", "%s rejected: %s", what, err.log);
+	end
+	origin.send(error_reply(stanza, err));
+	return true;
+end
+
+-- Preferences (XEP-0313 §6).
+module:hook("iq/self/" .. xmlns_mam .. ":prefs", function (event)
+	local origin, stanza = event.origin, event.stanza;
+	local set = stanza.attr.type == "set" and stanza.tags[1] or nil;
+	local prefs, err = archive:prefs(origin.username, set);
+	if not prefs then return fail(origin, stanza, "Setting preferences", err); end
+	origin.send(st.reply(stanza):add_child(prefs));
+	return true;
+end);
+
+-- The query form (XEP-0313 §4.1.5).
+module:hook("iq-get/self/" .. xmlns_mam .. ":query", function (event)
+	local origin, stanza = event.origin, event.stanza;
+	local form, err = archive:query_form(origin.username);
+	if not form then return fail(origin, stanza, "Query form", err); end
+	origin.send(st.reply(stanza):add_child(form.tags[1]));
+	return true;
+end);
+
+-- Archive queries (XEP-0313 §4).
+module:hook("iq-set/self/" .. xmlns_mam .. ":query", function (event)
+	local origin, stanza = event.origin, event.stanza;
+	origin.mam_requested = true;
+	local results, fin = archive:query(origin.username, stanza.tags[1], stanza.attr.from, stanza.attr.to);
+	if not results then return fail(origin, stanza, "Archive query", fin); end
+	for i = 1, #results do
+		origin.send(results[i]);
+	end
+	origin.send(st.reply(stanza):add_child(fin));
+	return true;
+end);
+
+-- Archive metadata (XEP-0313 §7).
+module:hook("iq-get/self/" .. xmlns_mam .. ":metadata", function (event)
+	local origin, stanza = event.origin, event.stanza;
+	local metadata, err = archive:metadata(origin.username);
+	if not metadata then return fail(origin, stanza, "Archive metadata", err); end
+	origin.send(st.reply(stanza):add_child(metadata));
+	return true;
+end);
+
+-- Stock's own veto at -1: other modules hooking archive-should-store run first.
+module:hook("archive-should-store", function (event)
+	local should, why = archive:should_store(event.stanza);
+	event.reason = why;
+	return should;
+end, -1);
+
+local function has_in_roster(user, who)
+	local roster = rm_load_roster(user, host);
+	return roster and roster[who] ~= nil;
+end
+
+local function message_handler(event, c2s)
+	local origin, stanza = event.origin, event.stanza;
+	local log = c2s and origin.log or module._log;
+	local orig_from = stanza.attr.from;
+	local orig_to = stanza.attr.to or orig_from;
+	-- Whose archive, and who they are talking with (as addressed: bare or full).
+	local store_user = c2s and origin.username or jid_split(orig_to);
+	local with = c2s and orig_to or orig_from;
+	if not store_user or not with then return; end
+
+	-- Stanza-ids claiming to be from this archive are forgeries: drop them before
+	-- anything else sees, stores or delivers the message.
+	local stripped = archive:strip_forged_ids(stanza, store_user);
+	if stripped then
+		stanza = stripped;
+		event.stanza = stripped;
+	end
+
+	local payload = { stanza = stanza; session = origin };
+	if not module:fire_event("archive-should-store", payload) then
+		log("debug", "Not archiving stanza: %s (%s)", stanza:top_tag(), payload.reason);
+		return;
+	end
+	if not um.user_exists(store_user, host) then
+		log("debug", "Not archiving stanza: %s (no such user)", stanza:top_tag());
+		return;
+	end
+	local rule, rule_err = archive:rule(store_user, with);
+	if not rule then
+		log("error", "Could not read archiving preferences of %s: %s", store_user, rule_err.log);
+		return;
+	end
+	if rule == "roster" then
+		rule = has_in_roster(store_user, jid_bare(with)) and "store" or "skip";
+	end
+	if rule ~= "store" then
+		log("debug", "Not archiving stanza: %s (prefs)", stanza:top_tag());
+		return;
+	end
+
+	local id, delivered, stored = archive:append(store_user, with, stanza);
+	if not id then
+		local err = delivered;
+		if err.empty then
+			log("debug", "Not archiving stanza: %s (empty when stripped)", stanza:top_tag());
+		else
+			log("error", "Could not archive stanza: %s", err.log);
+		end
+		return;
+	end
+	log("debug", "Archived stanza: %s (%s) as %s", stanza:top_tag(), payload.reason, id);
+	event.stanza = delivered;
+	module:fire_event("archive-message-added", { origin = origin, stanza = stored, for_user = store_user, id = id });
+end
+
+local function c2s_message_handler(event)
+	return message_handler(event, true);
+end
+
+-- Stanza-ids naming the sender's own archive leave the server only via carbons
+-- (-0.5): strip them after other handlers, before routing (stock's priority -1).
+local function strip_outgoing_stanza_id(event)
+	local stripped = archive:strip_forged_ids(event.stanza, event.origin.username);
+	if stripped then
+		event.stanza = stripped;
+	end
+end
+module:hook("pre-message/bare", strip_outgoing_stanza_id, -1);
+module:hook("pre-message/full", strip_outgoing_stanza_id, -1);
+
+-- Archived messages that mod_offline did not take are not lost: no bounce.
+module:hook("message/offline/handle", function (event)
+	local user = event.username .. "@" .. host;
+	if event.stanza:get_child_with_attr("stanza-id", xmlns_st_id, "by", user) then
+		return true;
+	end
+end, -2);
+
+-- A client that queried the archive fetches history itself: no offline flood.
+module:hook("message/offline/broadcast", function (event)
+	if event.origin.mam_requested then
+		return true;
+	end
+end);
+
+module:hook("pre-message/bare", c2s_message_handler, 0);
+module:hook("pre-message/full", c2s_message_handler, 0);
+module:hook("message/bare", message_handler, 0);
+module:hook("message/full", message_handler, 0);
+
+module:hook("account-disco-info", function (event)
+	local reply = event.reply or event.stanza;
+	reply:tag("feature", { var = xmlns_mam }):up();
+	reply:tag("feature", { var = xmlns_mam_ext }):up();
+	reply:tag("feature", { var = xmlns_st_id }):up();
+end);
+
+-- Account deletion takes the archive and preferences with it.
+module:hook_global("user-deleted", function (event)
+	if event.host ~= host then return; end
+	local deleted, err = archive:delete_user(event.username);
+	if deleted then
+		module:log("info", "Deleted archive of %s@%s (%d messages)", event.username, host, deleted);
+	else
+		module:log("error", "Could not delete archive of %s@%s: %s", event.username, host, err.log);
+	end
+end);
+
+-- Expiry: every archive_cleanup_interval, delete in small batches, each its own short
+-- transaction, yielding to the event loop between batches.
+local expiry_batch = 500;
+local expiry_running = false;
+local function expire_step(total)
+	local deleted, err = archive:expire_batch(expiry_batch);
+	if not deleted then
+		module:log("error", "Expiry failed: %s", err.log);
+		expiry_running = false;
+		return;
+	end
+	total = total + deleted;
+	if deleted >= expiry_batch then
+		module:add_timer(0.001, function () expire_step(total); end);
+		return;
+	end
+	expiry_running = false;
+	if total > 0 then
+		module:log("info", "Deleted %d expired messages", total);
+	end
+end
+
+if config.expires_after then
+	module:add_timer(1, function ()
+		if not expiry_running then
+			expiry_running = true;
+			expire_step(0);
+		end
+		return config.cleanup_interval;
+	end);
+else
+	module:log("debug", "Archive expiry disabled");
+end
+
+function module.unload()
+	archive:close();
+end

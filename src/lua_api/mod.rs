@@ -1,0 +1,311 @@
+//! The Lua API boundary: the only place that knows about mlua besides the stanza
+//! conversion in [`stanza_lua`]. Each export converts its Lua arguments, calls the
+//! plain-Rust [`Archive`], and converts the answer back.
+//!
+//! Conventions (Prosody's): expected failures return `nil, err` where `err` is a table
+//! `{ type = …, condition = …, text = …, log = … }` ready for `st.error_reply` (and
+//! `log` for the module log, never sent to clients); bugs raise Lua errors.
+
+pub mod stanza_lua;
+
+use mlua::{
+    Function, Lua, MultiValue, Result as LuaResult, Table, UserData, UserDataMethods,
+    Value,
+};
+
+use crate::archive::{Archive, NotStored};
+use crate::config::{Config, RawValue};
+use crate::error::MamError;
+use crate::policy::{self, Rule};
+use crate::query;
+use crate::stanza::Element;
+
+use stanza_lua::{element_from_lua, element_to_lua};
+
+/// Every option name the module reads, so the shim can pass them all at once.
+pub const OPTION_NAMES: &[&str] = &[
+    "archive_expires_after",
+    "archive_cleanup_interval",
+    "max_archive_query_results",
+    "default_archive_policy",
+    "dont_archive_namespaces",
+    "mam_smart_enable",
+    "mam_include_total",
+    "archive_store",
+    "storage_archive_item_limit",
+    "mam_database",
+];
+
+/// The handle the shim holds: one open archive for one virtual host.
+struct ArchiveHandle {
+    /// `None` once closed (module unload), so a late call fails cleanly.
+    archive: Option<Archive>,
+    /// `util.stanza`'s metatable, given to every stanza we build.
+    stanza_mt: Table,
+    /// `util.jid.prep`, so JIDs are normalised exactly as Prosody does.
+    jid_prep: Function,
+}
+
+fn closed() -> mlua::Error {
+    mlua::Error::runtime("mam_native: archive handle used after close()")
+}
+
+impl ArchiveHandle {
+    fn archive(&mut self) -> LuaResult<&mut Archive> {
+        self.archive.as_mut().ok_or_else(closed)
+    }
+
+    fn to_lua(&self, lua: &Lua, el: &Element) -> LuaResult<Table> {
+        element_to_lua(lua, el, &self.stanza_mt)
+    }
+}
+
+/// `nil, err` for an expected failure.
+fn failure(lua: &Lua, err: &MamError) -> LuaResult<MultiValue> {
+    let x = err.to_xmpp();
+    let t = lua.create_table()?;
+    t.raw_set("type", x.error_type)?;
+    t.raw_set("condition", x.condition)?;
+    if let Some(text) = x.text {
+        t.raw_set("text", text)?;
+    }
+    t.raw_set("log", err.to_string())?;
+    Ok(MultiValue::from_iter([Value::Nil, Value::Table(t)]))
+}
+
+fn values<const N: usize>(items: [Value; N]) -> MultiValue {
+    MultiValue::from_iter(items)
+}
+
+/// Calls `util.jid.prep` from Rust: `Some(prepped)` or `None` if invalid.
+fn prep_with(f: &Function) -> impl Fn(&str) -> Option<String> + '_ {
+    move |s: &str| f.call::<Option<String>>(s).ok().flatten()
+}
+
+fn raw_value(v: Value) -> Option<RawValue> {
+    match v {
+        Value::Nil => None,
+        Value::Boolean(b) => Some(RawValue::Bool(b)),
+        Value::Integer(i) => Some(RawValue::Number(i as f64)),
+        Value::Number(n) => Some(RawValue::Number(n)),
+        Value::String(s) => Some(RawValue::String(s.to_string_lossy())),
+        Value::Table(t) => {
+            // A Lua array of strings, or a set (string keys mapping to true), or a
+            // Prosody util.set (its items live in the `_items` table).
+            let source = match t.raw_get::<Value>("_items") {
+                Ok(Value::Table(items)) => items,
+                _ => t,
+            };
+            let mut out = Vec::new();
+            for pair in source.pairs::<Value, Value>() {
+                match pair {
+                    Ok((Value::Integer(_), Value::String(s))) => out.push(s.to_string_lossy()),
+                    Ok((Value::String(s), Value::Boolean(true))) => out.push(s.to_string_lossy()),
+                    _ => {}
+                }
+            }
+            out.sort();
+            Some(RawValue::List(out))
+        }
+        _ => Some(RawValue::String(format!("<{}>", v.type_name()))),
+    }
+}
+
+/// `native.open{ host =, data_path =, options = {…}, stanza_mt =, jid_prep = }`
+fn open(lua: &Lua, args: Table) -> LuaResult<MultiValue> {
+    let host: String = args.get("host")?;
+    let data_path: String = args.get("data_path")?;
+    let options: Table = args.get("options")?;
+    let stanza_mt: Table = args.get("stanza_mt")?;
+    let jid_prep: Function = args.get("jid_prep")?;
+    let source = |name: &str| raw_value(options.get::<Value>(name).unwrap_or(Value::Nil));
+    let config = match Config::from_options(&host, &data_path, &source) {
+        Ok(c) => c,
+        Err(e) => return failure(lua, &e),
+    };
+    let archive = match Archive::open(config) {
+        Ok(a) => a,
+        Err(e) => return failure(lua, &e),
+    };
+    let handle = ArchiveHandle {
+        archive: Some(archive),
+        stanza_mt,
+        jid_prep,
+    };
+    Ok(values([Value::UserData(lua.create_userdata(handle)?)]))
+}
+
+/// The validated configuration as a Lua table, for the shim's timers and logs.
+fn config_table(lua: &Lua, c: &Config) -> LuaResult<Table> {
+    let t = lua.create_table()?;
+    if let Some(secs) = c.expires_after {
+        t.raw_set("expires_after", secs)?;
+    }
+    t.raw_set("cleanup_interval", c.cleanup_interval)?;
+    t.raw_set("max_results", c.max_results)?;
+    t.raw_set("default_policy", c.default_policy.as_str())?;
+    t.raw_set("smart_enable", c.smart_enable)?;
+    t.raw_set("include_total", c.include_total)?;
+    t.raw_set("database_path", c.database_path.to_string_lossy().into_owned())?;
+    if let Some(limit) = c.item_limit {
+        t.raw_set("item_limit", limit)?;
+    }
+    Ok(t)
+}
+
+impl UserData for ArchiveHandle {
+    fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
+        methods.add_method_mut("config", |lua, this, ()| {
+            let archive = this.archive()?;
+            config_table(lua, archive.config())
+        });
+
+        // strip_forged_ids(stanza, user) -> new stanza, or nil if nothing was forged.
+        methods.add_method_mut("strip_forged_ids", |lua, this, (stanza, user): (Table, String)| {
+            let mut el = element_from_lua(&stanza)?;
+            if this.archive()?.strip_forged_ids(&mut el, &user) {
+                Ok(Value::Table(this.to_lua(lua, &el)?))
+            } else {
+                Ok(Value::Nil)
+            }
+        });
+
+        // should_store(stanza) -> boolean, reason
+        methods.add_method("should_store", |_, _, stanza: Table| {
+            let el = element_from_lua(&stanza)?;
+            let (store, reason) = policy::should_store(&el);
+            Ok((store, reason))
+        });
+
+        // rule(user, with_jid) -> "store" | "skip" | "roster"
+        methods.add_method_mut("rule", |lua, this, (user, with): (String, String)| {
+            match this.archive()?.rule(&user, &with) {
+                Ok(Rule::Store) => Ok(values([Value::String(lua.create_string("store")?)])),
+                Ok(Rule::Skip) => Ok(values([Value::String(lua.create_string("skip")?)])),
+                Ok(Rule::IfInRoster) => Ok(values([Value::String(lua.create_string("roster")?)])),
+                Err(e) => failure(lua, &e),
+            }
+        });
+
+        // append(user, with_jid, stanza) -> id, delivered, stored | nil, err
+        methods.add_method_mut(
+            "append",
+            |lua, this, (user, with, stanza): (String, String, Table)| {
+                let el = element_from_lua(&stanza)?;
+                match this.archive()?.append(&user, &with, &el) {
+                    Ok(Ok(appended)) => Ok(values([
+                        Value::String(lua.create_string(&appended.id)?),
+                        Value::Table(this.to_lua(lua, &appended.delivered)?),
+                        Value::Table(this.to_lua(lua, &appended.stored)?),
+                    ])),
+                    Ok(Err(NotStored::EmptyWhenStripped)) => {
+                        let t = lua.create_table()?;
+                        t.raw_set("log", "empty when stripped")?;
+                        t.raw_set("empty", true)?;
+                        Ok(values([Value::Nil, Value::Table(t)]))
+                    }
+                    Err(e) => failure(lua, &e),
+                }
+            },
+        );
+
+        // query_form(user) -> <query> with the form
+        methods.add_method_mut("query_form", |lua, this, user: String| {
+            match this.archive()?.query_form(&user) {
+                Ok(el) => Ok(values([Value::Table(this.to_lua(lua, &el)?)])),
+                Err(e) => failure(lua, &e),
+            }
+        });
+
+        // query(user, query_el, reply_to, reply_from) -> { result messages }, fin, count | nil, err
+        methods.add_method_mut(
+            "query",
+            |lua, this, (user, query_el, to, from): (String, Table, Option<String>, Option<String>)| {
+                let el = element_from_lua(&query_el)?;
+                let jid_prep = this.jid_prep.clone();
+                let prep = prep_with(&jid_prep);
+                let (query_id, answer) = match this.archive()?.query(&user, &el, &prep) {
+                    Ok(r) => r,
+                    Err(e) => return failure(lua, &e),
+                };
+                let results = lua.create_table_with_capacity(answer.items.len(), 0)?;
+                for msg in &answer.items {
+                    let result = match query::result_element(query_id.as_deref(), msg) {
+                        Ok(r) => r,
+                        Err(e) => return failure(lua, &e),
+                    };
+                    let mut wrapper = Element::new("message");
+                    if let Some(to) = &to {
+                        wrapper.set_attr("to", to);
+                    }
+                    if let Some(from) = &from {
+                        wrapper.set_attr("from", from);
+                    }
+                    wrapper.push(result);
+                    results.raw_push(this.to_lua(lua, &wrapper)?)?;
+                }
+                Ok(values([
+                    Value::Table(results),
+                    Value::Table(this.to_lua(lua, &answer.fin)?),
+                ]))
+            },
+        );
+
+        // metadata(user) -> <metadata> | nil, err
+        methods.add_method_mut("metadata", |lua, this, user: String| {
+            match this.archive()?.metadata(&user) {
+                Ok(el) => Ok(values([Value::Table(this.to_lua(lua, &el)?)])),
+                Err(e) => failure(lua, &e),
+            }
+        });
+
+        // prefs(user, prefs_el_or_nil) -> <prefs> | nil, err
+        methods.add_method_mut("prefs", |lua, this, (user, set): (String, Option<Table>)| {
+            let set_el = match set {
+                Some(t) => Some(element_from_lua(&t)?),
+                None => None,
+            };
+            let jid_prep = this.jid_prep.clone();
+            let prep = prep_with(&jid_prep);
+            match this.archive()?.prefs_iq(&user, set_el.as_ref(), &prep) {
+                Ok(el) => Ok(values([Value::Table(this.to_lua(lua, &el)?)])),
+                Err(e) => failure(lua, &e),
+            }
+        });
+
+        // expire_batch(n) -> deleted | nil, err
+        methods.add_method_mut("expire_batch", |lua, this, batch: usize| {
+            match this.archive()?.expire_batch(batch) {
+                Ok(n) => Ok(values([Value::Integer(n as i64)])),
+                Err(e) => failure(lua, &e),
+            }
+        });
+
+        // delete_user(user) -> deleted | nil, err
+        methods.add_method_mut("delete_user", |lua, this, user: String| {
+            match this.archive()?.delete_user(&user) {
+                Ok(n) => Ok(values([Value::Integer(n as i64)])),
+                Err(e) => failure(lua, &e),
+            }
+        });
+
+        // close(): releases the database; later calls raise.
+        methods.add_method_mut("close", |_, this, ()| {
+            this.archive = None;
+            Ok(())
+        });
+    }
+}
+
+/// Builds the module table: `require "mam_native"` / `luaopen_mam_native`.
+pub fn exports(lua: &Lua) -> LuaResult<Table> {
+    let t = lua.create_table()?;
+    t.set("open", lua.create_function(open)?)?;
+    t.set("version", env!("CARGO_PKG_VERSION"))?;
+    let names = lua.create_table()?;
+    for name in OPTION_NAMES {
+        names.raw_push(*name)?;
+    }
+    t.set("option_names", names)?;
+    Ok(t)
+}
