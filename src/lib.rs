@@ -2,6 +2,7 @@
 
 pub mod error;
 pub mod id;
+pub mod lua_api;
 pub mod ns;
 pub mod policy;
 pub mod stanza;
