@@ -79,7 +79,10 @@ mod tests {
 
     #[test]
     fn formats_whole_seconds_like_stock_and_keeps_microseconds() {
-        assert_eq!(format_datetime(1_275_868_800_000_000), "2010-06-07T00:00:00Z");
+        assert_eq!(
+            format_datetime(1_275_868_800_000_000),
+            "2010-06-07T00:00:00Z"
+        );
         assert_eq!(
             format_datetime(1_275_868_800_123_456),
             "2010-06-07T00:00:00.123456Z"
