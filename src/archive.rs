@@ -228,3 +228,134 @@ impl Archive {
         self.store.delete_user(&self.owner(user))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RawValue;
+    use crate::stanza::parse_xml;
+    use std::sync::atomic::{AtomicI64, Ordering};
+
+    /// A clock tests move by hand.
+    struct ManualClock(AtomicI64);
+
+    impl Clock for ManualClock {
+        fn now_micros(&self) -> i64 {
+            self.0.load(Ordering::SeqCst)
+        }
+    }
+
+    const T0: i64 = 1_700_000_000_000_000;
+
+    fn archive_with(pairs: &[(&str, RawValue)]) -> (Archive, Arc<ManualClock>) {
+        let map: HashMap<String, RawValue> =
+            pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+        let config =
+            Config::from_options("localhost", "/tmp", &move |n: &str| map.get(n).cloned()).unwrap();
+        let clock = Arc::new(ManualClock(AtomicI64::new(T0)));
+        let store = SqliteStore::open_in_memory().unwrap();
+        (
+            Archive::with_store(config, Box::new(store), clock.clone()),
+            clock,
+        )
+    }
+
+    fn prep(s: &str) -> Option<String> {
+        Some(s.to_lowercase())
+    }
+
+    fn chat(body: &str) -> Element {
+        parse_xml(&format!(
+            "<message type='chat' to='juliet@localhost' from='romeo@montague.lit/orchard'><body>{body}</body></message>"
+        ))
+        .unwrap()
+    }
+
+    fn query_all(a: &mut Archive, user: &str) -> Vec<String> {
+        let q = parse_xml("<query xmlns='urn:xmpp:mam:2'/>").unwrap();
+        let (_, answer) = a.query(user, &q, &prep).unwrap();
+        answer.items.into_iter().map(|m| m.id).collect()
+    }
+
+    #[test]
+    fn appended_messages_come_back_in_order_with_their_ids() {
+        let (mut a, clock) = archive_with(&[]);
+        let mut ids = Vec::new();
+        for i in 0..3 {
+            clock.0.fetch_add(1, Ordering::SeqCst);
+            let appended = a
+                .append("juliet", "romeo@montague.lit/orchard", &chat(&i.to_string()))
+                .unwrap()
+                .unwrap();
+            let sid = appended.delivered.get_child("stanza-id", Some(ns::STANZA_ID)).unwrap();
+            assert_eq!(sid.attr("id"), Some(appended.id.as_str()));
+            assert_eq!(sid.attr("by"), Some("juliet@localhost"));
+            ids.push(appended.id);
+        }
+        assert_eq!(query_all(&mut a, "juliet"), ids);
+        assert!(query_all(&mut a, "romeo").is_empty());
+    }
+
+    #[test]
+    fn a_message_of_only_chat_states_is_not_stored() {
+        let (mut a, _) = archive_with(&[]);
+        let m = parse_xml("<message to='juliet@localhost'><composing xmlns='http://jabber.org/protocol/chatstates'/></message>").unwrap();
+        assert_eq!(
+            a.append("juliet", "romeo@montague.lit", &m).unwrap(),
+            Err(NotStored::EmptyWhenStripped)
+        );
+    }
+
+    #[test]
+    fn smart_enable_archives_nothing_until_a_mam_client_appears() {
+        let (mut a, _) = archive_with(&[("mam_smart_enable", RawValue::Bool(true))]);
+        assert_eq!(a.rule("juliet", "romeo@montague.lit").unwrap(), Rule::Skip);
+        a.query_form("juliet").unwrap();
+        assert_eq!(a.rule("juliet", "romeo@montague.lit").unwrap(), Rule::Store);
+    }
+
+    #[test]
+    fn roster_default_policy_defers_to_the_roster() {
+        let (mut a, _) = archive_with(&[("default_archive_policy", RawValue::String("roster".into()))]);
+        assert_eq!(a.rule("juliet", "romeo@montague.lit/x").unwrap(), Rule::IfInRoster);
+    }
+
+    #[test]
+    fn expiry_removes_only_messages_older_than_the_window() {
+        let (mut a, clock) = archive_with(&[("archive_expires_after", RawValue::String("1d".into()))]);
+        a.append("juliet", "romeo@montague.lit", &chat("old")).unwrap().unwrap();
+        clock.0.fetch_add(2 * 86_400 * 1_000_000, Ordering::SeqCst);
+        let new = a.append("juliet", "romeo@montague.lit", &chat("new")).unwrap().unwrap();
+        assert_eq!(a.expire_batch(100).unwrap(), 1);
+        assert_eq!(a.expire_batch(100).unwrap(), 0);
+        assert_eq!(query_all(&mut a, "juliet"), vec![new.id]);
+    }
+
+    #[test]
+    fn never_expiring_archives_are_not_expired() {
+        let (mut a, clock) = archive_with(&[("archive_expires_after", RawValue::String("never".into()))]);
+        a.append("juliet", "romeo@montague.lit", &chat("old")).unwrap().unwrap();
+        clock.0.fetch_add(400 * 86_400 * 1_000_000, Ordering::SeqCst);
+        assert_eq!(a.expire_batch(100).unwrap(), 0);
+        assert_eq!(query_all(&mut a, "juliet").len(), 1);
+    }
+
+    #[test]
+    fn metadata_of_an_empty_archive_is_empty() {
+        let (mut a, _) = archive_with(&[]);
+        assert_eq!(
+            to_xml(&a.metadata("juliet").unwrap()),
+            "<metadata xmlns='urn:xmpp:mam:2'/>"
+        );
+    }
+
+    #[test]
+    fn deleting_a_user_forgets_their_prefs_too() {
+        let (mut a, _) = archive_with(&[]);
+        let set = parse_xml("<prefs xmlns='urn:xmpp:mam:2' default='never'/>").unwrap();
+        a.prefs_iq("juliet", Some(&set), &prep).unwrap();
+        assert_eq!(a.rule("juliet", "romeo@montague.lit").unwrap(), Rule::Skip);
+        a.delete_user("juliet").unwrap();
+        assert_eq!(a.rule("juliet", "romeo@montague.lit").unwrap(), Rule::Store);
+    }
+}

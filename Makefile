@@ -1,0 +1,46 @@
+# prosody-mam-native: build the Prosody plugin, run a demo server, run the tests.
+#
+#   make plugin   -> target/prosody-plugin/mod_mam/ (mod_mam.lua + mam_native.so)
+#   make run      -> a loopback Prosody with the module and two demo accounts
+#   make test     -> the whole suite (Rust unit tests, Lua load test, end-to-end)
+
+PLUGIN_DIR := target/prosody-plugin/mod_mam
+LIB := target/release/libmam_native.so
+
+.PHONY: all deps plugin run test unit-test lint lua-test e2e-test clean
+
+all: plugin
+
+deps:
+	@scripts/ensure-deps.sh
+
+$(LIB): Cargo.toml $(shell find src -name '*.rs')
+	cargo build --release
+
+plugin: deps $(LIB)
+	mkdir -p $(PLUGIN_DIR)
+	cp lua/mod_mam/*.lua $(PLUGIN_DIR)/
+	cp $(LIB) $(PLUGIN_DIR)/mam_native.so
+
+run: plugin
+	prosody-test-env/run.sh
+
+# The Rust unit tests link their own Lua (the `module` build cannot link a test binary).
+unit-test: deps
+	cargo test --no-default-features --features vendored
+
+lint:
+	cargo fmt --check
+	cargo clippy --all-targets -- -D warnings
+	cargo clippy --no-default-features --features vendored --all-targets -- -D warnings
+
+lua-test: plugin
+	lua5.4 tests/lua/load_test.lua $(PLUGIN_DIR)
+
+e2e-test: plugin
+	python3 -m pytest tests/e2e -q
+
+test: deps lint unit-test lua-test e2e-test
+
+clean:
+	cargo clean

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Installs what building, running and testing need, only when it is missing:
+# Debian's prosody (0.12, Lua 5.4), lua5.4, lua-dbi-sqlite3 and sqlite3 via apt-get,
+# and the Python test client (slixmpp, pytest) via pip. Crates come via cargo.
+set -euo pipefail
+
+need=()
+for pkg in prosody lua5.4 lua-dbi-sqlite3 sqlite3 python3-pip; do
+	if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
+		need+=("$pkg")
+	fi
+done
+# python3-pip is only needed when no pip is on the machine already.
+if python3 -m pip --version >/dev/null 2>&1; then
+	need=("${need[@]/python3-pip/}")
+fi
+need=($(printf '%s\n' "${need[@]}" | grep -v '^$' || true))
+
+if [ "${#need[@]}" -gt 0 ]; then
+	echo "Installing Debian packages: ${need[*]}"
+	SUDO=""
+	[ "$(id -u)" -ne 0 ] && SUDO="sudo"
+	# Keep the package's own system service from starting (it would listen on
+	# every interface with /etc/prosody's config): we only run private instances.
+	policy_created=""
+	if [ ! -e /usr/sbin/policy-rc.d ]; then
+		printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
+		$SUDO chmod +x /usr/sbin/policy-rc.d
+		policy_created=1
+	fi
+	$SUDO apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+	[ -n "$policy_created" ] && $SUDO rm -f /usr/sbin/policy-rc.d
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+	echo "cargo (the Rust toolchain) is required: install it with rustup or apt-get install cargo" >&2
+	exit 1
+fi
+
+if ! python3 -c "import slixmpp, pytest" >/dev/null 2>&1; then
+	echo "Installing Python test dependencies"
+	python3 -m pip install -q -r tests/e2e/requirements.txt
+fi

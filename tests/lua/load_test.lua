@@ -1,0 +1,171 @@
+-- Loads the built plugin's native library from a real lua5.4 exactly as the Prosody
+-- shim does (package.loadlib on the .so in the module folder), with Prosody's own
+-- util.stanza and util.jid, and checks the whole Lua API round trip.
+--
+-- usage: lua5.4 tests/lua/load_test.lua target/prosody-plugin/mod_mam
+
+local plugin_dir = assert(arg[1], "usage: load_test.lua <plugin dir>");
+package.path = "/usr/lib/prosody/?.lua;" .. package.path;
+package.cpath = "/usr/lib/prosody/?.so;" .. package.cpath;
+
+local st = require "util.stanza";
+local jid_prep = require "util.jid".prep;
+
+local passed, failed = 0, 0;
+local function check(name, fn)
+	local ok, err = pcall(fn);
+	if ok then
+		passed = passed + 1;
+		print("ok   " .. name);
+	else
+		failed = failed + 1;
+		print("FAIL " .. name .. ": " .. tostring(err));
+	end
+end
+
+local function eq(a, b, what)
+	if a ~= b then
+		error(string.format("%s: expected %q, got %q", what or "value", tostring(b), tostring(a)), 2);
+	end
+end
+
+local luaopen = assert(package.loadlib(plugin_dir .. "/mam_native.so", "luaopen_mam_native"));
+local native = luaopen();
+
+local tmp = os.tmpname();
+os.remove(tmp);
+assert(os.execute("mkdir -p " .. tmp));
+
+local function open(options)
+	return native.open {
+		host = "localhost";
+		data_path = tmp;
+		options = options or {};
+		stanza_mt = st.stanza_mt;
+		jid_prep = jid_prep;
+	};
+end
+
+check("the library exports open, version and the option names", function ()
+	eq(type(native.open), "function");
+	eq(type(native.version), "string");
+	local names = {};
+	for _, n in ipairs(native.option_names) do names[n] = true; end
+	assert(names.archive_expires_after and names.max_archive_query_results, "option names");
+end);
+
+check("an invalid option is refused with a message naming it", function ()
+	local archive, err = open { archive_expires_after = "soon" };
+	eq(archive, nil);
+	assert(err.log:find("archive_expires_after", 1, true), err.log);
+end);
+
+local archive = assert(open { archive_expires_after = "1w" });
+
+check("config reports the validated options", function ()
+	local c = archive:config();
+	eq(c.expires_after, 7 * 86400, "expires_after");
+	eq(c.max_results, 50, "max_results");
+	eq(c.database_path, tmp .. "/mam_archive.sqlite", "database_path");
+end);
+
+local msg = st.message({ to = "juliet@localhost", from = "romeo@montague.lit/orchard", type = "chat", id = "m1" })
+	:text_tag("body", "Wherefore art thou?")
+	:tag("active", { xmlns = "http://jabber.org/protocol/chatstates" }):up();
+
+check("should_store applies the stock rules", function ()
+	local ok, why = archive:should_store(msg);
+	eq(ok, true); eq(why, "body");
+	local ok2, why2 = archive:should_store(st.message({ type = "headline" }):text_tag("body", "x"));
+	eq(ok2, false); eq(why2, "headline");
+end);
+
+local stored_id;
+check("append returns the id, the delivered copy with stanza-id and the stored copy", function ()
+	local id, delivered, stored = archive:append("juliet", "romeo@montague.lit/orchard", msg);
+	assert(type(id) == "string" and #id == 26, "id " .. tostring(id));
+	eq(getmetatable(delivered), st.stanza_mt, "delivered is a stanza");
+	local sid = delivered:get_child("stanza-id", "urn:xmpp:sid:0");
+	eq(sid.attr.id, id); eq(sid.attr.by, "juliet@localhost");
+	assert(delivered:get_child("active", "http://jabber.org/protocol/chatstates"), "delivered keeps chat state");
+	eq(stored:get_child("active", "http://jabber.org/protocol/chatstates"), nil, "stored copy strips chat state");
+	eq(stored:get_child_text("body"), "Wherefore art thou?");
+	stored_id = id;
+end);
+
+check("a forged stanza-id is stripped into a new stanza", function ()
+	local forged = st.clone(msg):tag("stanza-id", { xmlns = "urn:xmpp:sid:0", by = "juliet@localhost", id = "forged" }):up();
+	local stripped = archive:strip_forged_ids(forged, "juliet");
+	assert(stripped, "expected a stripped copy");
+	eq(stripped:get_child("stanza-id", "urn:xmpp:sid:0"), nil);
+	eq(archive:strip_forged_ids(msg, "juliet"), nil, "nothing to strip");
+end);
+
+check("a query returns result messages as Prosody stanzas and a fin", function ()
+	local q = st.stanza("query", { xmlns = "urn:xmpp:mam:2", queryid = "q1" });
+	local results, fin = archive:query("juliet", q, "juliet@localhost/balcony", "juliet@localhost");
+	assert(results, fin and fin.log);
+	eq(#results, 1, "result count");
+	local r = results[1];
+	eq(getmetatable(r), st.stanza_mt);
+	eq(r.attr.to, "juliet@localhost/balcony");
+	local result = r:get_child("result", "urn:xmpp:mam:2");
+	eq(result.attr.id, stored_id); eq(result.attr.queryid, "q1");
+	local fwd = result:get_child("forwarded", "urn:xmpp:forward:0");
+	local inner = fwd:get_child("message", "jabber:client");
+	eq(inner:get_child_text("body"), "Wherefore art thou?");
+	eq(fin.name, "fin"); eq(fin.attr.complete, "true");
+	eq(fin:find("{http://jabber.org/protocol/rsm}set/count#"), "1");
+	-- Prosody can serialise what we built.
+	assert(tostring(r):find("Wherefore art thou?", 1, true));
+end);
+
+check("a query with an unknown field is feature-not-implemented", function ()
+	local q = st.stanza("query", { xmlns = "urn:xmpp:mam:2" })
+		:tag("x", { xmlns = "jabber:x:data", type = "submit" })
+			:tag("field", { var = "FORM_TYPE" }):text_tag("value", "urn:xmpp:mam:2"):up()
+			:tag("field", { var = "fulltext" }):text_tag("value", "hi"):up();
+	local results, err = archive:query("juliet", q);
+	eq(results, nil); eq(err.condition, "feature-not-implemented"); eq(err.type, "cancel");
+end);
+
+check("an unknown after-id is item-not-found", function ()
+	local q = st.stanza("query", { xmlns = "urn:xmpp:mam:2" })
+		:tag("set", { xmlns = "http://jabber.org/protocol/rsm" }):text_tag("after", "nope");
+	local results, err = archive:query("juliet", q);
+	eq(results, nil); eq(err.condition, "item-not-found");
+end);
+
+check("metadata names the first and last message", function ()
+	local md = archive:metadata("juliet");
+	eq(md:get_child("start").attr.id, stored_id);
+	eq(md:get_child("end").attr.id, stored_id);
+	eq(#archive:metadata("nobody").tags, 0, "empty archive");
+end);
+
+check("prefs round trip with JIDs normalised by util.jid.prep", function ()
+	local set = st.stanza("prefs", { xmlns = "urn:xmpp:mam:2", default = "roster" })
+		:tag("always"):text_tag("jid", "Romeo@Montague.lit"):up()
+		:tag("never"):text_tag("jid", "tybalt@capulet.lit"):up();
+	local prefs = assert(archive:prefs("juliet", set));
+	eq(prefs.attr.default, "roster");
+	eq(prefs:find("always/jid#"), "romeo@montague.lit");
+	eq(archive:rule("juliet", "tybalt@capulet.lit/x"), "skip");
+	eq(archive:rule("juliet", "romeo@montague.lit"), "store");
+	eq(archive:rule("juliet", "nurse@capulet.lit"), "roster");
+end);
+
+check("delete_user empties the archive", function ()
+	eq(archive:delete_user("juliet"), 1);
+	eq(#archive:metadata("juliet").tags, 0);
+end);
+
+check("a closed handle raises instead of crashing", function ()
+	archive:close();
+	local ok = pcall(archive.metadata, archive, "juliet");
+	eq(ok, false);
+end);
+
+os.execute("rm -rf " .. tmp);
+print(string.format("%d passed, %d failed", passed, failed));
+os.exit(failed == 0 and 0 or 1);
