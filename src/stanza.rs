@@ -701,9 +701,10 @@ mod tests {
             .with_attr("to", "juliet@capulet.lit/balcony")
             .with_attr("from", "romeo@montague.lit/orchard")
             .with_attr("type", "chat")
-            .with_child(Element::new("body").with_text(
-                "Call me but love, and I'll be married ere the morning light.",
-            ));
+            .with_child(
+                Element::new("body")
+                    .with_text("Call me but love, and I'll be married ere the morning light."),
+            );
         assert_eq!(
             to_xml(&el),
             "<message to='juliet@capulet.lit/balcony' from='romeo@montague.lit/orchard' type='chat'><body>Call me but love, and I&apos;ll be married ere the morning light.</body></message>"
@@ -714,7 +715,10 @@ mod tests {
     fn a_childless_element_is_self_closed() {
         assert_eq!(to_xml(&Element::new("x")), "<x/>");
         assert_eq!(
-            to_xml(&Element::with_ns("active", "http://jabber.org/protocol/chatstates")),
+            to_xml(&Element::with_ns(
+                "active",
+                "http://jabber.org/protocol/chatstates"
+            )),
             "<active xmlns='http://jabber.org/protocol/chatstates'/>"
         );
     }
@@ -757,7 +761,10 @@ mod tests {
         // of <c>, and writes c's xmlns even though it is the namespace <b> inherited.
         let el = Element::with_ns("a", "urn:a")
             .with_child(Element::new("b").with_child(Element::with_ns("c", "urn:a")));
-        assert_eq!(to_xml(&el), "<a xmlns='urn:a'><b><c xmlns='urn:a'/></b></a>");
+        assert_eq!(
+            to_xml(&el),
+            "<a xmlns='urn:a'><b><c xmlns='urn:a'/></b></a>"
+        );
     }
 
     #[test]
@@ -775,7 +782,9 @@ mod tests {
 
     #[test]
     fn xml_lang_is_written_with_its_xml_prefix() {
-        let el = Element::new("body").with_attr("xml:lang", "en").with_text("hi");
+        let el = Element::new("body")
+            .with_attr("xml:lang", "en")
+            .with_text("hi");
         assert_eq!(to_xml(&el), "<body xml:lang='en'>hi</body>");
     }
 
@@ -819,10 +828,16 @@ mod tests {
         let result = el.get_child("result", Some("urn:xmpp:mam:2")).unwrap();
         assert_eq!(result.attr("queryid"), Some("f27"));
         assert_eq!(result.attr("id"), Some("28482-98726-73623"));
-        let forwarded = result.get_child("forwarded", Some("urn:xmpp:forward:0")).unwrap();
-        let delay = forwarded.get_child("delay", Some("urn:xmpp:delay")).unwrap();
+        let forwarded = result
+            .get_child("forwarded", Some("urn:xmpp:forward:0"))
+            .unwrap();
+        let delay = forwarded
+            .get_child("delay", Some("urn:xmpp:delay"))
+            .unwrap();
         assert_eq!(delay.attr("stamp"), Some("2010-07-10T23:08:25Z"));
-        let message = forwarded.get_child("message", Some("jabber:client")).unwrap();
+        let message = forwarded
+            .get_child("message", Some("jabber:client"))
+            .unwrap();
         assert_eq!(message.attr("type"), Some("chat"));
         // <body> inherited jabber:client and, as in Prosody, carries it itself.
         let body = message.get_child("body", None).unwrap();
@@ -863,8 +878,9 @@ mod tests {
 
     #[test]
     fn every_element_in_a_namespace_carries_it_as_xmlns() {
-        let el = parse_xml("<iq xmlns='jabber:client'><query xmlns='urn:xmpp:mam:2'><x/></query></iq>")
-            .unwrap();
+        let el =
+            parse_xml("<iq xmlns='jabber:client'><query xmlns='urn:xmpp:mam:2'><x/></query></iq>")
+                .unwrap();
         assert_eq!(el.xmlns(), Some("jabber:client"));
         let query = el.get_child("query", Some("urn:xmpp:mam:2")).unwrap();
         assert_eq!(query.tags().next().unwrap().xmlns(), Some("urn:xmpp:mam:2"));
@@ -883,7 +899,10 @@ mod tests {
         assert_eq!(el.name, "features");
         assert_eq!(
             el.attrs,
-            vec![("xmlns".to_owned(), "http://etherx.jabber.org/streams".to_owned())]
+            vec![(
+                "xmlns".to_owned(),
+                "http://etherx.jabber.org/streams".to_owned()
+            )]
         );
         let children: Vec<_> = el.tags().map(|t| (t.name.as_str(), t.xmlns())).collect();
         assert_eq!(
@@ -931,7 +950,10 @@ mod tests {
         let el = parse_xml("<body xml:lang='de' xml:space='preserve'>Hallo</body>").unwrap();
         assert_eq!(el.attr("xml:lang"), Some("de"));
         assert_eq!(el.attr("xml:space"), Some("preserve"));
-        assert_eq!(to_xml(&el), "<body xml:lang='de' xml:space='preserve'>Hallo</body>");
+        assert_eq!(
+            to_xml(&el),
+            "<body xml:lang='de' xml:space='preserve'>Hallo</body>"
+        );
     }
 
     #[test]
@@ -1083,7 +1105,10 @@ mod tests {
 
     #[test]
     fn comments_and_processing_instructions_are_refused_as_prosody_refuses_them() {
-        assert_eq!(err("<a><!-- hi --></a>"), StanzaError::Comment { position: 3 });
+        assert_eq!(
+            err("<a><!-- hi --></a>"),
+            StanzaError::Comment { position: 3 }
+        );
         assert_eq!(err("<!-- hi --><a/>"), StanzaError::Comment { position: 0 });
         assert_eq!(
             err("<a><?php echo 1; ?></a>"),
@@ -1201,10 +1226,7 @@ mod tests {
 
     #[test]
     fn a_second_root_element_is_refused() {
-        assert_eq!(
-            err("<a/><b/>"),
-            StanzaError::MultipleRoots { position: 4 }
-        );
+        assert_eq!(err("<a/><b/>"), StanzaError::MultipleRoots { position: 4 });
         assert_eq!(
             err("<a></a> <b>x</b>"),
             StanzaError::MultipleRoots { position: 8 }
@@ -1215,7 +1237,10 @@ mod tests {
     fn text_outside_the_root_is_refused() {
         assert_eq!(err("hi<a/>"), StanzaError::TextOutsideRoot { position: 0 });
         assert_eq!(err("<a/>hi"), StanzaError::TextOutsideRoot { position: 4 });
-        assert_eq!(err("<a/>&amp;"), StanzaError::TextOutsideRoot { position: 4 });
+        assert_eq!(
+            err("<a/>&amp;"),
+            StanzaError::TextOutsideRoot { position: 4 }
+        );
     }
 
     #[test]
@@ -1227,7 +1252,13 @@ mod tests {
 
     #[test]
     fn invalid_names_are_refused() {
-        for xml in ["<1a/>", "<a 1b='x'/>", "<a:b:c xmlns:a='u'/>", "<a\"b/>", "<-a/>"] {
+        for xml in [
+            "<1a/>",
+            "<a 1b='x'/>",
+            "<a:b:c xmlns:a='u'/>",
+            "<a\"b/>",
+            "<-a/>",
+        ] {
             let e = err(xml);
             assert!(matches!(e, StanzaError::Malformed { .. }), "{xml}: {e:?}");
         }
@@ -1255,7 +1286,14 @@ mod tests {
 
     #[test]
     fn truncated_markup_is_refused() {
-        for xml in ["<a", "<a b='1", "<a><![CDATA[x</a>", "<a><!-- x</a>", "<", "<a></a"] {
+        for xml in [
+            "<a",
+            "<a b='1",
+            "<a><![CDATA[x</a>",
+            "<a><!-- x</a>",
+            "<",
+            "<a></a",
+        ] {
             let e = err(xml);
             assert!(
                 matches!(
@@ -1283,7 +1321,11 @@ mod tests {
 
     #[test]
     fn nesting_beyond_the_limit_is_refused() {
-        let xml = format!("{}{}", "<a>".repeat(MAX_DEPTH + 1), "</a>".repeat(MAX_DEPTH + 1));
+        let xml = format!(
+            "{}{}",
+            "<a>".repeat(MAX_DEPTH + 1),
+            "</a>".repeat(MAX_DEPTH + 1)
+        );
         assert_eq!(
             err(&xml),
             StanzaError::TooDeep {
@@ -1368,9 +1410,10 @@ for _, s in ipairs(out) do io.write(tostring(s), "\0") end
         let ours = [
             Element::new("message")
                 .with_attr("to", "juliet@capulet.lit/balcony")
-                .with_child(Element::new("body").with_text(
-                    "Call me but love, and I'll be married ere the morning light.",
-                ))
+                .with_child(
+                    Element::new("body")
+                        .with_text("Call me but love, and I'll be married ere the morning light."),
+                )
                 .with_child(Element::with_ns(
                     "active",
                     "http://jabber.org/protocol/chatstates",
