@@ -14,7 +14,7 @@
 //! document expensive (DOCTYPE, entities, unbounded nesting).
 
 use quick_xml::events::{BytesStart, Event};
-use quick_xml::name::{QName, ResolveResult};
+use quick_xml::name::{PrefixDeclaration, QName, ResolveResult};
 use quick_xml::{NsReader, XmlVersion};
 use thiserror::Error;
 
@@ -26,6 +26,8 @@ pub const MAX_DEPTH: usize = 256;
 
 /// The namespace the `xml:` prefix is bound to (Namespaces in XML §3).
 const XML_NS: &str = "http://www.w3.org/XML/1998/namespace";
+/// The namespace of `xmlns` declarations themselves (Namespaces in XML §3).
+const XMLNS_NS: &str = "http://www.w3.org/2000/xmlns/";
 
 /// Why a piece of XML could not become a stanza.
 ///
@@ -411,11 +413,17 @@ pub fn parse_xml(xml: &str) -> Result<Element, StanzaError> {
                 };
                 append_text(el, decoded);
             }
-            Event::Decl(_) => {
+            Event::Decl(decl) => {
                 if position != 0 {
                     return Err(StanzaError::Malformed {
                         position,
                         reason: "XML declaration not at the start of the input".into(),
+                    });
+                }
+                if let Err(e) = decl.version() {
+                    return Err(StanzaError::Malformed {
+                        position,
+                        reason: e.to_string(),
                     });
                 }
             }
@@ -487,7 +495,9 @@ fn start_element(
         }
     }
 
-    // quick-xml's own duplicate check is quadratic; ours (below) sorts.
+    check_attribute_separation(start.attributes_raw(), position)?;
+    // Duplicates are checked below, by raw name and again after namespace resolution,
+    // so quick-xml's own (raw-name) check would only repeat the first half.
     let mut attributes = start.attributes();
     attributes.with_checks(false);
     let mut raw_names: Vec<&str> = Vec::new();
@@ -505,8 +515,9 @@ fn start_element(
                 reason: format!("'<' in the value of attribute '{}'", key.0),
             });
         }
-        if key.as_namespace_binding().is_some() {
+        if let Some(binding) = key.as_namespace_binding() {
             // A declaration: it shaped the namespaces above, it is not an attribute.
+            check_binding(binding, &attr.value, position)?;
             continue;
         }
         let value = attr
@@ -544,6 +555,55 @@ fn start_element(
         return Err(StanzaError::DuplicateAttribute { position, name });
     }
     Ok(el)
+}
+
+/// Refuses attributes not separated by whitespace (`<a b='1'c='2'/>`), which
+/// quick-xml lets through and Expat does not.
+fn check_attribute_separation(raw: &str, position: u64) -> Result<(), StanzaError> {
+    let bytes = raw.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let quote = bytes[i];
+        if quote == b'\'' || quote == b'"' {
+            // quick-xml has found the syntax otherwise sound, so a quote here opens a
+            // value; skip to its end and look at what follows.
+            let Some(len) = bytes[i + 1..].iter().position(|&b| b == quote) else {
+                return Ok(());
+            };
+            i += len + 2;
+            if let Some(&next) = bytes.get(i) {
+                if !matches!(next, b' ' | b'\t' | b'\n' | b'\r') {
+                    return Err(StanzaError::Malformed {
+                        position,
+                        reason: "attributes must be separated by whitespace".into(),
+                    });
+                }
+            }
+        } else {
+            i += 1;
+        }
+    }
+    Ok(())
+}
+
+/// Refuses the namespace declarations Namespaces in XML forbids and quick-xml lets
+/// through: undeclaring a prefix (`xmlns:p=''`), and binding the default namespace
+/// to the reserved `xml` or `xmlns` namespace.
+fn check_binding(
+    binding: PrefixDeclaration,
+    value: &str,
+    position: u64,
+) -> Result<(), StanzaError> {
+    let reason = match binding {
+        PrefixDeclaration::Named(prefix) if value.is_empty() => {
+            format!("the namespace prefix '{prefix}' cannot be undeclared")
+        }
+        PrefixDeclaration::Default if value == XML_NS || value == XMLNS_NS => {
+            format!("the default namespace cannot be '{value}'")
+        }
+        _ => return Ok(()),
+    };
+    Err(StanzaError::Malformed { position, reason })
 }
 
 /// Maps a failure to decode an attribute value (an unknown entity, a bad character
@@ -1357,6 +1417,42 @@ mod tests {
         );
     }
 
+    #[test]
+    fn attributes_not_separated_by_whitespace_are_refused() {
+        assert_eq!(
+            err("<a b='1'c='2'/>").to_string(),
+            "malformed XML at byte 0: attributes must be separated by whitespace"
+        );
+    }
+
+    #[test]
+    fn forbidden_namespace_declarations_are_refused() {
+        assert_eq!(
+            err("<a xmlns:p=''/>").to_string(),
+            "malformed XML at byte 0: the namespace prefix 'p' cannot be undeclared"
+        );
+        assert_eq!(
+            err("<a xmlns='http://www.w3.org/XML/1998/namespace'/>").to_string(),
+            "malformed XML at byte 0: the default namespace cannot be 'http://www.w3.org/XML/1998/namespace'"
+        );
+        assert!(matches!(
+            err("<a xmlns:p='http://www.w3.org/XML/1998/namespace'/>"),
+            StanzaError::Malformed { .. }
+        ));
+    }
+
+    #[test]
+    fn an_xml_declaration_must_come_first_and_name_a_version() {
+        assert_eq!(
+            err(" <?xml version='1.0'?><a/>").to_string(),
+            "malformed XML at byte 1: XML declaration not at the start of the input"
+        );
+        assert!(matches!(
+            err("<?xml encoding='UTF-8'?><a/>"),
+            StanzaError::Malformed { position: 0, .. }
+        ));
+    }
+
     // --- against the real thing ----------------------------------------------
 
     /// `tostring()` of stanzas built with Prosody's own `util.stanza`, compared with
@@ -1444,6 +1540,112 @@ for _, s in ipairs(out) do io.write(tostring(s), "\0") end
         assert_eq!(prosody.len(), ours.len(), "Prosody wrote {prosody:?}");
         for (theirs, el) in prosody.iter().zip(&ours) {
             assert_eq!(&to_xml(el), theirs);
+        }
+    }
+
+    /// Prosody's `util.xml.parse` (Expat) and `parse_xml` accept and refuse the same
+    /// inputs, and what both accept serialises the same (one attribute per element, as
+    /// Prosody writes attributes in `pairs` order).
+    #[test]
+    fn parse_xml_accepts_and_refuses_what_prosodys_util_xml_does() {
+        use std::io::Write;
+        use std::path::Path;
+        use std::process::{Command, Stdio};
+
+        if !Path::new("/usr/lib/prosody/util/xml.lua").exists() {
+            println!("skipped: Prosody is not installed in /usr/lib/prosody");
+            return;
+        }
+        let inputs = [
+            "<message to='juliet@capulet.lit/balcony'><body>Call me but love, and I'll be married ere the morning light.</body></message>",
+            "<message xmlns='jabber:client'><body xml:lang='en'>a &amp; b &lt; c &#x1F600; &#233;</body></message>",
+            "<a xmlns:p='urn:p'><p:b/><c p:x='1'/><d xmlns='urn:d'><e/></d></a>",
+            "<stream:features xmlns:stream='http://etherx.jabber.org/streams'><x/></stream:features>",
+            "<a>  spaced \t text\n</a>",
+            "<a><![CDATA[<b>]]></a>",
+            "<?xml version='1.0'?><a/>",
+            "<a v='x\ty'/>",
+            "<a v='&#x9;&#xA;'/>",
+            "<a xmlns=''/>",
+            "<xml:a/>",
+            "<a xml:lang='en'/>",
+            "<a xmlns:a='urn:a' a:xmlns='1'/>",
+            "<a></a >",
+            "<a>></a>",
+            // Refused by both:
+            "<a b='1'c='2'/>",
+            "<a b/>",
+            "<a b=1/>",
+            "<a></ a>",
+            "< a/>",
+            "<a xmlns:p=''/>",
+            "<a xmlns:p='http://www.w3.org/XML/1998/namespace'/>",
+            "<a xmlns='http://www.w3.org/XML/1998/namespace'/>",
+            "<a>]]></a>",
+            "<a>&#x;</a>",
+            "<a>&#1;</a>",
+            "<a>&#1114112;</a>",
+            "<a>&lt</a>",
+            "<a>&nbsp;</a>",
+            " <?xml version='1.0'?><a/>",
+            "<?xml encoding='utf-8'?><a/>",
+            "<a/><?xml version='1.0'?>",
+            "<![CDATA[x]]><a/>",
+            "<a/><b/>",
+            "<a/>x",
+            "<a>",
+            "<a><b></a></b>",
+            "<!DOCTYPE a><a/>",
+            "<a><!-- c --></a>",
+            "<a><?pi x?></a>",
+            "<p:a/>",
+            "<a x='1' x='2'/>",
+            "",
+        ];
+        let script = r#"
+package.path = "/usr/lib/prosody/?.lua;" .. package.path
+package.cpath = "/usr/lib/prosody/?.so;" .. package.cpath
+local xml = require "util.xml"
+for input in io.read("a"):gmatch("([^\0]*)\0") do
+    local ok, stanza = pcall(xml.parse, input)
+    io.write(ok and stanza and ("OK " .. tostring(stanza)) or "ERR", "\0")
+end
+"#;
+        let mut child = match Command::new("lua5.4")
+            .arg("-e")
+            .arg(script)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+        {
+            Ok(c) => c,
+            Err(e) => {
+                println!("skipped: cannot run lua5.4: {e}");
+                return;
+            }
+        };
+        let mut stdin = child.stdin.take().unwrap();
+        for input in inputs {
+            stdin.write_all(input.as_bytes()).unwrap();
+            stdin.write_all(b"\0").unwrap();
+        }
+        drop(stdin);
+        let output = child.wait_with_output().unwrap();
+        assert!(
+            output.status.success(),
+            "lua5.4 failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let stdout = String::from_utf8(output.stdout).unwrap();
+        let prosody: Vec<&str> = stdout.split_terminator('\0').collect();
+        assert_eq!(prosody.len(), inputs.len(), "Prosody wrote {prosody:?}");
+        for (input, theirs) in inputs.iter().zip(prosody) {
+            let ours = match parse_xml(input) {
+                Ok(el) => format!("OK {}", to_xml(&el)),
+                Err(_) => "ERR".to_owned(),
+            };
+            assert_eq!(ours, theirs, "for input {input:?}");
         }
     }
 }
