@@ -1082,6 +1082,15 @@ mod tests {
         assert_eq!(el, Element::new("a"));
     }
 
+    #[test]
+    fn a_leading_byte_order_mark_is_accepted_as_expat_accepts_it() {
+        assert_eq!(parse_xml("\u{FEFF}<a/>").unwrap(), Element::new("a"));
+        assert_eq!(
+            parse_xml("\u{FEFF}<?xml version='1.0'?><a/>").unwrap(),
+            Element::new("a")
+        );
+    }
+
     // --- parse_xml: what it refuses --------------------------------------------
 
     #[test]
