@@ -14,7 +14,7 @@
 //! document expensive (DOCTYPE, entities, unbounded nesting).
 
 use quick_xml::events::{BytesStart, Event};
-use quick_xml::name::{QName, ResolveResult};
+use quick_xml::name::{PrefixDeclaration, QName, ResolveResult};
 use quick_xml::{NsReader, XmlVersion};
 use thiserror::Error;
 
@@ -26,6 +26,8 @@ pub const MAX_DEPTH: usize = 256;
 
 /// The namespace the `xml:` prefix is bound to (Namespaces in XML §3).
 const XML_NS: &str = "http://www.w3.org/XML/1998/namespace";
+/// The namespace of `xmlns` declarations themselves (Namespaces in XML §3).
+const XMLNS_NS: &str = "http://www.w3.org/2000/xmlns/";
 
 /// Why a piece of XML could not become a stanza.
 ///
@@ -411,11 +413,17 @@ pub fn parse_xml(xml: &str) -> Result<Element, StanzaError> {
                 };
                 append_text(el, decoded);
             }
-            Event::Decl(_) => {
+            Event::Decl(decl) => {
                 if position != 0 {
                     return Err(StanzaError::Malformed {
                         position,
                         reason: "XML declaration not at the start of the input".into(),
+                    });
+                }
+                if let Err(e) = decl.version() {
+                    return Err(StanzaError::Malformed {
+                        position,
+                        reason: e.to_string(),
                     });
                 }
             }
@@ -487,7 +495,9 @@ fn start_element(
         }
     }
 
-    // quick-xml's own duplicate check is quadratic; ours (below) sorts.
+    check_attribute_separation(start.attributes_raw(), position)?;
+    // Duplicates are checked below, by raw name and again after namespace resolution,
+    // so quick-xml's own (raw-name) check would only repeat the first half.
     let mut attributes = start.attributes();
     attributes.with_checks(false);
     let mut raw_names: Vec<&str> = Vec::new();
@@ -505,8 +515,9 @@ fn start_element(
                 reason: format!("'<' in the value of attribute '{}'", key.0),
             });
         }
-        if key.as_namespace_binding().is_some() {
+        if let Some(binding) = key.as_namespace_binding() {
             // A declaration: it shaped the namespaces above, it is not an attribute.
+            check_binding(binding, &attr.value, position)?;
             continue;
         }
         let value = attr
@@ -544,6 +555,55 @@ fn start_element(
         return Err(StanzaError::DuplicateAttribute { position, name });
     }
     Ok(el)
+}
+
+/// Refuses attributes not separated by whitespace (`<a b='1'c='2'/>`), which
+/// quick-xml lets through and Expat does not.
+fn check_attribute_separation(raw: &str, position: u64) -> Result<(), StanzaError> {
+    let bytes = raw.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let quote = bytes[i];
+        if quote == b'\'' || quote == b'"' {
+            // quick-xml has found the syntax otherwise sound, so a quote here opens a
+            // value; skip to its end and look at what follows.
+            let Some(len) = bytes[i + 1..].iter().position(|&b| b == quote) else {
+                return Ok(());
+            };
+            i += len + 2;
+            if let Some(&next) = bytes.get(i) {
+                if !matches!(next, b' ' | b'\t' | b'\n' | b'\r') {
+                    return Err(StanzaError::Malformed {
+                        position,
+                        reason: "attributes must be separated by whitespace".into(),
+                    });
+                }
+            }
+        } else {
+            i += 1;
+        }
+    }
+    Ok(())
+}
+
+/// Refuses the namespace declarations Namespaces in XML forbids and quick-xml lets
+/// through: undeclaring a prefix (`xmlns:p=''`), and binding the default namespace
+/// to the reserved `xml` or `xmlns` namespace.
+fn check_binding(
+    binding: PrefixDeclaration,
+    value: &str,
+    position: u64,
+) -> Result<(), StanzaError> {
+    let reason = match binding {
+        PrefixDeclaration::Named(prefix) if value.is_empty() => {
+            format!("the namespace prefix '{prefix}' cannot be undeclared")
+        }
+        PrefixDeclaration::Default if value == XML_NS || value == XMLNS_NS => {
+            format!("the default namespace cannot be '{value}'")
+        }
+        _ => return Ok(()),
+    };
+    Err(StanzaError::Malformed { position, reason })
 }
 
 /// Maps a failure to decode an attribute value (an unknown entity, a bad character
@@ -701,9 +761,10 @@ mod tests {
             .with_attr("to", "juliet@capulet.lit/balcony")
             .with_attr("from", "romeo@montague.lit/orchard")
             .with_attr("type", "chat")
-            .with_child(Element::new("body").with_text(
-                "Call me but love, and I'll be married ere the morning light.",
-            ));
+            .with_child(
+                Element::new("body")
+                    .with_text("Call me but love, and I'll be married ere the morning light."),
+            );
         assert_eq!(
             to_xml(&el),
             "<message to='juliet@capulet.lit/balcony' from='romeo@montague.lit/orchard' type='chat'><body>Call me but love, and I&apos;ll be married ere the morning light.</body></message>"
@@ -714,7 +775,10 @@ mod tests {
     fn a_childless_element_is_self_closed() {
         assert_eq!(to_xml(&Element::new("x")), "<x/>");
         assert_eq!(
-            to_xml(&Element::with_ns("active", "http://jabber.org/protocol/chatstates")),
+            to_xml(&Element::with_ns(
+                "active",
+                "http://jabber.org/protocol/chatstates"
+            )),
             "<active xmlns='http://jabber.org/protocol/chatstates'/>"
         );
     }
@@ -757,7 +821,10 @@ mod tests {
         // of <c>, and writes c's xmlns even though it is the namespace <b> inherited.
         let el = Element::with_ns("a", "urn:a")
             .with_child(Element::new("b").with_child(Element::with_ns("c", "urn:a")));
-        assert_eq!(to_xml(&el), "<a xmlns='urn:a'><b><c xmlns='urn:a'/></b></a>");
+        assert_eq!(
+            to_xml(&el),
+            "<a xmlns='urn:a'><b><c xmlns='urn:a'/></b></a>"
+        );
     }
 
     #[test]
@@ -775,7 +842,9 @@ mod tests {
 
     #[test]
     fn xml_lang_is_written_with_its_xml_prefix() {
-        let el = Element::new("body").with_attr("xml:lang", "en").with_text("hi");
+        let el = Element::new("body")
+            .with_attr("xml:lang", "en")
+            .with_text("hi");
         assert_eq!(to_xml(&el), "<body xml:lang='en'>hi</body>");
     }
 
@@ -819,10 +888,16 @@ mod tests {
         let result = el.get_child("result", Some("urn:xmpp:mam:2")).unwrap();
         assert_eq!(result.attr("queryid"), Some("f27"));
         assert_eq!(result.attr("id"), Some("28482-98726-73623"));
-        let forwarded = result.get_child("forwarded", Some("urn:xmpp:forward:0")).unwrap();
-        let delay = forwarded.get_child("delay", Some("urn:xmpp:delay")).unwrap();
+        let forwarded = result
+            .get_child("forwarded", Some("urn:xmpp:forward:0"))
+            .unwrap();
+        let delay = forwarded
+            .get_child("delay", Some("urn:xmpp:delay"))
+            .unwrap();
         assert_eq!(delay.attr("stamp"), Some("2010-07-10T23:08:25Z"));
-        let message = forwarded.get_child("message", Some("jabber:client")).unwrap();
+        let message = forwarded
+            .get_child("message", Some("jabber:client"))
+            .unwrap();
         assert_eq!(message.attr("type"), Some("chat"));
         // <body> inherited jabber:client and, as in Prosody, carries it itself.
         let body = message.get_child("body", None).unwrap();
@@ -863,8 +938,9 @@ mod tests {
 
     #[test]
     fn every_element_in_a_namespace_carries_it_as_xmlns() {
-        let el = parse_xml("<iq xmlns='jabber:client'><query xmlns='urn:xmpp:mam:2'><x/></query></iq>")
-            .unwrap();
+        let el =
+            parse_xml("<iq xmlns='jabber:client'><query xmlns='urn:xmpp:mam:2'><x/></query></iq>")
+                .unwrap();
         assert_eq!(el.xmlns(), Some("jabber:client"));
         let query = el.get_child("query", Some("urn:xmpp:mam:2")).unwrap();
         assert_eq!(query.tags().next().unwrap().xmlns(), Some("urn:xmpp:mam:2"));
@@ -883,7 +959,10 @@ mod tests {
         assert_eq!(el.name, "features");
         assert_eq!(
             el.attrs,
-            vec![("xmlns".to_owned(), "http://etherx.jabber.org/streams".to_owned())]
+            vec![(
+                "xmlns".to_owned(),
+                "http://etherx.jabber.org/streams".to_owned()
+            )]
         );
         let children: Vec<_> = el.tags().map(|t| (t.name.as_str(), t.xmlns())).collect();
         assert_eq!(
@@ -931,7 +1010,10 @@ mod tests {
         let el = parse_xml("<body xml:lang='de' xml:space='preserve'>Hallo</body>").unwrap();
         assert_eq!(el.attr("xml:lang"), Some("de"));
         assert_eq!(el.attr("xml:space"), Some("preserve"));
-        assert_eq!(to_xml(&el), "<body xml:lang='de' xml:space='preserve'>Hallo</body>");
+        assert_eq!(
+            to_xml(&el),
+            "<body xml:lang='de' xml:space='preserve'>Hallo</body>"
+        );
     }
 
     #[test]
@@ -998,6 +1080,15 @@ mod tests {
     fn an_xml_declaration_and_surrounding_whitespace_are_accepted() {
         let el = parse_xml("<?xml version='1.0' encoding='UTF-8'?>\n<a/>\n").unwrap();
         assert_eq!(el, Element::new("a"));
+    }
+
+    #[test]
+    fn a_leading_byte_order_mark_is_accepted_as_expat_accepts_it() {
+        assert_eq!(parse_xml("\u{FEFF}<a/>").unwrap(), Element::new("a"));
+        assert_eq!(
+            parse_xml("\u{FEFF}<?xml version='1.0'?><a/>").unwrap(),
+            Element::new("a")
+        );
     }
 
     // --- parse_xml: what it refuses --------------------------------------------
@@ -1083,7 +1174,10 @@ mod tests {
 
     #[test]
     fn comments_and_processing_instructions_are_refused_as_prosody_refuses_them() {
-        assert_eq!(err("<a><!-- hi --></a>"), StanzaError::Comment { position: 3 });
+        assert_eq!(
+            err("<a><!-- hi --></a>"),
+            StanzaError::Comment { position: 3 }
+        );
         assert_eq!(err("<!-- hi --><a/>"), StanzaError::Comment { position: 0 });
         assert_eq!(
             err("<a><?php echo 1; ?></a>"),
@@ -1201,10 +1295,7 @@ mod tests {
 
     #[test]
     fn a_second_root_element_is_refused() {
-        assert_eq!(
-            err("<a/><b/>"),
-            StanzaError::MultipleRoots { position: 4 }
-        );
+        assert_eq!(err("<a/><b/>"), StanzaError::MultipleRoots { position: 4 });
         assert_eq!(
             err("<a></a> <b>x</b>"),
             StanzaError::MultipleRoots { position: 8 }
@@ -1215,7 +1306,10 @@ mod tests {
     fn text_outside_the_root_is_refused() {
         assert_eq!(err("hi<a/>"), StanzaError::TextOutsideRoot { position: 0 });
         assert_eq!(err("<a/>hi"), StanzaError::TextOutsideRoot { position: 4 });
-        assert_eq!(err("<a/>&amp;"), StanzaError::TextOutsideRoot { position: 4 });
+        assert_eq!(
+            err("<a/>&amp;"),
+            StanzaError::TextOutsideRoot { position: 4 }
+        );
     }
 
     #[test]
@@ -1227,7 +1321,13 @@ mod tests {
 
     #[test]
     fn invalid_names_are_refused() {
-        for xml in ["<1a/>", "<a 1b='x'/>", "<a:b:c xmlns:a='u'/>", "<a\"b/>", "<-a/>"] {
+        for xml in [
+            "<1a/>",
+            "<a 1b='x'/>",
+            "<a:b:c xmlns:a='u'/>",
+            "<a\"b/>",
+            "<-a/>",
+        ] {
             let e = err(xml);
             assert!(matches!(e, StanzaError::Malformed { .. }), "{xml}: {e:?}");
         }
@@ -1255,7 +1355,14 @@ mod tests {
 
     #[test]
     fn truncated_markup_is_refused() {
-        for xml in ["<a", "<a b='1", "<a><![CDATA[x</a>", "<a><!-- x</a>", "<", "<a></a"] {
+        for xml in [
+            "<a",
+            "<a b='1",
+            "<a><![CDATA[x</a>",
+            "<a><!-- x</a>",
+            "<",
+            "<a></a",
+        ] {
             let e = err(xml);
             assert!(
                 matches!(
@@ -1283,7 +1390,11 @@ mod tests {
 
     #[test]
     fn nesting_beyond_the_limit_is_refused() {
-        let xml = format!("{}{}", "<a>".repeat(MAX_DEPTH + 1), "</a>".repeat(MAX_DEPTH + 1));
+        let xml = format!(
+            "{}{}",
+            "<a>".repeat(MAX_DEPTH + 1),
+            "</a>".repeat(MAX_DEPTH + 1)
+        );
         assert_eq!(
             err(&xml),
             StanzaError::TooDeep {
@@ -1313,6 +1424,42 @@ mod tests {
                 name: "a5".into()
             }
         );
+    }
+
+    #[test]
+    fn attributes_not_separated_by_whitespace_are_refused() {
+        assert_eq!(
+            err("<a b='1'c='2'/>").to_string(),
+            "malformed XML at byte 0: attributes must be separated by whitespace"
+        );
+    }
+
+    #[test]
+    fn forbidden_namespace_declarations_are_refused() {
+        assert_eq!(
+            err("<a xmlns:p=''/>").to_string(),
+            "malformed XML at byte 0: the namespace prefix 'p' cannot be undeclared"
+        );
+        assert_eq!(
+            err("<a xmlns='http://www.w3.org/XML/1998/namespace'/>").to_string(),
+            "malformed XML at byte 0: the default namespace cannot be 'http://www.w3.org/XML/1998/namespace'"
+        );
+        assert!(matches!(
+            err("<a xmlns:p='http://www.w3.org/XML/1998/namespace'/>"),
+            StanzaError::Malformed { .. }
+        ));
+    }
+
+    #[test]
+    fn an_xml_declaration_must_come_first_and_name_a_version() {
+        assert_eq!(
+            err(" <?xml version='1.0'?><a/>").to_string(),
+            "malformed XML at byte 1: XML declaration not at the start of the input"
+        );
+        assert!(matches!(
+            err("<?xml encoding='UTF-8'?><a/>"),
+            StanzaError::Malformed { position: 0, .. }
+        ));
     }
 
     // --- against the real thing ----------------------------------------------
@@ -1368,9 +1515,10 @@ for _, s in ipairs(out) do io.write(tostring(s), "\0") end
         let ours = [
             Element::new("message")
                 .with_attr("to", "juliet@capulet.lit/balcony")
-                .with_child(Element::new("body").with_text(
-                    "Call me but love, and I'll be married ere the morning light.",
-                ))
+                .with_child(
+                    Element::new("body")
+                        .with_text("Call me but love, and I'll be married ere the morning light."),
+                )
                 .with_child(Element::with_ns(
                     "active",
                     "http://jabber.org/protocol/chatstates",
@@ -1401,6 +1549,112 @@ for _, s in ipairs(out) do io.write(tostring(s), "\0") end
         assert_eq!(prosody.len(), ours.len(), "Prosody wrote {prosody:?}");
         for (theirs, el) in prosody.iter().zip(&ours) {
             assert_eq!(&to_xml(el), theirs);
+        }
+    }
+
+    /// Prosody's `util.xml.parse` (Expat) and `parse_xml` accept and refuse the same
+    /// inputs, and what both accept serialises the same (one attribute per element, as
+    /// Prosody writes attributes in `pairs` order).
+    #[test]
+    fn parse_xml_accepts_and_refuses_what_prosodys_util_xml_does() {
+        use std::io::Write;
+        use std::path::Path;
+        use std::process::{Command, Stdio};
+
+        if !Path::new("/usr/lib/prosody/util/xml.lua").exists() {
+            println!("skipped: Prosody is not installed in /usr/lib/prosody");
+            return;
+        }
+        let inputs = [
+            "<message to='juliet@capulet.lit/balcony'><body>Call me but love, and I'll be married ere the morning light.</body></message>",
+            "<message xmlns='jabber:client'><body xml:lang='en'>a &amp; b &lt; c &#x1F600; &#233;</body></message>",
+            "<a xmlns:p='urn:p'><p:b/><c p:x='1'/><d xmlns='urn:d'><e/></d></a>",
+            "<stream:features xmlns:stream='http://etherx.jabber.org/streams'><x/></stream:features>",
+            "<a>  spaced \t text\n</a>",
+            "<a><![CDATA[<b>]]></a>",
+            "<?xml version='1.0'?><a/>",
+            "<a v='x\ty'/>",
+            "<a v='&#x9;&#xA;'/>",
+            "<a xmlns=''/>",
+            "<xml:a/>",
+            "<a xml:lang='en'/>",
+            "<a xmlns:a='urn:a' a:xmlns='1'/>",
+            "<a></a >",
+            "<a>></a>",
+            // Refused by both:
+            "<a b='1'c='2'/>",
+            "<a b/>",
+            "<a b=1/>",
+            "<a></ a>",
+            "< a/>",
+            "<a xmlns:p=''/>",
+            "<a xmlns:p='http://www.w3.org/XML/1998/namespace'/>",
+            "<a xmlns='http://www.w3.org/XML/1998/namespace'/>",
+            "<a>]]></a>",
+            "<a>&#x;</a>",
+            "<a>&#1;</a>",
+            "<a>&#1114112;</a>",
+            "<a>&lt</a>",
+            "<a>&nbsp;</a>",
+            " <?xml version='1.0'?><a/>",
+            "<?xml encoding='utf-8'?><a/>",
+            "<a/><?xml version='1.0'?>",
+            "<![CDATA[x]]><a/>",
+            "<a/><b/>",
+            "<a/>x",
+            "<a>",
+            "<a><b></a></b>",
+            "<!DOCTYPE a><a/>",
+            "<a><!-- c --></a>",
+            "<a><?pi x?></a>",
+            "<p:a/>",
+            "<a x='1' x='2'/>",
+            "",
+        ];
+        let script = r#"
+package.path = "/usr/lib/prosody/?.lua;" .. package.path
+package.cpath = "/usr/lib/prosody/?.so;" .. package.cpath
+local xml = require "util.xml"
+for input in io.read("a"):gmatch("([^\0]*)\0") do
+    local ok, stanza = pcall(xml.parse, input)
+    io.write(ok and stanza and ("OK " .. tostring(stanza)) or "ERR", "\0")
+end
+"#;
+        let mut child = match Command::new("lua5.4")
+            .arg("-e")
+            .arg(script)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+        {
+            Ok(c) => c,
+            Err(e) => {
+                println!("skipped: cannot run lua5.4: {e}");
+                return;
+            }
+        };
+        let mut stdin = child.stdin.take().unwrap();
+        for input in inputs {
+            stdin.write_all(input.as_bytes()).unwrap();
+            stdin.write_all(b"\0").unwrap();
+        }
+        drop(stdin);
+        let output = child.wait_with_output().unwrap();
+        assert!(
+            output.status.success(),
+            "lua5.4 failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let stdout = String::from_utf8(output.stdout).unwrap();
+        let prosody: Vec<&str> = stdout.split_terminator('\0').collect();
+        assert_eq!(prosody.len(), inputs.len(), "Prosody wrote {prosody:?}");
+        for (input, theirs) in inputs.iter().zip(prosody) {
+            let ours = match parse_xml(input) {
+                Ok(el) => format!("OK {}", to_xml(&el)),
+                Err(_) => "ERR".to_owned(),
+            };
+            assert_eq!(ours, theirs, "for input {input:?}");
         }
     }
 }
