@@ -40,13 +40,16 @@ pub const MIGRATIONS: &[&str] = &[
     //    <count> are one primary-key lookup instead of a count over the whole archive.
     //    Triggers keep it exact whatever deletes rows (quota, expiry, account removal).
     //    A row is removed when it reaches zero so the table lists exactly the owners
-    //    with messages, which is what expiry iterates.
+    //    with messages, which is what expiry iterates. The INSERT … SELECT counts any
+    //    rows a version-1 database already holds, so the counter starts exact.
     "CREATE TABLE archive_counts (
         host TEXT NOT NULL,
         user TEXT NOT NULL,
         messages INTEGER NOT NULL,
         PRIMARY KEY (host, user)
     ) WITHOUT ROWID;
+    INSERT INTO archive_counts (host, user, messages)
+        SELECT host, user, count(*) FROM archive GROUP BY host, user;
     CREATE TRIGGER archive_count_insert AFTER INSERT ON archive BEGIN
         INSERT INTO archive_counts (host, user, messages) VALUES (NEW.host, NEW.user, 1)
             ON CONFLICT (host, user) DO UPDATE SET messages = messages + 1;

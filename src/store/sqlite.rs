@@ -115,6 +115,8 @@ impl SqliteStore {
         let conn = Connection::open(path).map_err(MamError::storage("open archive database"))?;
         conn.busy_timeout(BUSY_TIMEOUT)
             .map_err(MamError::storage("set busy_timeout"))?;
+        // The pragma answers with the mode it ended up in; a file system without WAL
+        // support leaves the default rollback journal, which is slower but correct.
         conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get::<_, String>(0))
             .map_err(MamError::storage("set journal_mode=WAL"))?;
         conn.pragma_update(None, "synchronous", "NORMAL")
@@ -1506,6 +1508,41 @@ mod tests {
     }
 
     #[test]
+    fn an_older_schema_is_upgraded_in_place_with_an_exact_counter() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("archive.sqlite");
+        {
+            // A database as the first migration step left it, with messages in it.
+            let conn = Connection::open(&path).expect("open");
+            conn.execute_batch(schema::MIGRATIONS[0]).expect("step 1");
+            conn.pragma_update(None, "user_version", 1)
+                .expect("version");
+            for (user, id) in [("juliet", "a"), ("juliet", "b"), ("nurse", "c")] {
+                conn.execute(
+                    "INSERT INTO archive (host, user, id, when_us, with_bare, stanza) \
+                     VALUES ('capulet.lit', ?1, ?2, 0, 'x@y', '<message/>')",
+                    params![user, id],
+                )
+                .expect("insert");
+            }
+        }
+        let mut store = SqliteStore::open(&path).expect("upgrade");
+        assert_eq!(owner_count(&store, &juliet()), Some(2));
+        assert_eq!(
+            owner_count(&store, &Owner::new("capulet.lit", "nurse")),
+            Some(1)
+        );
+        let removed = store
+            .append(&juliet(), &msg("d", 1, "x@y"), Some(2))
+            .expect("append");
+        assert_eq!(removed, 1);
+        assert_eq!(
+            ids(&store.find(&juliet(), &req(10)).expect("find")),
+            ["b", "d"]
+        );
+    }
+
+    #[test]
     fn a_database_from_a_newer_version_is_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("archive.sqlite");
@@ -1906,5 +1943,28 @@ mod tests {
             .expire_batch("capulet.lit", T0 + 10_000_000, 1000)
             .expect("expire");
         println!("expire batch of {n}: {:?}", started.elapsed());
+        // 1000 ids spread over the archive, plus 1000 unknown ones.
+        let some_ids: Vec<String> = store
+            .find(&owner, &req(200_000))
+            .expect("find")
+            .items
+            .into_iter()
+            .step_by(200)
+            .map(|m| m.id)
+            .chain((0..1000).map(|i| format!("unknown{i}")))
+            .collect();
+        time(
+            &mut store,
+            &owner,
+            "ids: 2000 asked (1000 known), page of 50 + total",
+            FindRequest {
+                ids: Some(some_ids),
+                total: true,
+                ..req(50)
+            },
+        );
+        let started = Instant::now();
+        let n = store.delete_user(&owner).expect("delete");
+        println!("delete_user of {n} messages: {:?}", started.elapsed());
     }
 }
