@@ -1,1 +1,113 @@
-//! SQLite schema and its append-only migrations (filled in by the store work).
+//! SQLite schema and its append-only migrations.
+//!
+//! The database's `PRAGMA user_version` says how many entries of [`MIGRATIONS`] it has
+//! seen. Opening a database applies the rest, all in one exclusive transaction, so a
+//! crash mid-upgrade leaves the old schema intact and two processes opening the same
+//! file cannot both migrate it.
+//!
+//! Rules for this file: never edit, reorder or remove a step that has shipped; fix a
+//! mistake with a new step. Every index leads with the owner `(host, user)`: the
+//! archive must shard by owner later, and no query may scan beyond one owner's rows.
+
+use rusqlite::{Connection, TransactionBehavior};
+
+use crate::error::{MamError, Result};
+
+/// The migrations, in order. Step `i` (0-based) moves the schema to version `i + 1`.
+pub const MIGRATIONS: &[&str] = &[
+    // 1. The archive itself. `seq` is the insertion order and breaks ties between
+    //    messages with equal timestamps; AUTOINCREMENT so it is never reused, even
+    //    after the newest row is deleted, which keeps (when_us, seq) a stable order.
+    //    `stanza` is the serialised message, opaque to SQL.
+    //    Indexes: ids are unique per owner (and looked up per owner for RSM
+    //    after/before and `ids`); archive order per owner serves pages, bounds, quota
+    //    trims and expiry; archive order per (owner, contact) serves `with` queries
+    //    without walking the owner's other conversations.
+    "CREATE TABLE archive (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        host TEXT NOT NULL,
+        user TEXT NOT NULL,
+        id TEXT NOT NULL,
+        when_us INTEGER NOT NULL,
+        with_bare TEXT NOT NULL,
+        with_resource TEXT,
+        stanza TEXT NOT NULL
+    );
+    CREATE UNIQUE INDEX archive_owner_id ON archive (host, user, id);
+    CREATE INDEX archive_owner_when ON archive (host, user, when_us, seq);
+    CREATE INDEX archive_owner_with_when ON archive (host, user, with_bare, when_us, seq);",
+    // 2. An exact per-owner message count, so quota checks and an unfiltered RSM
+    //    <count> are one primary-key lookup instead of a count over the whole archive.
+    //    Triggers keep it exact whatever deletes rows (quota, expiry, account removal).
+    //    A row is removed when it reaches zero so the table lists exactly the owners
+    //    with messages, which is what expiry iterates. The INSERT … SELECT counts any
+    //    rows a version-1 database already holds, so the counter starts exact.
+    "CREATE TABLE archive_counts (
+        host TEXT NOT NULL,
+        user TEXT NOT NULL,
+        messages INTEGER NOT NULL,
+        PRIMARY KEY (host, user)
+    ) WITHOUT ROWID;
+    INSERT INTO archive_counts (host, user, messages)
+        SELECT host, user, count(*) FROM archive GROUP BY host, user;
+    CREATE TRIGGER archive_count_insert AFTER INSERT ON archive BEGIN
+        INSERT INTO archive_counts (host, user, messages) VALUES (NEW.host, NEW.user, 1)
+            ON CONFLICT (host, user) DO UPDATE SET messages = messages + 1;
+    END;
+    CREATE TRIGGER archive_count_delete AFTER DELETE ON archive BEGIN
+        UPDATE archive_counts SET messages = messages - 1
+            WHERE host = OLD.host AND user = OLD.user;
+        DELETE FROM archive_counts
+            WHERE host = OLD.host AND user = OLD.user AND messages <= 0;
+    END;",
+    // 3. XEP-0313 archiving preferences: the default policy per owner, and the
+    //    always/never JID lists. One row per (owner, jid) so a JID is on at most one
+    //    list; the CHECKs keep values to the ones the code knows how to read back.
+    "CREATE TABLE archive_prefs (
+        host TEXT NOT NULL,
+        user TEXT NOT NULL,
+        default_policy TEXT NOT NULL CHECK (default_policy IN ('always', 'never', 'roster')),
+        PRIMARY KEY (host, user)
+    ) WITHOUT ROWID;
+    CREATE TABLE archive_prefs_jid (
+        host TEXT NOT NULL,
+        user TEXT NOT NULL,
+        jid TEXT NOT NULL,
+        rule TEXT NOT NULL CHECK (rule IN ('always', 'never')),
+        PRIMARY KEY (host, user, jid)
+    ) WITHOUT ROWID;",
+];
+
+/// The schema version this code writes and reads.
+pub fn current_version() -> u32 {
+    MIGRATIONS.len() as u32
+}
+
+/// Brings the database up to [`current_version`], applying only the missing steps.
+///
+/// Fails with [`MamError::Corrupt`] when the file was written by a newer version of
+/// this module (it has steps we do not know, so we must not guess at its layout).
+pub fn migrate(conn: &mut Connection) -> Result<()> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Exclusive)
+        .map_err(MamError::storage("migrate: begin"))?;
+    let version: i64 = tx
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .map_err(MamError::storage("migrate: read user_version"))?;
+    let known = i64::from(current_version());
+    if version > known {
+        return Err(MamError::Corrupt(format!(
+            "archive database schema version {version} is newer than this module's ({known})"
+        )));
+    }
+    // `version` is within 0..=MIGRATIONS.len() here, so the conversion cannot fail.
+    let applied = usize::try_from(version).unwrap_or(0);
+    for (step, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
+        tx.execute_batch(sql)
+            .map_err(MamError::storage("migrate: apply step"))?;
+        // PRAGMA takes no bound parameters; the value is a counter from this loop.
+        tx.pragma_update(None, "user_version", (step + 1) as i64)
+            .map_err(MamError::storage("migrate: write user_version"))?;
+    }
+    tx.commit().map_err(MamError::storage("migrate: commit"))
+}

@@ -1,1 +1,1970 @@
-//! The SQLite backend (filled in by the store work).
+//! The SQLite backend.
+//!
+//! One [`rusqlite::Connection`] per store. Every public operation is one transaction:
+//! reads see one snapshot (so a page and its `<count>` agree), writes take the write
+//! lock up front (`BEGIN IMMEDIATE`) so two Prosody processes never deadlock upgrading
+//! a read lock. Every statement goes through `prepare_cached` with bound parameters;
+//! the only SQL assembled at run time is the `find` query, and its fragments are
+//! constants chosen by which filters are present, never text from a client.
+//!
+//! Archive order is `(when_us, seq)`: the timestamp, then insertion order. Every query
+//! names the owner `(host, user)` first so it runs on an index that leads with it (see
+//! [`super::schema`]); the `query_plans_use_owner_leading_indexes` test holds us to it.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::types::Value;
+use rusqlite::{params, params_from_iter, Connection, OptionalExtension, TransactionBehavior};
+
+use super::{
+    schema, ArchiveBounds, ArchiveEnd, ArchiveStore, ArchivedMessage, FindRequest, NewMessage,
+    Owner, Page,
+};
+use crate::error::{MamError, Result};
+use crate::policy::{DefaultPolicy, Prefs};
+use crate::time::Micros;
+
+/// How long a statement waits for another process's write lock before failing.
+/// Prosody writes are short; a few seconds covers an expiry batch or a checkpoint.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Room for every `find` shape (they differ by which filters are present) plus the
+/// fixed statements, so the cache does not evict in steady state.
+const STATEMENT_CACHE: usize = 128;
+
+/// How many owners expiry reads at a time while walking a host's owners.
+const OWNER_CHUNK: i64 = 256;
+
+const INSERT_MESSAGE: &str = "INSERT INTO archive (host, user, id, when_us, with_bare, \
+     with_resource, stanza) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
+
+const OWNER_COUNT: &str = "SELECT messages FROM archive_counts WHERE host = ?1 AND user = ?2";
+
+/// Removes an owner's oldest messages except the one just stored (`seq <> ?3`), so a
+/// message stamped older than the rest still survives its own quota check.
+const TRIM_OLDEST: &str = "DELETE FROM archive WHERE seq IN (SELECT seq FROM archive \
+     WHERE host = ?1 AND user = ?2 AND seq <> ?3 ORDER BY when_us, seq LIMIT ?4)";
+
+/// Where an archive id sits in archive order, for RSM `after`/`before`.
+const POSITION_OF_ID: &str =
+    "SELECT when_us, seq FROM archive WHERE host = ?1 AND user = ?2 AND id = ?3";
+
+const FIRST_MESSAGE: &str = "SELECT id, when_us FROM archive WHERE host = ?1 AND user = ?2 \
+     ORDER BY when_us ASC, seq ASC LIMIT 1";
+
+const LAST_MESSAGE: &str = "SELECT id, when_us FROM archive WHERE host = ?1 AND user = ?2 \
+     ORDER BY when_us DESC, seq DESC LIMIT 1";
+
+const GET_DEFAULT_POLICY: &str =
+    "SELECT default_policy FROM archive_prefs WHERE host = ?1 AND user = ?2";
+
+const GET_JID_RULES: &str =
+    "SELECT jid, rule FROM archive_prefs_jid WHERE host = ?1 AND user = ?2 ORDER BY jid";
+
+const SET_DEFAULT_POLICY: &str = "INSERT INTO archive_prefs (host, user, default_policy) \
+     VALUES (?1, ?2, ?3) ON CONFLICT (host, user) DO UPDATE SET \
+     default_policy = excluded.default_policy";
+
+const CLEAR_JID_RULES: &str = "DELETE FROM archive_prefs_jid WHERE host = ?1 AND user = ?2";
+
+const ADD_JID_RULE: &str =
+    "INSERT INTO archive_prefs_jid (host, user, jid, rule) VALUES (?1, ?2, ?3, ?4)";
+
+const DELETE_OWNER_ARCHIVE: &str = "DELETE FROM archive WHERE host = ?1 AND user = ?2";
+const DELETE_OWNER_COUNT: &str = "DELETE FROM archive_counts WHERE host = ?1 AND user = ?2";
+const DELETE_OWNER_PREFS: &str = "DELETE FROM archive_prefs WHERE host = ?1 AND user = ?2";
+
+/// The owners on a host that have messages, in name order, from the start.
+const OWNERS_FIRST: &str = "SELECT user FROM archive_counts WHERE host = ?1 ORDER BY user LIMIT ?2";
+
+/// The owners on a host that have messages, in name order, after a given one.
+const OWNERS_AFTER: &str =
+    "SELECT user FROM archive_counts WHERE host = ?1 AND user > ?2 ORDER BY user LIMIT ?3";
+
+/// One owner's oldest messages before the cut-off, at most `?4` of them.
+const EXPIRE_OWNER: &str = "DELETE FROM archive WHERE seq IN (SELECT seq FROM archive \
+     WHERE host = ?1 AND user = ?2 AND when_us < ?3 ORDER BY when_us, seq LIMIT ?4)";
+
+/// A message archive in one SQLite database file.
+pub struct SqliteStore {
+    /// The only connection. Every operation takes `&mut self`, so access is already
+    /// serialised and needs no lock; other processes are kept out by SQLite's locks.
+    conn: Connection,
+    /// Where the next expiry batch starts: the (host, user) at which the previous batch
+    /// filled up. Without it, repeated small batches would re-check the same first
+    /// owners every time; with it, expiry goes round a host's owners.
+    expire_resume: Option<(String, String)>,
+}
+
+/// A message's place in archive order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Position {
+    when_us: i64,
+    seq: i64,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the archive database at `path` and brings its schema
+    /// up to date. The parent directory must exist.
+    ///
+    /// WAL lets readers (MAM queries) run while a message is being written;
+    /// `synchronous = NORMAL` is durable across process crashes in WAL mode and only
+    /// risks the last commits on power loss, the usual trade for a chat archive.
+    pub fn open(path: &Path) -> Result<SqliteStore> {
+        let conn = Connection::open(path).map_err(MamError::storage("open archive database"))?;
+        conn.busy_timeout(BUSY_TIMEOUT)
+            .map_err(MamError::storage("set busy_timeout"))?;
+        // The pragma answers with the mode it ended up in; a file system without WAL
+        // support leaves the default rollback journal, which is slower but correct.
+        conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get::<_, String>(0))
+            .map_err(MamError::storage("set journal_mode=WAL"))?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(MamError::storage("set synchronous=NORMAL"))?;
+        Self::with_connection(conn)
+    }
+
+    /// A private, empty archive in memory (for tests and tools).
+    pub fn open_in_memory() -> Result<SqliteStore> {
+        let conn =
+            Connection::open_in_memory().map_err(MamError::storage("open in-memory database"))?;
+        Self::with_connection(conn)
+    }
+
+    fn with_connection(mut conn: Connection) -> Result<SqliteStore> {
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+        schema::migrate(&mut conn)?;
+        Ok(SqliteStore {
+            conn,
+            expire_resume: None,
+        })
+    }
+}
+
+/// Converts a count or limit from the API to SQLite's integer, saturating: a limit
+/// beyond `i64::MAX` means "no limit" anyway.
+fn to_sql_int<T: TryInto<i64>>(n: T) -> i64 {
+    n.try_into().unwrap_or(i64::MAX)
+}
+
+/// Converts a row count from SQLite back to the API's unsigned count (never negative
+/// in practice; a negative value would be a broken trigger, reported as zero).
+fn to_count(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
+}
+
+/// `ids` as one JSON array of strings, bound as a single parameter and unpacked in SQL
+/// by `json_each`. This takes any number of ids (SQLite allows at most 32766 bound
+/// variables per statement) and keeps client text out of the SQL.
+fn json_string_array(ids: &[String]) -> String {
+    let mut out = String::with_capacity(ids.iter().map(|id| id.len() + 3).sum::<usize>() + 2);
+    out.push('[');
+    for (i, id) in ids.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push('"');
+        for c in id.chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                c if u32::from(c) < 0x20 => out.push_str(&format!("\\u{:04x}", u32::from(c))),
+                c => out.push(c),
+            }
+        }
+        out.push('"');
+    }
+    out.push(']');
+    out
+}
+
+/// A statement's text and its parameters, assembled from constant fragments.
+#[derive(Debug)]
+struct Sql {
+    text: String,
+    params: Vec<Value>,
+}
+
+impl Sql {
+    fn new(head: &str) -> Self {
+        Sql {
+            text: head.to_owned(),
+            params: Vec::new(),
+        }
+    }
+
+    /// Appends a constant fragment and the values for its `?`s.
+    fn push(&mut self, fragment: &'static str, values: impl IntoIterator<Item = Value>) {
+        self.text.push_str(fragment);
+        self.params.extend(values);
+    }
+}
+
+/// Whether the request's match set is the owner's whole archive (then the counter table
+/// answers `<count>` without touching the archive).
+fn is_unfiltered(req: &FindRequest) -> bool {
+    req.with.is_none() && req.start.is_none() && req.end.is_none() && req.ids.is_none()
+}
+
+/// The WHERE clause shared by a page and its total: owner first, then `with`, `start`,
+/// `end` and `ids`.
+fn push_filters(sql: &mut Sql, owner: &Owner, req: &FindRequest) {
+    sql.push(
+        " WHERE host = ? AND user = ?",
+        [
+            Value::Text(owner.host.clone()),
+            Value::Text(owner.user.clone()),
+        ],
+    );
+    if let Some(with) = &req.with {
+        sql.push(" AND with_bare = ?", [Value::Text(with.bare.clone())]);
+        if let Some(resource) = &with.resource {
+            sql.push(" AND with_resource = ?", [Value::Text(resource.clone())]);
+        }
+    }
+    if let Some(start) = req.start {
+        sql.push(" AND when_us >= ?", [Value::Integer(start)]);
+    }
+    if let Some(end) = req.end {
+        sql.push(" AND when_us <= ?", [Value::Integer(end)]);
+    }
+    if let Some(ids) = &req.ids {
+        sql.push(
+            " AND id IN (SELECT value FROM json_each(?))",
+            [Value::Text(json_string_array(ids))],
+        );
+    }
+}
+
+/// `FROM archive`, pinned to the per-owner id index when the request names `ids`:
+/// those few rows are then found by id and sorted, instead of SQLite's own choice of
+/// walking the owner's whole archive in time order to skip the sort.
+fn from_archive(req: &FindRequest) -> &'static str {
+    if req.ids.is_some() {
+        " FROM archive INDEXED BY archive_owner_id"
+    } else {
+        " FROM archive"
+    }
+}
+
+/// The query for one page: the filters, strictly after `after` and before `before`, in
+/// archive order (or reversed), at most `req.limit` rows.
+fn page_sql(
+    owner: &Owner,
+    req: &FindRequest,
+    after: Option<Position>,
+    before: Option<Position>,
+) -> Sql {
+    let mut sql = Sql::new("SELECT id, when_us, with_bare, stanza");
+    sql.push(from_archive(req), []);
+    push_filters(&mut sql, owner, req);
+    if let Some(p) = after {
+        sql.push(
+            " AND (when_us, seq) > (?, ?)",
+            [Value::Integer(p.when_us), Value::Integer(p.seq)],
+        );
+    }
+    if let Some(p) = before {
+        sql.push(
+            " AND (when_us, seq) < (?, ?)",
+            [Value::Integer(p.when_us), Value::Integer(p.seq)],
+        );
+    }
+    let order = if req.reverse {
+        " ORDER BY when_us DESC, seq DESC LIMIT ?"
+    } else {
+        " ORDER BY when_us ASC, seq ASC LIMIT ?"
+    };
+    sql.push(order, [Value::Integer(to_sql_int(req.limit))]);
+    sql
+}
+
+/// The query counting a filtered match set (RSM `<count>`); `after`, `before` and
+/// `limit` do not apply.
+fn count_sql(owner: &Owner, req: &FindRequest) -> Sql {
+    let mut sql = Sql::new("SELECT count(*)");
+    sql.push(from_archive(req), []);
+    push_filters(&mut sql, owner, req);
+    sql
+}
+
+/// Resolves each id to its position in this owner's archive and returns the tightest
+/// bound: the latest for `after` (`latest = true`), the earliest for `before`.
+/// An id this owner does not have, including another owner's id, is item-not-found.
+fn resolve_bound(
+    conn: &Connection,
+    owner: &Owner,
+    ids: &[String],
+    latest: bool,
+) -> Result<Option<Position>> {
+    let mut stmt = conn
+        .prepare_cached(POSITION_OF_ID)
+        .map_err(MamError::storage("find: prepare id lookup"))?;
+    let mut bound: Option<Position> = None;
+    for id in ids {
+        let found = stmt
+            .query_row(params![owner.host, owner.user, id], |row| {
+                Ok(Position {
+                    when_us: row.get(0)?,
+                    seq: row.get(1)?,
+                })
+            })
+            .optional()
+            .map_err(MamError::storage("find: look up id"))?;
+        let Some(p) = found else {
+            return Err(MamError::ItemNotFound(format!(
+                "No message with id '{id}' in this archive"
+            )));
+        };
+        bound = Some(match bound {
+            None => p,
+            Some(b) if latest => b.max(p),
+            Some(b) => b.min(p),
+        });
+    }
+    Ok(bound)
+}
+
+/// Deletes up to `max` of one owner's messages older than `cutoff`, oldest first.
+fn expire_owner(
+    conn: &Connection,
+    host: &str,
+    user: &str,
+    cutoff: Micros,
+    max: i64,
+) -> Result<i64> {
+    let n = conn
+        .prepare_cached(EXPIRE_OWNER)
+        .and_then(|mut stmt| stmt.execute(params![host, user, cutoff, max]))
+        .map_err(MamError::storage("expire: delete old messages"))?;
+    Ok(to_sql_int(n))
+}
+
+/// Up to [`OWNER_CHUNK`] owners on `host` with messages, in name order, after `after`
+/// (from the first when `None`).
+fn owners_after(conn: &Connection, host: &str, after: Option<&str>) -> Result<Vec<String>> {
+    let rows = match after {
+        None => conn.prepare_cached(OWNERS_FIRST).and_then(|mut stmt| {
+            stmt.query_map(params![host, OWNER_CHUNK], |row| row.get(0))?
+                .collect::<rusqlite::Result<Vec<String>>>()
+        }),
+        Some(user) => conn.prepare_cached(OWNERS_AFTER).and_then(|mut stmt| {
+            stmt.query_map(params![host, user, OWNER_CHUNK], |row| row.get(0))?
+                .collect::<rusqlite::Result<Vec<String>>>()
+        }),
+    };
+    rows.map_err(MamError::storage("expire: list owners"))
+}
+
+impl ArchiveStore for SqliteStore {
+    /// Inserts, then trims to the quota from the exact counter (no count over the
+    /// archive). With `Some(n)` the owner keeps the new message plus the newest
+    /// `max(n, 1) - 1` others: a quota of 0 still keeps the message just stored, as the
+    /// trait promises, rather than archiving it and deleting it in the same breath.
+    fn append(&mut self, owner: &Owner, msg: &NewMessage, item_limit: Option<u64>) -> Result<u64> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(MamError::storage("append: begin"))?;
+        tx.prepare_cached(INSERT_MESSAGE)
+            .and_then(|mut stmt| {
+                stmt.execute(params![
+                    owner.host,
+                    owner.user,
+                    msg.id,
+                    msg.when,
+                    msg.with_bare,
+                    msg.with_resource,
+                    msg.xml,
+                ])
+            })
+            .map_err(MamError::storage("append: insert message"))?;
+        let seq = tx.last_insert_rowid();
+        let mut removed = 0;
+        if let Some(limit) = item_limit {
+            let keep = to_sql_int(limit.max(1));
+            let count: i64 = tx
+                .prepare_cached(OWNER_COUNT)
+                .and_then(|mut stmt| stmt.query_row(params![owner.host, owner.user], |r| r.get(0)))
+                .map_err(MamError::storage("append: read message count"))?;
+            if count > keep {
+                removed = tx
+                    .prepare_cached(TRIM_OLDEST)
+                    .and_then(|mut stmt| {
+                        stmt.execute(params![owner.host, owner.user, seq, count - keep])
+                    })
+                    .map_err(MamError::storage("append: trim to quota"))?;
+            }
+        }
+        tx.commit().map_err(MamError::storage("append: commit"))?;
+        Ok(to_count(to_sql_int(removed)))
+    }
+
+    /// Resolves `after`/`before` ids, counts (if asked) and reads the page in one read
+    /// transaction, so the page and `<count>` describe the same archive.
+    fn find(&mut self, owner: &Owner, req: &FindRequest) -> Result<Page> {
+        let tx = self
+            .conn
+            .transaction()
+            .map_err(MamError::storage("find: begin"))?;
+        let after = resolve_bound(&tx, owner, &req.after, true)?;
+        let before = resolve_bound(&tx, owner, &req.before, false)?;
+
+        let total = if !req.total {
+            None
+        } else if is_unfiltered(req) {
+            let count: Option<i64> = tx
+                .prepare_cached(OWNER_COUNT)
+                .and_then(|mut stmt| {
+                    stmt.query_row(params![owner.host, owner.user], |r| r.get(0))
+                        .optional()
+                })
+                .map_err(MamError::storage("find: read message count"))?;
+            Some(to_count(count.unwrap_or(0)))
+        } else {
+            let sql = count_sql(owner, req);
+            let count: i64 = tx
+                .prepare_cached(&sql.text)
+                .and_then(|mut stmt| stmt.query_row(params_from_iter(&sql.params), |r| r.get(0)))
+                .map_err(MamError::storage("find: count matches"))?;
+            Some(to_count(count))
+        };
+
+        let items = if req.limit == 0 {
+            Vec::new()
+        } else {
+            let sql = page_sql(owner, req, after, before);
+            tx.prepare_cached(&sql.text)
+                .and_then(|mut stmt| {
+                    stmt.query_map(params_from_iter(&sql.params), |row| {
+                        Ok(ArchivedMessage {
+                            id: row.get(0)?,
+                            when: row.get(1)?,
+                            with_bare: row.get(2)?,
+                            xml: row.get(3)?,
+                        })
+                    })?
+                    .collect::<rusqlite::Result<Vec<_>>>()
+                })
+                .map_err(MamError::storage("find: read page"))?
+        };
+        tx.commit().map_err(MamError::storage("find: end"))?;
+        Ok(Page { items, total })
+    }
+
+    /// Two one-row index probes, one from each end of the owner's archive order.
+    fn bounds(&mut self, owner: &Owner) -> Result<Option<ArchiveBounds>> {
+        let tx = self
+            .conn
+            .transaction()
+            .map_err(MamError::storage("bounds: begin"))?;
+        let end = |sql: &str| -> Result<Option<ArchiveEnd>> {
+            tx.prepare_cached(sql)
+                .and_then(|mut stmt| {
+                    stmt.query_row(params![owner.host, owner.user], |row| {
+                        Ok(ArchiveEnd {
+                            id: row.get(0)?,
+                            when: row.get(1)?,
+                        })
+                    })
+                    .optional()
+                })
+                .map_err(MamError::storage("bounds: read"))
+        };
+        let first = end(FIRST_MESSAGE)?;
+        let last = end(LAST_MESSAGE)?;
+        tx.commit().map_err(MamError::storage("bounds: end"))?;
+        Ok(match (first, last) {
+            (Some(first), Some(last)) => Some(ArchiveBounds { first, last }),
+            _ => None,
+        })
+    }
+
+    /// A stored value the code cannot read back (a policy or rule outside the CHECK
+    /// constraints' sets) is reported as corrupt rather than guessed at.
+    fn get_prefs(&mut self, owner: &Owner) -> Result<Option<Prefs>> {
+        let tx = self
+            .conn
+            .transaction()
+            .map_err(MamError::storage("get_prefs: begin"))?;
+        let default: Option<String> = tx
+            .prepare_cached(GET_DEFAULT_POLICY)
+            .and_then(|mut stmt| {
+                stmt.query_row(params![owner.host, owner.user], |r| r.get(0))
+                    .optional()
+            })
+            .map_err(MamError::storage("get_prefs: read default"))?;
+        let Some(default) = default else {
+            return Ok(None);
+        };
+        let default = DefaultPolicy::parse(&default)
+            .ok_or_else(|| MamError::Corrupt(format!("unknown default policy '{default}'")))?;
+        let rules: Vec<(String, String)> = tx
+            .prepare_cached(GET_JID_RULES)
+            .and_then(|mut stmt| {
+                stmt.query_map(params![owner.host, owner.user], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?
+                .collect()
+            })
+            .map_err(MamError::storage("get_prefs: read jid rules"))?;
+        tx.commit().map_err(MamError::storage("get_prefs: end"))?;
+        let mut prefs = Prefs::with_default(default);
+        for (jid, rule) in rules {
+            match rule.as_str() {
+                "always" => prefs.always.insert(jid),
+                "never" => prefs.never.insert(jid),
+                _ => return Err(MamError::Corrupt(format!("unknown prefs rule '{rule}'"))),
+            };
+        }
+        Ok(Some(prefs))
+    }
+
+    /// Replaces default and lists in one transaction. A JID on both lists is stored as
+    /// `never` only, since `never` wins (see [`Prefs::never`]); reading back gives the
+    /// same decisions.
+    fn set_prefs(&mut self, owner: &Owner, prefs: &Prefs) -> Result<()> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(MamError::storage("set_prefs: begin"))?;
+        tx.prepare_cached(SET_DEFAULT_POLICY)
+            .and_then(|mut stmt| {
+                stmt.execute(params![owner.host, owner.user, prefs.default.as_str()])
+            })
+            .map_err(MamError::storage("set_prefs: write default"))?;
+        tx.prepare_cached(CLEAR_JID_RULES)
+            .and_then(|mut stmt| stmt.execute(params![owner.host, owner.user]))
+            .map_err(MamError::storage("set_prefs: clear jid rules"))?;
+        {
+            let mut add = tx
+                .prepare_cached(ADD_JID_RULE)
+                .map_err(MamError::storage("set_prefs: prepare jid rule"))?;
+            for jid in &prefs.never {
+                add.execute(params![owner.host, owner.user, jid, "never"])
+                    .map_err(MamError::storage("set_prefs: write never rule"))?;
+            }
+            for jid in prefs.always.difference(&prefs.never) {
+                add.execute(params![owner.host, owner.user, jid, "always"])
+                    .map_err(MamError::storage("set_prefs: write always rule"))?;
+            }
+        }
+        tx.commit().map_err(MamError::storage("set_prefs: commit"))
+    }
+
+    fn delete_user(&mut self, owner: &Owner) -> Result<u64> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(MamError::storage("delete_user: begin"))?;
+        let removed = tx
+            .prepare_cached(DELETE_OWNER_ARCHIVE)
+            .and_then(|mut stmt| stmt.execute(params![owner.host, owner.user]))
+            .map_err(MamError::storage("delete_user: delete archive"))?;
+        // The delete trigger already removed the counter row; this makes sure of it.
+        for (sql, context) in [
+            (DELETE_OWNER_COUNT, "delete_user: delete count"),
+            (DELETE_OWNER_PREFS, "delete_user: delete prefs"),
+            (CLEAR_JID_RULES, "delete_user: delete jid rules"),
+        ] {
+            tx.prepare_cached(sql)
+                .and_then(|mut stmt| stmt.execute(params![owner.host, owner.user]))
+                .map_err(MamError::storage(context))?;
+        }
+        tx.commit()
+            .map_err(MamError::storage("delete_user: commit"))?;
+        Ok(to_count(to_sql_int(removed)))
+    }
+
+    /// Walks the host's owners (from the counter table, which lists exactly the owners
+    /// with messages) and deletes per owner through the owner index, so no statement
+    /// touches rows of an owner it does not name. The walk starts where the previous
+    /// batch filled up and wraps round once, so returning less than `batch` really
+    /// means every owner was checked.
+    fn expire_batch(&mut self, host: &str, cutoff: Micros, batch: usize) -> Result<u64> {
+        let want = to_sql_int(batch);
+        if want == 0 {
+            return Ok(0);
+        }
+        let resume = self
+            .expire_resume
+            .take()
+            .filter(|(h, _)| h == host)
+            .map(|(_, user)| user);
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(MamError::storage("expire: begin"))?;
+        let mut removed: i64 = 0;
+        let mut filled_at: Option<String> = None;
+        'walk: {
+            // The owner the last batch stopped at may still have old messages.
+            if let Some(user) = &resume {
+                removed += expire_owner(&tx, host, user, cutoff, want - removed)?;
+                if removed >= want {
+                    filled_at = Some(user.clone());
+                    break 'walk;
+                }
+            }
+            // Then the owners after it, then (wrapping) the owners before it.
+            for wrapped in [false, true] {
+                if wrapped && resume.is_none() {
+                    break;
+                }
+                let mut cursor = if wrapped { None } else { resume.clone() };
+                loop {
+                    let owners = owners_after(&tx, host, cursor.as_deref())?;
+                    for user in &owners {
+                        if wrapped && resume.as_deref().is_some_and(|r| user.as_str() >= r) {
+                            break 'walk;
+                        }
+                        removed += expire_owner(&tx, host, user, cutoff, want - removed)?;
+                        if removed >= want {
+                            filled_at = Some(user.clone());
+                            break 'walk;
+                        }
+                    }
+                    if owners.len() < OWNER_CHUNK as usize {
+                        break;
+                    }
+                    cursor = owners.last().cloned();
+                }
+            }
+        }
+        tx.commit().map_err(MamError::storage("expire: commit"))?;
+        self.expire_resume = filled_at.map(|user| (host.to_owned(), user));
+        Ok(to_count(removed))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::WithFilter;
+    use std::collections::BTreeSet;
+
+    const T0: Micros = 1_275_868_800_000_000; // 2010-06-07T00:00:00Z
+
+    fn juliet() -> Owner {
+        Owner::new("capulet.lit", "juliet")
+    }
+
+    fn romeo() -> Owner {
+        Owner::new("montague.lit", "romeo")
+    }
+
+    fn msg(id: &str, when: Micros, with: &str) -> NewMessage {
+        let (bare, resource) = match with.split_once('/') {
+            Some((bare, resource)) => (bare.to_owned(), Some(resource.to_owned())),
+            None => (with.to_owned(), None),
+        };
+        NewMessage {
+            id: id.to_owned(),
+            when,
+            with_bare: bare,
+            with_resource: resource,
+            xml: format!("<message xmlns='jabber:client' id='{id}'><body>{id}</body></message>"),
+        }
+    }
+
+    /// A store where juliet has m0..m9, one second apart, alternating between romeo
+    /// (even) and the nurse (odd).
+    fn ten_messages() -> SqliteStore {
+        let mut store = SqliteStore::open_in_memory().expect("open");
+        for i in 0..10 {
+            let with = if i % 2 == 0 {
+                "romeo@montague.lit/orchard"
+            } else {
+                "nurse@capulet.lit/chamber"
+            };
+            store
+                .append(
+                    &juliet(),
+                    &msg(&format!("m{i}"), T0 + i * 1_000_000, with),
+                    None,
+                )
+                .expect("append");
+        }
+        store
+    }
+
+    fn ids(page: &Page) -> Vec<&str> {
+        page.items.iter().map(|m| m.id.as_str()).collect()
+    }
+
+    fn req(limit: usize) -> FindRequest {
+        FindRequest {
+            limit,
+            ..FindRequest::default()
+        }
+    }
+
+    fn with(bare: &str, resource: Option<&str>) -> Option<WithFilter> {
+        Some(WithFilter {
+            bare: bare.to_owned(),
+            resource: resource.map(str::to_owned),
+        })
+    }
+
+    fn owner_count(store: &SqliteStore, owner: &Owner) -> Option<i64> {
+        store
+            .conn
+            .query_row(OWNER_COUNT, params![owner.host, owner.user], |r| r.get(0))
+            .optional()
+            .expect("count")
+    }
+
+    fn real_count(store: &SqliteStore, owner: &Owner) -> i64 {
+        store
+            .conn
+            .query_row(
+                "SELECT count(*) FROM archive WHERE host = ?1 AND user = ?2",
+                params![owner.host, owner.user],
+                |r| r.get(0),
+            )
+            .expect("count")
+    }
+
+    #[test]
+    fn forward_find_returns_the_oldest_page_and_after_continues_it() {
+        let mut store = ten_messages();
+        let page = store.find(&juliet(), &req(3)).expect("find");
+        assert_eq!(ids(&page), ["m0", "m1", "m2"]);
+        assert_eq!(page.total, None);
+        let next = FindRequest {
+            after: vec!["m2".to_owned()],
+            ..req(3)
+        };
+        assert_eq!(
+            ids(&store.find(&juliet(), &next).expect("find")),
+            ["m3", "m4", "m5"]
+        );
+        // The stored fields come back as they went in.
+        let m0 = &page.items[0];
+        assert_eq!(m0.when, T0);
+        assert_eq!(m0.with_bare, "romeo@montague.lit");
+        assert_eq!(m0.xml, msg("m0", T0, "x").xml);
+    }
+
+    #[test]
+    fn reverse_find_returns_the_newest_page() {
+        let mut store = ten_messages();
+        let page = store
+            .find(
+                &juliet(),
+                &FindRequest {
+                    reverse: true,
+                    total: true,
+                    ..req(3)
+                },
+            )
+            .expect("find");
+        assert_eq!(ids(&page), ["m9", "m8", "m7"]);
+        assert_eq!(page.total, Some(10));
+    }
+
+    #[test]
+    fn reverse_find_before_an_id_pages_backwards() {
+        let mut store = ten_messages();
+        let page = store
+            .find(
+                &juliet(),
+                &FindRequest {
+                    reverse: true,
+                    before: vec!["m7".to_owned()],
+                    ..req(3)
+                },
+            )
+            .expect("find");
+        assert_eq!(ids(&page), ["m6", "m5", "m4"]);
+    }
+
+    #[test]
+    fn after_and_before_together_give_the_window_between() {
+        let mut store = ten_messages();
+        let page = store
+            .find(
+                &juliet(),
+                &FindRequest {
+                    after: vec!["m2".to_owned(), "m1".to_owned()],
+                    before: vec!["m6".to_owned(), "m8".to_owned()],
+                    ..req(100)
+                },
+            )
+            .expect("find");
+        // Strictly after every `after` id and strictly before every `before` id.
+        assert_eq!(ids(&page), ["m3", "m4", "m5"]);
+    }
+
+    #[test]
+    fn a_page_after_an_unknown_id_is_item_not_found() {
+        let mut store = ten_messages();
+        for request in [
+            FindRequest {
+                after: vec!["nope".to_owned()],
+                ..req(10)
+            },
+            FindRequest {
+                before: vec!["m1".to_owned(), "nope".to_owned()],
+                ..req(10)
+            },
+        ] {
+            match store.find(&juliet(), &request) {
+                Err(MamError::ItemNotFound(text)) => {
+                    assert_eq!(text, "No message with id 'nope' in this archive")
+                }
+                other => panic!("expected item-not-found, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn another_owners_id_is_unknown() {
+        let mut store = ten_messages();
+        store
+            .append(&romeo(), &msg("r1", T0, "juliet@capulet.lit"), None)
+            .expect("append");
+        let request = FindRequest {
+            after: vec!["r1".to_owned()],
+            ..req(10)
+        };
+        assert!(matches!(
+            store.find(&juliet(), &request),
+            Err(MamError::ItemNotFound(_))
+        ));
+        // Nor does `ids` reach into another archive.
+        let request = FindRequest {
+            ids: Some(vec!["r1".to_owned(), "m1".to_owned()]),
+            ..req(10)
+        };
+        assert_eq!(ids(&store.find(&juliet(), &request).expect("find")), ["m1"]);
+        // The same id may exist in two archives.
+        store
+            .append(&romeo(), &msg("m1", T0, "juliet@capulet.lit"), None)
+            .expect("same id, other owner");
+    }
+
+    #[test]
+    fn a_duplicate_id_in_one_archive_is_a_storage_error() {
+        let mut store = ten_messages();
+        let err = store
+            .append(&juliet(), &msg("m1", T0, "romeo@montague.lit"), None)
+            .expect_err("duplicate");
+        assert!(matches!(
+            err,
+            MamError::Storage {
+                context: "append: insert message",
+                ..
+            }
+        ));
+        assert_eq!(owner_count(&store, &juliet()), Some(10));
+    }
+
+    #[test]
+    fn total_ignores_after_and_limit() {
+        let mut store = ten_messages();
+        let page = store
+            .find(
+                &juliet(),
+                &FindRequest {
+                    with: with("romeo@montague.lit", None),
+                    after: vec!["m4".to_owned()],
+                    before: vec!["m9".to_owned()],
+                    total: true,
+                    ..req(1)
+                },
+            )
+            .expect("find");
+        assert_eq!(ids(&page), ["m6"]);
+        assert_eq!(page.total, Some(5));
+    }
+
+    #[test]
+    fn limit_zero_returns_no_items_but_still_counts() {
+        let mut store = ten_messages();
+        for request in [
+            FindRequest {
+                total: true,
+                ..req(0)
+            },
+            FindRequest {
+                total: true,
+                start: Some(T0 + 5_000_000),
+                ..req(0)
+            },
+        ] {
+            let page = store.find(&juliet(), &request).expect("find");
+            assert!(page.items.is_empty());
+            assert!(page.total.is_some());
+        }
+        let page = store
+            .find(
+                &juliet(),
+                &FindRequest {
+                    total: true,
+                    start: Some(T0 + 5_000_000),
+                    ..req(0)
+                },
+            )
+            .expect("find");
+        assert_eq!(page.total, Some(5));
+    }
+
+    #[test]
+    fn an_empty_archive_counts_zero_and_has_no_bounds() {
+        let mut store = SqliteStore::open_in_memory().expect("open");
+        let page = store
+            .find(
+                &juliet(),
+                &FindRequest {
+                    total: true,
+                    ..req(10)
+                },
+            )
+            .expect("find");
+        assert_eq!(
+            page,
+            Page {
+                items: vec![],
+                total: Some(0)
+            }
+        );
+        assert_eq!(store.bounds(&juliet()).expect("bounds"), None);
+    }
+
+    #[test]
+    fn start_and_end_are_inclusive() {
+        let mut store = ten_messages();
+        let page = store
+            .find(
+                &juliet(),
+                &FindRequest {
+                    start: Some(T0 + 2_000_000),
+                    end: Some(T0 + 4_000_000),
+                    total: true,
+                    ..req(10)
+                },
+            )
+            .expect("find");
+        assert_eq!(ids(&page), ["m2", "m3", "m4"]);
+        assert_eq!(page.total, Some(3));
+    }
+
+    #[test]
+    fn bare_jid_with_matches_every_resource() {
+        let mut store = ten_messages();
+        store
+            .append(
+                &juliet(),
+                &msg("m10", T0 + 10_000_000, "romeo@montague.lit/balcony"),
+                None,
+            )
+            .expect("append");
+        store
+            .append(
+                &juliet(),
+                &msg("m11", T0 + 11_000_000, "romeo@montague.lit"),
+                None,
+            )
+            .expect("append");
+        let page = store
+            .find(
+                &juliet(),
+                &FindRequest {
+                    with: with("romeo@montague.lit", None),
+                    ..req(100)
+                },
+            )
+            .expect("find");
+        assert_eq!(ids(&page), ["m0", "m2", "m4", "m6", "m8", "m10", "m11"]);
+    }
+
+    #[test]
+    fn full_jid_with_matches_only_that_resource() {
+        let mut store = ten_messages();
+        store
+            .append(
+                &juliet(),
+                &msg("m10", T0 + 10_000_000, "romeo@montague.lit/balcony"),
+                None,
+            )
+            .expect("append");
+        store
+            .append(
+                &juliet(),
+                &msg("m11", T0 + 11_000_000, "romeo@montague.lit"),
+                None,
+            )
+            .expect("append");
+        let page = store
+            .find(
+                &juliet(),
+                &FindRequest {
+                    with: with("romeo@montague.lit", Some("balcony")),
+                    total: true,
+                    ..req(100)
+                },
+            )
+            .expect("find");
+        assert_eq!(ids(&page), ["m10"]);
+        assert_eq!(page.total, Some(1));
+    }
+
+    #[test]
+    fn ids_return_only_those_present_in_archive_order() {
+        let mut store = ten_messages();
+        let page = store
+            .find(
+                &juliet(),
+                &FindRequest {
+                    ids: Some(vec![
+                        "m7".into(),
+                        "unknown".into(),
+                        "m2".into(),
+                        "m7".into(),
+                    ]),
+                    total: true,
+                    ..req(10)
+                },
+            )
+            .expect("find");
+        assert_eq!(ids(&page), ["m2", "m7"]);
+        assert_eq!(page.total, Some(2));
+        let none = FindRequest {
+            ids: Some(vec![]),
+            total: true,
+            ..req(10)
+        };
+        assert_eq!(
+            store.find(&juliet(), &none).expect("find"),
+            Page {
+                items: vec![],
+                total: Some(0)
+            }
+        );
+    }
+
+    #[test]
+    fn ids_with_quotes_backslashes_and_control_characters_match_exactly() {
+        let mut store = SqliteStore::open_in_memory().expect("open");
+        let odd = ["a\"b", "c\\d", "e\nf\u{1}", "ünï'çødé", "\\\"", "[\"x\"]"];
+        for (i, id) in odd.iter().enumerate() {
+            store
+                .append(
+                    &juliet(),
+                    &msg(id, T0 + i as i64, "romeo@montague.lit"),
+                    None,
+                )
+                .expect("append");
+        }
+        let page = store
+            .find(
+                &juliet(),
+                &FindRequest {
+                    ids: Some(odd.iter().map(|s| s.to_string()).collect()),
+                    ..req(100)
+                },
+            )
+            .expect("find");
+        assert_eq!(ids(&page), odd);
+        // Near misses do not match.
+        let page = store
+            .find(
+                &juliet(),
+                &FindRequest {
+                    ids: Some(vec!["ab".into(), "a\\\"b".into(), "\"x\"".into()]),
+                    ..req(100)
+                },
+            )
+            .expect("find");
+        assert!(page.items.is_empty());
+    }
+
+    #[test]
+    fn ids_beyond_sqlite_variable_limit_work() {
+        let mut store = SqliteStore::open_in_memory().expect("open");
+        let owner = juliet();
+        {
+            let tx = store.conn.transaction().expect("tx");
+            let mut insert = tx.prepare_cached(INSERT_MESSAGE).expect("prepare");
+            for i in 0..50_000i64 {
+                insert
+                    .execute(params![
+                        owner.host,
+                        owner.user,
+                        format!("id{i}"),
+                        T0 + i,
+                        "romeo@montague.lit",
+                        None::<String>,
+                        "<message/>"
+                    ])
+                    .expect("insert");
+            }
+            drop(insert);
+            tx.commit().expect("commit");
+        }
+        // 40 000 ids (more than SQLite's 32 766 variables), every fourth one unknown.
+        let wanted: Vec<String> = (0..40_000)
+            .map(|i| {
+                if i % 4 == 3 {
+                    format!("missing{i}")
+                } else {
+                    format!("id{i}")
+                }
+            })
+            .collect();
+        let page = store
+            .find(
+                &owner,
+                &FindRequest {
+                    ids: Some(wanted),
+                    total: true,
+                    reverse: true,
+                    ..req(5)
+                },
+            )
+            .expect("find");
+        assert_eq!(page.total, Some(30_000));
+        assert_eq!(
+            ids(&page),
+            ["id39998", "id39997", "id39996", "id39994", "id39993"]
+        );
+    }
+
+    #[test]
+    fn messages_with_equal_timestamps_keep_insertion_order() {
+        let mut store = SqliteStore::open_in_memory().expect("open");
+        // Ids deliberately not in string order: insertion order must win.
+        for id in ["z", "a", "m", "b"] {
+            store
+                .append(&juliet(), &msg(id, T0, "romeo@montague.lit"), None)
+                .expect("append");
+        }
+        assert_eq!(
+            ids(&store.find(&juliet(), &req(10)).expect("find")),
+            ["z", "a", "m", "b"]
+        );
+        let after_a = FindRequest {
+            after: vec!["a".into()],
+            ..req(10)
+        };
+        assert_eq!(
+            ids(&store.find(&juliet(), &after_a).expect("find")),
+            ["m", "b"]
+        );
+        let before_m = FindRequest {
+            before: vec!["m".into()],
+            reverse: true,
+            ..req(10)
+        };
+        assert_eq!(
+            ids(&store.find(&juliet(), &before_m).expect("find")),
+            ["a", "z"]
+        );
+        let bounds = store.bounds(&juliet()).expect("bounds").expect("some");
+        assert_eq!(
+            (bounds.first.id.as_str(), bounds.last.id.as_str()),
+            ("z", "b")
+        );
+    }
+
+    #[test]
+    fn bounds_are_first_and_last_in_archive_order() {
+        let mut store = ten_messages();
+        // Stored last but stamped earliest: archive order is by time first.
+        store
+            .append(&juliet(), &msg("early", T0 - 1, "romeo@montague.lit"), None)
+            .expect("append");
+        let bounds = store.bounds(&juliet()).expect("bounds").expect("some");
+        assert_eq!(
+            bounds,
+            ArchiveBounds {
+                first: ArchiveEnd {
+                    id: "early".into(),
+                    when: T0 - 1
+                },
+                last: ArchiveEnd {
+                    id: "m9".into(),
+                    when: T0 + 9_000_000
+                },
+            }
+        );
+        assert_eq!(store.bounds(&romeo()).expect("bounds"), None);
+    }
+
+    #[test]
+    fn quota_trims_oldest_and_keeps_newest() {
+        let mut store = ten_messages();
+        store
+            .append(&romeo(), &msg("r1", T0, "juliet@capulet.lit"), None)
+            .expect("append");
+        let removed = store
+            .append(
+                &juliet(),
+                &msg("m10", T0 + 10_000_000, "romeo@montague.lit"),
+                Some(4),
+            )
+            .expect("append");
+        assert_eq!(removed, 7);
+        assert_eq!(
+            ids(&store.find(&juliet(), &req(100)).expect("find")),
+            ["m7", "m8", "m9", "m10"]
+        );
+        assert_eq!(owner_count(&store, &juliet()), Some(4));
+        // Under quota: nothing removed. Other owners untouched.
+        let removed = store
+            .append(
+                &juliet(),
+                &msg("m11", T0 + 11_000_000, "romeo@montague.lit"),
+                Some(10),
+            )
+            .expect("append");
+        assert_eq!(removed, 0);
+        assert_eq!(ids(&store.find(&romeo(), &req(10)).expect("find")), ["r1"]);
+    }
+
+    #[test]
+    fn quota_of_zero_keeps_only_the_new_message() {
+        let mut store = ten_messages();
+        let removed = store
+            .append(
+                &juliet(),
+                &msg("m10", T0 + 10_000_000, "romeo@montague.lit"),
+                Some(0),
+            )
+            .expect("append");
+        assert_eq!(removed, 10);
+        assert_eq!(
+            ids(&store.find(&juliet(), &req(100)).expect("find")),
+            ["m10"]
+        );
+    }
+
+    #[test]
+    fn a_backdated_message_survives_its_own_quota_trim() {
+        let mut store = ten_messages();
+        let removed = store
+            .append(
+                &juliet(),
+                &msg("old", T0 - 1_000_000, "romeo@montague.lit"),
+                Some(3),
+            )
+            .expect("append");
+        assert_eq!(removed, 8);
+        assert_eq!(
+            ids(&store.find(&juliet(), &req(100)).expect("find")),
+            ["old", "m8", "m9"]
+        );
+    }
+
+    #[test]
+    fn the_message_counter_stays_exact_through_every_delete() {
+        let mut store = ten_messages();
+        store
+            .append(&romeo(), &msg("r1", T0, "juliet@capulet.lit"), None)
+            .expect("append");
+        store
+            .append(
+                &juliet(),
+                &msg("m10", T0 + 10_000_000, "romeo@montague.lit"),
+                Some(8),
+            )
+            .expect("quota");
+        assert_eq!(
+            owner_count(&store, &juliet()),
+            Some(real_count(&store, &juliet()))
+        );
+        store
+            .expire_batch("capulet.lit", T0 + 5_000_000, 2)
+            .expect("expire");
+        assert_eq!(
+            owner_count(&store, &juliet()),
+            Some(real_count(&store, &juliet()))
+        );
+        store.delete_user(&juliet()).expect("delete");
+        assert_eq!(owner_count(&store, &juliet()), None);
+        assert_eq!(owner_count(&store, &romeo()), Some(1));
+    }
+
+    #[test]
+    fn prefs_round_trip_including_never_list() {
+        let mut store = SqliteStore::open_in_memory().expect("open");
+        assert_eq!(store.get_prefs(&juliet()).expect("get"), None);
+        let mut prefs = Prefs::with_default(DefaultPolicy::Roster);
+        prefs.always.insert("romeo@montague.lit".into());
+        prefs.never.insert("montague@montague.lit".into());
+        prefs.never.insert("tybalt@capulet.lit".into());
+        store.set_prefs(&juliet(), &prefs).expect("set");
+        assert_eq!(store.get_prefs(&juliet()).expect("get"), Some(prefs));
+        // Setting replaces everything.
+        let only_default = Prefs::with_default(DefaultPolicy::Never);
+        store.set_prefs(&juliet(), &only_default).expect("set");
+        assert_eq!(store.get_prefs(&juliet()).expect("get"), Some(only_default));
+        assert_eq!(store.get_prefs(&romeo()).expect("get"), None);
+    }
+
+    #[test]
+    fn a_jid_on_both_lists_reads_back_as_never() {
+        let mut store = SqliteStore::open_in_memory().expect("open");
+        let mut prefs = Prefs::with_default(DefaultPolicy::Always);
+        prefs.always.insert("tybalt@capulet.lit".into());
+        prefs.never.insert("tybalt@capulet.lit".into());
+        store.set_prefs(&juliet(), &prefs).expect("set");
+        let back = store.get_prefs(&juliet()).expect("get").expect("some");
+        assert_eq!(back.always, BTreeSet::new());
+        assert_eq!(
+            back.never,
+            BTreeSet::from(["tybalt@capulet.lit".to_owned()])
+        );
+    }
+
+    #[test]
+    fn delete_user_removes_archive_and_prefs_only_for_that_user() {
+        let mut store = ten_messages();
+        let nurse = Owner::new("capulet.lit", "nurse");
+        store
+            .append(&nurse, &msg("n1", T0, "juliet@capulet.lit"), None)
+            .expect("append");
+        let prefs = Prefs::with_default(DefaultPolicy::Never);
+        let mut with_list = Prefs::with_default(DefaultPolicy::Always);
+        with_list.never.insert("romeo@montague.lit".into());
+        store.set_prefs(&juliet(), &with_list).expect("set");
+        store.set_prefs(&nurse, &prefs).expect("set");
+
+        assert_eq!(store.delete_user(&juliet()).expect("delete"), 10);
+        let page = store
+            .find(
+                &juliet(),
+                &FindRequest {
+                    total: true,
+                    ..req(10)
+                },
+            )
+            .expect("find");
+        assert_eq!(
+            page,
+            Page {
+                items: vec![],
+                total: Some(0)
+            }
+        );
+        assert_eq!(store.get_prefs(&juliet()).expect("get"), None);
+        let jid_rules: i64 = store
+            .conn
+            .query_row(
+                "SELECT count(*) FROM archive_prefs_jid WHERE host = ?1 AND user = ?2",
+                params!["capulet.lit", "juliet"],
+                |r| r.get(0),
+            )
+            .expect("count");
+        assert_eq!(jid_rules, 0);
+        // The nurse keeps everything.
+        assert_eq!(ids(&store.find(&nurse, &req(10)).expect("find")), ["n1"]);
+        assert_eq!(store.get_prefs(&nurse).expect("get"), Some(prefs));
+        // Deleting again is harmless.
+        assert_eq!(store.delete_user(&juliet()).expect("delete"), 0);
+    }
+
+    #[test]
+    fn expire_batch_deletes_only_older_and_is_bounded() {
+        let mut store = ten_messages();
+        let nurse = Owner::new("capulet.lit", "nurse");
+        for i in 0..4 {
+            store
+                .append(
+                    &nurse,
+                    &msg(&format!("n{i}"), T0 + i * 1_000_000, "juliet@capulet.lit"),
+                    None,
+                )
+                .expect("append");
+        }
+        // Another host's old messages are not this host's business.
+        store
+            .append(&romeo(), &msg("r1", T0, "juliet@capulet.lit"), None)
+            .expect("append");
+        let cutoff = T0 + 3_000_000; // strictly before: m0..m2 and n0..n2, six in all.
+        assert_eq!(
+            store
+                .expire_batch("capulet.lit", cutoff, 4)
+                .expect("expire"),
+            4
+        );
+        assert_eq!(
+            store
+                .expire_batch("capulet.lit", cutoff, 4)
+                .expect("expire"),
+            2
+        );
+        assert_eq!(
+            store
+                .expire_batch("capulet.lit", cutoff, 4)
+                .expect("expire"),
+            0
+        );
+        assert_eq!(
+            ids(&store.find(&juliet(), &req(100)).expect("find")),
+            ["m3", "m4", "m5", "m6", "m7", "m8", "m9"]
+        );
+        assert_eq!(ids(&store.find(&nurse, &req(100)).expect("find")), ["n3"]);
+        assert_eq!(ids(&store.find(&romeo(), &req(100)).expect("find")), ["r1"]);
+        assert_eq!(
+            store
+                .expire_batch("capulet.lit", cutoff, 0)
+                .expect("expire"),
+            0
+        );
+    }
+
+    #[test]
+    fn expire_batch_goes_round_all_owners_before_reporting_done() {
+        let mut store = SqliteStore::open_in_memory().expect("open");
+        let users = ["a", "b", "c", "d"];
+        for user in users {
+            for i in 0..3 {
+                store
+                    .append(
+                        &Owner::new("capulet.lit", user),
+                        &msg(&format!("{user}{i}"), T0 + i, "x@y"),
+                        None,
+                    )
+                    .expect("append");
+            }
+        }
+        // Batches of 5 over 12 old messages: 5, 5, 2 and then nothing; every batch
+        // starts where the last one stopped and wraps to the owners before it.
+        let mut got = Vec::new();
+        loop {
+            let n = store
+                .expire_batch("capulet.lit", T0 + 10, 5)
+                .expect("expire");
+            got.push(n);
+            if n < 5 {
+                break;
+            }
+        }
+        assert_eq!(got, [5, 5, 2]);
+        for user in users {
+            let page = store
+                .find(
+                    &Owner::new("capulet.lit", user),
+                    &FindRequest {
+                        total: true,
+                        ..req(0)
+                    },
+                )
+                .expect("find");
+            assert_eq!(page.total, Some(0), "{user}");
+        }
+    }
+
+    #[test]
+    fn expire_batch_walks_more_owners_than_one_chunk() {
+        let mut store = SqliteStore::open_in_memory().expect("open");
+        let owners = OWNER_CHUNK as usize * 2 + 3;
+        for i in 0..owners {
+            let owner = Owner::new("capulet.lit", &format!("user{i:04}"));
+            store
+                .append(&owner, &msg("old", T0, "x@y"), None)
+                .expect("append");
+            store
+                .append(&owner, &msg("new", T0 + 100, "x@y"), None)
+                .expect("append");
+        }
+        let n = store
+            .expire_batch("capulet.lit", T0 + 1, owners + 10)
+            .expect("expire");
+        assert_eq!(n, owners as u64);
+        let left: i64 = store
+            .conn
+            .query_row("SELECT count(*) FROM archive WHERE id = 'old'", [], |r| {
+                r.get(0)
+            })
+            .expect("count");
+        assert_eq!(left, 0);
+    }
+
+    #[test]
+    fn migrations_are_idempotent_on_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("archive.sqlite");
+        for _ in 0..3 {
+            let store = SqliteStore::open(&path).expect("open");
+            let version: i64 = store
+                .conn
+                .query_row("PRAGMA user_version", [], |r| r.get(0))
+                .expect("version");
+            assert_eq!(version, i64::from(schema::current_version()));
+        }
+        let mut conn = Connection::open(&path).expect("open");
+        schema::migrate(&mut conn).expect("migrate again");
+        let tables: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name LIKE 'archive%'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("tables");
+        assert_eq!(tables, 4);
+    }
+
+    #[test]
+    fn an_older_schema_is_upgraded_in_place_with_an_exact_counter() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("archive.sqlite");
+        {
+            // A database as the first migration step left it, with messages in it.
+            let conn = Connection::open(&path).expect("open");
+            conn.execute_batch(schema::MIGRATIONS[0]).expect("step 1");
+            conn.pragma_update(None, "user_version", 1)
+                .expect("version");
+            for (user, id) in [("juliet", "a"), ("juliet", "b"), ("nurse", "c")] {
+                conn.execute(
+                    "INSERT INTO archive (host, user, id, when_us, with_bare, stanza) \
+                     VALUES ('capulet.lit', ?1, ?2, 0, 'x@y', '<message/>')",
+                    params![user, id],
+                )
+                .expect("insert");
+            }
+        }
+        let mut store = SqliteStore::open(&path).expect("upgrade");
+        assert_eq!(owner_count(&store, &juliet()), Some(2));
+        assert_eq!(
+            owner_count(&store, &Owner::new("capulet.lit", "nurse")),
+            Some(1)
+        );
+        let removed = store
+            .append(&juliet(), &msg("d", 1, "x@y"), Some(2))
+            .expect("append");
+        assert_eq!(removed, 1);
+        assert_eq!(
+            ids(&store.find(&juliet(), &req(10)).expect("find")),
+            ["b", "d"]
+        );
+    }
+
+    #[test]
+    fn a_database_from_a_newer_version_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("archive.sqlite");
+        drop(SqliteStore::open(&path).expect("open"));
+        let conn = Connection::open(&path).expect("open");
+        conn.pragma_update(None, "user_version", 99).expect("bump");
+        drop(conn);
+        match SqliteStore::open(&path) {
+            Err(MamError::Corrupt(text)) => assert_eq!(
+                text,
+                format!(
+                    "archive database schema version 99 is newer than this module's ({})",
+                    schema::current_version()
+                )
+            ),
+            other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
+        }
+    }
+
+    #[test]
+    fn data_survives_reopen_of_a_file_database() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("archive.sqlite");
+        {
+            let mut store = SqliteStore::open(&path).expect("open");
+            let mode: String = store
+                .conn
+                .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+                .expect("mode");
+            assert_eq!(mode, "wal");
+            store
+                .append(
+                    &juliet(),
+                    &msg("m0", T0, "romeo@montague.lit/orchard"),
+                    None,
+                )
+                .expect("append");
+            store
+                .set_prefs(&juliet(), &Prefs::with_default(DefaultPolicy::Roster))
+                .expect("set");
+        }
+        let mut store = SqliteStore::open(&path).expect("reopen");
+        let page = store
+            .find(
+                &juliet(),
+                &FindRequest {
+                    total: true,
+                    with: with("romeo@montague.lit", Some("orchard")),
+                    ..req(10)
+                },
+            )
+            .expect("find");
+        assert_eq!(ids(&page), ["m0"]);
+        assert_eq!(page.total, Some(1));
+        assert_eq!(
+            store.get_prefs(&juliet()).expect("get"),
+            Some(Prefs::with_default(DefaultPolicy::Roster))
+        );
+    }
+
+    #[test]
+    fn opening_a_file_in_a_missing_directory_is_a_storage_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("no/such/dir/archive.sqlite");
+        assert!(matches!(
+            SqliteStore::open(&path),
+            Err(MamError::Storage {
+                context: "open archive database",
+                ..
+            })
+        ));
+    }
+
+    /// The `EXPLAIN QUERY PLAN` details of a statement.
+    fn plan(store: &SqliteStore, sql: &str, params: &[Value]) -> Vec<String> {
+        let mut stmt = store
+            .conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .expect("explain");
+        stmt.query_map(params_from_iter(params), |r| r.get::<_, String>(3))
+            .expect("plan")
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .expect("rows")
+    }
+
+    /// Asserts the plan never scans `archive` and reaches it only through an index whose
+    /// leading columns are (host, user), constrained by both.
+    fn assert_owner_indexed(store: &SqliteStore, what: &str, sql: &str, params: &[Value]) {
+        let details = plan(store, sql, params);
+        let on_archive: Vec<&String> = details
+            .iter()
+            .filter(|d| d.starts_with("SCAN archive") || d.starts_with("SEARCH archive"))
+            .collect();
+        assert!(
+            !on_archive.is_empty(),
+            "{what}: no archive access in {details:?}"
+        );
+        let mut owner_indexed = false;
+        for detail in on_archive {
+            assert!(!detail.starts_with("SCAN archive"), "{what}: {detail}");
+            // Point lookups by seq of rows an owner-indexed subquery picked (the
+            // `DELETE … WHERE seq IN (SELECT seq …)` shapes) are not a scan.
+            if detail.ends_with("USING INTEGER PRIMARY KEY (rowid=?)") {
+                continue;
+            }
+            let index = detail
+                .split_once(" INDEX ")
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+                .unwrap_or_else(|| panic!("{what}: no index in {detail}"));
+            let columns: Vec<String> = store
+                .conn
+                .prepare("SELECT name FROM pragma_index_info(?1) ORDER BY seqno")
+                .expect("index_info")
+                .query_map([index], |r| r.get(0))
+                .expect("columns")
+                .collect::<rusqlite::Result<_>>()
+                .expect("rows");
+            assert_eq!(columns[..2], ["host", "user"], "{what}: {detail}");
+            assert!(detail.contains("(host=? AND user=?"), "{what}: {detail}");
+            owner_indexed = true;
+        }
+        assert!(owner_indexed, "{what}: no owner index in {details:?}");
+        println!("{what}: {details:?}");
+    }
+
+    #[test]
+    fn query_plans_use_owner_leading_indexes() {
+        let store = ten_messages();
+        let owner = juliet();
+        let at = Some(Position {
+            when_us: T0,
+            seq: 3,
+        });
+        let newest = FindRequest {
+            reverse: true,
+            ..req(50)
+        };
+        let with_newest = FindRequest {
+            with: with("romeo@montague.lit", None),
+            ..newest.clone()
+        };
+        let with_resource = FindRequest {
+            with: with("romeo@montague.lit", Some("orchard")),
+            ..newest.clone()
+        };
+        let window = FindRequest {
+            start: Some(T0),
+            end: Some(T0 + 5_000_000),
+            ..req(50)
+        };
+        let with_window = FindRequest {
+            with: with("romeo@montague.lit", None),
+            ..window.clone()
+        };
+        let by_ids = FindRequest {
+            ids: Some(vec!["m1".into(), "m2".into()]),
+            ..req(50)
+        };
+        const WHEN: &str = "archive_owner_when (host=? AND user=?";
+        const WITH: &str = "archive_owner_with_when (host=? AND user=? AND with_bare=?";
+        const ID: &str = "archive_owner_id (host=? AND user=? AND id=?)";
+        let pages = [
+            ("newest page", page_sql(&owner, &newest, None, None), WHEN),
+            ("oldest page", page_sql(&owner, &req(50), None, None), WHEN),
+            (
+                "with + newest page",
+                page_sql(&owner, &with_newest, None, None),
+                WITH,
+            ),
+            (
+                "full jid + newest",
+                page_sql(&owner, &with_resource, None, None),
+                WITH,
+            ),
+            ("after id", page_sql(&owner, &req(50), at, None), WHEN),
+            (
+                "before id, reversed",
+                page_sql(&owner, &newest, None, at),
+                WHEN,
+            ),
+            (
+                "with + after id",
+                page_sql(&owner, &with_newest, at, None),
+                WITH,
+            ),
+            ("time window", page_sql(&owner, &window, None, None), WHEN),
+            (
+                "with + time window",
+                page_sql(&owner, &with_window, None, None),
+                WITH,
+            ),
+            ("ids", page_sql(&owner, &by_ids, None, None), ID),
+            ("count with", count_sql(&owner, &with_newest), WITH),
+            ("count window", count_sql(&owner, &window), WHEN),
+            ("count with + window", count_sql(&owner, &with_window), WITH),
+            ("count ids", count_sql(&owner, &by_ids), ID),
+        ];
+        for (what, sql, index) in &pages {
+            assert_owner_indexed(&store, what, &sql.text, &sql.params);
+            let details = plan(&store, &sql.text, &sql.params);
+            assert!(
+                details.iter().any(|d| d.contains(index)),
+                "{what}: expected {index} in {details:?}"
+            );
+        }
+        let owner_params = [
+            Value::Text(owner.host.clone()),
+            Value::Text(owner.user.clone()),
+        ];
+        let with_id = |id: &str| {
+            let mut p = owner_params.to_vec();
+            p.push(Value::Text(id.into()));
+            p
+        };
+        let int = |n: i64| Value::Integer(n);
+        let fixed: [(&str, &str, Vec<Value>); 6] = [
+            ("first", FIRST_MESSAGE, owner_params.to_vec()),
+            ("last", LAST_MESSAGE, owner_params.to_vec()),
+            ("id position", POSITION_OF_ID, with_id("m1")),
+            (
+                "quota trim",
+                TRIM_OLDEST,
+                [owner_params.to_vec(), vec![int(1), int(2)]].concat(),
+            ),
+            (
+                "expire",
+                EXPIRE_OWNER,
+                [owner_params.to_vec(), vec![int(T0), int(2)]].concat(),
+            ),
+            ("delete user", DELETE_OWNER_ARCHIVE, owner_params.to_vec()),
+        ];
+        for (what, sql, params) in &fixed {
+            assert_owner_indexed(&store, what, sql, params);
+        }
+        // The plans above must not need a sort for the ordered page shapes either.
+        for (what, sql, _) in &pages[..9] {
+            let details = plan(&store, &sql.text, &sql.params);
+            assert!(
+                !details.iter().any(|d| d.contains("TEMP B-TREE")),
+                "{what}: sorts: {details:?}"
+            );
+        }
+    }
+
+    /// Run with `cargo test --release --no-default-features --features vendored --
+    /// --ignored --nocapture store_speed`. Prints, does not assert.
+    #[test]
+    #[ignore]
+    fn store_speed() {
+        use std::time::Instant;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = SqliteStore::open(&dir.path().join("speed.sqlite")).expect("open");
+        let owner = juliet();
+        let rows = 200_000i64;
+        let started = Instant::now();
+        {
+            let tx = store.conn.transaction().expect("tx");
+            let mut insert = tx.prepare_cached(INSERT_MESSAGE).expect("prepare");
+            for i in 0..rows {
+                // 50 regular contacts; "rare" gets three messages spread over the archive.
+                let with = if i % (rows / 3) == 7 {
+                    "rare@example.com".to_owned()
+                } else {
+                    format!("contact{}@example.com", i % 50)
+                };
+                insert
+                    .execute(params![
+                        owner.host,
+                        owner.user,
+                        crate::id::new_archive_id(T0 + i * 1000),
+                        T0 + i * 1000,
+                        with,
+                        Some("res"),
+                        "<message xmlns='jabber:client' type='chat'><body>Hello there, \
+                         this is a message of ordinary length.</body></message>"
+                    ])
+                    .expect("insert");
+            }
+            drop(insert);
+            tx.commit().expect("commit");
+        }
+        println!(
+            "insert {rows} rows in one transaction: {:?}",
+            started.elapsed()
+        );
+
+        let started = Instant::now();
+        for i in 0..1000 {
+            store
+                .append(
+                    &owner,
+                    &msg(
+                        &format!("live{i}"),
+                        T0 + rows * 1000 + i,
+                        "romeo@montague.lit",
+                    ),
+                    Some(1_000_000),
+                )
+                .expect("append");
+        }
+        println!(
+            "append with quota check, one transaction each: {:?}/message",
+            started.elapsed() / 1000
+        );
+
+        fn time(store: &mut SqliteStore, owner: &Owner, what: &str, request: FindRequest) {
+            let runs = 200;
+            let mut page = Page::default();
+            let started = Instant::now();
+            for _ in 0..runs {
+                page = store.find(owner, &request).expect("find");
+            }
+            println!(
+                "{what}: {:?}/page ({} items, total {:?})",
+                started.elapsed() / runs,
+                page.items.len(),
+                page.total
+            );
+        }
+        let newest = FindRequest {
+            reverse: true,
+            ..req(50)
+        };
+        time(&mut store, &owner, "newest page of 50", newest.clone());
+        time(
+            &mut store,
+            &owner,
+            "newest page of 50 + total",
+            FindRequest {
+                total: true,
+                ..newest.clone()
+            },
+        );
+        time(
+            &mut store,
+            &owner,
+            "with rare contact, newest page",
+            FindRequest {
+                with: with("rare@example.com", None),
+                total: true,
+                ..newest.clone()
+            },
+        );
+        time(
+            &mut store,
+            &owner,
+            "with busy contact, newest page + total",
+            FindRequest {
+                with: with("contact3@example.com", None),
+                total: true,
+                ..newest.clone()
+            },
+        );
+        time(
+            &mut store,
+            &owner,
+            "one-hour window in the middle",
+            FindRequest {
+                start: Some(T0 + 100_000_000),
+                end: Some(T0 + 100_000_000 + 3_600_000_000),
+                ..req(50)
+            },
+        );
+        let bounds = store.bounds(&owner).expect("bounds").expect("some");
+        let mid = store
+            .find(
+                &owner,
+                &FindRequest {
+                    start: Some(T0 + 100_000_000),
+                    ..req(1)
+                },
+            )
+            .expect("find")
+            .items
+            .remove(0)
+            .id;
+        time(
+            &mut store,
+            &owner,
+            "after an id in the middle",
+            FindRequest {
+                after: vec![mid],
+                ..req(50)
+            },
+        );
+        let started = Instant::now();
+        for _ in 0..1000 {
+            store.bounds(&owner).expect("bounds");
+        }
+        println!(
+            "bounds: {:?} ({} .. {})",
+            started.elapsed() / 1000,
+            bounds.first.id,
+            bounds.last.id
+        );
+        let started = Instant::now();
+        let n = store
+            .expire_batch("capulet.lit", T0 + 10_000_000, 1000)
+            .expect("expire");
+        println!("expire batch of {n}: {:?}", started.elapsed());
+        // 1000 ids spread over the archive, plus 1000 unknown ones.
+        let some_ids: Vec<String> = store
+            .find(&owner, &req(200_000))
+            .expect("find")
+            .items
+            .into_iter()
+            .step_by(200)
+            .map(|m| m.id)
+            .chain((0..1000).map(|i| format!("unknown{i}")))
+            .collect();
+        time(
+            &mut store,
+            &owner,
+            "ids: 2000 asked (1000 known), page of 50 + total",
+            FindRequest {
+                ids: Some(some_ids),
+                total: true,
+                ..req(50)
+            },
+        );
+        let started = Instant::now();
+        let n = store.delete_user(&owner).expect("delete");
+        println!("delete_user of {n} messages: {:?}", started.elapsed());
+    }
+}
