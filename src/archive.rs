@@ -52,11 +52,19 @@ impl Archive {
     /// Opens the SQLite archive named by the configuration.
     pub fn open(config: Config) -> Result<Archive> {
         let store = SqliteStore::open(&config.database_path)?;
-        Ok(Archive::with_store(config, Box::new(store), Arc::new(SystemClock)))
+        Ok(Archive::with_store(
+            config,
+            Box::new(store),
+            Arc::new(SystemClock),
+        ))
     }
 
     /// An archive over any backend and clock (tests inject both).
-    pub fn with_store(config: Config, store: Box<dyn ArchiveStore>, clock: Arc<dyn Clock>) -> Archive {
+    pub fn with_store(
+        config: Config,
+        store: Box<dyn ArchiveStore>,
+        clock: Arc<dyn Clock>,
+    ) -> Archive {
         Archive {
             config,
             store,
@@ -112,7 +120,8 @@ impl Archive {
 
     fn set_prefs(&mut self, user: &str, prefs: &Prefs) -> Result<()> {
         self.store.set_prefs(&self.owner(user), prefs)?;
-        self.prefs_cache.insert(user.to_owned(), Some(prefs.clone()));
+        self.prefs_cache
+            .insert(user.to_owned(), Some(prefs.clone()));
         Ok(())
     }
 
@@ -150,7 +159,8 @@ impl Archive {
             with_resource: resource.map(str::to_owned),
             xml: to_xml(&for_disk),
         };
-        self.store.append(&self.owner(user), &msg, self.config.item_limit)?;
+        self.store
+            .append(&self.owner(user), &msg, self.config.item_limit)?;
         let mut delivered = stanza.clone();
         delivered.push(
             Element::with_ns("stanza-id", ns::STANZA_ID)
@@ -171,7 +181,12 @@ impl Archive {
     }
 
     /// Runs a client's `<query>` against `user`'s archive.
-    pub fn query(&mut self, user: &str, query_el: &Element, jid_prep: JidPrep) -> Result<(Option<String>, QueryAnswer)> {
+    pub fn query(
+        &mut self,
+        user: &str,
+        query_el: &Element,
+        jid_prep: JidPrep,
+    ) -> Result<(Option<String>, QueryAnswer)> {
         self.prefs(user, true)?;
         let q = query::parse_query(query_el, jid_prep)?;
         let plan = q.plan(&self.config);
@@ -196,7 +211,12 @@ impl Archive {
     }
 
     /// Handles `<prefs>`: applies `set` if given, then returns the current prefs.
-    pub fn prefs_iq(&mut self, user: &str, set: Option<&Element>, jid_prep: JidPrep) -> Result<Element> {
+    pub fn prefs_iq(
+        &mut self,
+        user: &str,
+        set: Option<&Element>,
+        jid_prep: JidPrep,
+    ) -> Result<Element> {
         let current = self.prefs(user, true)?;
         let prefs = match set {
             Some(el) => {
@@ -248,8 +268,10 @@ mod tests {
     const T0: i64 = 1_700_000_000_000_000;
 
     fn archive_with(pairs: &[(&str, RawValue)]) -> (Archive, Arc<ManualClock>) {
-        let map: HashMap<String, RawValue> =
-            pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+        let map: HashMap<String, RawValue> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
         let config =
             Config::from_options("localhost", "/tmp", &move |n: &str| map.get(n).cloned()).unwrap();
         let clock = Arc::new(ManualClock(AtomicI64::new(T0)));
@@ -284,10 +306,17 @@ mod tests {
         for i in 0..3 {
             clock.0.fetch_add(1, Ordering::SeqCst);
             let appended = a
-                .append("juliet", "romeo@montague.lit/orchard", &chat(&i.to_string()))
+                .append(
+                    "juliet",
+                    "romeo@montague.lit/orchard",
+                    &chat(&i.to_string()),
+                )
                 .unwrap()
                 .unwrap();
-            let sid = appended.delivered.get_child("stanza-id", Some(ns::STANZA_ID)).unwrap();
+            let sid = appended
+                .delivered
+                .get_child("stanza-id", Some(ns::STANZA_ID))
+                .unwrap();
             assert_eq!(sid.attr("id"), Some(appended.id.as_str()));
             assert_eq!(sid.attr("by"), Some("juliet@localhost"));
             ids.push(appended.id);
@@ -316,16 +345,26 @@ mod tests {
 
     #[test]
     fn roster_default_policy_defers_to_the_roster() {
-        let (mut a, _) = archive_with(&[("default_archive_policy", RawValue::String("roster".into()))]);
-        assert_eq!(a.rule("juliet", "romeo@montague.lit/x").unwrap(), Rule::IfInRoster);
+        let (mut a, _) =
+            archive_with(&[("default_archive_policy", RawValue::String("roster".into()))]);
+        assert_eq!(
+            a.rule("juliet", "romeo@montague.lit/x").unwrap(),
+            Rule::IfInRoster
+        );
     }
 
     #[test]
     fn expiry_removes_only_messages_older_than_the_window() {
-        let (mut a, clock) = archive_with(&[("archive_expires_after", RawValue::String("1d".into()))]);
-        a.append("juliet", "romeo@montague.lit", &chat("old")).unwrap().unwrap();
+        let (mut a, clock) =
+            archive_with(&[("archive_expires_after", RawValue::String("1d".into()))]);
+        a.append("juliet", "romeo@montague.lit", &chat("old"))
+            .unwrap()
+            .unwrap();
         clock.0.fetch_add(2 * 86_400 * 1_000_000, Ordering::SeqCst);
-        let new = a.append("juliet", "romeo@montague.lit", &chat("new")).unwrap().unwrap();
+        let new = a
+            .append("juliet", "romeo@montague.lit", &chat("new"))
+            .unwrap()
+            .unwrap();
         assert_eq!(a.expire_batch(100).unwrap(), 1);
         assert_eq!(a.expire_batch(100).unwrap(), 0);
         assert_eq!(query_all(&mut a, "juliet"), vec![new.id]);
@@ -333,9 +372,14 @@ mod tests {
 
     #[test]
     fn never_expiring_archives_are_not_expired() {
-        let (mut a, clock) = archive_with(&[("archive_expires_after", RawValue::String("never".into()))]);
-        a.append("juliet", "romeo@montague.lit", &chat("old")).unwrap().unwrap();
-        clock.0.fetch_add(400 * 86_400 * 1_000_000, Ordering::SeqCst);
+        let (mut a, clock) =
+            archive_with(&[("archive_expires_after", RawValue::String("never".into()))]);
+        a.append("juliet", "romeo@montague.lit", &chat("old"))
+            .unwrap()
+            .unwrap();
+        clock
+            .0
+            .fetch_add(400 * 86_400 * 1_000_000, Ordering::SeqCst);
         assert_eq!(a.expire_batch(100).unwrap(), 0);
         assert_eq!(query_all(&mut a, "juliet").len(), 1);
     }

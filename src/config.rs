@@ -251,8 +251,10 @@ mod tests {
     use std::collections::HashMap;
 
     fn config_with(pairs: &[(&str, RawValue)]) -> Result<Config> {
-        let map: HashMap<String, RawValue> =
-            pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+        let map: HashMap<String, RawValue> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
         let source = move |name: &str| map.get(name).cloned();
         Config::from_options("example.com", "/var/lib/prosody", &source)
     }
@@ -330,7 +332,9 @@ mod tests {
             parse_default_policy(&s("always")).unwrap(),
             DefaultPolicy::Always
         );
-        let err = parse_default_policy(&s("sometimes")).unwrap_err().to_string();
+        let err = parse_default_policy(&s("sometimes"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("default_archive_policy") && err.contains("\"roster\""));
     }
 

@@ -71,7 +71,12 @@ pub fn should_store(stanza: &Element) -> (bool, Reason) {
         "headline" => return (false, "headline"),
         // Bounces addressed to a full JID tell the user their message failed; errors
         // to the bare JID come from the account itself (e.g. PEP) and are noise.
-        "error" => return (stanza.attr("to").is_some_and(|to| to.contains('/')), "bounce"),
+        "error" => {
+            return (
+                stanza.attr("to").is_some_and(|to| to.contains('/')),
+                "bounce",
+            )
+        }
         // MUC messages are archived by the room.
         "groupchat" => return (false, "groupchat"),
         _ => {}
@@ -119,9 +124,12 @@ pub fn strip_forged_stanza_ids(stanza: &mut Element, owner_bare: &str) -> bool {
     let parent_ns = stanza.xmlns().map(str::to_owned);
     let before = stanza.children.len();
     stanza.retain_tags(|tag| {
-        let is_stanza_id = tag.name == "stanza-id"
-            && tag.xmlns().or(parent_ns.as_deref()) == Some(ns::STANZA_ID);
-        !(is_stanza_id && tag.attr("by").is_some_and(|by| by.eq_ignore_ascii_case(owner_bare)))
+        let is_stanza_id =
+            tag.name == "stanza-id" && tag.xmlns().or(parent_ns.as_deref()) == Some(ns::STANZA_ID);
+        !(is_stanza_id
+            && tag
+                .attr("by")
+                .is_some_and(|by| by.eq_ignore_ascii_case(owner_bare)))
     });
     stanza.children.len() != before
 }
@@ -226,33 +234,68 @@ mod tests {
 
     #[test]
     fn stock_selection_rules() {
-        assert_eq!(verdict("<message type='chat'><body>hi</body></message>"), (true, "body"));
-        assert_eq!(verdict("<message type='headline'><body>x</body></message>"), (false, "headline"));
-        assert_eq!(verdict("<message type='groupchat'><body>x</body></message>"), (false, "groupchat"));
-        assert_eq!(verdict("<message type='error' to='a@b/c'/>"), (true, "bounce"));
-        assert_eq!(verdict("<message type='error' to='a@b'/>"), (false, "bounce"));
+        assert_eq!(
+            verdict("<message type='chat'><body>hi</body></message>"),
+            (true, "body")
+        );
+        assert_eq!(
+            verdict("<message type='headline'><body>x</body></message>"),
+            (false, "headline")
+        );
+        assert_eq!(
+            verdict("<message type='groupchat'><body>x</body></message>"),
+            (false, "groupchat")
+        );
+        assert_eq!(
+            verdict("<message type='error' to='a@b/c'/>"),
+            (true, "bounce")
+        );
+        assert_eq!(
+            verdict("<message type='error' to='a@b'/>"),
+            (false, "bounce")
+        );
         assert_eq!(
             verdict("<message><body>x</body><no-store xmlns='urn:xmpp:hints'/></message>"),
             (false, "hint")
         );
         assert_eq!(
-            verdict("<message><body>x</body><no-permanent-store xmlns='urn:xmpp:hints'/></message>"),
+            verdict(
+                "<message><body>x</body><no-permanent-store xmlns='urn:xmpp:hints'/></message>"
+            ),
             (false, "hint")
         );
-        assert_eq!(verdict("<message><store xmlns='urn:xmpp:hints'/></message>"), (true, "hint"));
-        assert_eq!(verdict("<message><subject>s</subject></message>"), (true, "subject"));
+        assert_eq!(
+            verdict("<message><store xmlns='urn:xmpp:hints'/></message>"),
+            (true, "hint")
+        );
+        assert_eq!(
+            verdict("<message><subject>s</subject></message>"),
+            (true, "subject")
+        );
         assert_eq!(
             verdict("<message><encryption xmlns='urn:xmpp:eme:0' namespace='eu.siacs.conversations.axolotl'/></message>"),
             (true, "encrypted")
         );
-        assert_eq!(verdict("<message><received xmlns='urn:xmpp:receipts' id='1'/></message>"), (true, "receipt"));
-        assert_eq!(verdict("<message><displayed xmlns='urn:xmpp:chat-markers:0' id='1'/></message>"), (true, "marker"));
-        assert_eq!(verdict("<message><x xmlns='jabber:x:conference' jid='room@muc'/></message>"), (true, "invite"));
+        assert_eq!(
+            verdict("<message><received xmlns='urn:xmpp:receipts' id='1'/></message>"),
+            (true, "receipt")
+        );
+        assert_eq!(
+            verdict("<message><displayed xmlns='urn:xmpp:chat-markers:0' id='1'/></message>"),
+            (true, "marker")
+        );
+        assert_eq!(
+            verdict("<message><x xmlns='jabber:x:conference' jid='room@muc'/></message>"),
+            (true, "invite")
+        );
         assert_eq!(
             verdict("<message><x xmlns='http://jabber.org/protocol/muc#user'><invite from='a@b'/></x></message>"),
             (true, "invite")
         );
-        assert_eq!(verdict("<message><propose xmlns='urn:xmpp:jingle-message:0' id='j'/></message>"), (true, "jingle call"));
+        assert_eq!(
+            verdict("<message><propose xmlns='urn:xmpp:jingle-message:0' id='j'/></message>"),
+            (true, "jingle call")
+        );
         assert_eq!(
             verdict("<message><active xmlns='http://jabber.org/protocol/chatstates'/></message>"),
             (false, "default")
@@ -273,8 +316,12 @@ mod tests {
         let ns = vec![ns::CHATSTATES.to_owned()];
         let mut m = el("<message><active xmlns='http://jabber.org/protocol/chatstates'/><body>x</body></message>");
         assert!(strip_namespaces(&mut m, &ns));
-        assert_eq!(crate::stanza::to_xml(&m), "<message><body>x</body></message>");
-        let mut m = el("<message><composing xmlns='http://jabber.org/protocol/chatstates'/></message>");
+        assert_eq!(
+            crate::stanza::to_xml(&m),
+            "<message><body>x</body></message>"
+        );
+        let mut m =
+            el("<message><composing xmlns='http://jabber.org/protocol/chatstates'/></message>");
         assert!(!strip_namespaces(&mut m, &ns));
     }
 
@@ -305,8 +352,19 @@ mod tests {
 
     #[test]
     fn an_invalid_default_or_jid_in_prefs_is_bad_request() {
-        let prep = |s: &str| if s.contains(' ') { None } else { Some(s.to_owned()) };
-        let err = prefs_from_element(&el("<prefs xmlns='urn:xmpp:mam:2' default='sometimes'/>"), DefaultPolicy::Always, &prep).unwrap_err();
+        let prep = |s: &str| {
+            if s.contains(' ') {
+                None
+            } else {
+                Some(s.to_owned())
+            }
+        };
+        let err = prefs_from_element(
+            &el("<prefs xmlns='urn:xmpp:mam:2' default='sometimes'/>"),
+            DefaultPolicy::Always,
+            &prep,
+        )
+        .unwrap_err();
         assert_eq!(err.to_xmpp().condition, "bad-request");
         let err = prefs_from_element(&el("<prefs xmlns='urn:xmpp:mam:2' default='always'><never><jid>not a jid</jid></never></prefs>"), DefaultPolicy::Always, &prep).unwrap_err();
         assert_eq!(err.to_string(), "Invalid JID: not a jid");

@@ -248,7 +248,11 @@ pub struct Plan {
 impl Query {
     /// Plans this query under the server's limits.
     pub fn plan(&self, config: &Config) -> Plan {
-        let page_size = self.rsm.max.unwrap_or(config.default_page).min(config.max_results);
+        let page_size = self
+            .rsm
+            .max
+            .unwrap_or(config.default_page)
+            .min(config.max_results);
         let reverse = self.rsm.before.is_some();
         let mut after: Vec<String> = self.after_id.iter().cloned().collect();
         after.extend(self.rsm.after.iter().cloned());
@@ -445,7 +449,8 @@ mod tests {
             err.to_string(),
             "Unexpected FORM_TYPE 'urn:xmpp:mam:1', expected 'urn:xmpp:mam:2'"
         );
-        let missing = "<query xmlns='urn:xmpp:mam:2'><x xmlns='jabber:x:data' type='submit'/></query>";
+        let missing =
+            "<query xmlns='urn:xmpp:mam:2'><x xmlns='jabber:x:data' type='submit'/></query>";
         assert_eq!(parse(missing).unwrap_err().to_string(), "Missing FORM_TYPE");
     }
 
@@ -479,7 +484,9 @@ mod tests {
 
     #[test]
     fn too_many_ids_is_policy_violation() {
-        let values: String = (0..=MAX_IDS).map(|i| format!("<value>{i}</value>")).collect();
+        let values: String = (0..=MAX_IDS)
+            .map(|i| format!("<value>{i}</value>"))
+            .collect();
         let err = parse(&form(&format!("<field var='ids'>{values}</field>"))).unwrap_err();
         assert_eq!(err.to_xmpp().condition, "policy-violation");
     }

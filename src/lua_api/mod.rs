@@ -9,8 +9,7 @@
 pub mod stanza_lua;
 
 use mlua::{
-    Function, Lua, MultiValue, Result as LuaResult, Table, UserData, UserDataMethods,
-    Value,
+    Function, Lua, MultiValue, Result as LuaResult, Table, UserData, UserDataMethods, Value,
 };
 
 use crate::archive::{Archive, NotStored};
@@ -146,7 +145,10 @@ fn config_table(lua: &Lua, c: &Config) -> LuaResult<Table> {
     t.raw_set("default_policy", c.default_policy.as_str())?;
     t.raw_set("smart_enable", c.smart_enable)?;
     t.raw_set("include_total", c.include_total)?;
-    t.raw_set("database_path", c.database_path.to_string_lossy().into_owned())?;
+    t.raw_set(
+        "database_path",
+        c.database_path.to_string_lossy().into_owned(),
+    )?;
     if let Some(limit) = c.item_limit {
         t.raw_set("item_limit", limit)?;
     }
@@ -161,14 +163,17 @@ impl UserData for ArchiveHandle {
         });
 
         // strip_forged_ids(stanza, user) -> new stanza, or nil if nothing was forged.
-        methods.add_method_mut("strip_forged_ids", |lua, this, (stanza, user): (Table, String)| {
-            let mut el = element_from_lua(&stanza)?;
-            if this.archive()?.strip_forged_ids(&mut el, &user) {
-                Ok(Value::Table(this.to_lua(lua, &el)?))
-            } else {
-                Ok(Value::Nil)
-            }
-        });
+        methods.add_method_mut(
+            "strip_forged_ids",
+            |lua, this, (stanza, user): (Table, String)| {
+                let mut el = element_from_lua(&stanza)?;
+                if this.archive()?.strip_forged_ids(&mut el, &user) {
+                    Ok(Value::Table(this.to_lua(lua, &el)?))
+                } else {
+                    Ok(Value::Nil)
+                }
+            },
+        );
 
         // should_store(stanza) -> boolean, reason
         methods.add_method("should_store", |_, _, stanza: Table| {
@@ -178,14 +183,15 @@ impl UserData for ArchiveHandle {
         });
 
         // rule(user, with_jid) -> "store" | "skip" | "roster"
-        methods.add_method_mut("rule", |lua, this, (user, with): (String, String)| {
-            match this.archive()?.rule(&user, &with) {
+        methods.add_method_mut(
+            "rule",
+            |lua, this, (user, with): (String, String)| match this.archive()?.rule(&user, &with) {
                 Ok(Rule::Store) => Ok(values([Value::String(lua.create_string("store")?)])),
                 Ok(Rule::Skip) => Ok(values([Value::String(lua.create_string("skip")?)])),
                 Ok(Rule::IfInRoster) => Ok(values([Value::String(lua.create_string("roster")?)])),
                 Err(e) => failure(lua, &e),
-            }
-        });
+            },
+        );
 
         // append(user, with_jid, stanza) -> id, delivered, stored | nil, err
         methods.add_method_mut(
@@ -260,18 +266,21 @@ impl UserData for ArchiveHandle {
         });
 
         // prefs(user, prefs_el_or_nil) -> <prefs> | nil, err
-        methods.add_method_mut("prefs", |lua, this, (user, set): (String, Option<Table>)| {
-            let set_el = match set {
-                Some(t) => Some(element_from_lua(&t)?),
-                None => None,
-            };
-            let jid_prep = this.jid_prep.clone();
-            let prep = prep_with(&jid_prep);
-            match this.archive()?.prefs_iq(&user, set_el.as_ref(), &prep) {
-                Ok(el) => Ok(values([Value::Table(this.to_lua(lua, &el)?)])),
-                Err(e) => failure(lua, &e),
-            }
-        });
+        methods.add_method_mut(
+            "prefs",
+            |lua, this, (user, set): (String, Option<Table>)| {
+                let set_el = match set {
+                    Some(t) => Some(element_from_lua(&t)?),
+                    None => None,
+                };
+                let jid_prep = this.jid_prep.clone();
+                let prep = prep_with(&jid_prep);
+                match this.archive()?.prefs_iq(&user, set_el.as_ref(), &prep) {
+                    Ok(el) => Ok(values([Value::Table(this.to_lua(lua, &el)?)])),
+                    Err(e) => failure(lua, &e),
+                }
+            },
+        );
 
         // expire_batch(n) -> deleted | nil, err
         methods.add_method_mut("expire_batch", |lua, this, batch: usize| {
