@@ -230,7 +230,7 @@ def no_total_server(prosody_factory):
     return prosody_factory("nototal", {"mam_include_total": False}, users=4)
 
 
-@pytest.mark.native_only
+# Not native_only: stock with internal storage honours it too (with SQL it does not).
 async def test_count_is_absent_with_mam_include_total_false(no_total_server, connect):
     _, bob, bodies = await sender_and_archive(no_total_server, connect, 3)
     results, fin = await mam_query(bob, rsm={"max": 2})
