@@ -17,6 +17,7 @@ Async tests (`async def test_...`) run on one event loop owned by this file.
 """
 
 import asyncio
+import atexit
 import concurrent.futures
 import inspect
 import itertools
@@ -123,6 +124,13 @@ def pytest_sessionfinish(session, exitstatus):
 
 
 # --------------------------------------------------------------------------- server
+
+@atexit.register
+def _stop_leftover_servers():
+    """Last resort (e.g. an interrupted run): stop every Prosody we started, by PID."""
+    for server in list(Prosody.running):
+        server.stop()
+
 
 def free_port():
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
