@@ -1,0 +1,573 @@
+"""End-to-end harness: a real Prosody 0.12 on loopback, real slixmpp clients.
+
+Layout:
+- `Prosody`: one private server (temp dir, free port, own pidfile/data/log), started
+  with `prosody -F`, stopped by PID. `prosody_factory` (module-scoped) makes servers
+  with extra options; tests share one server per distinct config per module.
+- `Client`: a connected slixmpp client that records every incoming <message> as a raw
+  ElementTree element, sends raw XML, and does iq round trips.
+- `mam_query`, `mam_query_all`, `send_chat`, ... : XEP-0313 helpers that parse replies
+  strictly (namespaces, queryid, forwarded/delay/message shape).
+
+`MAM_MODULE=native` (default) runs the plugin from `target/prosody-plugin`;
+`MAM_MODULE=stock` runs Prosody's own mod_mam. Tests marked `native_only` cover
+deliberate differences from stock and are skipped under stock.
+
+Async tests (`async def test_...`) run on one event loop owned by this file.
+"""
+
+import asyncio
+import atexit
+import concurrent.futures
+import inspect
+import itertools
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import pytest
+import slixmpp
+from slixmpp.exceptions import IqError, IqTimeout
+from slixmpp.xmlstream.handler import Callback
+from slixmpp.xmlstream.matcher.base import MatcherBase
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "prosody-test-env"))
+import prosody_config  # noqa: E402
+
+HOST = prosody_config.HOST
+MAM_MODULE = os.environ.get("MAM_MODULE", "native")
+PLUGIN_PATH = REPO / "target" / "prosody-plugin"
+WAIT = 10.0  # upper bound (seconds) for every bounded wait in the suite
+TEST_TIMEOUT = 120.0
+
+NS_CLIENT = "jabber:client"
+NS_MAM = "urn:xmpp:mam:2"
+NS_MAM_EXT = "urn:xmpp:mam:2#extended"
+NS_RSM = "http://jabber.org/protocol/rsm"
+NS_FORWARD = "urn:xmpp:forward:0"
+NS_DELAY = "urn:xmpp:delay"
+NS_SID = "urn:xmpp:sid:0"
+NS_DATA = "jabber:x:data"
+NS_STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
+NS_DISCO_INFO = "http://jabber.org/protocol/disco#info"
+NS_PING = "urn:xmpp:ping"
+NS_ROSTER = "jabber:iq:roster"
+NS_REGISTER = "jabber:iq:register"
+
+
+def q(ns, name):
+    """Clark notation: q(NS_MAM, 'result') -> '{urn:xmpp:mam:2}result'."""
+    return f"{{{ns}}}{name}"
+
+
+def token():
+    """A unique string for message bodies and ids."""
+    return uuid.uuid4().hex[:12]
+
+
+# --------------------------------------------------------------------------- loop
+
+LOOP = asyncio.new_event_loop()
+asyncio.set_event_loop(LOOP)
+
+
+def run(coro):
+    """Run a coroutine on the suite's loop (from sync fixtures)."""
+    return LOOP.run_until_complete(asyncio.wait_for(coro, TEST_TIMEOUT))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem):
+    if inspect.iscoroutinefunction(pyfuncitem.obj):
+        args = {name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
+        run(pyfuncitem.obj(**args))
+        return True
+    return None
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "native_only: deliberate difference from stock mod_mam; skipped with MAM_MODULE=stock",
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    # E2E_NATIVE_ONLY_ON_STOCK=1 runs them against stock anyway: they should fail there,
+    # which shows they test something stock gets wrong.
+    if MAM_MODULE == "stock" and os.environ.get("E2E_NATIVE_ONLY_ON_STOCK") != "1":
+        skip = pytest.mark.skip(reason="native_only: stock mod_mam deliberately differs here")
+        for item in items:
+            if "native_only" in item.keywords:
+                item.add_marker(skip)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    for server in list(Prosody.running):
+        server.stop()
+    pending = [t for t in asyncio.all_tasks(LOOP) if not t.done()]
+    for task in pending:
+        task.cancel()
+    if pending:
+        LOOP.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+
+
+# --------------------------------------------------------------------------- server
+
+@atexit.register
+def _stop_leftover_servers():
+    """Last resort (e.g. an interrupted run): stop every Prosody we started, by PID."""
+    for server in list(Prosody.running):
+        server.stop()
+
+
+def free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def password_for(user):
+    return f"pw-{user}"
+
+
+class Prosody:
+    """A private Prosody on 127.0.0.1 in a temp dir. Stopped by PID."""
+
+    running = set()
+
+    def __init__(self, name, options=None, users=40):
+        if MAM_MODULE not in ("native", "stock"):
+            pytest.exit(f"MAM_MODULE must be 'native' or 'stock', not {MAM_MODULE!r}", returncode=2)
+        plugin = None
+        if MAM_MODULE == "native":
+            if not (PLUGIN_PATH / "mod_mam" / "mod_mam.lua").is_file():
+                pytest.exit(
+                    f"MAM_MODULE=native but {PLUGIN_PATH}/mod_mam/mod_mam.lua is missing: "
+                    "run `make plugin` first, or use MAM_MODULE=stock",
+                    returncode=2,
+                )
+            plugin = PLUGIN_PATH
+        self.name = name
+        self.options = dict(options or {})
+        self.dir = Path(tempfile.mkdtemp(prefix=f"mam-e2e-{name}-"))
+        self.port = free_port()
+        self.cfg = self.dir / "prosody.cfg.lua"
+        self.log_path = self.dir / "prosody.log"
+        self.cfg.write_text(prosody_config.render(self.dir, self.port, plugin, self.options))
+        self.proc = None
+        self._pool = [f"u{i:02d}" for i in range(users)]
+        self._next = 0
+        with concurrent.futures.ThreadPoolExecutor(8) as ex:
+            list(ex.map(self.register, self._pool))
+
+    # accounts
+    def register(self, user):
+        subprocess.run(
+            ["prosodyctl", "--config", str(self.cfg), "register", user, HOST, password_for(user)],
+            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=WAIT,
+        )
+
+    def take_users(self, n):
+        """n usernames nobody else in this server's tests has used."""
+        if self._next + n > len(self._pool):
+            raise RuntimeError(f"user pool of server {self.name} exhausted; raise `users=`")
+        users = self._pool[self._next:self._next + n]
+        self._next += n
+        return users
+
+    # process
+    def start(self):
+        out = open(self.dir / "stdout.log", "ab")
+        self.proc = subprocess.Popen(
+            ["prosody", "-F", "--config", str(self.cfg)],
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )
+        out.close()
+        Prosody.running.add(self)
+        deadline = time.monotonic() + WAIT
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                self.stop()
+                raise RuntimeError(f"prosody exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return self
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"prosody did not listen on {self.port} within {WAIT}s:\n{self.log_tail()}")
+
+    def stop(self):
+        proc, self.proc = self.proc, None
+        Prosody.running.discard(self)
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=WAIT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=WAIT)
+
+    def restart(self):
+        self.stop()
+        return self.start()
+
+    def cleanup(self):
+        self.stop()
+        if os.environ.get("E2E_KEEP") != "1":
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def log_text(self):
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def log_tail(self, n=40):
+        return "\n".join(self.log_text().splitlines()[-n:])
+
+
+@pytest.fixture(scope="module")
+def prosody_factory(request):
+    """prosody_factory(name, options=None, users=40) -> started Prosody (module-scoped)."""
+    servers = []
+
+    def make(name, options=None, users=40):
+        server = Prosody(f"{request.module.__name__.rsplit('.', 1)[-1]}-{name}", options, users)
+        servers.append(server)
+        return server.start()
+
+    yield make
+    for server in servers:
+        server.cleanup()
+
+
+@pytest.fixture(scope="module")
+def server(prosody_factory):
+    """A server with the default configuration, shared by the tests of one module."""
+    return prosody_factory("default")
+
+
+# --------------------------------------------------------------------------- client
+
+class StanzaError(Exception):
+    """An <iq type='error'/> reply: condition is the defined-condition element name."""
+
+    def __init__(self, element):
+        self.element = element
+        err = element.find(q(NS_CLIENT, "error"))
+        self.type = err.get("type") if err is not None else None
+        self.condition = None
+        if err is not None:
+            for child in err:
+                if child.tag.startswith(f"{{{NS_STANZAS}}}") and not child.tag.endswith("}text"):
+                    self.condition = child.tag.split("}", 1)[1]
+        super().__init__(f"{self.type}/{self.condition}: {ET.tostring(element, encoding='unicode')}")
+
+
+class _AnyMessage(MatcherBase):
+    def __init__(self):
+        super().__init__(None)
+
+    def match(self, xml):
+        return xml.xml.tag == q(NS_CLIENT, "message")
+
+
+class Client:
+    """A connected slixmpp client that records incoming messages as ElementTree elements."""
+
+    def __init__(self, server, user, resource):
+        self.server = server
+        self.user = user
+        self.bare = f"{user}@{HOST}"
+        self.full = f"{self.bare}/{resource}"
+        self.xmpp = slixmpp.ClientXMPP(
+            self.full, password_for(user),
+            plugin_config={"feature_mechanisms": {"unencrypted_plain": True}},
+        )
+        self.xmpp.enable_direct_tls = False
+        self.xmpp.enable_starttls = False
+        self.xmpp.enable_plaintext = True
+        self.xmpp.register_plugin("xep_0030")
+        self.xmpp.register_plugin("xep_0199")
+        self.messages = []  # every incoming <message>, raw, in arrival order
+        self.xmpp.register_handler(Callback("e2e-messages", _AnyMessage(), self._on_message))
+        self._ready = LOOP.create_future()
+        self.xmpp.add_event_handler("session_start", self._on_session_start)
+        self.xmpp.add_event_handler("failed_auth", self._on_failed_auth)
+
+    def _on_message(self, stanza):
+        self.messages.append(stanza.xml)
+
+    def _on_session_start(self, _event):
+        if not self._ready.done():
+            self._ready.set_result(True)
+
+    def _on_failed_auth(self, _event):
+        if not self._ready.done():
+            self._ready.set_exception(RuntimeError(f"authentication failed for {self.full}"))
+
+    async def connect(self, presence=True):
+        self.xmpp.connect(host="127.0.0.1", port=self.server.port)
+        await asyncio.wait_for(self._ready, WAIT)
+        if presence:
+            self.send("<presence/>")
+            await self.roundtrip()
+        return self
+
+    async def disconnect(self):
+        if self.xmpp.transport is None:
+            return
+        try:
+            await asyncio.wait_for(self.xmpp.disconnect(wait=1.0), WAIT)
+        except (asyncio.TimeoutError, Exception):
+            self.xmpp.abort()
+
+    # sending
+    def send(self, xml):
+        """Send raw XML (a stanza in the jabber:client default namespace)."""
+        self.xmpp.send_raw(xml)
+
+    async def iq(self, type_, payload=None, to=None, timeout=WAIT):
+        """Send an iq with `payload` (XML string or Element); return the reply element.
+
+        An error reply raises StanzaError."""
+        iq = self.xmpp.Iq()
+        iq["type"] = type_
+        if to:
+            iq["to"] = to
+        if payload is not None:
+            iq.append(ET.fromstring(payload) if isinstance(payload, str) else payload)
+        try:
+            reply = await iq.send(timeout=timeout)
+        except IqError as e:
+            raise StanzaError(e.iq.xml) from None
+        except IqTimeout:
+            raise AssertionError(f"no reply to iq within {timeout}s: {payload}") from None
+        assert reply["type"] == "result"
+        return reply.xml
+
+    async def roundtrip(self):
+        """An XEP-0199 ping to our server: everything the server sent before it has arrived."""
+        await self.iq("get", f"<ping xmlns='{NS_PING}'/>", to=HOST)
+
+    async def wait_for_message(self, predicate, timeout=WAIT):
+        """First recorded message satisfying predicate; bounded poll."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for m in self.messages:
+                if predicate(m):
+                    return m
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{self.full}: no matching message within {timeout}s")
+            await asyncio.sleep(0.02)
+
+    def delivered(self, body=None):
+        """Recorded messages that are not MAM results (optionally with this body)."""
+        out = []
+        for m in self.messages:
+            if m.find(q(NS_MAM, "result")) is not None:
+                continue
+            if body is not None and m.findtext(q(NS_CLIENT, "body")) != body:
+                continue
+            out.append(m)
+        return out
+
+
+@pytest.fixture
+def connect():
+    """connect(server, user, resource='e2e', presence=True) -> connected Client.
+
+    All clients are disconnected at the end of the test."""
+    clients = []
+
+    async def make(server, user, resource="e2e", presence=True):
+        client = Client(server, user, resource)
+        clients.append(client)
+        return await client.connect(presence=presence)
+
+    yield make
+    for client in clients:
+        run(client.disconnect())
+
+
+# --------------------------------------------------------------------------- XEP-0313 helpers
+
+@dataclass
+class Result:
+    """One <message><result xmlns='urn:xmpp:mam:2'/></message> from a query."""
+    id: str
+    queryid: Optional[str]
+    stamp: str
+    message: ET.Element  # the archived {jabber:client}message
+    outer: ET.Element
+
+    @property
+    def body(self):
+        return self.message.findtext(q(NS_CLIENT, "body"))
+
+
+@dataclass
+class Fin:
+    complete: bool
+    first: Optional[str]
+    last: Optional[str]
+    count: Optional[int]
+    element: ET.Element
+    set_element: Optional[ET.Element] = field(default=None)
+
+
+def parse_result(client, outer):
+    """Strictly parse one MAM result message."""
+    assert outer.get("from") in (None, client.bare), ET.tostring(outer)
+    result = outer.find(q(NS_MAM, "result"))
+    assert result is not None
+    assert result.get("id"), "result without id"
+    fwd = result.findall(q(NS_FORWARD, "forwarded"))
+    assert len(fwd) == 1, ET.tostring(outer)
+    delays = fwd[0].findall(q(NS_DELAY, "delay"))
+    assert len(delays) == 1 and delays[0].get("stamp"), ET.tostring(outer)
+    messages = fwd[0].findall(q(NS_CLIENT, "message"))
+    assert len(messages) == 1, ET.tostring(outer)
+    return Result(result.get("id"), result.get("queryid"), delays[0].get("stamp"), messages[0], outer)
+
+
+def build_query(queryid=None, fields=None, rsm=None, flip=False, form_type=NS_MAM, form=True):
+    """The <query xmlns='urn:xmpp:mam:2'/> element.
+
+    fields: {name: value or list of values}; rsm: {'max': 5, 'after': id, 'before': id or ''}."""
+    query = ET.Element(q(NS_MAM, "query"))
+    if queryid:
+        query.set("queryid", queryid)
+    if form and (fields or form_type != NS_MAM):
+        x = ET.SubElement(query, q(NS_DATA, "x"), {"type": "submit"})
+        ft = ET.SubElement(x, q(NS_DATA, "field"), {"var": "FORM_TYPE", "type": "hidden"})
+        ET.SubElement(ft, q(NS_DATA, "value")).text = form_type
+        for name, value in (fields or {}).items():
+            f = ET.SubElement(x, q(NS_DATA, "field"), {"var": name})
+            for v in value if isinstance(value, (list, tuple)) else [value]:
+                ET.SubElement(f, q(NS_DATA, "value")).text = v
+    if rsm:
+        s = ET.SubElement(query, q(NS_RSM, "set"))
+        for key in ("max", "after", "before", "index"):
+            if key in rsm:
+                e = ET.SubElement(s, q(NS_RSM, key))
+                if rsm[key] is not None and rsm[key] != "":
+                    e.text = str(rsm[key])
+    if flip:
+        ET.SubElement(query, q(NS_MAM, "flip-page"))
+    return query
+
+
+_FIELD_NAMES = {"with_": "with", "before_id": "before-id", "after_id": "after-id"}
+
+
+async def mam_query(client, rsm=None, flip=False, form_type=NS_MAM, extra_fields=None, **fields):
+    """Run one archive query; return (results, fin). Errors raise StanzaError.
+
+    Field kwargs: with_, start, end, before_id, after_id, ids (list)."""
+    queryid = token()
+    form = {_FIELD_NAMES.get(k, k): v for k, v in fields.items() if v is not None}
+    form.update(extra_fields or {})
+    already = len(client.messages)
+    reply = await client.iq("set", build_query(queryid, form, rsm, flip, form_type))
+    fins = reply.findall(q(NS_MAM, "fin"))
+    assert len(fins) == 1, ET.tostring(reply)
+    fin_el = fins[0]
+    assert fin_el.get("complete") in (None, "true", "false"), ET.tostring(fin_el)
+    set_el = fin_el.find(q(NS_RSM, "set"))
+    first = last = count = None
+    if set_el is not None:
+        first_el = set_el.find(q(NS_RSM, "first"))
+        first = first_el.text if first_el is not None else None
+        last = set_el.findtext(q(NS_RSM, "last"))
+        c = set_el.findtext(q(NS_RSM, "count"))
+        count = int(c) if c is not None else None
+    fin = Fin(fin_el.get("complete") == "true", first, last, count, fin_el, set_el)
+    results = []
+    for m in client.messages[already:]:
+        r = m.find(q(NS_MAM, "result"))
+        if r is not None and r.get("queryid") == queryid:
+            results.append(parse_result(client, m))
+    # With results, RSM first/last name the page's ends.
+    if results:
+        assert (fin.first, fin.last) == (results[0].id, results[-1].id) or flip, \
+            f"fin first/last {fin.first}/{fin.last} vs page {results[0].id}/{results[-1].id}"
+    return results, fin
+
+
+async def mam_all(client, page=50, **fields):
+    """Page forward through the whole (filtered) archive; return every Result."""
+    out, after = [], None
+    for _ in range(1000):
+        rsm = {"max": page}
+        if after:
+            rsm["after"] = after
+        results, fin = await mam_query(client, rsm=rsm, **fields)
+        out += results
+        if fin.complete or not results:
+            return out
+        after = fin.last
+    raise AssertionError("archive paging did not terminate")
+
+
+async def mam_bodies(client, **fields):
+    return [r.body for r in await mam_all(client, **fields)]
+
+
+async def get_prefs(client):
+    reply = await client.iq("get", f"<prefs xmlns='{NS_MAM}'/>")
+    return parse_prefs(reply)
+
+
+def parse_prefs(reply):
+    prefs = reply.findall(q(NS_MAM, "prefs"))
+    assert len(prefs) == 1, ET.tostring(reply)
+    p = prefs[0]
+
+    def jids(name):
+        el = p.find(q(NS_MAM, name))
+        if el is None:
+            return None
+        return sorted(j.text for j in el.findall(q(NS_MAM, "jid")))
+
+    return p.get("default"), jids("always"), jids("never")
+
+
+async def set_prefs(client, default, always=(), never=()):
+    def jl(name, jids):
+        return f"<{name}>" + "".join(f"<jid>{j}</jid>" for j in jids) + f"</{name}>"
+    payload = f"<prefs xmlns='{NS_MAM}' default='{default}'>{jl('always', always)}{jl('never', never)}</prefs>"
+    return parse_prefs(await client.iq("set", payload))
+
+
+def chat_xml(to, body=None, type_="chat", extra="", id_=None):
+    id_ = id_ or token()
+    b = f"<body>{body}</body>" if body is not None else ""
+    t = f" type='{type_}'" if type_ else ""
+    return f"<message to='{to}'{t} id='{id_}'>{b}{extra}</message>"
+
+
+async def send_and_flush(sender, *stanzas):
+    """Send raw stanzas, then ping: the server has processed (and archived) them."""
+    for s in stanzas:
+        sender.send(s)
+    await sender.roundtrip()
+
+
+def stanza_ids(message, by=None):
+    """<stanza-id xmlns='urn:xmpp:sid:0'/> children (optionally only those with this `by`)."""
+    return [s for s in message.findall(q(NS_SID, "stanza-id")) if by is None or s.get("by") == by]
