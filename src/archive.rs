@@ -81,10 +81,9 @@ impl Archive {
         Owner::new(&self.config.host, user)
     }
 
-    /// Removes stanza-ids that claim to come from `user`'s archive (XEP-0359 §4).
-    pub fn strip_forged_ids(&self, stanza: &mut Element, user: &str) -> bool {
-        let bare = format!("{user}@{}", self.config.host);
-        policy::strip_forged_stanza_ids(stanza, &bare)
+    /// Removes stanza-ids that claim to come from an archive on this host (XEP-0359 §4).
+    pub fn strip_forged_ids(&self, stanza: &mut Element) -> bool {
+        policy::strip_forged_stanza_ids(stanza, &self.config.host)
     }
 
     fn stored_prefs(&mut self, user: &str) -> Result<Option<Prefs>> {

@@ -118,9 +118,11 @@ pub fn should_store(stanza: &Element) -> (bool, Reason) {
 }
 
 /// Removes `<stanza-id xmlns='urn:xmpp:sid:0'>` children claiming to be assigned by
-/// `owner_bare` (our user's bare JID): only this server may assign those, so any a
-/// client or remote sent are forgeries. Returns whether anything was removed.
-pub fn strip_forged_stanza_ids(stanza: &mut Element, owner_bare: &str) -> bool {
+/// an account on `host` (`by='anyone@host'`). Only this server assigns those, and it
+/// adds them after this check, so any a client or remote sent are forgeries
+/// (XEP-0359 §4: a server MUST remove stanza-ids in its own name). Both the
+/// recipient's and the sender's archive are protected. Returns whether anything went.
+pub fn strip_forged_stanza_ids(stanza: &mut Element, host: &str) -> bool {
     let parent_ns = stanza.xmlns().map(str::to_owned);
     let before = stanza.children.len();
     stanza.retain_tags(|tag| {
@@ -129,9 +131,19 @@ pub fn strip_forged_stanza_ids(stanza: &mut Element, owner_bare: &str) -> bool {
         !(is_stanza_id
             && tag
                 .attr("by")
-                .is_some_and(|by| by.eq_ignore_ascii_case(owner_bare)))
+                .is_some_and(|by| names_local_account(by, host)))
     });
     stanza.children.len() != before
+}
+
+/// Whether `jid` is the bare JID of an account on `host` (`node@host`, no resource).
+fn names_local_account(jid: &str, host: &str) -> bool {
+    match jid.split_once('@') {
+        Some((node, domain)) => {
+            !node.is_empty() && !domain.contains('/') && domain.eq_ignore_ascii_case(host)
+        }
+        None => false,
+    }
 }
 
 /// Removes direct children in any of `namespaces` (`dont_archive_namespaces`).
@@ -303,12 +315,12 @@ mod tests {
     }
 
     #[test]
-    fn forged_stanza_ids_by_the_owner_are_removed_others_kept() {
-        let mut m = el("<message><body>x</body><stanza-id xmlns='urn:xmpp:sid:0' by='Bob@localhost' id='forged'/><stanza-id xmlns='urn:xmpp:sid:0' by='room@muc.localhost' id='muc'/></message>");
-        assert!(strip_forged_stanza_ids(&mut m, "bob@localhost"));
+    fn forged_stanza_ids_naming_local_accounts_are_removed_others_kept() {
+        let mut m = el("<message><body>x</body><stanza-id xmlns='urn:xmpp:sid:0' by='Bob@localhost' id='forged'/><stanza-id xmlns='urn:xmpp:sid:0' by='alice@LOCALHOST' id='forged2'/><stanza-id xmlns='urn:xmpp:sid:0' by='room@muc.localhost' id='muc'/><stanza-id xmlns='urn:xmpp:sid:0' by='bob@localhost/res' id='full'/><stanza-id xmlns='urn:xmpp:sid:0' by='localhost' id='host'/></message>");
+        assert!(strip_forged_stanza_ids(&mut m, "localhost"));
         let left: Vec<_> = m.tags().filter_map(|t| t.attr("id")).collect();
-        assert_eq!(left, ["muc"]);
-        assert!(!strip_forged_stanza_ids(&mut m, "bob@localhost"));
+        assert_eq!(left, ["muc", "full", "host"]);
+        assert!(!strip_forged_stanza_ids(&mut m, "localhost"));
     }
 
     #[test]

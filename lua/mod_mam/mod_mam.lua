@@ -76,7 +76,7 @@ module:hook("iq-get/self/" .. xmlns_mam .. ":query", function (event)
 	local origin, stanza = event.origin, event.stanza;
 	local form, err = archive:query_form(origin.username);
 	if not form then return fail(origin, stanza, "Query form", err); end
-	origin.send(st.reply(stanza):add_child(form.tags[1]));
+	origin.send(st.reply(stanza):add_child(form));
 	return true;
 end);
 
@@ -124,9 +124,9 @@ local function message_handler(event, c2s)
 	local with = c2s and orig_to or orig_from;
 	if not store_user or not with then return; end
 
-	-- Stanza-ids claiming to be from this archive are forgeries: drop them before
-	-- anything else sees, stores or delivers the message.
-	local stripped = archive:strip_forged_ids(stanza, store_user);
+	-- Stanza-ids claiming to be from an archive on this host are forgeries: drop them
+	-- before anything else sees, stores or delivers the message.
+	local stripped = archive:strip_forged_ids(stanza);
 	if stripped then
 		stanza = stripped;
 		event.stanza = stripped;
@@ -173,10 +173,10 @@ local function c2s_message_handler(event)
 	return message_handler(event, true);
 end
 
--- Stanza-ids naming the sender's own archive leave the server only via carbons
--- (-0.5): strip them after other handlers, before routing (stock's priority -1).
+-- The sender's stanza-id (added above at priority 0) is for their carbons (-0.5) only:
+-- strip stanza-ids naming our accounts before the message is routed (stock's -1).
 local function strip_outgoing_stanza_id(event)
-	local stripped = archive:strip_forged_ids(event.stanza, event.origin.username);
+	local stripped = archive:strip_forged_ids(event.stanza);
 	if stripped then
 		event.stanza = stripped;
 	end

@@ -110,6 +110,23 @@ fn raw_value(v: Value) -> Option<RawValue> {
     }
 }
 
+/// Whether a Prosody stanza table has a child element called `name`.
+fn has_child_named(stanza: &Table, name: &str) -> LuaResult<bool> {
+    let Ok(Value::Table(tags)) = stanza.raw_get::<Value>("tags") else {
+        return Ok(false);
+    };
+    for tag in tags.sequence_values::<Value>() {
+        if let Value::Table(tag) = tag? {
+            if let Ok(Value::String(n)) = tag.raw_get::<Value>("name") {
+                if n.as_bytes().as_ref() == name.as_bytes() {
+                    return Ok(true);
+                }
+            }
+        }
+    }
+    Ok(false)
+}
+
 /// `native.open{ host =, data_path =, options = {…}, stanza_mt =, jid_prep = }`
 fn open(lua: &Lua, args: Table) -> LuaResult<MultiValue> {
     let host: String = args.get("host")?;
@@ -162,18 +179,20 @@ impl UserData for ArchiveHandle {
             config_table(lua, archive.config())
         });
 
-        // strip_forged_ids(stanza, user) -> new stanza, or nil if nothing was forged.
-        methods.add_method_mut(
-            "strip_forged_ids",
-            |lua, this, (stanza, user): (Table, String)| {
-                let mut el = element_from_lua(&stanza)?;
-                if this.archive()?.strip_forged_ids(&mut el, &user) {
-                    Ok(Value::Table(this.to_lua(lua, &el)?))
-                } else {
-                    Ok(Value::Nil)
-                }
-            },
-        );
+        // strip_forged_ids(stanza) -> new stanza, or nil if nothing was forged.
+        methods.add_method_mut("strip_forged_ids", |lua, this, stanza: Table| {
+            // Nearly every message has no stanza-id at all: look at the child names
+            // before converting the whole stanza.
+            if !has_child_named(&stanza, "stanza-id")? {
+                return Ok(Value::Nil);
+            }
+            let mut el = element_from_lua(&stanza)?;
+            if this.archive()?.strip_forged_ids(&mut el) {
+                Ok(Value::Table(this.to_lua(lua, &el)?))
+            } else {
+                Ok(Value::Nil)
+            }
+        });
 
         // should_store(stanza) -> boolean, reason
         methods.add_method("should_store", |_, _, stanza: Table| {

@@ -1,5 +1,8 @@
 """Module options: validation at load, per-user item limit."""
 
+import asyncio
+import time
+
 import pytest
 
 from conftest import (
@@ -15,8 +18,14 @@ def bad_expiry_server(prosody_factory):
 
 @pytest.mark.native_only
 async def test_an_invalid_archive_expires_after_fails_the_module_load_with_a_log_line(bad_expiry_server, connect):
-    log = bad_expiry_server.log_text()
-    lines = [line for line in log.splitlines() if "archive_expires_after" in line]
+    # The log file is written asynchronously to the port opening: poll, bounded.
+    deadline = time.monotonic() + 10
+    while True:
+        log = bad_expiry_server.log_text()
+        lines = [line for line in log.splitlines() if "archive_expires_after" in line]
+        if lines or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.1)
     assert lines, "no log line names archive_expires_after"
     assert any("error" in line.lower() for line in lines), lines
     (u,) = bad_expiry_server.take_users(1)
