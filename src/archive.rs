@@ -1,25 +1,34 @@
 //! The archive engine: every decision and operation the Prosody shim asks for, on
 //! plain Rust data. The Lua boundary ([`crate::lua_api`]) only converts arguments and
 //! results; everything here is testable without Lua.
+//!
+//! Nothing here waits on disk. Decisions the event loop needs at once (what to
+//! archive, preferences, ids) are made from memory; writes go to the
+//! [`crate::writer`] thread and reads to the [`crate::reader`] threads, whose results
+//! come back through the [`Mailbox`] as completed jobs.
 
 use std::collections::HashMap;
+use std::os::fd::RawFd;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::config::Config;
 use crate::error::Result;
 use crate::id::new_archive_id;
+use crate::mailbox::{Completion, JobId, Level, Mailbox};
 use crate::ns;
 use crate::policy::{self, DefaultPolicy, Prefs, Rule};
-use crate::query::{self, split_resource, JidPrep, QueryAnswer};
+use crate::query::{self, split_resource, JidPrep};
+use crate::reader::{ReadJob, ReadOp, Readers};
 use crate::stanza::{to_xml, Element};
 use crate::store::sqlite::SqliteStore;
 use crate::store::{ArchiveStore, NewMessage, Owner};
-use crate::time::{format_datetime, Clock, SystemClock};
+use crate::time::{Clock, SystemClock};
+use crate::writer::{WriteOp, Writer};
 
-/// Entries kept in the preferences cache before it is cleared. Prefs are read for
-/// every archived message, so they are cached; the bound keeps a server with many
-/// users from growing without limit.
-const PREFS_CACHE_LIMIT: usize = 10_000;
+/// Reader threads per archive: queries from two users run side by side, and a
+/// third waits, without ever holding up the event loop.
+const READER_THREADS: usize = 2;
 
 /// A message that was archived.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,43 +51,82 @@ pub enum NotStored {
 /// One virtual host's archive.
 pub struct Archive {
     config: Config,
-    store: Box<dyn ArchiveStore>,
     clock: Arc<dyn Clock>,
-    /// Per-user preferences as stored (`None`: the user never set any).
-    prefs_cache: HashMap<String, Option<Prefs>>,
+    /// Every user's stored preferences, loaded at open and kept in step with every
+    /// change, so the per-message decision never reads the database.
+    prefs: HashMap<String, Prefs>,
+    mailbox: Arc<Mailbox>,
+    writer: Writer,
+    readers: Readers,
+    next_job: JobId,
 }
 
 impl Archive {
-    /// Opens the SQLite archive named by the configuration.
+    /// Opens the SQLite archive named by the configuration: one connection for the
+    /// writer, one per reader.
     pub fn open(config: Config) -> Result<Archive> {
-        let store = SqliteStore::open(&config.database_path)?;
-        Ok(Archive::with_store(
+        let path = config.database_path.clone();
+        let writer_store = SqliteStore::open(&path)?;
+        let mut readers: Vec<Box<dyn ArchiveStore>> = Vec::new();
+        for _ in 0..READER_THREADS {
+            readers.push(Box::new(SqliteStore::open(&path)?));
+        }
+        Archive::with_stores(
             config,
-            Box::new(store),
+            Box::new(writer_store),
+            readers,
             Arc::new(SystemClock),
-        ))
+        )
     }
 
-    /// An archive over any backend and clock (tests inject both).
-    pub fn with_store(
+    /// An archive over any backend and clock (tests inject both). `writer_store` must
+    /// see what the reader stores see (the same database).
+    pub fn with_stores(
         config: Config,
-        store: Box<dyn ArchiveStore>,
+        mut writer_store: Box<dyn ArchiveStore>,
+        reader_stores: Vec<Box<dyn ArchiveStore>>,
         clock: Arc<dyn Clock>,
-    ) -> Archive {
-        Archive {
+    ) -> Result<Archive> {
+        let prefs = writer_store.all_prefs(&config.host)?.into_iter().collect();
+        let mailbox = Arc::new(
+            Mailbox::new()
+                .map_err(|e| crate::error::MamError::Corrupt(format!("wake-up socket: {e}")))?,
+        );
+        let writer = Writer::start(writer_store, config.item_limit, mailbox.clone())?;
+        let readers = Readers::start(reader_stores, writer.progress(), mailbox.clone())?;
+        Ok(Archive {
             config,
-            store,
             clock,
-            prefs_cache: HashMap::new(),
-        }
+            prefs,
+            mailbox,
+            writer,
+            readers,
+            next_job: 0,
+        })
     }
 
     pub fn config(&self) -> &Config {
         &self.config
     }
 
+    /// The descriptor the event loop watches: readable when [`Archive::completions`]
+    /// has something.
+    pub fn notify_fd(&self) -> RawFd {
+        self.mailbox.fd()
+    }
+
+    /// Finished jobs and log lines from the threads.
+    pub fn completions(&self) -> (Vec<Completion>, Vec<(Level, String)>) {
+        self.mailbox.take()
+    }
+
     fn owner(&self, user: &str) -> Owner {
         Owner::new(&self.config.host, user)
+    }
+
+    fn new_job(&mut self) -> JobId {
+        self.next_job += 1;
+        self.next_job
     }
 
     /// Removes stanza-ids that claim to come from an archive on this host (XEP-0359 §4).
@@ -86,41 +134,31 @@ impl Archive {
         policy::strip_forged_stanza_ids(stanza, &self.config.host)
     }
 
-    fn stored_prefs(&mut self, user: &str) -> Result<Option<Prefs>> {
-        if let Some(p) = self.prefs_cache.get(user) {
-            return Ok(p.clone());
-        }
-        let p = self.store.get_prefs(&self.owner(user))?;
-        if self.prefs_cache.len() >= PREFS_CACHE_LIMIT {
-            self.prefs_cache.clear();
-        }
-        self.prefs_cache.insert(user.to_owned(), p.clone());
-        Ok(p)
-    }
-
     /// A user's effective preferences, as stock's `get_prefs(user, explicit)`:
     /// `explicit` means a MAM client is involved right now; with `mam_smart_enable`
     /// that first contact stores the server default, and until then nothing is
     /// archived for the user.
     pub fn prefs(&mut self, user: &str, explicit: bool) -> Result<Prefs> {
-        if let Some(p) = self.stored_prefs(user)? {
-            return Ok(p);
+        if let Some(p) = self.prefs.get(user) {
+            return Ok(p.clone());
         }
         let server_default = Prefs::with_default(self.config.default_policy);
         if !self.config.smart_enable {
             return Ok(server_default);
         }
         if explicit {
-            self.set_prefs(user, &server_default)?;
+            self.set_prefs(user, server_default.clone())?;
             return Ok(server_default);
         }
         Ok(Prefs::with_default(DefaultPolicy::Never))
     }
 
-    fn set_prefs(&mut self, user: &str, prefs: &Prefs) -> Result<()> {
-        self.store.set_prefs(&self.owner(user), prefs)?;
-        self.prefs_cache
-            .insert(user.to_owned(), Some(prefs.clone()));
+    fn set_prefs(&mut self, user: &str, prefs: Prefs) -> Result<()> {
+        self.writer.submit(WriteOp::SetPrefs {
+            owner: self.owner(user),
+            prefs: prefs.clone(),
+        })?;
+        self.prefs.insert(user.to_owned(), prefs);
         Ok(())
     }
 
@@ -133,7 +171,8 @@ impl Archive {
 
     /// Archives `stanza` in `user`'s archive; `with_jid` is the other party as
     /// addressed (bare or full). The caller has already decided the message is
-    /// eligible ([`policy::should_store`], preferences).
+    /// eligible ([`policy::should_store`], preferences). The id is assigned here and
+    /// the write queued: delivery never waits for the disk.
     pub fn append(
         &mut self,
         user: &str,
@@ -158,8 +197,10 @@ impl Archive {
             with_resource: resource.map(str::to_owned),
             xml: to_xml(&for_disk),
         };
-        self.store
-            .append(&self.owner(user), &msg, self.config.item_limit)?;
+        self.writer.submit(WriteOp::Append {
+            owner: self.owner(user),
+            msg,
+        })?;
         let mut delivered = stanza.clone();
         delivered.push(
             Element::with_ns("stanza-id", ns::STANZA_ID)
@@ -179,34 +220,44 @@ impl Archive {
         Ok(query::query_form())
     }
 
-    /// Runs a client's `<query>` against `user`'s archive.
-    pub fn query(
+    /// Validates a client's `<query>` at once (errors go straight back) and queues it.
+    /// The answer arrives as a [`crate::mailbox::Outcome::Query`] for the returned job.
+    pub fn start_query(
         &mut self,
         user: &str,
         query_el: &Element,
         jid_prep: JidPrep,
-    ) -> Result<(Option<String>, QueryAnswer)> {
+        reply_to: Option<&str>,
+        reply_from: Option<&str>,
+    ) -> Result<JobId> {
         self.prefs(user, true)?;
         let q = query::parse_query(query_el, jid_prep)?;
         let plan = q.plan(&self.config);
-        let page = self.store.find(&self.owner(user), &plan.find)?;
-        Ok((q.query_id, query::answer(&plan, page)))
+        let job = self.new_job();
+        self.readers.submit(ReadJob {
+            job,
+            after_write: self.writer.queued(),
+            owner: self.owner(user),
+            op: ReadOp::Query {
+                plan,
+                query_id: q.query_id,
+                reply_to: reply_to.map(str::to_owned),
+                reply_from: reply_from.map(str::to_owned),
+            },
+        })?;
+        Ok(job)
     }
 
-    /// `<metadata>` (XEP-0313 §7): the archive's first and last message; an empty
-    /// `<metadata/>` for an empty archive.
-    pub fn metadata(&mut self, user: &str) -> Result<Element> {
-        let mut el = Element::with_ns("metadata", ns::MAM);
-        if let Some(bounds) = self.store.bounds(&self.owner(user))? {
-            for (name, end) in [("start", bounds.first), ("end", bounds.last)] {
-                el.push(
-                    Element::new(name)
-                        .with_attr("id", &end.id)
-                        .with_attr("timestamp", &format_datetime(end.when)),
-                );
-            }
-        }
-        Ok(el)
+    /// Queues a `<metadata>` request (XEP-0313 §7).
+    pub fn start_metadata(&mut self, user: &str) -> Result<JobId> {
+        let job = self.new_job();
+        self.readers.submit(ReadJob {
+            job,
+            after_write: self.writer.queued(),
+            owner: self.owner(user),
+            op: ReadOp::Metadata,
+        })?;
+        Ok(job)
     }
 
     /// Handles `<prefs>`: applies `set` if given, then returns the current prefs.
@@ -220,7 +271,7 @@ impl Archive {
         let prefs = match set {
             Some(el) => {
                 let new = policy::prefs_from_element(el, current.default, jid_prep)?;
-                self.set_prefs(user, &new)?;
+                self.set_prefs(user, new.clone())?;
                 new
             }
             None => current,
@@ -228,23 +279,69 @@ impl Archive {
         Ok(policy::prefs_to_element(&prefs))
     }
 
-    /// Deletes at most `batch` expired messages. Returns how many; `0` when expiry is
-    /// off or nothing is left to expire.
-    pub fn expire_batch(&mut self, batch: usize) -> Result<u64> {
+    /// Queues the deletion of at most `batch` expired messages; the job reports how
+    /// many went. `None` when expiry is off.
+    pub fn start_expire(&mut self, batch: usize) -> Result<Option<JobId>> {
         let Some(after) = self.config.expires_after else {
-            return Ok(0);
+            return Ok(None);
         };
         let cutoff = self
             .clock
             .now_micros()
             .saturating_sub((after as i64).saturating_mul(1_000_000));
-        self.store.expire_batch(&self.config.host, cutoff, batch)
+        let job = self.new_job();
+        self.writer.submit(WriteOp::Expire {
+            host: self.config.host.clone(),
+            cutoff,
+            batch,
+            job,
+        })?;
+        Ok(Some(job))
     }
 
-    /// Removes a deleted account's archive and preferences.
-    pub fn delete_user(&mut self, user: &str) -> Result<u64> {
-        self.prefs_cache.remove(user);
-        self.store.delete_user(&self.owner(user))
+    /// Queues the removal of a deleted account's archive and preferences.
+    pub fn start_delete_user(&mut self, user: &str) -> Result<JobId> {
+        self.prefs.remove(user);
+        let job = self.new_job();
+        self.writer.submit(WriteOp::DeleteUser {
+            owner: self.owner(user),
+            job,
+        })?;
+        Ok(job)
+    }
+
+    /// Blocks until every write queued so far is committed (or `timeout`). For
+    /// shutdown, tools and tests; never called from Prosody's event loop otherwise.
+    pub fn flush(&self, timeout: Duration) -> bool {
+        self.writer.flush(timeout)
+    }
+
+    /// Blocks until job `job` completes (or `timeout`), returning it and keeping any
+    /// other completions for later. For tools and tests only.
+    pub fn wait_job(
+        &self,
+        job: JobId,
+        timeout: Duration,
+        parked: &mut Vec<Completion>,
+    ) -> Option<Completion> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(i) = parked.iter().position(|c| c.job == job) {
+                return Some(parked.remove(i));
+            }
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            self.mailbox.wait(deadline - now);
+            parked.extend(self.mailbox.take().0);
+        }
+    }
+
+    /// Commits everything queued and stops the threads (module unload, shutdown).
+    pub fn close(mut self) {
+        self.readers.stop();
+        self.writer.stop();
     }
 }
 
@@ -252,6 +349,7 @@ impl Archive {
 mod tests {
     use super::*;
     use crate::config::RawValue;
+    use crate::mailbox::Outcome;
     use crate::stanza::parse_xml;
     use std::sync::atomic::{AtomicI64, Ordering};
 
@@ -265,20 +363,23 @@ mod tests {
     }
 
     const T0: i64 = 1_700_000_000_000_000;
+    const WAIT: Duration = Duration::from_secs(10);
 
-    fn archive_with(pairs: &[(&str, RawValue)]) -> (Archive, Arc<ManualClock>) {
+    fn archive_with(pairs: &[(&str, RawValue)]) -> (Archive, Arc<ManualClock>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
         let map: HashMap<String, RawValue> = pairs
             .iter()
             .map(|(k, v)| (k.to_string(), v.clone()))
             .collect();
+        let data = dir.path().to_string_lossy().into_owned();
         let config =
-            Config::from_options("localhost", "/tmp", &move |n: &str| map.get(n).cloned()).unwrap();
+            Config::from_options("localhost", &data, &move |n: &str| map.get(n).cloned()).unwrap();
         let clock = Arc::new(ManualClock(AtomicI64::new(T0)));
-        let store = SqliteStore::open_in_memory().unwrap();
-        (
-            Archive::with_store(config, Box::new(store), clock.clone()),
-            clock,
-        )
+        let path = config.database_path.clone();
+        let writer = Box::new(SqliteStore::open(&path).unwrap());
+        let readers: Vec<Box<dyn ArchiveStore>> = vec![Box::new(SqliteStore::open(&path).unwrap())];
+        let archive = Archive::with_stores(config, writer, readers, clock.clone()).unwrap();
+        (archive, clock, dir)
     }
 
     fn prep(s: &str) -> Option<String> {
@@ -292,15 +393,38 @@ mod tests {
         .unwrap()
     }
 
+    fn wait(a: &Archive, job: JobId) -> Outcome {
+        a.wait_job(job, WAIT, &mut Vec::new())
+            .expect("job completes")
+            .outcome
+    }
+
     fn query_all(a: &mut Archive, user: &str) -> Vec<String> {
         let q = parse_xml("<query xmlns='urn:xmpp:mam:2'/>").unwrap();
-        let (_, answer) = a.query(user, &q, &prep).unwrap();
-        answer.items.into_iter().map(|m| m.id).collect()
+        let job = a.start_query(user, &q, &prep, None, None).unwrap();
+        match wait(a, job) {
+            Outcome::Query(Ok(r)) => r
+                .messages
+                .iter()
+                .map(|m| {
+                    let result = m.get_child("result", Some(ns::MAM)).unwrap();
+                    result.attr("id").unwrap().to_owned()
+                })
+                .collect(),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    fn removed(a: &Archive, job: JobId) -> u64 {
+        match wait(a, job) {
+            Outcome::Removed(Ok(n)) => n,
+            other => panic!("unexpected {other:?}"),
+        }
     }
 
     #[test]
-    fn appended_messages_come_back_in_order_with_their_ids() {
-        let (mut a, clock) = archive_with(&[]);
+    fn a_query_right_after_appending_sees_the_messages_in_order() {
+        let (mut a, clock, _dir) = archive_with(&[]);
         let mut ids = Vec::new();
         for i in 0..3 {
             clock.0.fetch_add(1, Ordering::SeqCst);
@@ -320,13 +444,39 @@ mod tests {
             assert_eq!(sid.attr("by"), Some("juliet@localhost"));
             ids.push(appended.id);
         }
+        // No flush: read-your-writes is the reader's job.
         assert_eq!(query_all(&mut a, "juliet"), ids);
         assert!(query_all(&mut a, "romeo").is_empty());
     }
 
     #[test]
+    fn closing_commits_every_queued_write() {
+        let (mut a, _clock, dir) = archive_with(&[]);
+        for i in 0..500 {
+            a.append("juliet", "romeo@montague.lit", &chat(&i.to_string()))
+                .unwrap()
+                .unwrap();
+        }
+        let path = a.config().database_path.clone();
+        a.close();
+        let mut store = SqliteStore::open(&path).unwrap();
+        let page = store
+            .find(
+                &Owner::new("localhost", "juliet"),
+                &crate::store::FindRequest {
+                    limit: 1000,
+                    total: true,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        assert_eq!(page.total, Some(500));
+        drop(dir);
+    }
+
+    #[test]
     fn a_message_of_only_chat_states_is_not_stored() {
-        let (mut a, _) = archive_with(&[]);
+        let (mut a, _, _dir) = archive_with(&[]);
         let m = parse_xml("<message to='juliet@localhost'><composing xmlns='http://jabber.org/protocol/chatstates'/></message>").unwrap();
         assert_eq!(
             a.append("juliet", "romeo@montague.lit", &m).unwrap(),
@@ -336,15 +486,31 @@ mod tests {
 
     #[test]
     fn smart_enable_archives_nothing_until_a_mam_client_appears() {
-        let (mut a, _) = archive_with(&[("mam_smart_enable", RawValue::Bool(true))]);
+        let (mut a, _, _dir) = archive_with(&[("mam_smart_enable", RawValue::Bool(true))]);
         assert_eq!(a.rule("juliet", "romeo@montague.lit").unwrap(), Rule::Skip);
         a.query_form("juliet").unwrap();
         assert_eq!(a.rule("juliet", "romeo@montague.lit").unwrap(), Rule::Store);
     }
 
     #[test]
+    fn prefs_survive_reopening_the_archive() {
+        let (mut a, clock, dir) = archive_with(&[]);
+        let set = parse_xml("<prefs xmlns='urn:xmpp:mam:2' default='always'><never><jid>tybalt@capulet.lit</jid></never></prefs>").unwrap();
+        a.prefs_iq("juliet", Some(&set), &prep).unwrap();
+        let config = a.config().clone();
+        a.close();
+        let path = config.database_path.clone();
+        let writer = Box::new(SqliteStore::open(&path).unwrap());
+        let readers: Vec<Box<dyn ArchiveStore>> = vec![Box::new(SqliteStore::open(&path).unwrap())];
+        let mut b = Archive::with_stores(config, writer, readers, clock).unwrap();
+        assert_eq!(b.rule("juliet", "tybalt@capulet.lit").unwrap(), Rule::Skip);
+        assert_eq!(b.rule("juliet", "romeo@montague.lit").unwrap(), Rule::Store);
+        drop(dir);
+    }
+
+    #[test]
     fn roster_default_policy_defers_to_the_roster() {
-        let (mut a, _) =
+        let (mut a, _, _dir) =
             archive_with(&[("default_archive_policy", RawValue::String("roster".into()))]);
         assert_eq!(
             a.rule("juliet", "romeo@montague.lit/x").unwrap(),
@@ -354,7 +520,7 @@ mod tests {
 
     #[test]
     fn expiry_removes_only_messages_older_than_the_window() {
-        let (mut a, clock) =
+        let (mut a, clock, _dir) =
             archive_with(&[("archive_expires_after", RawValue::String("1d".into()))]);
         a.append("juliet", "romeo@montague.lit", &chat("old"))
             .unwrap()
@@ -364,41 +530,44 @@ mod tests {
             .append("juliet", "romeo@montague.lit", &chat("new"))
             .unwrap()
             .unwrap();
-        assert_eq!(a.expire_batch(100).unwrap(), 1);
-        assert_eq!(a.expire_batch(100).unwrap(), 0);
+        let job = a.start_expire(100).unwrap().unwrap();
+        assert_eq!(removed(&a, job), 1);
+        let job = a.start_expire(100).unwrap().unwrap();
+        assert_eq!(removed(&a, job), 0);
         assert_eq!(query_all(&mut a, "juliet"), vec![new.id]);
     }
 
     #[test]
     fn never_expiring_archives_are_not_expired() {
-        let (mut a, clock) =
+        let (mut a, _clock, _dir) =
             archive_with(&[("archive_expires_after", RawValue::String("never".into()))]);
-        a.append("juliet", "romeo@montague.lit", &chat("old"))
-            .unwrap()
-            .unwrap();
-        clock
-            .0
-            .fetch_add(400 * 86_400 * 1_000_000, Ordering::SeqCst);
-        assert_eq!(a.expire_batch(100).unwrap(), 0);
-        assert_eq!(query_all(&mut a, "juliet").len(), 1);
+        assert_eq!(a.start_expire(100).unwrap(), None);
     }
 
     #[test]
     fn metadata_of_an_empty_archive_is_empty() {
-        let (mut a, _) = archive_with(&[]);
-        assert_eq!(
-            to_xml(&a.metadata("juliet").unwrap()),
-            "<metadata xmlns='urn:xmpp:mam:2'/>"
-        );
+        let (mut a, _, _dir) = archive_with(&[]);
+        let job = a.start_metadata("juliet").unwrap();
+        match wait(&a, job) {
+            Outcome::Metadata(Ok(el)) => {
+                assert_eq!(to_xml(&el), "<metadata xmlns='urn:xmpp:mam:2'/>")
+            }
+            other => panic!("unexpected {other:?}"),
+        }
     }
 
     #[test]
-    fn deleting_a_user_forgets_their_prefs_too() {
-        let (mut a, _) = archive_with(&[]);
+    fn deleting_a_user_forgets_their_archive_and_prefs() {
+        let (mut a, _, _dir) = archive_with(&[]);
         let set = parse_xml("<prefs xmlns='urn:xmpp:mam:2' default='never'/>").unwrap();
         a.prefs_iq("juliet", Some(&set), &prep).unwrap();
+        a.append("juliet", "romeo@montague.lit", &chat("x"))
+            .unwrap()
+            .unwrap();
         assert_eq!(a.rule("juliet", "romeo@montague.lit").unwrap(), Rule::Skip);
-        a.delete_user("juliet").unwrap();
+        let job = a.start_delete_user("juliet").unwrap();
+        assert_eq!(removed(&a, job), 1);
         assert_eq!(a.rule("juliet", "romeo@montague.lit").unwrap(), Rule::Store);
+        assert!(query_all(&mut a, "juliet").is_empty());
     }
 }

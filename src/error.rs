@@ -21,6 +21,10 @@ pub enum MamError {
     /// The request asks for more than the server allows (e.g. too many `ids`).
     #[error("{0}")]
     PolicyViolation(String),
+    /// The archive cannot take more work right now (the write queue is full because
+    /// storage is failing, or the writer has stopped).
+    #[error("{0}")]
+    Overloaded(String),
     /// A configuration option has a value we cannot accept; names the option.
     #[error("{0}")]
     Config(String),
@@ -62,6 +66,7 @@ impl MamError {
             }
             MamError::ItemNotFound(t) => ("cancel", "item-not-found", Some(t.clone())),
             MamError::PolicyViolation(t) => ("modify", "policy-violation", Some(t.clone())),
+            MamError::Overloaded(_) => ("wait", "resource-constraint", None),
             MamError::Config(_) | MamError::Storage { .. } | MamError::Corrupt(_) => {
                 ("wait", "internal-server-error", None)
             }

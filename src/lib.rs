@@ -3,7 +3,10 @@
 //! # Layout
 //! - [`lua_api`]: the only mlua code: the module table, the archive handle, stanza
 //!   conversion between Lua tables and [`stanza::Element`].
-//! - [`archive`]: the engine one handle drives: archiving, queries, prefs, expiry.
+//! - [`archive`]: the engine one handle drives: archiving, queries, prefs, expiry;
+//!   decisions from memory, I/O handed to threads.
+//! - [`writer`]: the writer thread (group commit); [`reader`]: the query threads;
+//!   [`mailbox`]: results handed back to Prosody's event loop.
 //! - [`config`]: Prosody's options, parsed and validated once at load.
 //! - [`policy`]: what to archive and why; archiving preferences.
 //! - [`query`]: XEP-0313 queries (form, RSM) and their answers.
@@ -16,12 +19,15 @@ pub mod config;
 pub mod error;
 pub mod id;
 pub mod lua_api;
+pub mod mailbox;
 pub mod ns;
 pub mod policy;
 pub mod query;
+pub mod reader;
 pub mod stanza;
 pub mod store;
 pub mod time;
+pub mod writer;
 
 /// The entry point Prosody's `package.loadlib(path, "luaopen_mam_native")` calls.
 #[cfg(feature = "module")]

@@ -9,6 +9,8 @@ local jid_split = require "util.jid".split;
 local jid_bare = require "util.jid".bare;
 local jid_prep = require "util.jid".prep;
 local um = require "core.usermanager";
+local async = require "util.async";
+local server = require "net.server";
 local rm_load_roster = require "core.rostermanager".load_roster;
 
 local xmlns_mam = "urn:xmpp:mam:2";
@@ -16,6 +18,7 @@ local xmlns_mam_ext = "urn:xmpp:mam:2#extended";
 local xmlns_st_id = "urn:xmpp:sid:0";
 
 local host = module.host;
+local host_events = prosody.hosts[host].events;
 
 -- Load the native engine from our own folder: no lua_cpath changes needed.
 local native_path = module:get_directory() .. "/mam_native.so";
@@ -46,6 +49,40 @@ end
 local config = archive:config();
 module:log("debug", "Archive at %s, expiry %s", config.database_path,
 	config.expires_after and (config.expires_after .. "s") or "never");
+
+-- Work finished on the engine's threads comes back here: the engine makes a socket
+-- readable, the loop calls us, we hand each result to whoever waits for it.
+local waiting = {}; -- job id -> function (completion)
+local function on_completions()
+	local done = archive:completions();
+	for i = 1, #done do
+		local c = done[i];
+		if c.log then
+			module:log(c.level, "%s", c.log);
+		else
+			local callback = waiting[c.job];
+			waiting[c.job] = nil;
+			if callback then
+				callback(c);
+			end
+		end
+	end
+end
+local completion_watch = server.watchfd(archive:notify_fd(), on_completions);
+
+-- Runs `callback(completion)` when job `job` finishes. Inside a session's async
+-- runner (every c2s stanza in 0.12) the handler waits there, so a session's stanzas
+-- stay in order while the rest of the server carries on; elsewhere it is a callback.
+local function when_done(job, callback)
+	if async.ready() then
+		local wait, done = async.waiter();
+		local result;
+		waiting[job] = function (c) result = c; done(); end;
+		wait();
+		return callback(result);
+	end
+	waiting[job] = callback;
+end
 
 local function error_reply(stanza, err)
 	return st.error_reply(stanza, err.type or "wait", err.condition or "internal-server-error", err.text);
@@ -80,25 +117,32 @@ module:hook("iq-get/self/" .. xmlns_mam .. ":query", function (event)
 	return true;
 end);
 
--- Archive queries (XEP-0313 §4).
+-- Archive queries (XEP-0313 §4): validated at once, run on a reader thread.
 module:hook("iq-set/self/" .. xmlns_mam .. ":query", function (event)
 	local origin, stanza = event.origin, event.stanza;
 	origin.mam_requested = true;
-	local results, fin = archive:query(origin.username, stanza.tags[1], stanza.attr.from, stanza.attr.to);
-	if not results then return fail(origin, stanza, "Archive query", fin); end
-	for i = 1, #results do
-		origin.send(results[i]);
-	end
-	origin.send(st.reply(stanza):add_child(fin));
+	local job, err = archive:query(origin.username, stanza.tags[1], stanza.attr.from, stanza.attr.to);
+	if not job then return fail(origin, stanza, "Archive query", err); end
+	when_done(job, function (c)
+		if c.err then return fail(origin, stanza, "Archive query", c.err); end
+		local results = c.results;
+		for i = 1, #results do
+			origin.send(results[i]);
+		end
+		origin.send(st.reply(stanza):add_child(c.fin));
+	end);
 	return true;
 end);
 
 -- Archive metadata (XEP-0313 §7).
 module:hook("iq-get/self/" .. xmlns_mam .. ":metadata", function (event)
 	local origin, stanza = event.origin, event.stanza;
-	local metadata, err = archive:metadata(origin.username);
-	if not metadata then return fail(origin, stanza, "Archive metadata", err); end
-	origin.send(st.reply(stanza):add_child(metadata));
+	local job, err = archive:metadata(origin.username);
+	if not job then return fail(origin, stanza, "Archive metadata", err); end
+	when_done(job, function (c)
+		if c.err then return fail(origin, stanza, "Archive metadata", c.err); end
+		origin.send(st.reply(stanza):add_child(c.metadata));
+	end);
 	return true;
 end);
 
@@ -154,7 +198,9 @@ local function message_handler(event, c2s)
 		return;
 	end
 
-	local id, delivered, stored = archive:append(store_user, with, stanza);
+	-- Building the stored copy for listeners costs time: only when someone listens.
+	local announce = host_events.get_handlers("archive-message-added") ~= nil;
+	local id, delivered, stored = archive:append(store_user, with, stanza, announce);
 	if not id then
 		local err = delivered;
 		if err.empty then
@@ -166,7 +212,9 @@ local function message_handler(event, c2s)
 	end
 	log("debug", "Archived stanza: %s (%s) as %s", stanza:top_tag(), payload.reason, id);
 	event.stanza = delivered;
-	module:fire_event("archive-message-added", { origin = origin, stanza = stored, for_user = store_user, id = id });
+	if announce then
+		module:fire_event("archive-message-added", { origin = origin, stanza = stored, for_user = store_user, id = id });
+	end
 end
 
 local function c2s_message_handler(event)
@@ -214,34 +262,47 @@ end);
 -- Account deletion takes the archive and preferences with it.
 module:hook_global("user-deleted", function (event)
 	if event.host ~= host then return; end
-	local deleted, err = archive:delete_user(event.username);
-	if deleted then
-		module:log("info", "Deleted archive of %s@%s (%d messages)", event.username, host, deleted);
-	else
-		module:log("error", "Could not delete archive of %s@%s: %s", event.username, host, err.log);
+	local username = event.username;
+	local job, err = archive:delete_user(username);
+	if not job then
+		module:log("error", "Could not delete archive of %s@%s: %s", username, host, err.log);
+		return;
 	end
+	waiting[job] = function (c)
+		if c.err then
+			module:log("error", "Could not delete archive of %s@%s: %s", username, host, c.err.log);
+		else
+			module:log("info", "Deleted archive of %s@%s (%d messages)", username, host, c.count);
+		end
+	end;
 end);
 
--- Expiry: every archive_cleanup_interval, delete in small batches, each its own short
--- transaction, yielding to the event loop between batches.
-local expiry_batch = 500;
+-- Expiry: every archive_cleanup_interval, the writer thread deletes expired messages
+-- in batches, one short transaction each, interleaved with new messages.
+local expiry_batch = 1000;
 local expiry_running = false;
 local function expire_step(total)
-	local deleted, err = archive:expire_batch(expiry_batch);
-	if not deleted then
-		module:log("error", "Expiry failed: %s", err.log);
+	local job, err = archive:expire_batch(expiry_batch);
+	if not job then
+		if err then module:log("error", "Expiry failed: %s", err.log); end
 		expiry_running = false;
 		return;
 	end
-	total = total + deleted;
-	if deleted >= expiry_batch then
-		module:add_timer(0.001, function () expire_step(total); end);
-		return;
-	end
-	expiry_running = false;
-	if total > 0 then
-		module:log("info", "Deleted %d expired messages", total);
-	end
+	waiting[job] = function (c)
+		if c.err then
+			module:log("error", "Expiry failed: %s", c.err.log);
+			expiry_running = false;
+			return;
+		end
+		total = total + c.count;
+		if c.count >= expiry_batch then
+			return expire_step(total);
+		end
+		expiry_running = false;
+		if total > 0 then
+			module:log("info", "Deleted %d expired messages", total);
+		end
+	end;
 end
 
 if config.expires_after then
@@ -256,6 +317,16 @@ else
 	module:log("debug", "Archive expiry disabled");
 end
 
-function module.unload()
+-- Unload and shutdown commit every queued write before the database closes.
+local closed = false;
+local function close_archive()
+	if closed then return; end
+	closed = true;
+	completion_watch:close();
 	archive:close();
+end
+module:hook_global("server-stopped", close_archive);
+
+function module.unload()
+	close_archive();
 end

@@ -8,6 +8,8 @@
 
 pub mod stanza_lua;
 
+use std::time::Duration;
+
 use mlua::{
     Function, Lua, MultiValue, Result as LuaResult, Table, UserData, UserDataMethods, Value,
 };
@@ -15,8 +17,8 @@ use mlua::{
 use crate::archive::{Archive, NotStored};
 use crate::config::{Config, RawValue};
 use crate::error::MamError;
+use crate::mailbox::{Completion, Outcome};
 use crate::policy::{self, Rule};
-use crate::query;
 use crate::stanza::Element;
 
 use stanza_lua::{element_from_lua, element_to_lua};
@@ -212,16 +214,23 @@ impl UserData for ArchiveHandle {
             },
         );
 
-        // append(user, with_jid, stanza) -> id, delivered, stored | nil, err
+        // append(user, with_jid, stanza, want_stored) -> id, delivered, stored | nil, err
+        // The stored copy is only built when someone listens for archive-message-added.
         methods.add_method_mut(
             "append",
-            |lua, this, (user, with, stanza): (String, String, Table)| {
+            |lua,
+             this,
+             (user, with, stanza, want_stored): (String, String, Table, Option<bool>)| {
                 let el = element_from_lua(&stanza)?;
                 match this.archive()?.append(&user, &with, &el) {
                     Ok(Ok(appended)) => Ok(values([
                         Value::String(lua.create_string(&appended.id)?),
                         Value::Table(this.to_lua(lua, &appended.delivered)?),
-                        Value::Table(this.to_lua(lua, &appended.stored)?),
+                        if want_stored.unwrap_or(false) {
+                            Value::Table(this.to_lua(lua, &appended.stored)?)
+                        } else {
+                            Value::Nil
+                        },
                     ])),
                     Ok(Err(NotStored::EmptyWhenStripped)) => {
                         let t = lua.create_table()?;
@@ -242,44 +251,25 @@ impl UserData for ArchiveHandle {
             }
         });
 
-        // query(user, query_el, reply_to, reply_from) -> { result messages }, fin, count | nil, err
+        // query(user, query_el, reply_to, reply_from) -> job | nil, err
+        // Validation errors come back at once; the page arrives via completions().
         methods.add_method_mut(
             "query",
             |lua, this, (user, query_el, to, from): (String, Table, Option<String>, Option<String>)| {
                 let el = element_from_lua(&query_el)?;
                 let jid_prep = this.jid_prep.clone();
                 let prep = prep_with(&jid_prep);
-                let (query_id, answer) = match this.archive()?.query(&user, &el, &prep) {
-                    Ok(r) => r,
-                    Err(e) => return failure(lua, &e),
-                };
-                let results = lua.create_table_with_capacity(answer.items.len(), 0)?;
-                for msg in &answer.items {
-                    let result = match query::result_element(query_id.as_deref(), msg) {
-                        Ok(r) => r,
-                        Err(e) => return failure(lua, &e),
-                    };
-                    let mut wrapper = Element::new("message");
-                    if let Some(to) = &to {
-                        wrapper.set_attr("to", to);
-                    }
-                    if let Some(from) = &from {
-                        wrapper.set_attr("from", from);
-                    }
-                    wrapper.push(result);
-                    results.raw_push(this.to_lua(lua, &wrapper)?)?;
+                match this.archive()?.start_query(&user, &el, &prep, to.as_deref(), from.as_deref()) {
+                    Ok(job) => Ok(values([Value::Integer(job as i64)])),
+                    Err(e) => failure(lua, &e),
                 }
-                Ok(values([
-                    Value::Table(results),
-                    Value::Table(this.to_lua(lua, &answer.fin)?),
-                ]))
             },
         );
 
-        // metadata(user) -> <metadata> | nil, err
+        // metadata(user) -> job | nil, err
         methods.add_method_mut("metadata", |lua, this, user: String| {
-            match this.archive()?.metadata(&user) {
-                Ok(el) => Ok(values([Value::Table(this.to_lua(lua, &el)?)])),
+            match this.archive()?.start_metadata(&user) {
+                Ok(job) => Ok(values([Value::Integer(job as i64)])),
                 Err(e) => failure(lua, &e),
             }
         });
@@ -301,27 +291,95 @@ impl UserData for ArchiveHandle {
             },
         );
 
-        // expire_batch(n) -> deleted | nil, err
+        // expire_batch(n) -> job | false (expiry off) | nil, err
         methods.add_method_mut("expire_batch", |lua, this, batch: usize| {
-            match this.archive()?.expire_batch(batch) {
-                Ok(n) => Ok(values([Value::Integer(n as i64)])),
+            match this.archive()?.start_expire(batch) {
+                Ok(Some(job)) => Ok(values([Value::Integer(job as i64)])),
+                Ok(None) => Ok(values([Value::Boolean(false)])),
                 Err(e) => failure(lua, &e),
             }
         });
 
-        // delete_user(user) -> deleted | nil, err
+        // delete_user(user) -> job | nil, err
         methods.add_method_mut("delete_user", |lua, this, user: String| {
-            match this.archive()?.delete_user(&user) {
-                Ok(n) => Ok(values([Value::Integer(n as i64)])),
+            match this.archive()?.start_delete_user(&user) {
+                Ok(job) => Ok(values([Value::Integer(job as i64)])),
                 Err(e) => failure(lua, &e),
             }
         });
 
-        // close(): releases the database; later calls raise.
+        // notify_fd() -> the descriptor to watch with server.watchfd
+        methods.add_method_mut("notify_fd", |_, this, ()| {
+            Ok(this.archive()?.notify_fd() as i64)
+        });
+
+        // completions() -> { { job =, results =, fin = } | { job =, err = } |
+        //                    { job =, count = } | { log =, level = } ... }
+        methods.add_method_mut("completions", |lua, this, ()| {
+            let (done, logs) = this.archive()?.completions();
+            let out = lua.create_table_with_capacity(done.len() + logs.len(), 0)?;
+            for (level, message) in logs {
+                let t = lua.create_table()?;
+                t.raw_set("level", level.as_str())?;
+                t.raw_set("log", message)?;
+                out.raw_push(t)?;
+            }
+            for c in done {
+                out.raw_push(this.completion_to_lua(lua, c)?)?;
+            }
+            Ok(out)
+        });
+
+        // flush(seconds) -> whether everything queued is committed. Blocks: only for
+        // shutdown and command-line use, never on a live server's hot path.
+        methods.add_method_mut("flush", |_, this, timeout: Option<f64>| {
+            let timeout = Duration::from_secs_f64(timeout.unwrap_or(10.0).clamp(0.0, 3600.0));
+            Ok(this.archive()?.flush(timeout))
+        });
+
+        // close(): commits every queued write, stops the threads; later calls raise.
         methods.add_method_mut("close", |_, this, ()| {
-            this.archive = None;
+            if let Some(archive) = this.archive.take() {
+                archive.close();
+            }
             Ok(())
         });
+    }
+}
+
+impl ArchiveHandle {
+    fn completion_to_lua(&self, lua: &Lua, c: Completion) -> LuaResult<Table> {
+        let t = lua.create_table()?;
+        t.raw_set("job", c.job as i64)?;
+        let err = match c.outcome {
+            Outcome::Query(Ok(results)) => {
+                let msgs = lua.create_table_with_capacity(results.messages.len(), 0)?;
+                for m in &results.messages {
+                    msgs.raw_push(self.to_lua(lua, m)?)?;
+                }
+                t.raw_set("results", msgs)?;
+                t.raw_set("fin", self.to_lua(lua, &results.fin)?)?;
+                None
+            }
+            Outcome::Metadata(Ok(el)) => {
+                t.raw_set("metadata", self.to_lua(lua, &el)?)?;
+                None
+            }
+            Outcome::Removed(Ok(n)) => {
+                t.raw_set("count", n as i64)?;
+                None
+            }
+            Outcome::Query(Err(e)) | Outcome::Metadata(Err(e)) | Outcome::Removed(Err(e)) => {
+                Some(e)
+            }
+        };
+        if let Some(e) = err {
+            let mv = failure(lua, &e)?;
+            if let Some(v) = mv.into_iter().nth(1) {
+                t.raw_set("err", v)?;
+            }
+        }
+        Ok(t)
     }
 }
 

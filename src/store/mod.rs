@@ -122,6 +122,17 @@ pub trait ArchiveStore: Send {
     /// message is always kept. Returns how many old messages were removed.
     fn append(&mut self, owner: &Owner, msg: &NewMessage, item_limit: Option<u64>) -> Result<u64>;
 
+    /// Stores several messages (any owners) as one unit: all or none. The writer
+    /// thread's group commit. Returns how many old messages quotas removed.
+    fn append_many(
+        &mut self,
+        items: &[(Owner, NewMessage)],
+        item_limit: Option<u64>,
+    ) -> Result<u64>;
+
+    /// Every stored preference on `host`, for the in-memory copy the event loop reads.
+    fn all_prefs(&mut self, host: &str) -> Result<Vec<(String, Prefs)>>;
+
     /// Reads a page of an owner's archive.
     fn find(&mut self, owner: &Owner, req: &FindRequest) -> Result<Page>;
 

@@ -59,6 +59,9 @@ const LAST_MESSAGE: &str = "SELECT id, when_us FROM archive WHERE host = ?1 AND 
 const GET_DEFAULT_POLICY: &str =
     "SELECT default_policy FROM archive_prefs WHERE host = ?1 AND user = ?2";
 
+/// Served by the primary key (host, user): a host prefix scan.
+const LIST_PREFS_USERS: &str = "SELECT user FROM archive_prefs WHERE host = ?1 ORDER BY user";
+
 const GET_JID_RULES: &str =
     "SELECT jid, rule FROM archive_prefs_jid WHERE host = ?1 AND user = ?2 ORDER BY jid";
 
@@ -356,48 +359,92 @@ fn owners_after(conn: &Connection, host: &str, after: Option<&str>) -> Result<Ve
     rows.map_err(MamError::storage("expire: list owners"))
 }
 
+/// Inserts one message inside `tx`, then trims the owner to the quota from the exact
+/// counter (no count over the archive). With `Some(n)` the owner keeps the new message
+/// plus the newest `max(n, 1) - 1` others: a quota of 0 still keeps the message just
+/// stored, as the trait promises, rather than archiving it and deleting it at once.
+fn append_in(
+    tx: &rusqlite::Transaction<'_>,
+    owner: &Owner,
+    msg: &NewMessage,
+    item_limit: Option<u64>,
+) -> Result<u64> {
+    tx.prepare_cached(INSERT_MESSAGE)
+        .and_then(|mut stmt| {
+            stmt.execute(params![
+                owner.host,
+                owner.user,
+                msg.id,
+                msg.when,
+                msg.with_bare,
+                msg.with_resource,
+                msg.xml,
+            ])
+        })
+        .map_err(MamError::storage("append: insert message"))?;
+    let seq = tx.last_insert_rowid();
+    let mut removed = 0;
+    if let Some(limit) = item_limit {
+        let keep = to_sql_int(limit.max(1));
+        let count: i64 = tx
+            .prepare_cached(OWNER_COUNT)
+            .and_then(|mut stmt| stmt.query_row(params![owner.host, owner.user], |r| r.get(0)))
+            .map_err(MamError::storage("append: read message count"))?;
+        if count > keep {
+            removed = tx
+                .prepare_cached(TRIM_OLDEST)
+                .and_then(|mut stmt| {
+                    stmt.execute(params![owner.host, owner.user, seq, count - keep])
+                })
+                .map_err(MamError::storage("append: trim to quota"))?;
+        }
+    }
+    Ok(to_count(to_sql_int(removed)))
+}
+
 impl ArchiveStore for SqliteStore {
-    /// Inserts, then trims to the quota from the exact counter (no count over the
-    /// archive). With `Some(n)` the owner keeps the new message plus the newest
-    /// `max(n, 1) - 1` others: a quota of 0 still keeps the message just stored, as the
-    /// trait promises, rather than archiving it and deleting it in the same breath.
     fn append(&mut self, owner: &Owner, msg: &NewMessage, item_limit: Option<u64>) -> Result<u64> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(MamError::storage("append: begin"))?;
-        tx.prepare_cached(INSERT_MESSAGE)
-            .and_then(|mut stmt| {
-                stmt.execute(params![
-                    owner.host,
-                    owner.user,
-                    msg.id,
-                    msg.when,
-                    msg.with_bare,
-                    msg.with_resource,
-                    msg.xml,
-                ])
-            })
-            .map_err(MamError::storage("append: insert message"))?;
-        let seq = tx.last_insert_rowid();
+        let removed = append_in(&tx, owner, msg, item_limit)?;
+        tx.commit().map_err(MamError::storage("append: commit"))?;
+        Ok(removed)
+    }
+
+    /// Group commit: every message in one transaction, one fsync for the lot.
+    fn append_many(
+        &mut self,
+        items: &[(Owner, NewMessage)],
+        item_limit: Option<u64>,
+    ) -> Result<u64> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(MamError::storage("append_many: begin"))?;
         let mut removed = 0;
-        if let Some(limit) = item_limit {
-            let keep = to_sql_int(limit.max(1));
-            let count: i64 = tx
-                .prepare_cached(OWNER_COUNT)
-                .and_then(|mut stmt| stmt.query_row(params![owner.host, owner.user], |r| r.get(0)))
-                .map_err(MamError::storage("append: read message count"))?;
-            if count > keep {
-                removed = tx
-                    .prepare_cached(TRIM_OLDEST)
-                    .and_then(|mut stmt| {
-                        stmt.execute(params![owner.host, owner.user, seq, count - keep])
-                    })
-                    .map_err(MamError::storage("append: trim to quota"))?;
+        for (owner, msg) in items {
+            removed += append_in(&tx, owner, msg, item_limit)?;
+        }
+        tx.commit()
+            .map_err(MamError::storage("append_many: commit"))?;
+        Ok(removed)
+    }
+
+    fn all_prefs(&mut self, host: &str) -> Result<Vec<(String, Prefs)>> {
+        let users: Vec<String> = self
+            .conn
+            .prepare_cached(LIST_PREFS_USERS)
+            .and_then(|mut stmt| stmt.query_map(params![host], |r| r.get(0))?.collect())
+            .map_err(MamError::storage("all_prefs: list users"))?;
+        let mut out = Vec::with_capacity(users.len());
+        for user in users {
+            if let Some(p) = self.get_prefs(&Owner::new(host, &user))? {
+                out.push((user, p));
             }
         }
-        tx.commit().map_err(MamError::storage("append: commit"))?;
-        Ok(to_count(to_sql_int(removed)))
+        Ok(out)
     }
 
     /// Resolves `after`/`before` ids, counts (if asked) and reads the page in one read

@@ -1,0 +1,152 @@
+//! Work finished on Rust threads, waiting to be picked up by Prosody's event loop.
+//!
+//! Threads never touch Lua. They post a [`Completion`] (or a log line) here and write
+//! one byte to a socket whose other end Prosody watches (`server.watchfd`); the loop
+//! wakes, the shim calls `completions()`, and results become stanzas on the main
+//! thread. The byte is only a wake-up: the queue is the truth, so a lost or extra
+//! wake-up costs nothing.
+
+use std::collections::VecDeque;
+use std::io::{ErrorKind, Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::sync::Mutex;
+
+use crate::error::Result as MamResult;
+use crate::stanza::Element;
+
+/// Identifies one asynchronous request from the shim.
+pub type JobId = u64;
+
+/// A finished query: the `<message>` stanzas to send, in order, and the `<fin>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueryResults {
+    pub messages: Vec<Element>,
+    pub fin: Element,
+}
+
+/// What a job produced.
+#[derive(Debug)]
+pub enum Outcome {
+    Query(MamResult<QueryResults>),
+    Metadata(MamResult<Element>),
+    /// Messages removed (account deletion, expiry batch).
+    Removed(MamResult<u64>),
+}
+
+/// A finished job.
+#[derive(Debug)]
+pub struct Completion {
+    pub job: JobId,
+    pub outcome: Outcome,
+}
+
+/// Severity of a log line from a thread, as Prosody names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+impl Level {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::Debug => "debug",
+            Level::Info => "info",
+            Level::Warn => "warn",
+            Level::Error => "error",
+        }
+    }
+}
+
+#[derive(Default)]
+struct Queue {
+    completions: VecDeque<Completion>,
+    logs: Vec<(Level, String)>,
+}
+
+/// The hand-over point between threads and the event loop.
+pub struct Mailbox {
+    queue: Mutex<Queue>,
+    /// Write end of the wake-up socket (non-blocking: a full buffer already means
+    /// "wake up").
+    waker: UnixStream,
+    /// Read end, watched by the event loop.
+    watched: UnixStream,
+}
+
+impl Mailbox {
+    pub fn new() -> std::io::Result<Mailbox> {
+        let (waker, watched) = UnixStream::pair()?;
+        waker.set_nonblocking(true)?;
+        watched.set_nonblocking(true)?;
+        Ok(Mailbox {
+            queue: Mutex::new(Queue::default()),
+            waker,
+            watched,
+        })
+    }
+
+    /// The file descriptor the event loop watches for readability.
+    pub fn fd(&self) -> RawFd {
+        self.watched.as_raw_fd()
+    }
+
+    fn wake(&self) {
+        // WouldBlock means the buffer is full of wake-ups already; any other error
+        // would mean the socket is gone, and then nobody is listening anyway.
+        let _ = (&self.waker).write(&[1]);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        // A thread that panicked while holding the lock left the queue consistent
+        // (push/drain are single calls), so keep using it.
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn post(&self, completion: Completion) {
+        self.lock().completions.push_back(completion);
+        self.wake();
+    }
+
+    pub fn log(&self, level: Level, message: String) {
+        self.lock().logs.push((level, message));
+        self.wake();
+    }
+
+    /// Everything posted so far. Drains the wake-up bytes first, so anything posted
+    /// after this call wakes the loop again.
+    pub fn take(&self) -> (Vec<Completion>, Vec<(Level, String)>) {
+        let mut buf = [0u8; 256];
+        loop {
+            match (&self.watched).read(&mut buf) {
+                Ok(0) => break,
+                Ok(_) => continue,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            }
+        }
+        let mut q = self.lock();
+        (
+            q.completions.drain(..).collect(),
+            std::mem::take(&mut q.logs),
+        )
+    }
+
+    /// Blocks (up to `timeout`) until something is posted. For tests and command-line
+    /// tools, which have no event loop; never called on Prosody's loop.
+    pub fn wait(&self, timeout: std::time::Duration) {
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            {
+                let q = self.lock();
+                if !q.completions.is_empty() || !q.logs.is_empty() {
+                    return;
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+}

@@ -1,0 +1,375 @@
+//! The writer thread: every archive write happens here, off Prosody's event loop.
+//!
+//! The event loop assigns ids and timestamps itself (so delivery never waits) and
+//! queues the write. The writer takes whatever has queued up — one message when the
+//! server is quiet, hundreds under load — and commits consecutive appends in one
+//! transaction (group commit): one fsync for many messages.
+//!
+//! Durability window: a message is on disk once the writer commits it, normally within
+//! a millisecond of being queued. At most [`QUEUE_CAPACITY`] writes are ever accepted
+//! and not yet committed; a graceful stop or module unload commits them all, a
+//! `kill -9` loses at most those. When storage fails, the writer retries with backoff
+//! (logging the cause once and the recovery once); while it cannot write, the queue
+//! fills and further messages are delivered but not archived, each one logged.
+
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::error::{MamError, Result};
+use crate::mailbox::{Completion, JobId, Level, Mailbox, Outcome};
+use crate::policy::Prefs;
+use crate::store::{ArchiveStore, NewMessage, Owner};
+use crate::time::Micros;
+
+/// Most writes accepted but not yet committed (the crash-loss bound).
+pub const QUEUE_CAPACITY: usize = 20_000;
+/// Most appends committed in one transaction.
+const MAX_GROUP: usize = 2_000;
+/// Longest pause between retries of a failing write.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// One write, in queue order.
+#[derive(Debug)]
+pub enum WriteOp {
+    Append {
+        owner: Owner,
+        msg: NewMessage,
+    },
+    SetPrefs {
+        owner: Owner,
+        prefs: Prefs,
+    },
+    DeleteUser {
+        owner: Owner,
+        job: JobId,
+    },
+    Expire {
+        host: String,
+        cutoff: Micros,
+        batch: usize,
+        job: JobId,
+    },
+}
+
+enum Command {
+    Write(u64, WriteOp),
+    Stop,
+}
+
+/// How far the writer has got: the sequence number of the last committed write.
+pub struct Progress {
+    committed: Mutex<u64>,
+    changed: Condvar,
+}
+
+impl Progress {
+    fn set(&self, seq: u64) {
+        let mut c = self.committed.lock().unwrap_or_else(|e| e.into_inner());
+        if seq > *c {
+            *c = seq;
+        }
+        self.changed.notify_all();
+    }
+
+    /// Waits until write `seq` is committed, or `timeout` passes. Returns whether it
+    /// was committed. Called by reader threads (read-your-writes), never by the loop.
+    pub fn wait_for(&self, seq: u64, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut c = self.committed.lock().unwrap_or_else(|e| e.into_inner());
+        while *c < seq {
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            c = match self.changed.wait_timeout(c, deadline - now) {
+                Ok((guard, _)) => guard,
+                Err(e) => e.into_inner().0,
+            };
+        }
+        true
+    }
+}
+
+/// The event loop's handle on the writer thread.
+pub struct Writer {
+    queue: SyncSender<Command>,
+    /// Sequence number of the last write queued (main thread only).
+    queued: u64,
+    progress: Arc<Progress>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Writer {
+    /// Starts the writer thread over `store`.
+    pub fn start(
+        store: Box<dyn ArchiveStore>,
+        item_limit: Option<u64>,
+        mailbox: Arc<Mailbox>,
+    ) -> Result<Writer> {
+        let (queue, rx) = sync_channel(QUEUE_CAPACITY);
+        let progress = Arc::new(Progress {
+            committed: Mutex::new(0),
+            changed: Condvar::new(),
+        });
+        let thread_progress = progress.clone();
+        let thread = std::thread::Builder::new()
+            .name("mam-writer".into())
+            .spawn(move || {
+                WriterThread {
+                    store,
+                    item_limit,
+                    mailbox,
+                    progress: thread_progress,
+                    failing: false,
+                    stopping: false,
+                }
+                .run(rx)
+            })
+            .map_err(|e| MamError::Corrupt(format!("cannot start the writer thread: {e}")))?;
+        Ok(Writer {
+            queue,
+            queued: 0,
+            progress,
+            thread: Some(thread),
+        })
+    }
+
+    /// Queues a write without ever blocking. Returns its sequence number, or an error
+    /// when the queue is full (storage has been failing for a while).
+    pub fn submit(&mut self, op: WriteOp) -> Result<u64> {
+        let seq = self.queued + 1;
+        match self.queue.try_send(Command::Write(seq, op)) {
+            Ok(()) => {
+                self.queued = seq;
+                Ok(seq)
+            }
+            Err(TrySendError::Full(_)) => Err(MamError::Overloaded(format!(
+                "archive write queue full ({QUEUE_CAPACITY} writes waiting for storage)"
+            ))),
+            Err(TrySendError::Disconnected(_)) => {
+                Err(MamError::Overloaded("archive writer has stopped".into()))
+            }
+        }
+    }
+
+    /// Sequence number of the newest queued write: a read that must see everything
+    /// queued so far waits for this one.
+    pub fn queued(&self) -> u64 {
+        self.queued
+    }
+
+    pub fn progress(&self) -> Arc<Progress> {
+        self.progress.clone()
+    }
+
+    /// Blocks until everything queued so far is committed (or `timeout`). For
+    /// shutdown, tests and tools.
+    pub fn flush(&self, timeout: Duration) -> bool {
+        self.progress.wait_for(self.queued, timeout)
+    }
+
+    /// Commits everything queued, then stops the thread.
+    pub fn stop(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            // A blocking send: the queue may be full; the writer drains it first.
+            let _ = self.queue.send(Command::Stop);
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+struct WriterThread {
+    store: Box<dyn ArchiveStore>,
+    item_limit: Option<u64>,
+    mailbox: Arc<Mailbox>,
+    progress: Arc<Progress>,
+    /// The last attempt failed (so the cause was logged; log the recovery).
+    failing: bool,
+    /// `Stop` was received: drain, commit, return.
+    stopping: bool,
+}
+
+fn is_constraint(err: &MamError) -> bool {
+    matches!(
+        err,
+        MamError::Storage {
+            source: rusqlite::Error::SqliteFailure(e, _),
+            ..
+        } if e.code == rusqlite::ErrorCode::ConstraintViolation
+    )
+}
+
+impl WriterThread {
+    fn run(mut self, rx: Receiver<Command>) {
+        let mut pending: Vec<(u64, WriteOp)> = Vec::new();
+        loop {
+            if self.stopping {
+                // Stop was received: commit what is still queued behind it, then end.
+                while let Ok(Command::Write(seq, op)) = rx.try_recv() {
+                    pending.push((seq, op));
+                }
+                if pending.is_empty() {
+                    return;
+                }
+            } else if pending.is_empty() {
+                // Wait for work, then take everything already queued behind it.
+                match rx.recv() {
+                    Ok(Command::Write(seq, op)) => pending.push((seq, op)),
+                    Ok(Command::Stop) | Err(_) => {
+                        self.stopping = true;
+                        continue;
+                    }
+                }
+            }
+            while pending.len() < MAX_GROUP && !self.stopping {
+                match rx.try_recv() {
+                    Ok(Command::Write(seq, op)) => pending.push((seq, op)),
+                    Ok(Command::Stop) => self.stopping = true,
+                    Err(_) => break,
+                }
+            }
+            self.apply_with_retry(&mut pending);
+        }
+    }
+
+    /// Applies `pending` in order, retrying storage failures with backoff. On return
+    /// `pending` is empty (committed, or given up at shutdown and logged).
+    fn apply_with_retry(&mut self, pending: &mut Vec<(u64, WriteOp)>) {
+        let mut backoff = Duration::from_millis(50);
+        let mut attempts_while_stopping = 0;
+        loop {
+            match self.apply(pending) {
+                Ok(()) => {
+                    if self.failing {
+                        self.failing = false;
+                        self.mailbox.log(
+                            Level::Info,
+                            "archive storage recovered; writes resumed".into(),
+                        );
+                    }
+                    pending.clear();
+                    return;
+                }
+                Err(err) => {
+                    if !self.failing {
+                        self.failing = true;
+                        self.mailbox.log(
+                            Level::Error,
+                            format!("archive write failed, retrying with backoff: {err}"),
+                        );
+                    }
+                    if self.stopping {
+                        attempts_while_stopping += 1;
+                        if attempts_while_stopping >= 3 {
+                            self.mailbox.log(
+                                Level::Error,
+                                format!(
+                                    "shutting down with {} archive writes not stored: {err}",
+                                    pending.len()
+                                ),
+                            );
+                            pending.clear();
+                            return;
+                        }
+                    }
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+
+    /// Applies writes in order: runs of appends as one transaction each, other writes
+    /// one by one. Removes what it has applied from the front of `pending`, so a retry
+    /// after a failure resumes where it stopped.
+    fn apply(&mut self, pending: &mut Vec<(u64, WriteOp)>) -> Result<()> {
+        while !pending.is_empty() {
+            let run = pending
+                .iter()
+                .take_while(|(_, op)| matches!(op, WriteOp::Append { .. }))
+                .count();
+            if run > 0 {
+                let items: Vec<(Owner, NewMessage)> = pending[..run]
+                    .iter()
+                    .filter_map(|(_, op)| match op {
+                        WriteOp::Append { owner, msg } => Some((owner.clone(), msg.clone())),
+                        _ => None,
+                    })
+                    .collect();
+                match self.store.append_many(&items, self.item_limit) {
+                    Ok(_) => {}
+                    Err(e) if is_constraint(&e) => self.append_one_by_one(&items),
+                    Err(e) => return Err(e),
+                }
+                let last = pending[run - 1].0;
+                pending.drain(..run);
+                self.progress.set(last);
+                continue;
+            }
+            let (seq, op) = pending.remove(0);
+            if let Err(e) = self.apply_one(&op) {
+                // Put it back so the retry starts with it.
+                pending.insert(0, (seq, op));
+                return Err(e);
+            }
+            self.progress.set(seq);
+        }
+        Ok(())
+    }
+
+    /// A batch hit a constraint (a duplicate id: practically impossible with random
+    /// ids, but one bad row must not block every other message): store the rest.
+    fn append_one_by_one(&mut self, items: &[(Owner, NewMessage)]) {
+        for (owner, msg) in items {
+            if let Err(e) = self.store.append(owner, msg, self.item_limit) {
+                self.mailbox.log(
+                    Level::Error,
+                    format!("message {} for {} not archived: {e}", msg.id, owner.user),
+                );
+            }
+        }
+    }
+
+    fn apply_one(&mut self, op: &WriteOp) -> Result<()> {
+        match op {
+            WriteOp::Append { .. } => unreachable_append(),
+            WriteOp::SetPrefs { owner, prefs } => self.store.set_prefs(owner, prefs),
+            WriteOp::DeleteUser { owner, job } => {
+                let result = self.store.delete_user(owner);
+                self.finish(*job, result)
+            }
+            WriteOp::Expire {
+                host,
+                cutoff,
+                batch,
+                job,
+            } => {
+                let result = self.store.expire_batch(host, *cutoff, *batch);
+                self.finish(*job, result)
+            }
+        }
+    }
+
+    /// Reports a job's result; storage errors are retried, not reported.
+    fn finish(&self, job: JobId, result: Result<u64>) -> Result<()> {
+        let removed = result?;
+        self.mailbox.post(Completion {
+            job,
+            outcome: Outcome::Removed(Ok(removed)),
+        });
+        Ok(())
+    }
+}
+
+/// Appends are always handled as a run by [`WriterThread::apply`].
+fn unreachable_append() -> Result<()> {
+    Err(MamError::Corrupt("append outside an append run".into()))
+}
