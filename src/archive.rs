@@ -239,7 +239,7 @@ impl Archive {
             after_write: self.writer.queued(),
             owner: self.owner(user),
             op: ReadOp::Query {
-                plan,
+                plan: Box::new(plan),
                 query_id: q.query_id,
                 reply_to: reply_to.map(str::to_owned),
                 reply_from: reply_from.map(str::to_owned),

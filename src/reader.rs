@@ -34,7 +34,7 @@ pub struct ReadJob {
 
 pub enum ReadOp {
     Query {
-        plan: Plan,
+        plan: Box<Plan>,
         query_id: Option<String>,
         reply_to: Option<String>,
         reply_from: Option<String>,
