@@ -6,6 +6,7 @@
 //! `{ type = …, condition = …, text = …, log = … }` ready for `st.error_reply` (and
 //! `log` for the module log, never sent to clients); bugs raise Lua errors.
 
+pub mod admin;
 pub mod stanza_lua;
 
 use mlua::{
@@ -329,6 +330,7 @@ impl UserData for ArchiveHandle {
 pub fn exports(lua: &Lua) -> LuaResult<Table> {
     let t = lua.create_table()?;
     t.set("open", lua.create_function(open)?)?;
+    t.set("admin", admin::exports(lua)?)?;
     t.set("version", env!("CARGO_PKG_VERSION"))?;
     let names = lua.create_table()?;
     for name in OPTION_NAMES {
