@@ -11,6 +11,7 @@ local configmanager = require "core.configmanager";
 local modulemanager = require "core.modulemanager";
 local jid_prep = require "util.jid".prep;
 local time_now = require "util.time".now;
+local resolve_relative_path = require "util.paths".resolve_relative_path;
 
 local import_batch_size = 500;
 local progress_every = 2; -- seconds between progress lines
@@ -45,6 +46,33 @@ local function target_hosts(only)
 		if host == only then return { host }; end
 	end
 	return nil, ("Host '%s' is not a VirtualHost in the configuration"):format(only);
+end
+
+-- mod_storage_sql drops `false` values when it reads a keyval store back, which loses
+-- stock's `never` rules (`["jid"] = false`, one row each). Read those rows directly,
+-- with the connection parameters mod_storage_sql itself uses.
+local function sql_never_rules(host, store)
+	local sql = require "util.sql";
+	local params = configmanager.get(host, "sql") or { driver = "SQLite3" };
+	local p = {
+		driver = params.driver; database = params.database;
+		username = params.username; password = params.password;
+		host = params.host; port = params.port;
+	};
+	if p.driver == "SQLite3" and p.database ~= ":memory:" then
+		p.database = resolve_relative_path(prosody.paths.data or ".", p.database or "prosody.sqlite");
+	end
+	local engine = sql:create_engine(p);
+	local rules = {};
+	local ok, err = engine:transaction(function ()
+		for row in engine:select([[SELECT "user", "key" FROM "prosody"
+			WHERE "host"=? AND "store"=? AND "type"=? AND "value"=?]], host, store, "boolean", "false") do
+			rules[row[1]] = rules[row[1]] or {};
+			rules[row[1]][row[2]] = false;
+		end
+	end);
+	if not ok then return nil, err; end
+	return rules;
 end
 
 return function (native)
@@ -104,6 +132,12 @@ return function (native)
 			return 1;
 		end
 		local prefs_source = driver:open(store .. "_prefs");
+		local never_rules = {};
+		if driver_name == "sql" then
+			local rules, rerr = sql_never_rules(host, store .. "_prefs");
+			if not rules then complain("%s: could not read never rules: %s", host, tostring(rerr)); return 1; end
+			never_rules = rules;
+		end
 
 		local users, seen = {}, {};
 		local function add_user(user)
@@ -153,6 +187,9 @@ return function (native)
 			if not flush() then return 1; end
 			local prefs = prefs_source and prefs_source:get(user);
 			if type(prefs) == "table" then
+				for jid, rule in pairs(never_rules[user] or {}) do
+					if prefs[jid] == nil then prefs[jid] = rule; end
+				end
 				local stored, perr = archive:import_prefs(user, prefs);
 				if stored == nil then complain("%s: %s", host, perr); return 1; end
 				if stored then prefs_imported = prefs_imported + 1; end
