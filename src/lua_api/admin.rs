@@ -169,8 +169,11 @@ fn admin_result(lua: &Lua, r: Result<u64, AdminError>) -> LuaResult<MultiValue> 
     }
 }
 
+/// A stock prefs table read out: its default (`prefs[false]`) and its JID rules.
+type StockPrefs = (Option<StockDefault>, Vec<(String, bool)>);
+
 /// Stock's prefs table `{ [false] = default, ["jid"] = true|false }`.
-fn stock_prefs(t: &Table) -> LuaResult<(Option<StockDefault>, Vec<(String, bool)>)> {
+fn stock_prefs(t: &Table) -> LuaResult<StockPrefs> {
     let mut default = None;
     let mut rules = Vec::new();
     for pair in t.pairs::<Value, Value>() {
