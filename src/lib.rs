@@ -12,12 +12,18 @@
 //! - [`query`]: XEP-0313 queries (form, RSM) and their answers.
 //! - [`stanza`]: XML in Prosody's stanza model; parse and serialise.
 //! - [`store`]: the backend boundary and the SQLite backend.
+//! - [`import`]: importing stock mod_mam archives under their own ids, with progress
+//!   and a per-user verification.
+//! - [`admin`]: `prosodyctl mod_mam` commands: argument parsing, expiry now, targeted
+//!   deletes, export (XML or JSON lines), statistics.
 //! - [`id`], [`time`], [`ns`], [`error`]: archive ids, date-times, namespaces, errors.
 
+pub mod admin;
 pub mod archive;
 pub mod config;
 pub mod error;
 pub mod id;
+pub mod import;
 pub mod lua_api;
 pub mod mailbox;
 pub mod ns;

@@ -29,6 +29,13 @@ if not luaopen then
 end
 local native = luaopen();
 
+-- Under prosodyctl (`prosodyctl mod_mam <command>`) the module is loaded on "*" only
+-- to run an admin command: no events, no archive of its own.
+if host == "*" then
+	module.command = module:require "mamcommands" (native);
+	return;
+end
+
 -- Every option is read here and validated once, in Rust.
 local options = {};
 for _, name in ipairs(native.option_names) do

@@ -6,6 +6,7 @@
 //! `{ type = …, condition = …, text = …, log = … }` ready for `st.error_reply` (and
 //! `log` for the module log, never sent to clients); bugs raise Lua errors.
 
+pub mod admin;
 pub mod stanza_lua;
 
 use std::time::Duration;
@@ -387,6 +388,7 @@ impl ArchiveHandle {
 pub fn exports(lua: &Lua) -> LuaResult<Table> {
     let t = lua.create_table()?;
     t.set("open", lua.create_function(open)?)?;
+    t.set("admin", admin::exports(lua)?)?;
     t.set("version", env!("CARGO_PKG_VERSION"))?;
     let names = lua.create_table()?;
     for name in OPTION_NAMES {

@@ -115,6 +115,48 @@ pub struct ArchiveBounds {
     pub last: ArchiveEnd,
 }
 
+/// A message from another archive (stock `mod_mam`'s), imported under its own id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImportedMessage {
+    /// The owner's node part; the host is the import's.
+    pub user: String,
+    /// The message as it will be stored; `msg.id` is the source archive's id.
+    pub msg: NewMessage,
+}
+
+/// What one import batch did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImportReport {
+    /// Messages that were not in the archive and now are.
+    pub inserted: u64,
+    /// Messages already in the archive with the same id, time and partner (an earlier
+    /// import): left as they are.
+    pub already_present: u64,
+    /// Ids already in the archive for a *different* message (other time or partner):
+    /// left as they are, reported as (user, id).
+    pub conflicts: Vec<(String, String)>,
+}
+
+/// One owner's archive at a glance (`prosodyctl mod_mam stats`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnerStats {
+    pub user: String,
+    pub messages: u64,
+    /// Bytes of stored stanza text (the bulk of the owner's share of the database).
+    pub bytes: u64,
+    pub oldest: Micros,
+    pub newest: Micros,
+}
+
+/// Which of an owner's messages a targeted delete removes; all present constraints
+/// apply together, and with none the owner's whole archive goes (prefs stay).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeleteFilter {
+    pub with: Option<WithFilter>,
+    /// Only messages strictly older than this.
+    pub before: Option<Micros>,
+}
+
 /// A storage backend for message archives and archiving preferences.
 pub trait ArchiveStore: Send {
     /// Stores one message. With `item_limit = Some(n)`, afterwards the owner keeps at
@@ -153,4 +195,27 @@ pub trait ArchiveStore: Send {
     /// all owners on `host`, in one short transaction. Returns how many it removed;
     /// fewer than `batch` means nothing older remains.
     fn expire_batch(&mut self, host: &str, cutoff: Micros, batch: usize) -> Result<u64>;
+
+    /// Imports messages under their source ids, in the order given (which becomes
+    /// their insertion order, so equal timestamps keep the source's order), in one
+    /// transaction. An id the owner already has is left alone: importing twice adds
+    /// nothing. No quota applies.
+    fn import_batch(&mut self, host: &str, batch: &[ImportedMessage]) -> Result<ImportReport>;
+
+    /// Stores `prefs` unless the owner already has preferences (set through this
+    /// module, or by an earlier import). Returns whether it stored them.
+    fn set_prefs_if_absent(&mut self, owner: &Owner, prefs: &Prefs) -> Result<bool>;
+
+    /// Every owner on `host` with messages, in name order.
+    fn owner_stats(&mut self, host: &str) -> Result<Vec<OwnerStats>>;
+
+    /// How many messages the owner has.
+    fn message_count(&mut self, owner: &Owner) -> Result<u64>;
+
+    /// Removes at most `batch` of the owner's messages matching `filter`, oldest first,
+    /// in one short transaction. Fewer than `batch` means none is left.
+    fn delete_batch(&mut self, owner: &Owner, filter: &DeleteFilter, batch: usize) -> Result<u64>;
+
+    /// The size of the whole database in bytes (all hosts), when the backend knows.
+    fn database_bytes(&mut self) -> Result<Option<u64>>;
 }

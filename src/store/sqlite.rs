@@ -17,9 +17,11 @@ use std::time::Duration;
 use rusqlite::types::Value;
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension, TransactionBehavior};
 
+mod admin;
+
 use super::{
-    schema, ArchiveBounds, ArchiveEnd, ArchiveStore, ArchivedMessage, FindRequest, NewMessage,
-    Owner, Page,
+    schema, ArchiveBounds, ArchiveEnd, ArchiveStore, ArchivedMessage, DeleteFilter, FindRequest,
+    ImportReport, ImportedMessage, NewMessage, Owner, OwnerStats, Page,
 };
 use crate::error::{MamError, Result};
 use crate::policy::{DefaultPolicy, Prefs};
@@ -681,6 +683,32 @@ impl ArchiveStore for SqliteStore {
         tx.commit().map_err(MamError::storage("expire: commit"))?;
         self.expire_resume = filled_at.map(|user| (host.to_owned(), user));
         Ok(to_count(removed))
+    }
+
+    // The operator's tools live in `admin.rs`, away from the hot path.
+
+    fn import_batch(&mut self, host: &str, batch: &[ImportedMessage]) -> Result<ImportReport> {
+        self.import_batch_impl(host, batch)
+    }
+
+    fn set_prefs_if_absent(&mut self, owner: &Owner, prefs: &Prefs) -> Result<bool> {
+        self.set_prefs_if_absent_impl(owner, prefs)
+    }
+
+    fn owner_stats(&mut self, host: &str) -> Result<Vec<OwnerStats>> {
+        self.owner_stats_impl(host)
+    }
+
+    fn message_count(&mut self, owner: &Owner) -> Result<u64> {
+        self.message_count_impl(owner)
+    }
+
+    fn delete_batch(&mut self, owner: &Owner, filter: &DeleteFilter, batch: usize) -> Result<u64> {
+        self.delete_batch_impl(owner, filter, batch)
+    }
+
+    fn database_bytes(&mut self) -> Result<Option<u64>> {
+        self.database_bytes_impl()
     }
 }
 

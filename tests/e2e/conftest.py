@@ -571,3 +571,31 @@ async def send_and_flush(sender, *stanzas):
 def stanza_ids(message, by=None):
     """<stanza-id xmlns='urn:xmpp:sid:0'/> children (optionally only those with this `by`)."""
     return [s for s in message.findall(q(NS_SID, "stanza-id")) if by is None or s.get("by") == by]
+
+
+# --------------------------------------------------------------------------- admin commands
+
+def use_module(server, plugin):
+    """Rewrite a stopped server's config for `plugin` (a plugin path, or None for stock
+    mod_mam), keeping its data directory, port and options."""
+    assert server.proc is None, "stop the server before switching modules"
+    server.cfg.write_text(prosody_config.render(server.dir, server.port, plugin, server.options))
+
+
+def prosodyctl(server, *args, timeout=60):
+    """Run `prosodyctl --config <server's config> ARGS`; returns the CompletedProcess."""
+    return subprocess.run(
+        ["prosodyctl", "--config", str(server.cfg), *args],
+        capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+    )
+
+
+def canonical(element):
+    """An element as nested tuples with sorted attributes: compares XML regardless of
+    attribute order (Prosody's serialiser and ours order attributes differently)."""
+    return (
+        element.tag,
+        tuple(sorted(element.attrib.items())),
+        (element.text or "").strip(),
+        tuple(canonical(child) for child in element),
+    )

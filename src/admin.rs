@@ -1,0 +1,830 @@
+//! `prosodyctl mod_mam <command>`: the operator's commands.
+//!
+//! The shim passes the command line here ([`parse`]), does the Prosody-side work
+//! (which hosts, which options, reading stock stores for `import`) and calls the
+//! functions below on an open store. Exit codes follow Prosody's tools: 0 done,
+//! 1 failed, 2 usage (unknown command, bad JID, bad date, missing argument).
+
+use std::io::Write;
+
+use chrono::NaiveDate;
+
+use crate::error::MamError;
+use crate::query::split_resource;
+use crate::store::{ArchiveStore, DeleteFilter, FindRequest, Owner, WithFilter};
+use crate::time::{format_datetime, parse_datetime, Clock, Micros};
+
+/// How many messages one delete/expiry transaction removes, so that a running
+/// Prosody waits at most one short transaction for the write lock.
+pub const BATCH: usize = 500;
+
+/// How many messages one export read fetches.
+const EXPORT_PAGE: usize = 500;
+
+/// A command that cannot run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminError {
+    /// The command line is wrong; the text says how (exit code 2).
+    Usage(String),
+    /// It ran and failed (exit code 1).
+    Failed(String),
+}
+
+impl AdminError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            AdminError::Usage(_) => 2,
+            AdminError::Failed(_) => 1,
+        }
+    }
+
+    pub fn message(&self) -> &str {
+        match self {
+            AdminError::Usage(m) | AdminError::Failed(m) => m,
+        }
+    }
+}
+
+impl From<MamError> for AdminError {
+    fn from(e: MamError) -> Self {
+        AdminError::Failed(e.to_string())
+    }
+}
+
+impl From<std::io::Error> for AdminError {
+    fn from(e: std::io::Error) -> Self {
+        AdminError::Failed(format!("write failed: {e}"))
+    }
+}
+
+/// Where `import` reads from: the stock storage driver to load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Internal,
+    Sql,
+}
+
+impl Source {
+    pub fn driver(self) -> &'static str {
+        match self {
+            Source::Internal => "internal",
+            Source::Sql => "sql",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExportFormat {
+    /// XEP-0227-style: `<server-data><host><user><archive>` with MAM `<result>`s.
+    Xml,
+    /// One JSON object per line: id, timestamp, with, stanza.
+    Jsonl,
+}
+
+/// A parsed command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Show this text and exit 0.
+    Help(String),
+    Import {
+        host: Option<String>,
+        /// `None`: the driver the host's `storage` option names for the store.
+        from: Option<Source>,
+        /// `None`: the host's `archive_store` option.
+        store: Option<String>,
+    },
+    Expire {
+        host: Option<String>,
+    },
+    Delete {
+        owner: Owner,
+        filter: DeleteFilter,
+    },
+    Export {
+        owner: Owner,
+        format: ExportFormat,
+    },
+    Stats {
+        host: Option<String>,
+    },
+}
+
+pub const USAGE: &str = "\
+Usage: prosodyctl mod_mam <command> [options]
+
+Commands:
+  import [--host HOST] [--from internal|sql] [--store NAME]
+                 Copy stock mod_mam archives and preferences into this module's
+                 archive, keeping ids, times and order. Safe to re-run.
+  expire [--host HOST]
+                 Delete messages older than archive_expires_after now.
+  delete USER@HOST [--with JID] [--before DATE]
+                 Delete a user's messages (all, with one contact, or older than DATE).
+  export USER@HOST [--format xml|jsonl]
+                 Write a user's archive to standard output.
+  stats [--host HOST]
+                 Messages and size per host and per user, oldest and newest.
+
+Run `prosodyctl mod_mam <command> --help` for details. Exit codes: 0 done,
+1 failed, 2 usage error.";
+
+const IMPORT_HELP: &str = "\
+Usage: prosodyctl mod_mam import [--host HOST] [--from internal|sql] [--store NAME]
+
+Reads stock mod_mam's archive store (through Prosody's own storage driver) and its
+preferences (<store>_prefs) for every user of HOST (default: every VirtualHost), and
+adds them to this module's archive under their original ids. Messages already there
+are skipped, so running it again (after switching modules, to catch the gap) adds
+nothing twice; preferences already set in this module are kept.
+
+  --host HOST     only this VirtualHost
+  --from DRIVER   read with mod_storage_internal or mod_storage_sql (default: the
+                  driver the `storage` option names for the store)
+  --store NAME    the stock store name, e.g. archive2 (default: archive_store)
+
+Prosody may keep running: the import writes in short transactions. Ends with a
+per-user verification; exits 1 if any user's messages did not all arrive.";
+
+const EXPIRE_HELP: &str = "\
+Usage: prosodyctl mod_mam expire [--host HOST]
+
+Deletes every message older than archive_expires_after, in batches of 500, and prints
+how many it deleted per host. Does nothing for a host whose expiry is \"never\".";
+
+const DELETE_HELP: &str = "\
+Usage: prosodyctl mod_mam delete USER@HOST [--with JID] [--before DATE]
+
+Deletes USER's archived messages: all of them, or only those with JID (a bare JID
+matches every resource, a full JID only that one), or only those older than DATE
+(2024-01-31 or 2024-01-31T12:00:00Z), or both. Preferences are kept.";
+
+const EXPORT_HELP: &str = "\
+Usage: prosodyctl mod_mam export USER@HOST [--format xml|jsonl]
+
+Writes USER's whole archive, oldest first, to standard output:
+  xml    (default) XEP-0227-style <server-data>, each message as a MAM <result>
+  jsonl  one JSON object per line: {\"id\", \"timestamp\", \"with\", \"stanza\"}";
+
+const STATS_HELP: &str = "\
+Usage: prosodyctl mod_mam stats [--host HOST]
+
+For each host: users, messages, stanza bytes and database size; for each user:
+messages, bytes, oldest and newest message.";
+
+fn usage(msg: impl Into<String>, help: &str) -> AdminError {
+    AdminError::Usage(format!("{}\n\n{help}", msg.into()))
+}
+
+/// Options a command accepts (`--name value` or `--name=value`) and positionals.
+struct Args {
+    positional: Vec<String>,
+    options: Vec<(String, String)>,
+    help: bool,
+}
+
+fn split_args(args: &[String], known: &[&str], help: &str) -> Result<Args, AdminError> {
+    let mut out = Args {
+        positional: Vec::new(),
+        options: Vec::new(),
+        help: false,
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if a == "--help" || a == "-h" || a == "-?" {
+            out.help = true;
+        } else if let Some(opt) = a.strip_prefix("--") {
+            let (name, inline) = match opt.split_once('=') {
+                Some((n, v)) => (n, Some(v.to_owned())),
+                None => (opt, None),
+            };
+            if !known.contains(&name) {
+                return Err(usage(format!("Unknown option --{name}"), help));
+            }
+            let value = match inline {
+                Some(v) => v,
+                None => it
+                    .next()
+                    .cloned()
+                    .ok_or_else(|| usage(format!("--{name} needs a value"), help))?,
+            };
+            if out.options.iter().any(|(n, _)| n == name) {
+                return Err(usage(format!("--{name} given twice"), help));
+            }
+            out.options.push((name.to_owned(), value));
+        } else {
+            out.positional.push(a.clone());
+        }
+    }
+    Ok(out)
+}
+
+impl Args {
+    fn get(&self, name: &str) -> Option<&str> {
+        self.options
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn at_most(&self, n: usize, help: &str) -> Result<(), AdminError> {
+        match self.positional.get(n) {
+            Some(extra) => Err(usage(format!("Unexpected argument '{extra}'"), help)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A local account's JID, normalised by `prep` (Prosody's `jid.prep`).
+pub fn parse_owner(s: &str, prep: &dyn Fn(&str) -> Option<String>) -> Result<Owner, String> {
+    let bad = || format!("Invalid JID '{s}': expected USER@HOST");
+    let jid = prep(s).ok_or_else(bad)?;
+    if jid.contains('/') {
+        return Err(bad());
+    }
+    let (user, host) = jid.split_once('@').ok_or_else(bad)?;
+    if user.is_empty() || host.is_empty() {
+        return Err(bad());
+    }
+    Ok(Owner::new(host, user))
+}
+
+/// A contact JID for `--with`: bare matches every resource, full only that resource.
+pub fn parse_with(s: &str, prep: &dyn Fn(&str) -> Option<String>) -> Result<WithFilter, String> {
+    let jid = prep(s).ok_or_else(|| format!("Invalid JID '{s}' for --with"))?;
+    let (bare, resource) = split_resource(&jid);
+    Ok(WithFilter {
+        bare: bare.to_owned(),
+        resource: resource.map(str::to_owned),
+    })
+}
+
+/// `--before`: an XEP-0082 DateTime, or a date (midnight UTC).
+pub fn parse_date(s: &str) -> Result<Micros, String> {
+    if let Some(t) = parse_datetime(s) {
+        return Ok(t);
+    }
+    NaiveDate::parse_from_str(s.trim(), "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|dt| dt.and_utc().timestamp_micros())
+        .ok_or_else(|| format!("Invalid date '{s}': expected 2024-01-31 or 2024-01-31T12:00:00Z"))
+}
+
+/// Parses `prosodyctl mod_mam` arguments (without the `mod_mam`).
+pub fn parse(
+    args: &[String],
+    prep: &dyn Fn(&str) -> Option<String>,
+) -> Result<Command, AdminError> {
+    let Some((name, rest)) = args.split_first() else {
+        return Err(AdminError::Usage(format!("No command given\n\n{USAGE}")));
+    };
+    match name.as_str() {
+        "help" | "--help" | "-h" => Ok(Command::Help(USAGE.to_owned())),
+        "import" => {
+            let a = split_args(rest, &["host", "from", "store"], IMPORT_HELP)?;
+            if a.help {
+                return Ok(Command::Help(IMPORT_HELP.to_owned()));
+            }
+            a.at_most(0, IMPORT_HELP)?;
+            let from = match a.get("from") {
+                None => None,
+                Some("internal") => Some(Source::Internal),
+                Some("sql") => Some(Source::Sql),
+                Some(other) => {
+                    return Err(usage(
+                        format!("Unknown source '{other}' for --from: expected internal or sql"),
+                        IMPORT_HELP,
+                    ))
+                }
+            };
+            let store = match a.get("store") {
+                Some("") => return Err(usage("--store needs a store name", IMPORT_HELP)),
+                s => s.map(str::to_owned),
+            };
+            Ok(Command::Import {
+                host: host_option(&a, prep, IMPORT_HELP)?,
+                from,
+                store,
+            })
+        }
+        "expire" => {
+            let a = split_args(rest, &["host"], EXPIRE_HELP)?;
+            if a.help {
+                return Ok(Command::Help(EXPIRE_HELP.to_owned()));
+            }
+            a.at_most(0, EXPIRE_HELP)?;
+            Ok(Command::Expire {
+                host: host_option(&a, prep, EXPIRE_HELP)?,
+            })
+        }
+        "stats" => {
+            let a = split_args(rest, &["host"], STATS_HELP)?;
+            if a.help {
+                return Ok(Command::Help(STATS_HELP.to_owned()));
+            }
+            a.at_most(0, STATS_HELP)?;
+            Ok(Command::Stats {
+                host: host_option(&a, prep, STATS_HELP)?,
+            })
+        }
+        "delete" => {
+            let a = split_args(rest, &["with", "before"], DELETE_HELP)?;
+            if a.help {
+                return Ok(Command::Help(DELETE_HELP.to_owned()));
+            }
+            let owner = owner_argument(&a, prep, DELETE_HELP)?;
+            let with = match a.get("with") {
+                Some(w) => Some(parse_with(w, prep).map_err(|m| usage(m, DELETE_HELP))?),
+                None => None,
+            };
+            let before = match a.get("before") {
+                Some(d) => Some(parse_date(d).map_err(|m| usage(m, DELETE_HELP))?),
+                None => None,
+            };
+            Ok(Command::Delete {
+                owner,
+                filter: DeleteFilter { with, before },
+            })
+        }
+        "export" => {
+            let a = split_args(rest, &["format"], EXPORT_HELP)?;
+            if a.help {
+                return Ok(Command::Help(EXPORT_HELP.to_owned()));
+            }
+            let owner = owner_argument(&a, prep, EXPORT_HELP)?;
+            let format = match a.get("format") {
+                None | Some("xml") => ExportFormat::Xml,
+                Some("jsonl") => ExportFormat::Jsonl,
+                Some(other) => {
+                    return Err(usage(
+                        format!("Unknown format '{other}': expected xml or jsonl"),
+                        EXPORT_HELP,
+                    ))
+                }
+            };
+            Ok(Command::Export { owner, format })
+        }
+        other => Err(AdminError::Usage(format!(
+            "Unknown command '{other}'\n\n{USAGE}"
+        ))),
+    }
+}
+
+fn host_option(
+    a: &Args,
+    prep: &dyn Fn(&str) -> Option<String>,
+    help: &str,
+) -> Result<Option<String>, AdminError> {
+    match a.get("host") {
+        None => Ok(None),
+        Some(h) => match prep(h) {
+            Some(p) if !p.contains('@') && !p.contains('/') => Ok(Some(p)),
+            _ => Err(usage(format!("Invalid host '{h}'"), help)),
+        },
+    }
+}
+
+fn owner_argument(
+    a: &Args,
+    prep: &dyn Fn(&str) -> Option<String>,
+    help: &str,
+) -> Result<Owner, AdminError> {
+    let Some(jid) = a.positional.first() else {
+        return Err(usage("Missing USER@HOST", help));
+    };
+    a.at_most(1, help)?;
+    parse_owner(jid, prep).map_err(|m| usage(m, help))
+}
+
+/// Runs expiry to the end in [`BATCH`]-sized transactions. `expires_after` is in
+/// seconds (`None`: expiry is off, nothing happens).
+pub fn expire_now(
+    store: &mut dyn ArchiveStore,
+    host: &str,
+    expires_after: Option<u64>,
+    clock: &dyn Clock,
+) -> Result<u64, AdminError> {
+    let Some(after) = expires_after else {
+        return Ok(0);
+    };
+    let cutoff = clock
+        .now_micros()
+        .saturating_sub((after as i64).saturating_mul(1_000_000));
+    let mut total = 0;
+    loop {
+        let n = store.expire_batch(host, cutoff, BATCH)?;
+        total += n;
+        if n < BATCH as u64 {
+            return Ok(total);
+        }
+    }
+}
+
+/// Deletes an owner's matching messages in [`BATCH`]-sized transactions.
+pub fn delete(
+    store: &mut dyn ArchiveStore,
+    owner: &Owner,
+    filter: &DeleteFilter,
+) -> Result<u64, AdminError> {
+    let mut total = 0;
+    loop {
+        let n = store.delete_batch(owner, filter, BATCH)?;
+        total += n;
+        if n < BATCH as u64 {
+            return Ok(total);
+        }
+    }
+}
+
+fn xml_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '\'' => out.push_str("&apos;"),
+            '"' => out.push_str("&quot;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if u32::from(c) < 0x20 => out.push_str(&format!("\\u{:04x}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Writes the owner's whole archive, oldest first, page by page (each page its own
+/// read transaction). Returns how many messages it wrote.
+pub fn export(
+    store: &mut dyn ArchiveStore,
+    owner: &Owner,
+    format: ExportFormat,
+    out: &mut dyn Write,
+) -> Result<u64, AdminError> {
+    if format == ExportFormat::Xml {
+        write!(
+            out,
+            "<?xml version='1.0' encoding='UTF-8'?>\n\
+             <server-data xmlns='urn:xmpp:pie:0'>\n\
+             <host jid='{}'>\n<user name='{}'>\n<archive xmlns='urn:xmpp:mam:2'>\n",
+            xml_escape(&owner.host),
+            xml_escape(&owner.user)
+        )?;
+    }
+    let mut after: Option<String> = None;
+    let mut count = 0;
+    loop {
+        let req = FindRequest {
+            after: after.iter().cloned().collect(),
+            limit: EXPORT_PAGE,
+            ..FindRequest::default()
+        };
+        let page = store.find(owner, &req)?;
+        for m in &page.items {
+            let stamp = format_datetime(m.when);
+            match format {
+                ExportFormat::Xml => writeln!(
+                    out,
+                    "<result xmlns='urn:xmpp:mam:2' id='{}'><forwarded xmlns='urn:xmpp:forward:0'>\
+                     <delay xmlns='urn:xmpp:delay' stamp='{}'/>{}</forwarded></result>",
+                    xml_escape(&m.id),
+                    stamp,
+                    m.xml
+                )?,
+                ExportFormat::Jsonl => writeln!(
+                    out,
+                    "{{\"id\":{},\"timestamp\":{},\"with\":{},\"stanza\":{}}}",
+                    json_string(&m.id),
+                    json_string(&stamp),
+                    json_string(&m.with_bare),
+                    json_string(&m.xml)
+                )?,
+            }
+        }
+        count += page.items.len() as u64;
+        match page.items.last() {
+            Some(last) if page.items.len() == EXPORT_PAGE => after = Some(last.id.clone()),
+            _ => break,
+        }
+    }
+    if format == ExportFormat::Xml {
+        writeln!(out, "</archive>\n</user>\n</host>\n</server-data>")?;
+    }
+    out.flush()?;
+    Ok(count)
+}
+
+/// `1.5 KiB`, `12.0 MiB`.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+/// The `stats` report for one host.
+pub fn stats_report(
+    store: &mut dyn ArchiveStore,
+    host: &str,
+    database: &str,
+) -> Result<String, AdminError> {
+    let owners = store.owner_stats(host)?;
+    let messages: u64 = owners.iter().map(|o| o.messages).sum();
+    let bytes: u64 = owners.iter().map(|o| o.bytes).sum();
+    let db = match store.database_bytes()? {
+        Some(b) => format!("{database} ({}, all hosts)", human_bytes(b)),
+        None => database.to_owned(),
+    };
+    let mut out = format!(
+        "host {host}: {} users, {messages} messages, {} of stanzas; database {db}\n",
+        owners.len(),
+        human_bytes(bytes)
+    );
+    if !owners.is_empty() {
+        let width = owners
+            .iter()
+            .map(|o| o.user.len())
+            .max()
+            .unwrap_or(4)
+            .max(4);
+        out.push_str(&format!(
+            "  {:<width$}  {:>9}  {:>10}  {:<27}  {}\n",
+            "user", "messages", "size", "oldest", "newest"
+        ));
+        for o in &owners {
+            out.push_str(&format!(
+                "  {:<width$}  {:>9}  {:>10}  {:<27}  {}\n",
+                o.user,
+                o.messages,
+                human_bytes(o.bytes),
+                format_datetime(o.oldest),
+                format_datetime(o.newest)
+            ));
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::sqlite::SqliteStore;
+    use crate::store::{ImportedMessage, NewMessage};
+    use crate::time::SystemClock;
+
+    const T0: Micros = 1_275_868_800_000_000; // 2010-06-07T00:00:00Z
+
+    /// A stand-in for `jid.prep`: lower-cases, refuses spaces and empty parts.
+    fn prep(s: &str) -> Option<String> {
+        if s.is_empty() || s.contains(' ') || s.starts_with('@') || s.ends_with('@') {
+            None
+        } else {
+            Some(s.to_lowercase())
+        }
+    }
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(str::to_owned).collect()
+    }
+
+    fn parse_str(s: &str) -> Result<Command, AdminError> {
+        parse(&args(s), &prep)
+    }
+
+    fn first_line(e: AdminError) -> (i32, String) {
+        (
+            e.exit_code(),
+            e.message().lines().next().unwrap_or("").to_owned(),
+        )
+    }
+
+    #[test]
+    fn each_command_parses_with_its_options() {
+        assert_eq!(
+            parse_str("import --host Capulet.lit --from=sql --store archive2").expect("import"),
+            Command::Import {
+                host: Some("capulet.lit".into()),
+                from: Some(Source::Sql),
+                store: Some("archive2".into())
+            }
+        );
+        assert_eq!(
+            parse_str(
+                "delete Juliet@capulet.lit --with romeo@montague.lit/orchard --before 2010-06-07"
+            )
+            .expect("delete"),
+            Command::Delete {
+                owner: Owner::new("capulet.lit", "juliet"),
+                filter: DeleteFilter {
+                    with: Some(WithFilter {
+                        bare: "romeo@montague.lit".into(),
+                        resource: Some("orchard".into())
+                    }),
+                    before: Some(T0)
+                }
+            }
+        );
+        assert_eq!(
+            parse_str("export juliet@capulet.lit --format jsonl").expect("export"),
+            Command::Export {
+                owner: Owner::new("capulet.lit", "juliet"),
+                format: ExportFormat::Jsonl
+            }
+        );
+        assert_eq!(
+            parse_str("stats").expect("stats"),
+            Command::Stats { host: None }
+        );
+        assert_eq!(
+            parse_str("expire --host capulet.lit").expect("expire"),
+            Command::Expire {
+                host: Some("capulet.lit".into())
+            }
+        );
+    }
+
+    #[test]
+    fn help_is_available_for_every_command() {
+        for cmd in ["import", "expire", "delete", "export", "stats"] {
+            match parse_str(&format!("{cmd} --help")) {
+                Ok(Command::Help(text)) => {
+                    assert!(text.starts_with(&format!("Usage: prosodyctl mod_mam {cmd}")))
+                }
+                other => panic!("{cmd}: {other:?}"),
+            }
+        }
+        assert_eq!(parse_str("--help"), Ok(Command::Help(USAGE.to_owned())));
+    }
+
+    #[test]
+    fn usage_errors_say_what_is_wrong_and_exit_2() {
+        let cases = [
+            ("", "No command given"),
+            ("frobnicate", "Unknown command 'frobnicate'"),
+            ("delete", "Missing USER@HOST"),
+            (
+                "delete capulet.lit",
+                "Invalid JID 'capulet.lit': expected USER@HOST",
+            ),
+            (
+                "delete juliet@capulet.lit/balcony",
+                "Invalid JID 'juliet@capulet.lit/balcony': expected USER@HOST",
+            ),
+            (
+                "delete juliet@capulet.lit --before yesterday",
+                "Invalid date 'yesterday': expected 2024-01-31 or 2024-01-31T12:00:00Z",
+            ),
+            ("delete juliet@capulet.lit --with", "--with needs a value"),
+            (
+                "export juliet@capulet.lit --format csv",
+                "Unknown format 'csv': expected xml or jsonl",
+            ),
+            (
+                "import --from mysql",
+                "Unknown source 'mysql' for --from: expected internal or sql",
+            ),
+            ("import --hots x", "Unknown option --hots"),
+            ("stats extra", "Unexpected argument 'extra'"),
+            ("stats --host a --host b", "--host given twice"),
+        ];
+        for (line, message) in cases {
+            let err = parse_str(line).expect_err(line);
+            assert_eq!(first_line(err), (2, message.to_owned()), "{line}");
+        }
+    }
+
+    #[test]
+    fn dates_take_a_day_or_an_xep_0082_datetime() {
+        assert_eq!(parse_date("2010-06-07"), Ok(T0));
+        assert_eq!(parse_date("2010-06-07T00:00:01Z"), Ok(T0 + 1_000_000));
+        assert_eq!(parse_date("2010-06-07T02:00:00+02:00"), Ok(T0));
+        assert!(parse_date("2010-13-01").is_err());
+    }
+
+    fn store_with(user: &str, n: i64) -> SqliteStore {
+        let mut store = SqliteStore::open_in_memory().expect("open");
+        let batch: Vec<_> = (0..n)
+            .map(|i| ImportedMessage {
+                user: user.into(),
+                msg: NewMessage {
+                    id: format!("id{i}"),
+                    when: T0 + i * 1_000_000,
+                    with_bare: "romeo@montague.lit".into(),
+                    with_resource: None,
+                    xml: format!(
+                        "<message xmlns='jabber:client' to='romeo@montague.lit'><body>\"{i}\" &amp; \\</body></message>"
+                    ),
+                },
+            })
+            .collect();
+        store.import_batch("capulet.lit", &batch).expect("import");
+        store
+    }
+
+    #[test]
+    fn export_as_json_lines_escapes_and_keeps_order_across_pages() {
+        let mut store = store_with("juliet", 1203);
+        let mut out = Vec::new();
+        let n = export(
+            &mut store,
+            &Owner::new("capulet.lit", "juliet"),
+            ExportFormat::Jsonl,
+            &mut out,
+        )
+        .expect("export");
+        assert_eq!(n, 1203);
+        let text = String::from_utf8(out).expect("utf8");
+        let lines: Vec<_> = text.lines().collect();
+        assert_eq!(lines.len(), 1203);
+        assert_eq!(
+            lines[1],
+            "{\"id\":\"id1\",\"timestamp\":\"2010-06-07T00:00:01Z\",\"with\":\"romeo@montague.lit\",\
+             \"stanza\":\"<message xmlns='jabber:client' to='romeo@montague.lit'><body>\\\"1\\\" &amp; \\\\</body></message>\"}"
+        );
+        assert!(lines[1202].starts_with("{\"id\":\"id1202\""));
+    }
+
+    #[test]
+    fn export_as_xml_wraps_results_in_server_data() {
+        let mut store = store_with("juliet", 1);
+        let mut out = Vec::new();
+        export(
+            &mut store,
+            &Owner::new("capulet.lit", "juliet"),
+            ExportFormat::Xml,
+            &mut out,
+        )
+        .expect("export");
+        assert_eq!(
+            String::from_utf8(out).expect("utf8"),
+            "<?xml version='1.0' encoding='UTF-8'?>\n<server-data xmlns='urn:xmpp:pie:0'>\n\
+             <host jid='capulet.lit'>\n<user name='juliet'>\n<archive xmlns='urn:xmpp:mam:2'>\n\
+             <result xmlns='urn:xmpp:mam:2' id='id0'><forwarded xmlns='urn:xmpp:forward:0'>\
+             <delay xmlns='urn:xmpp:delay' stamp='2010-06-07T00:00:00Z'/>\
+             <message xmlns='jabber:client' to='romeo@montague.lit'><body>\"0\" &amp; \\</body></message>\
+             </forwarded></result>\n</archive>\n</user>\n</host>\n</server-data>\n"
+        );
+    }
+
+    #[test]
+    fn delete_and_expire_run_in_batches_to_the_end() {
+        let mut store = store_with("juliet", 1234);
+        let owner = Owner::new("capulet.lit", "juliet");
+        let filter = DeleteFilter {
+            with: None,
+            before: Some(T0 + 1000 * 1_000_000),
+        };
+        assert_eq!(delete(&mut store, &owner, &filter).expect("delete"), 1000);
+        // Everything is from 2010: a one-day expiry removes the rest.
+        assert_eq!(
+            expire_now(&mut store, "capulet.lit", Some(86_400), &SystemClock).expect("expire"),
+            234
+        );
+        assert_eq!(
+            expire_now(&mut store, "capulet.lit", None, &SystemClock).expect("off"),
+            0
+        );
+    }
+
+    #[test]
+    fn stats_report_lists_users_with_counts_and_dates() {
+        let mut store = store_with("juliet", 3);
+        let report = stats_report(&mut store, "capulet.lit", "/tmp/mam.sqlite").expect("stats");
+        let lines: Vec<_> = report.lines().collect();
+        assert!(
+            lines[0].starts_with("host capulet.lit: 1 users, 3 messages, "),
+            "{report}"
+        );
+        assert!(lines[2].contains("juliet"), "{report}");
+        assert!(
+            lines[2].contains("2010-06-07T00:00:00Z") && lines[2].contains("2010-06-07T00:00:02Z"),
+            "{report}"
+        );
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(10), "10 B");
+    }
+}

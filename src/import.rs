@@ -1,0 +1,436 @@
+//! Importing stock `mod_mam` archives: the engine side of `prosodyctl mod_mam import`.
+//!
+//! The shim reads the stock archive through Prosody's own storage drivers
+//! (`mod_storage_internal`, `mod_storage_sql`) and hands over batches of
+//! [`SourceMessage`]s in archive order. [`Importer`] stores them under their source ids
+//! (so a second run adds nothing and a client's saved ids stay valid), keeps a tally
+//! per user, reports progress with a rate and an ETA from an injected clock, and ends
+//! with a verification of every user's count.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::error::{MamError, Result};
+use crate::ns;
+use crate::policy::{DefaultPolicy, Prefs};
+use crate::query::split_resource;
+use crate::stanza::{to_xml, Element};
+use crate::store::{ArchiveStore, ImportedMessage, NewMessage, Owner};
+use crate::time::{Clock, Micros};
+
+/// One message as a stock archive store returns it: `archive:find()` yields
+/// `id, stanza, when, with`.
+#[derive(Debug, Clone)]
+pub struct SourceMessage {
+    pub id: String,
+    /// Seconds since the epoch; stock stamps whole seconds, other writers may not.
+    pub when_secs: f64,
+    /// The other party as stock stored it (a bare JID), possibly with a resource.
+    pub with: String,
+    pub stanza: Element,
+}
+
+/// Converts a source message to what the store keeps. The stanza is stored the way
+/// our own archiving stores it: with an explicit `jabber:client` namespace.
+pub fn to_imported(user: &str, src: &SourceMessage) -> Result<ImportedMessage> {
+    if src.id.is_empty() {
+        return Err(MamError::Corrupt(format!(
+            "a message of {} has an empty id",
+            user
+        )));
+    }
+    let micros = src.when_secs * 1_000_000.0;
+    if !micros.is_finite() || micros.abs() > 9.0e18 {
+        return Err(MamError::Corrupt(format!(
+            "message {} of {} has an invalid timestamp {}",
+            src.id, user, src.when_secs
+        )));
+    }
+    let (bare, resource) = split_resource(&src.with);
+    let mut stanza = src.stanza.clone();
+    if stanza.xmlns().is_none() {
+        stanza.set_attr("xmlns", ns::JABBER_CLIENT);
+    }
+    Ok(ImportedMessage {
+        user: user.to_owned(),
+        msg: NewMessage {
+            id: src.id.clone(),
+            when: micros.round() as Micros,
+            with_bare: bare.to_owned(),
+            with_resource: resource.map(str::to_owned),
+            xml: to_xml(&stanza),
+        },
+    })
+}
+
+/// Stock's stored default (`prefs[false]`): `true`, `false` or `"roster"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StockDefault {
+    Always,
+    Never,
+    Roster,
+}
+
+/// Stock's prefs table `{ [false] = default, ["jid"] = true|false }` as ours. A table
+/// without a default gets the server's `default_archive_policy` (what stock applies).
+pub fn prefs_from_stock(
+    default: Option<StockDefault>,
+    rules: &[(String, bool)],
+    server_default: DefaultPolicy,
+) -> Prefs {
+    let mut prefs = Prefs::with_default(match default {
+        Some(StockDefault::Always) => DefaultPolicy::Always,
+        Some(StockDefault::Never) => DefaultPolicy::Never,
+        Some(StockDefault::Roster) => DefaultPolicy::Roster,
+        None => server_default,
+    });
+    for (jid, always) in rules {
+        if *always {
+            prefs.always.insert(jid.clone());
+        } else {
+            prefs.never.insert(jid.clone());
+        }
+    }
+    prefs
+}
+
+/// Per-user counts of one import run.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UserTally {
+    /// Messages read from the source.
+    pub source: u64,
+    pub inserted: u64,
+    pub already_present: u64,
+    pub conflicts: u64,
+}
+
+/// The end-of-run check for one user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserVerification {
+    pub user: String,
+    pub tally: UserTally,
+    /// Messages in our archive now (may exceed the source: messages archived by this
+    /// module since the switch).
+    pub archived: u64,
+}
+
+impl UserVerification {
+    /// Every source message is in our archive, under its own id, unchanged.
+    pub fn ok(&self) -> bool {
+        self.tally.conflicts == 0
+            && self.tally.inserted + self.tally.already_present == self.tally.source
+            && self.archived >= self.tally.source
+    }
+
+    /// One summary line, e.g. `juliet: source 12, archive 12 (12 new, 0 already there) ok`.
+    pub fn line(&self) -> String {
+        let t = &self.tally;
+        let mut s = format!(
+            "{}: source {}, archive {} ({} new, {} already there",
+            self.user, t.source, self.archived, t.inserted, t.already_present
+        );
+        if t.conflicts > 0 {
+            s.push_str(&format!(", {} id conflicts", t.conflicts));
+        }
+        s.push_str(if self.ok() { ") ok" } else { ") MISMATCH" });
+        s
+    }
+}
+
+/// One import run for one host.
+pub struct Importer {
+    host: String,
+    store: Box<dyn ArchiveStore>,
+    clock: Arc<dyn Clock>,
+    started: Micros,
+    /// Messages the source holds in all, when the shim counted them first (for ETA).
+    expected: Option<u64>,
+    done: u64,
+    tallies: BTreeMap<String, UserTally>,
+    /// Up to this many conflicting ids are kept for the summary.
+    conflict_samples: Vec<(String, String)>,
+}
+
+const CONFLICT_SAMPLES: usize = 10;
+
+impl Importer {
+    pub fn new(host: &str, store: Box<dyn ArchiveStore>, clock: Arc<dyn Clock>) -> Importer {
+        let started = clock.now_micros();
+        Importer {
+            host: host.to_owned(),
+            store,
+            clock,
+            started,
+            expected: None,
+            done: 0,
+            tallies: BTreeMap::new(),
+            conflict_samples: Vec::new(),
+        }
+    }
+
+    /// How many messages the source holds, for the ETA.
+    pub fn expect(&mut self, total: u64) {
+        self.expected = Some(total);
+    }
+
+    /// Stores one batch of one user's messages (one transaction) and tallies it.
+    pub fn batch(&mut self, user: &str, batch: &[SourceMessage]) -> Result<()> {
+        let items = batch
+            .iter()
+            .map(|m| to_imported(user, m))
+            .collect::<Result<Vec<_>>>()?;
+        let report = self.store.import_batch(&self.host, &items)?;
+        let t = self.tallies.entry(user.to_owned()).or_default();
+        t.source += items.len() as u64;
+        t.inserted += report.inserted;
+        t.already_present += report.already_present;
+        t.conflicts += report.conflicts.len() as u64;
+        for conflict in report.conflicts {
+            if self.conflict_samples.len() < CONFLICT_SAMPLES {
+                self.conflict_samples.push(conflict);
+            }
+        }
+        self.done += items.len() as u64;
+        Ok(())
+    }
+
+    /// Records a user whose source archive is empty (so the summary lists them).
+    pub fn saw_user(&mut self, user: &str) {
+        self.tallies.entry(user.to_owned()).or_default();
+    }
+
+    /// Messages handled so far.
+    pub fn done(&self) -> u64 {
+        self.done
+    }
+
+    /// `12000/50000 messages (24%), 4000 msg/s, ETA 9s` (no total: no % or ETA).
+    pub fn progress_line(&self) -> String {
+        let elapsed = (self.clock.now_micros() - self.started).max(1) as f64 / 1e6;
+        let rate = self.done as f64 / elapsed;
+        match self.expected {
+            Some(total) if total > 0 => {
+                let left = total.saturating_sub(self.done) as f64;
+                let eta = if rate > 0.0 { left / rate } else { 0.0 };
+                format!(
+                    "{}/{} messages ({}%), {:.0} msg/s, ETA {}",
+                    self.done,
+                    total,
+                    self.done.saturating_mul(100) / total,
+                    rate,
+                    human_duration(eta)
+                )
+            }
+            _ => format!("{} messages, {:.0} msg/s", self.done, rate),
+        }
+    }
+
+    /// Compares each user's source count with our archive. `Ok((lines, all_ok))`.
+    pub fn verify(&mut self) -> Result<(Vec<String>, bool)> {
+        let mut lines = Vec::new();
+        let mut all_ok = true;
+        let tallies = std::mem::take(&mut self.tallies);
+        for (user, tally) in &tallies {
+            let archived = self.store.message_count(&Owner::new(&self.host, user))?;
+            let v = UserVerification {
+                user: user.clone(),
+                tally: tally.clone(),
+                archived,
+            };
+            all_ok &= v.ok();
+            lines.push(v.line());
+        }
+        self.tallies = tallies;
+        for (user, id) in &self.conflict_samples {
+            lines.push(format!(
+                "conflict: {user} already has a different message with id {id}"
+            ));
+        }
+        Ok((lines, all_ok))
+    }
+
+    pub fn prefs(&mut self, user: &str, prefs: &Prefs) -> Result<bool> {
+        self.store
+            .set_prefs_if_absent(&Owner::new(&self.host, user), prefs)
+    }
+}
+
+/// `3h05m`, `4m10s`, `12s`.
+pub fn human_duration(secs: f64) -> String {
+    let s = if secs.is_finite() && secs > 0.0 {
+        secs.round() as u64
+    } else {
+        0
+    };
+    if s >= 3600 {
+        format!("{}h{:02}m", s / 3600, (s % 3600) / 60)
+    } else if s >= 60 {
+        format!("{}m{:02}s", s / 60, s % 60)
+    } else {
+        format!("{s}s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stanza::parse_xml;
+    use crate::store::sqlite::SqliteStore;
+    use crate::store::FindRequest;
+    use std::sync::atomic::{AtomicI64, Ordering};
+
+    struct ManualClock(AtomicI64);
+    impl Clock for ManualClock {
+        fn now_micros(&self) -> Micros {
+            self.0.load(Ordering::SeqCst)
+        }
+    }
+
+    const T0: f64 = 1_275_868_800.0;
+
+    fn src(id: &str, when: f64, with: &str) -> SourceMessage {
+        SourceMessage {
+            id: id.into(),
+            when_secs: when,
+            with: with.into(),
+            stanza: parse_xml(&format!(
+                "<message to='{with}' type='chat'><body>{id}</body></message>"
+            ))
+            .expect("xml"),
+        }
+    }
+
+    fn importer(clock: Arc<ManualClock>) -> Importer {
+        let store = SqliteStore::open_in_memory().expect("open");
+        Importer::new("capulet.lit", Box::new(store), clock)
+    }
+
+    #[test]
+    fn a_source_message_keeps_id_time_partner_and_gains_the_client_namespace() {
+        let m = to_imported(
+            "juliet",
+            &src("abc", T0 + 0.25, "romeo@montague.lit/orchard"),
+        )
+        .expect("convert");
+        assert_eq!(m.msg.id, "abc");
+        assert_eq!(m.msg.when, 1_275_868_800_250_000);
+        assert_eq!(m.msg.with_bare, "romeo@montague.lit");
+        assert_eq!(m.msg.with_resource.as_deref(), Some("orchard"));
+        assert_eq!(
+            m.msg.xml,
+            "<message to='romeo@montague.lit/orchard' type='chat' xmlns='jabber:client'>\
+             <body>abc</body></message>"
+        );
+    }
+
+    #[test]
+    fn a_nan_timestamp_or_empty_id_is_refused_with_the_message_named() {
+        let err = to_imported("juliet", &src("x", f64::NAN, "r@m")).expect_err("nan");
+        assert_eq!(
+            err.to_string(),
+            "corrupt archive data: message x of juliet has an invalid timestamp NaN"
+        );
+        let err = to_imported("juliet", &src("", T0, "r@m")).expect_err("empty");
+        assert_eq!(
+            err.to_string(),
+            "corrupt archive data: a message of juliet has an empty id"
+        );
+    }
+
+    #[test]
+    fn stock_prefs_map_to_ours_and_a_missing_default_takes_the_server_default() {
+        let p = prefs_from_stock(
+            Some(StockDefault::Roster),
+            &[
+                ("romeo@montague.lit".into(), true),
+                ("tybalt@capulet.lit".into(), false),
+            ],
+            DefaultPolicy::Always,
+        );
+        assert_eq!(p.default, DefaultPolicy::Roster);
+        assert_eq!(p.always.iter().collect::<Vec<_>>(), ["romeo@montague.lit"]);
+        assert_eq!(p.never.iter().collect::<Vec<_>>(), ["tybalt@capulet.lit"]);
+        let p = prefs_from_stock(None, &[], DefaultPolicy::Never);
+        assert_eq!(p, Prefs::with_default(DefaultPolicy::Never));
+    }
+
+    #[test]
+    fn progress_reports_count_rate_percentage_and_eta() {
+        let clock = Arc::new(ManualClock(AtomicI64::new(0)));
+        let mut imp = importer(clock.clone());
+        imp.expect(400);
+        let batch: Vec<_> = (0..100)
+            .map(|i| src(&format!("m{i}"), T0 + i as f64, "romeo@montague.lit"))
+            .collect();
+        imp.batch("juliet", &batch).expect("batch");
+        clock.0.store(2_000_000, Ordering::SeqCst);
+        assert_eq!(
+            imp.progress_line(),
+            "100/400 messages (25%), 50 msg/s, ETA 6s"
+        );
+        assert_eq!(human_duration(3725.0), "1h02m");
+        assert_eq!(human_duration(125.0), "2m05s");
+    }
+
+    #[test]
+    fn a_second_run_adds_nothing_and_verifies_ok() {
+        let clock = Arc::new(ManualClock(AtomicI64::new(0)));
+        let store_path = tempfile::tempdir().expect("tmp");
+        let db = store_path.path().join("mam.sqlite");
+        let batch: Vec<_> = (0..3)
+            .map(|i| src(&format!("m{i}"), T0, "romeo@montague.lit"))
+            .collect();
+        for run in 0..2 {
+            let store = SqliteStore::open(&db).expect("open");
+            let mut imp = Importer::new("capulet.lit", Box::new(store), clock.clone());
+            imp.batch("juliet", &batch).expect("batch");
+            imp.saw_user("nurse");
+            let (lines, ok) = imp.verify().expect("verify");
+            assert!(ok, "{lines:?}");
+            let expected = if run == 0 {
+                "juliet: source 3, archive 3 (3 new, 0 already there) ok"
+            } else {
+                "juliet: source 3, archive 3 (0 new, 3 already there) ok"
+            };
+            assert_eq!(
+                lines,
+                [
+                    expected,
+                    "nurse: source 0, archive 0 (0 new, 0 already there) ok"
+                ]
+            );
+        }
+        // Same order as the source, though all three share one second.
+        let mut store = SqliteStore::open(&db).expect("open");
+        let page = store
+            .find(
+                &Owner::new("capulet.lit", "juliet"),
+                &FindRequest {
+                    limit: 10,
+                    ..FindRequest::default()
+                },
+            )
+            .expect("find");
+        let ids: Vec<_> = page.items.iter().map(|m| m.id.as_str()).collect();
+        assert_eq!(ids, ["m0", "m1", "m2"]);
+    }
+
+    #[test]
+    fn a_conflicting_id_fails_verification_and_is_named() {
+        let clock = Arc::new(ManualClock(AtomicI64::new(0)));
+        let mut imp = importer(clock);
+        imp.batch("juliet", &[src("x", T0, "romeo@montague.lit")])
+            .expect("first");
+        imp.batch("juliet", &[src("x", T0 + 60.0, "romeo@montague.lit")])
+            .expect("second");
+        let (lines, ok) = imp.verify().expect("verify");
+        assert!(!ok);
+        assert_eq!(
+            lines,
+            [
+                "juliet: source 2, archive 1 (1 new, 0 already there, 1 id conflicts) MISMATCH",
+                "conflict: juliet already has a different message with id x"
+            ]
+        );
+    }
+}
