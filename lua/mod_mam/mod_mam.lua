@@ -18,7 +18,6 @@ local xmlns_mam_ext = "urn:xmpp:mam:2#extended";
 local xmlns_st_id = "urn:xmpp:sid:0";
 
 local host = module.host;
-local host_events = prosody.hosts[host].events;
 
 -- Load the native engine from our own folder: no lua_cpath changes needed.
 local native_path = module:get_directory() .. "/mam_native.so";
@@ -35,6 +34,8 @@ if host == "*" then
 	module.command = module:require "mamcommands" (native);
 	return;
 end
+
+local host_events = prosody.hosts[host].events;
 
 -- Every option is read here and validated once, in Rust.
 local options = {};
