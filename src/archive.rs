@@ -44,6 +44,8 @@ pub struct Appended {
 /// Why an eligible message was nevertheless not stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NotStored {
+    /// Stock's selection rules say no ([`policy::should_store`]), with the reason.
+    Policy(policy::Reason),
     /// Nothing but stripped namespaces (e.g. a bare chat state).
     EmptyWhenStripped,
 }
@@ -212,6 +214,21 @@ impl Archive {
             stored,
             delivered,
         }))
+    }
+
+    /// [`policy::should_store`] and [`Archive::append`] on one conversion of the
+    /// stanza: the shim's fast path when no other module hooks `archive-should-store`.
+    pub fn append_if_eligible(
+        &mut self,
+        user: &str,
+        with_jid: &str,
+        stanza: &Element,
+    ) -> Result<std::result::Result<Appended, NotStored>> {
+        let (eligible, reason) = policy::should_store(stanza);
+        if !eligible {
+            return Ok(Err(NotStored::Policy(reason)));
+        }
+        self.append(user, with_jid, stanza)
     }
 
     /// The query form (iq-get on `<query>`), which also counts as MAM use.
@@ -472,6 +489,20 @@ mod tests {
             .unwrap();
         assert_eq!(page.total, Some(500));
         drop(dir);
+    }
+
+    #[test]
+    fn the_fast_path_applies_stock_selection_rules_first() {
+        let (mut a, _, _dir) = archive_with(&[]);
+        let headline = parse_xml("<message type='headline'><body>x</body></message>").unwrap();
+        assert_eq!(
+            a.append_if_eligible("juliet", "romeo@montague.lit", &headline).unwrap(),
+            Err(NotStored::Policy("headline"))
+        );
+        assert!(a
+            .append_if_eligible("juliet", "romeo@montague.lit", &chat("hi"))
+            .unwrap()
+            .is_ok());
     }
 
     #[test]

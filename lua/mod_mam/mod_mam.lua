@@ -166,6 +166,13 @@ local function has_in_roster(user, who)
 	return roster and roster[who] ~= nil;
 end
 
+-- Online users certainly exist; only others cost an account lookup (stock asks
+-- usermanager for every message, which reads the account file each time).
+local host_sessions = prosody.hosts[host].sessions;
+local function user_exists(user)
+	return host_sessions[user] ~= nil or um.user_exists(user, host);
+end
+
 local function message_handler(event, c2s)
 	local origin, stanza = event.origin, event.stanza;
 	local log = c2s and origin.log or module._log;
@@ -184,15 +191,20 @@ local function message_handler(event, c2s)
 		event.stanza = stripped;
 	end
 
-	local payload = { stanza = stanza; session = origin };
-	if not module:fire_event("archive-should-store", payload) then
-		log("debug", "Not archiving stanza: %s (%s)", stanza:top_tag(), payload.reason);
-		return;
+	-- Other modules may veto through archive-should-store (stock's own rules answer
+	-- at -1). When nobody else listens, the engine applies those rules itself in the
+	-- append call below, saving a conversion of the stanza.
+	local vetoers = host_events.get_handlers("archive-should-store");
+	local check_in_append = vetoers == nil or #vetoers <= 1;
+	local payload;
+	if not check_in_append then
+		payload = { stanza = stanza; session = origin };
+		if not module:fire_event("archive-should-store", payload) then
+			log("debug", "Not archiving stanza: %s (%s)", stanza:top_tag(), payload.reason);
+			return;
+		end
 	end
-	if not um.user_exists(store_user, host) then
-		log("debug", "Not archiving stanza: %s (no such user)", stanza:top_tag());
-		return;
-	end
+
 	local rule, rule_err = archive:rule(store_user, with);
 	if not rule then
 		log("error", "Could not read archiving preferences of %s: %s", store_user, rule_err.log);
@@ -205,20 +217,24 @@ local function message_handler(event, c2s)
 		log("debug", "Not archiving stanza: %s (prefs)", stanza:top_tag());
 		return;
 	end
+	if not user_exists(store_user) then
+		log("debug", "Not archiving stanza: %s (no such user)", stanza:top_tag());
+		return;
+	end
 
 	-- Building the stored copy for listeners costs time: only when someone listens.
 	local announce = host_events.get_handlers("archive-message-added") ~= nil;
-	local id, delivered, stored = archive:append(store_user, with, stanza, announce);
+	local id, delivered, stored = archive:append(store_user, with, stanza, announce, check_in_append);
 	if not id then
 		local err = delivered;
-		if err.empty then
-			log("debug", "Not archiving stanza: %s (empty when stripped)", stanza:top_tag());
+		if err.empty or err.reason then
+			log("debug", "Not archiving stanza: %s (%s)", stanza:top_tag(), err.log);
 		else
 			log("error", "Could not archive stanza: %s", err.log);
 		end
 		return;
 	end
-	log("debug", "Archived stanza: %s (%s) as %s", stanza:top_tag(), payload.reason, id);
+	log("debug", "Archived message %s as %s", stanza.attr.id, id);
 	event.stanza = delivered;
 	if announce then
 		module:fire_event("archive-message-added", { origin = origin, stanza = stored, for_user = store_user, id = id });

@@ -233,7 +233,7 @@ impl UserData for AdminHandle {
                         id: rec.get("id")?,
                         when_secs: rec.get("when")?,
                         with: rec.get::<Option<String>>("with")?.unwrap_or_default(),
-                        stanza: element_from_lua(&stanza)?,
+                        stanza: element_from_lua(lua, &stanza)?,
                     });
                 }
                 let importer = this.importer()?;

@@ -189,7 +189,7 @@ impl UserData for ArchiveHandle {
             if !has_child_named(&stanza, "stanza-id")? {
                 return Ok(Value::Nil);
             }
-            let mut el = element_from_lua(&stanza)?;
+            let mut el = element_from_lua(lua, &stanza)?;
             if this.archive()?.strip_forged_ids(&mut el) {
                 Ok(Value::Table(this.to_lua(lua, &el)?))
             } else {
@@ -198,8 +198,8 @@ impl UserData for ArchiveHandle {
         });
 
         // should_store(stanza) -> boolean, reason
-        methods.add_method("should_store", |_, _, stanza: Table| {
-            let el = element_from_lua(&stanza)?;
+        methods.add_method("should_store", |lua, _, stanza: Table| {
+            let el = element_from_lua(lua, &stanza)?;
             let (store, reason) = policy::should_store(&el);
             Ok((store, reason))
         });
@@ -215,15 +215,22 @@ impl UserData for ArchiveHandle {
             },
         );
 
-        // append(user, with_jid, stanza, want_stored) -> id, delivered, stored | nil, err
-        // The stored copy is only built when someone listens for archive-message-added.
+        // append(user, with_jid, stanza, want_stored, check) -> id, delivered, stored
+        //   | nil, { log =, empty = true } | nil, { log =, reason = } | nil, err
+        // The stored copy is only built when someone listens for archive-message-added;
+        // `check` applies stock's selection rules in the same call (one conversion of
+        // the stanza) when no other module needs the archive-should-store event.
         methods.add_method_mut(
             "append",
-            |lua,
-             this,
-             (user, with, stanza, want_stored): (String, String, Table, Option<bool>)| {
-                let el = element_from_lua(&stanza)?;
-                match this.archive()?.append(&user, &with, &el) {
+            |lua, this, (user, with, stanza, want_stored, check): (String, String, Table, Option<bool>, Option<bool>)| {
+                let el = element_from_lua(lua, &stanza)?;
+                let archive = this.archive()?;
+                let result = if check.unwrap_or(false) {
+                    archive.append_if_eligible(&user, &with, &el)
+                } else {
+                    archive.append(&user, &with, &el)
+                };
+                match result {
                     Ok(Ok(appended)) => Ok(values([
                         Value::String(lua.create_string(&appended.id)?),
                         Value::Table(this.to_lua(lua, &appended.delivered)?),
@@ -233,10 +240,18 @@ impl UserData for ArchiveHandle {
                             Value::Nil
                         },
                     ])),
-                    Ok(Err(NotStored::EmptyWhenStripped)) => {
+                    Ok(Err(not_stored)) => {
                         let t = lua.create_table()?;
-                        t.raw_set("log", "empty when stripped")?;
-                        t.raw_set("empty", true)?;
+                        match not_stored {
+                            NotStored::EmptyWhenStripped => {
+                                t.raw_set("log", "empty when stripped")?;
+                                t.raw_set("empty", true)?;
+                            }
+                            NotStored::Policy(reason) => {
+                                t.raw_set("log", reason)?;
+                                t.raw_set("reason", reason)?;
+                            }
+                        }
                         Ok(values([Value::Nil, Value::Table(t)]))
                     }
                     Err(e) => failure(lua, &e),
@@ -257,7 +272,7 @@ impl UserData for ArchiveHandle {
         methods.add_method_mut(
             "query",
             |lua, this, (user, query_el, to, from): (String, Table, Option<String>, Option<String>)| {
-                let el = element_from_lua(&query_el)?;
+                let el = element_from_lua(lua, &query_el)?;
                 let jid_prep = this.jid_prep.clone();
                 let prep = prep_with(&jid_prep);
                 match this.archive()?.start_query(&user, &el, &prep, to.as_deref(), from.as_deref()) {
@@ -280,7 +295,7 @@ impl UserData for ArchiveHandle {
             "prefs",
             |lua, this, (user, set): (String, Option<Table>)| {
                 let set_el = match set {
-                    Some(t) => Some(element_from_lua(&t)?),
+                    Some(t) => Some(element_from_lua(lua, &t)?),
                     None => None,
                 };
                 let jid_prep = this.jid_prep.clone();
