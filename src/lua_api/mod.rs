@@ -196,7 +196,12 @@ impl UserData for ArchiveHandle {
 
         // should_store(stanza) -> boolean, reason
         methods.add_method("should_store", |_, _, stanza: Table| {
-            let el = element_from_lua(&stanza)?;
+            // A stanza we cannot represent (nested deeper than MAX_DEPTH, which
+            // Prosody's 256 KB stanza limit allows) is not archived; raising here
+            // would make Prosody drop the message instead of delivering it.
+            let Ok(el) = element_from_lua(&stanza) else {
+                return Ok((false, "too deeply nested to archive"));
+            };
             let (store, reason) = policy::should_store(&el);
             Ok((store, reason))
         });
