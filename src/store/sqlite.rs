@@ -1693,7 +1693,7 @@ mod tests {
             };
             let pos = Position { when_us: 1, seq: 2 };
             let after = bit(6).then_some(pos);
-            let before = bit(7).then(|| Position { when_us: 3, seq: 4 });
+            let before = bit(7).then_some(Position { when_us: 3, seq: 4 });
             for sql in [
                 page_sql(&owner, &req, after, before),
                 count_sql(&owner, &req),
