@@ -7,7 +7,7 @@
 PLUGIN_DIR := target/prosody-plugin/mod_mam
 LIB := target/release/libmam_native.so
 
-.PHONY: all deps plugin run test unit-test lint lua-test e2e-test clean
+.PHONY: all deps plugin run test unit-test lint lua-test e2e-test fuzz clean
 
 all: plugin
 
@@ -41,6 +41,13 @@ e2e-test: plugin
 	python3 -m pytest tests/e2e -q
 
 test: deps lint unit-test lua-test e2e-test
+
+# Opt-in, not part of `make test`: needs a nightly toolchain and `cargo install cargo-fuzz`.
+FUZZ_SECONDS ?= 60
+fuzz:
+	cd fuzz && for t in parse_xml parse_query config_value; do \
+		cargo +nightly fuzz run $$t -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=1024 || exit 1; \
+	done
 
 clean:
 	cargo clean

@@ -496,7 +496,8 @@ mod tests {
         let (mut a, _, _dir) = archive_with(&[]);
         let headline = parse_xml("<message type='headline'><body>x</body></message>").unwrap();
         assert_eq!(
-            a.append_if_eligible("juliet", "romeo@montague.lit", &headline).unwrap(),
+            a.append_if_eligible("juliet", "romeo@montague.lit", &headline)
+                .unwrap(),
             Err(NotStored::Policy("headline"))
         );
         assert!(a

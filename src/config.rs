@@ -22,6 +22,11 @@ pub enum RawValue {
 
 const DAY: u64 = 86_400;
 
+/// The longest retention we represent (about 292,000 years): archive timestamps are
+/// `i64` microseconds, so a longer `archive_expires_after` could not be subtracted
+/// from "now"; anything longer means the same as this, "keep everything".
+pub const MAX_EXPIRY_SECONDS: u64 = (i64::MAX / 1_000_000) as u64;
+
 /// Default `archive_cleanup_interval`: four hours, as Prosody documents it.
 pub const DEFAULT_CLEANUP_INTERVAL: u64 = 4 * 60 * 60;
 /// Default RSM page size when the client sends no `<max>` (stock: 20).
@@ -88,7 +93,9 @@ pub fn parse_expiry(value: &RawValue) -> Result<Option<u64>> {
     const ACCEPTED: &str =
         "\"never\", a number of seconds, or a number with a unit: \"12h\", \"1d\", \"1w\", \"2m\" (months), \"1y\"";
     match value {
-        RawValue::Number(n) if n.is_finite() && *n >= 1.0 => Ok(Some(*n as u64)),
+        RawValue::Number(n) if n.is_finite() && *n >= 1.0 => {
+            Ok(Some((*n as u64).min(MAX_EXPIRY_SECONDS)))
+        }
         RawValue::String(s) => {
             let s = s.trim().to_ascii_lowercase();
             if s == "never" {
@@ -109,7 +116,7 @@ pub fn parse_expiry(value: &RawValue) -> Result<Option<u64>> {
                 _ => return Err(invalid("archive_expires_after", value, ACCEPTED)),
             };
             match count.checked_mul(seconds_per) {
-                Some(secs) if secs > 0 => Ok(Some(secs)),
+                Some(secs) if secs > 0 => Ok(Some(secs.min(MAX_EXPIRY_SECONDS))),
                 _ => Err(invalid("archive_expires_after", value, ACCEPTED)),
             }
         }
@@ -368,5 +375,20 @@ mod tests {
             c.database_path,
             PathBuf::from("/var/lib/prosody/mam_archive2.sqlite")
         );
+    }
+
+    #[test]
+    fn an_enormous_expiry_keeps_everything_instead_of_wrapping_into_the_future() {
+        // u64::MAX seconds once became -1 as i64 and put the cut-off one second in
+        // the future: every message would have expired at the next cleanup.
+        for v in [
+            s("18446744073709551615"),
+            RawValue::Number(1e300),
+            s("200000000000000d"),
+        ] {
+            let secs = parse_expiry(&v).unwrap().unwrap();
+            assert!(secs <= MAX_EXPIRY_SECONDS, "{v:?} -> {secs}");
+            assert!(secs >= MAX_EXPIRY_SECONDS / 2, "{v:?} -> {secs}");
+        }
     }
 }

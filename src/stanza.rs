@@ -13,6 +13,8 @@
 //! processing), refusing anything that is not well-formed or that could make a hostile
 //! document expensive (DOCTYPE, entities, unbounded nesting).
 
+use std::borrow::Cow;
+
 use quick_xml::events::{BytesStart, Event};
 use quick_xml::name::{PrefixDeclaration, QName, ResolveResult};
 use quick_xml::{NsReader, XmlVersion};
@@ -246,7 +248,10 @@ impl Element {
 /// equals the parent's own `xmlns` attribute; an attribute keyed `"ns\u{1}name"` written
 /// as ` xmlns:nsN='ns' nsN:name='v'`, N counting from 1 within each element; `'`, `"`,
 /// `<`, `>` and `&` escaped in attribute values and text; a childless element as `/>`.
-/// Only the attribute order differs: ours is document order, Prosody's is `pairs` order.
+/// Two differences: attribute order is document order (Prosody's is `pairs` order), and
+/// characters an XML parser would normalise away are written as character references
+/// (`\r` everywhere, tab and newline in attribute values), so what we store reads back
+/// byte for byte (Prosody's `tostring` writes them raw and a re-parse loses them).
 pub fn to_xml(el: &Element) -> String {
     let mut out = String::with_capacity(256);
     write_element(el, None, &mut out);
@@ -263,7 +268,7 @@ fn write_element(el: &Element, parent_ns: Option<&str>, out: &mut String) {
             out.push_str(" xmlns:ns");
             push_u32(out, nsid);
             out.push_str("='");
-            escape_into(ns, out);
+            escape_into(ns, true, out);
             out.push_str("' ns");
             push_u32(out, nsid);
             out.push(':');
@@ -275,7 +280,7 @@ fn write_element(el: &Element, parent_ns: Option<&str>, out: &mut String) {
             out.push_str(key);
         }
         out.push_str("='");
-        escape_into(value, out);
+        escape_into(value, true, out);
         out.push('\'');
     }
     if el.children.is_empty() {
@@ -287,7 +292,7 @@ fn write_element(el: &Element, parent_ns: Option<&str>, out: &mut String) {
     for child in &el.children {
         match child {
             Node::Element(c) => write_element(c, own_ns, out),
-            Node::Text(t) => escape_into(t, out),
+            Node::Text(t) => escape_into(t, false, out),
         }
     }
     out.push_str("</");
@@ -301,16 +306,26 @@ fn push_u32(out: &mut String, n: u32) {
     let _ = write!(out, "{n}");
 }
 
-/// Prosody's `xml_escape`: the five XML specials, nothing else.
-fn escape_into(s: &str, out: &mut String) {
+/// Prosody's `xml_escape` (the five XML specials), plus the characters XML parsers
+/// normalise: `\r` (line-end normalisation, XML 1.0 §2.11) and, in attribute values
+/// (`in_attr`), tab and newline too (attribute-value normalisation, §3.3.3).
+fn escape_into(s: &str, in_attr: bool, out: &mut String) {
     let mut rest = s;
-    while let Some(i) = rest.find(['\'', '"', '<', '>', '&']) {
+    let special = |c: char| match c {
+        '\'' | '"' | '<' | '>' | '&' | '\r' => true,
+        '\t' | '\n' => in_attr,
+        _ => false,
+    };
+    while let Some(i) = rest.find(special) {
         out.push_str(&rest[..i]);
         out.push_str(match rest.as_bytes()[i] {
             b'\'' => "&apos;",
             b'"' => "&quot;",
             b'<' => "&lt;",
             b'>' => "&gt;",
+            b'\r' => "&#13;",
+            b'\t' => "&#9;",
+            b'\n' => "&#10;",
             _ => "&amp;",
         });
         rest = &rest[i + 1..];
@@ -488,7 +503,9 @@ fn start_element(
     let (ns, local) = resolver.resolve_element(qname);
     let mut el = Element::new(local.into_inner());
     match ns {
-        ResolveResult::Bound(ns) if !ns.0.is_empty() => el.set_attr("xmlns", ns.0),
+        ResolveResult::Bound(ns) if !ns.0.is_empty() => {
+            el.set_attr("xmlns", &namespace_name(ns.0, position)?)
+        }
         ResolveResult::Bound(_) | ResolveResult::Unbound => {}
         ResolveResult::Unknown(prefix) => {
             return Err(StanzaError::UnknownPrefix { position, prefix });
@@ -518,6 +535,7 @@ fn start_element(
         if let Some(binding) = key.as_namespace_binding() {
             // A declaration: it shaped the namespaces above, it is not an attribute.
             check_binding(binding, &attr.value, position)?;
+            namespace_name(&attr.value, position)?;
             continue;
         }
         let value = attr
@@ -534,7 +552,7 @@ fn start_element(
         let resolved_key = match ns {
             ResolveResult::Unbound => local.to_owned(),
             ResolveResult::Bound(ns) if ns.0 == XML_NS => format!("xml:{local}"),
-            ResolveResult::Bound(ns) => format!("{}\u{1}{local}", ns.0),
+            ResolveResult::Bound(ns) => format!("{}\u{1}{local}", namespace_name(ns.0, position)?),
             ResolveResult::Unknown(prefix) => {
                 return Err(StanzaError::UnknownPrefix { position, prefix });
             }
@@ -555,6 +573,25 @@ fn start_element(
         return Err(StanzaError::DuplicateAttribute { position, name });
     }
     Ok(el)
+}
+
+/// A namespace name as its declaration's value means it: quick-xml resolves prefixes to
+/// the declaration's raw text, while Expat (and so Prosody) reads `xmlns='a&amp;b'` as
+/// `a&b`, with the whitespace normalisation of any attribute value.
+fn namespace_name(raw: &str, position: u64) -> Result<Cow<'_, str>, StanzaError> {
+    if !raw.contains(['&', '\t', '\n', '\r']) {
+        return Ok(Cow::Borrowed(raw));
+    }
+    let spaced = raw.replace("\r\n", " ").replace(['\t', '\n', '\r'], " ");
+    let decoded = quick_xml::escape::unescape(&spaced)
+        .map_err(|e| attribute_value_error(&quick_xml::Error::Escape(e), position))?;
+    if let Some(c) = decoded.chars().find(|&c| !is_xml_char(c)) {
+        return Err(StanzaError::InvalidChar {
+            position,
+            code: c as u32,
+        });
+    }
+    Ok(Cow::Owned(decoded.into_owned()))
 }
 
 /// Refuses attributes not separated by whitespace (`<a b='1'c='2'/>`), which
@@ -849,12 +886,42 @@ mod tests {
     }
 
     #[test]
-    fn text_is_written_as_is_apart_from_the_five_specials() {
+    fn text_is_written_as_is_apart_from_the_five_specials_and_carriage_return() {
         let el = Element::new("body").with_text("  tab\tnewline\n emoji 😀 שלום مرحبا\r\n");
         assert_eq!(
             to_xml(&el),
-            "<body>  tab\tnewline\n emoji 😀 שלום مرحبا\r\n</body>"
+            "<body>  tab\tnewline\n emoji 😀 שלום مرحبا&#13;\n</body>"
         );
+    }
+
+    #[test]
+    fn references_in_a_namespace_declaration_are_decoded_as_expat_does() {
+        let el = parse_xml("<a xmlns='urn:x:&apos;&amp;&#x41;' xmlns:p='urn:&lt;p&gt;' p:b='1'/>")
+            .unwrap();
+        assert_eq!(el.xmlns(), Some("urn:x:'&A"));
+        assert_eq!(el.attrs[1], ("urn:<p>\u{1}b".to_owned(), "1".to_owned()));
+        assert_eq!(parse_xml(&to_xml(&el)).unwrap(), el);
+        assert!(matches!(
+            parse_xml("<a xmlns='urn:&bogus;'/>"),
+            Err(StanzaError::UnknownEntity { .. })
+        ));
+        assert!(parse_xml("<a xmlns:p='urn:&#0;'/>").is_err());
+    }
+
+    #[test]
+    fn carriage_returns_and_attribute_whitespace_survive_a_round_trip() {
+        // A client may send `&#13;` (or `&#10;` in an attribute); Prosody hands us the
+        // raw character, and a raw \r or an attribute's raw tab/newline would come
+        // back from the parser as \n or a space.
+        let el = Element::new("body")
+            .with_attr("id", "a\tb\nc\rd")
+            .with_text("line\r\nnext\rlast");
+        let xml = to_xml(&el);
+        assert_eq!(
+            xml,
+            "<body id='a&#9;b&#10;c&#13;d'>line&#13;\nnext&#13;last</body>"
+        );
+        assert_eq!(parse_xml(&xml).unwrap(), el);
     }
 
     // --- parse_xml: the model Prosody builds ----------------------------------
@@ -1651,7 +1718,11 @@ end
         assert_eq!(prosody.len(), inputs.len(), "Prosody wrote {prosody:?}");
         for (input, theirs) in inputs.iter().zip(prosody) {
             let ours = match parse_xml(input) {
-                Ok(el) => format!("OK {}", to_xml(&el)),
+                // Prosody's tostring writes these three raw (see `to_xml`).
+                Ok(el) => format!("OK {}", to_xml(&el))
+                    .replace("&#9;", "\t")
+                    .replace("&#10;", "\n")
+                    .replace("&#13;", "\r"),
                 Err(_) => "ERR".to_owned(),
             };
             assert_eq!(ours, theirs, "for input {input:?}");

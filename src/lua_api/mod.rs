@@ -38,6 +38,9 @@ pub const OPTION_NAMES: &[&str] = &[
     "mam_database",
 ];
 
+/// Why a message Prosody accepted cannot be archived: deeper than we represent.
+const TOO_DEEP: &str = "too deeply nested to archive";
+
 /// The handle the shim holds: one open archive for one virtual host.
 struct ArchiveHandle {
     /// `None` once closed (module unload), so a late call fails cleanly.
@@ -199,7 +202,12 @@ impl UserData for ArchiveHandle {
 
         // should_store(stanza) -> boolean, reason
         methods.add_method("should_store", |lua, _, stanza: Table| {
-            let el = element_from_lua(lua, &stanza)?;
+            // A stanza we cannot represent (nested deeper than MAX_DEPTH, which
+            // Prosody's 256 KB stanza limit allows) is not archived; raising here
+            // would make Prosody drop the message instead of delivering it.
+            let Ok(el) = element_from_lua(lua, &stanza) else {
+                return Ok((false, TOO_DEEP));
+            };
             let (store, reason) = policy::should_store(&el);
             Ok((store, reason))
         });
@@ -222,8 +230,22 @@ impl UserData for ArchiveHandle {
         // the stanza) when no other module needs the archive-should-store event.
         methods.add_method_mut(
             "append",
-            |lua, this, (user, with, stanza, want_stored, check): (String, String, Table, Option<bool>, Option<bool>)| {
-                let el = element_from_lua(lua, &stanza)?;
+            |lua,
+             this,
+             (user, with, stanza, want_stored, check): (
+                String,
+                String,
+                Table,
+                Option<bool>,
+                Option<bool>,
+            )| {
+                let Ok(el) = element_from_lua(lua, &stanza) else {
+                    // As in should_store: deliver it, do not archive it.
+                    let t = lua.create_table()?;
+                    t.raw_set("log", TOO_DEEP)?;
+                    t.raw_set("reason", TOO_DEEP)?;
+                    return Ok(values([Value::Nil, Value::Table(t)]));
+                };
                 let archive = this.archive()?;
                 let result = if check.unwrap_or(false) {
                     archive.append_if_eligible(&user, &with, &el)

@@ -82,7 +82,11 @@ fn type_name(t: c_int) -> &'static str {
 }
 
 /// Reads the element table at stack index `idx` (absolute). Leaves the stack as found.
-unsafe fn read_element(state: *mut ffi::lua_State, idx: c_int, depth: usize) -> Result<Element, String> {
+unsafe fn read_element(
+    state: *mut ffi::lua_State,
+    idx: c_int,
+    depth: usize,
+) -> Result<Element, String> {
     if depth > MAX_DEPTH {
         return Err(format!("stanza nested deeper than {MAX_DEPTH} levels"));
     }

@@ -31,9 +31,10 @@ use crate::time::Micros;
 /// Prosody writes are short; a few seconds covers an expiry batch or a checkpoint.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Room for every `find` shape (they differ by which filters are present) plus the
-/// fixed statements, so the cache does not evict in steady state.
-const STATEMENT_CACHE: usize = 128;
+/// Room for every `find` shape (they differ by which filters are present: 216 texts,
+/// see `find_sql_is_built_from_a_closed_set_of_fragments…`) plus the fixed
+/// statements, so the cache does not evict in steady state.
+const STATEMENT_CACHE: usize = 256;
 
 /// How many owners expiry reads at a time while walking a host's owners.
 const OWNER_CHUNK: i64 = 256;
@@ -191,7 +192,7 @@ struct Sql {
 }
 
 impl Sql {
-    fn new(head: &str) -> Self {
+    fn new(head: &'static str) -> Self {
         Sql {
             text: head.to_owned(),
             params: Vec::new(),
@@ -1741,6 +1742,53 @@ mod tests {
         }
         assert!(owner_indexed, "{what}: no owner index in {details:?}");
         println!("{what}: {details:?}");
+    }
+
+    #[test]
+    fn find_sql_is_built_from_a_closed_set_of_fragments_and_binds_every_client_string() {
+        // Every shape a find can take, with a marker in every client-controlled field:
+        // the marker never appears in statement text, every `?` has its value, and
+        // the distinct statement texts fit in the statement cache.
+        const MARK: &str = "'MARK\"; --";
+        let owner = Owner::new(MARK, MARK);
+        let mut texts = std::collections::BTreeSet::new();
+        for shape in 0u32..256 {
+            let bit = |n: u32| shape & (1 << n) != 0;
+            let req = FindRequest {
+                with: bit(0).then(|| WithFilter {
+                    bare: MARK.into(),
+                    resource: bit(1).then(|| MARK.into()),
+                }),
+                start: bit(2).then_some(1),
+                end: bit(3).then_some(2),
+                ids: bit(4).then(|| vec![MARK.to_owned(), "x".into()]),
+                reverse: bit(5),
+                limit: 10,
+                ..FindRequest::default()
+            };
+            let pos = Position { when_us: 1, seq: 2 };
+            let after = bit(6).then_some(pos);
+            let before = bit(7).then_some(Position { when_us: 3, seq: 4 });
+            for sql in [
+                page_sql(&owner, &req, after, before),
+                count_sql(&owner, &req),
+            ] {
+                assert!(!sql.text.contains("MARK"), "{}", sql.text);
+                assert_eq!(
+                    sql.text.matches('?').count(),
+                    sql.params.len(),
+                    "{}",
+                    sql.text
+                );
+                texts.insert(sql.text);
+            }
+        }
+        // Plus the fixed statements (about twenty).
+        assert!(
+            texts.len() + 32 <= STATEMENT_CACHE,
+            "{} find statements",
+            texts.len()
+        );
     }
 
     #[test]
