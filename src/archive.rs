@@ -179,7 +179,7 @@ impl Archive {
         &mut self,
         user: &str,
         with_jid: &str,
-        stanza: &Element,
+        stanza: Element,
     ) -> Result<std::result::Result<Appended, NotStored>> {
         let mut stored = stanza.clone();
         if !policy::strip_namespaces(&mut stored, &self.config.dont_archive_namespaces) {
@@ -190,20 +190,25 @@ impl Archive {
         let (bare, resource) = split_resource(with_jid);
         // Stored with an explicit jabber:client namespace so that, read back, every
         // element carries its namespace and Lua's get_child() finds children.
-        let mut for_disk = stored.clone();
-        for_disk.set_attr("xmlns", ns::JABBER_CLIENT);
+        let had_xmlns = stored.xmlns().map(str::to_owned);
+        stored.set_attr("xmlns", ns::JABBER_CLIENT);
+        let xml = to_xml(&stored);
+        match had_xmlns {
+            Some(original) => stored.set_attr("xmlns", &original),
+            None => stored.remove_attr("xmlns"),
+        }
         let msg = NewMessage {
             id: id.clone(),
             when,
             with_bare: bare.to_owned(),
             with_resource: resource.map(str::to_owned),
-            xml: to_xml(&for_disk),
+            xml,
         };
         self.writer.submit(WriteOp::Append {
             owner: self.owner(user),
             msg,
         })?;
-        let mut delivered = stanza.clone();
+        let mut delivered = stanza;
         delivered.push(
             Element::with_ns("stanza-id", ns::STANZA_ID)
                 .with_attr("by", &format!("{user}@{}", self.config.host))
@@ -222,9 +227,9 @@ impl Archive {
         &mut self,
         user: &str,
         with_jid: &str,
-        stanza: &Element,
+        stanza: Element,
     ) -> Result<std::result::Result<Appended, NotStored>> {
-        let (eligible, reason) = policy::should_store(stanza);
+        let (eligible, reason) = policy::should_store(&stanza);
         if !eligible {
             return Ok(Err(NotStored::Policy(reason)));
         }
@@ -446,11 +451,7 @@ mod tests {
         for i in 0..3 {
             clock.0.fetch_add(1, Ordering::SeqCst);
             let appended = a
-                .append(
-                    "juliet",
-                    "romeo@montague.lit/orchard",
-                    &chat(&i.to_string()),
-                )
+                .append("juliet", "romeo@montague.lit/orchard", chat(&i.to_string()))
                 .unwrap()
                 .unwrap();
             let sid = appended
@@ -470,7 +471,7 @@ mod tests {
     fn closing_commits_every_queued_write() {
         let (mut a, _clock, dir) = archive_with(&[]);
         for i in 0..500 {
-            a.append("juliet", "romeo@montague.lit", &chat(&i.to_string()))
+            a.append("juliet", "romeo@montague.lit", chat(&i.to_string()))
                 .unwrap()
                 .unwrap();
         }
@@ -496,12 +497,12 @@ mod tests {
         let (mut a, _, _dir) = archive_with(&[]);
         let headline = parse_xml("<message type='headline'><body>x</body></message>").unwrap();
         assert_eq!(
-            a.append_if_eligible("juliet", "romeo@montague.lit", &headline)
+            a.append_if_eligible("juliet", "romeo@montague.lit", headline)
                 .unwrap(),
             Err(NotStored::Policy("headline"))
         );
         assert!(a
-            .append_if_eligible("juliet", "romeo@montague.lit", &chat("hi"))
+            .append_if_eligible("juliet", "romeo@montague.lit", chat("hi"))
             .unwrap()
             .is_ok());
     }
@@ -511,7 +512,7 @@ mod tests {
         let (mut a, _, _dir) = archive_with(&[]);
         let m = parse_xml("<message to='juliet@localhost'><composing xmlns='http://jabber.org/protocol/chatstates'/></message>").unwrap();
         assert_eq!(
-            a.append("juliet", "romeo@montague.lit", &m).unwrap(),
+            a.append("juliet", "romeo@montague.lit", m).unwrap(),
             Err(NotStored::EmptyWhenStripped)
         );
     }
@@ -554,12 +555,12 @@ mod tests {
     fn expiry_removes_only_messages_older_than_the_window() {
         let (mut a, clock, _dir) =
             archive_with(&[("archive_expires_after", RawValue::String("1d".into()))]);
-        a.append("juliet", "romeo@montague.lit", &chat("old"))
+        a.append("juliet", "romeo@montague.lit", chat("old"))
             .unwrap()
             .unwrap();
         clock.0.fetch_add(2 * 86_400 * 1_000_000, Ordering::SeqCst);
         let new = a
-            .append("juliet", "romeo@montague.lit", &chat("new"))
+            .append("juliet", "romeo@montague.lit", chat("new"))
             .unwrap()
             .unwrap();
         let job = a.start_expire(100).unwrap().unwrap();
@@ -593,7 +594,7 @@ mod tests {
         let (mut a, _, _dir) = archive_with(&[]);
         let set = parse_xml("<prefs xmlns='urn:xmpp:mam:2' default='never'/>").unwrap();
         a.prefs_iq("juliet", Some(&set), &prep).unwrap();
-        a.append("juliet", "romeo@montague.lit", &chat("x"))
+        a.append("juliet", "romeo@montague.lit", chat("x"))
             .unwrap()
             .unwrap();
         assert_eq!(a.rule("juliet", "romeo@montague.lit").unwrap(), Rule::Skip);

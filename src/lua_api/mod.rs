@@ -22,7 +22,7 @@ use crate::mailbox::{Completion, Outcome};
 use crate::policy::{self, Rule};
 use crate::stanza::Element;
 
-use stanza_lua::{element_from_lua, element_to_lua};
+use stanza_lua::{element_from_lua, element_to_lua, has_child_named};
 
 /// Every option name the module reads, so the shim can pass them all at once.
 pub const OPTION_NAMES: &[&str] = &[
@@ -116,23 +116,6 @@ fn raw_value(v: Value) -> Option<RawValue> {
     }
 }
 
-/// Whether a Prosody stanza table has a child element called `name`.
-fn has_child_named(stanza: &Table, name: &str) -> LuaResult<bool> {
-    let Ok(Value::Table(tags)) = stanza.raw_get::<Value>("tags") else {
-        return Ok(false);
-    };
-    for tag in tags.sequence_values::<Value>() {
-        if let Value::Table(tag) = tag? {
-            if let Ok(Value::String(n)) = tag.raw_get::<Value>("name") {
-                if n.as_bytes().as_ref() == name.as_bytes() {
-                    return Ok(true);
-                }
-            }
-        }
-    }
-    Ok(false)
-}
-
 /// `native.open{ host =, data_path =, options = {…}, stanza_mt =, jid_prep = }`
 fn open(lua: &Lua, args: Table) -> LuaResult<MultiValue> {
     let host: String = args.get("host")?;
@@ -189,7 +172,7 @@ impl UserData for ArchiveHandle {
         methods.add_method_mut("strip_forged_ids", |lua, this, stanza: Table| {
             // Nearly every message has no stanza-id at all: look at the child names
             // before converting the whole stanza.
-            if !has_child_named(&stanza, "stanza-id")? {
+            if !has_child_named(lua, &stanza, "stanza-id")? {
                 return Ok(Value::Nil);
             }
             let mut el = element_from_lua(lua, &stanza)?;
@@ -248,9 +231,9 @@ impl UserData for ArchiveHandle {
                 };
                 let archive = this.archive()?;
                 let result = if check.unwrap_or(false) {
-                    archive.append_if_eligible(&user, &with, &el)
+                    archive.append_if_eligible(&user, &with, el)
                 } else {
-                    archive.append(&user, &with, &el)
+                    archive.append(&user, &with, el)
                 };
                 match result {
                     Ok(Ok(appended)) => Ok(values([

@@ -171,6 +171,36 @@ unsafe fn read_element(
     })
 }
 
+/// Whether the stanza table `t` has a child element called `name`, looking only at
+/// its `tags` (no conversion): the cheap test before the expensive work.
+pub fn has_child_named(lua: &Lua, t: &Table, name: &str) -> mlua::Result<bool> {
+    let mut found = false;
+    // SAFETY: raw, non-allocating reads of argument 1; the stack is reset at the end.
+    unsafe {
+        lua.exec_raw::<()>(t, |state| {
+            ffi::luaL_checkstack(state, 4, std::ptr::null());
+            push_str(state, "tags");
+            if ffi::lua_rawget(state, 1) == ffi::LUA_TTABLE {
+                let n = ffi::lua_rawlen(state, 2) as ffi::lua_Integer;
+                for i in 1..=n {
+                    if ffi::lua_rawgeti(state, 2, i) == ffi::LUA_TTABLE {
+                        push_str(state, "name");
+                        ffi::lua_rawget(state, -2);
+                        found = string_at(state, -1) == Some(name.as_bytes());
+                        ffi::lua_pop(state, 1);
+                    }
+                    ffi::lua_pop(state, 1);
+                    if found {
+                        break;
+                    }
+                }
+            }
+            ffi::lua_settop(state, 0);
+        })?;
+    }
+    Ok(found)
+}
+
 /// Builds the Prosody stanza table for `el`, as `util.stanza` builds it.
 ///
 /// Every element table gets `name`, `attr`, `tags` and its children in the array part;

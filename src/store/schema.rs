@@ -15,16 +15,17 @@ use crate::error::{MamError, Result};
 
 /// The migrations, in order. Step `i` (0-based) moves the schema to version `i + 1`.
 pub const MIGRATIONS: &[&str] = &[
-    // 1. The archive itself. `seq` is the insertion order and breaks ties between
-    //    messages with equal timestamps; AUTOINCREMENT so it is never reused, even
-    //    after the newest row is deleted, which keeps (when_us, seq) a stable order.
+    // 1. The archive itself. `seq` (the rowid) is the insertion order and breaks ties
+    //    between messages with equal timestamps. No AUTOINCREMENT: its extra table
+    //    write per insert buys nothing, since clients page by archive id (resolved to
+    //    a position at query time), never by seq, and archive ids are never reused.
     //    `stanza` is the serialised message, opaque to SQL.
     //    Indexes: ids are unique per owner (and looked up per owner for RSM
     //    after/before and `ids`); archive order per owner serves pages, bounds, quota
     //    trims and expiry; archive order per (owner, contact) serves `with` queries
     //    without walking the owner's other conversations.
     "CREATE TABLE archive (
-        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        seq INTEGER PRIMARY KEY,
         host TEXT NOT NULL,
         user TEXT NOT NULL,
         id TEXT NOT NULL,
