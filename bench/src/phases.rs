@@ -82,6 +82,8 @@ pub struct MessagingResult {
     pub latency: Summary,
     /// Server CPU during the window, as a percentage of one core.
     pub server_cpu_percent: f64,
+    /// This load client's CPU during the window (to show it is not the bottleneck).
+    pub client_cpu_percent: f64,
     /// MAM check afterwards: messages found in the pairs' archives (sender + receiver).
     pub archived: Option<u64>,
     pub archived_expected: Option<u64>,
@@ -205,9 +207,11 @@ pub async fn messaging(server: &Server, pairs: &mut Pairs, load: Load, warmup: D
     // CPU over the window.
     tokio::time::sleep_until(tokio::time::Instant::from_std(start + warmup)).await;
     let cpu0 = server.cpu_seconds();
+    let ccpu0 = crate::server::self_cpu_seconds();
     let t0 = Instant::now();
     tokio::time::sleep_until(tokio::time::Instant::from_std(send_end)).await;
     let cpu1 = server.cpu_seconds();
+    let ccpu1 = crate::server::self_cpu_seconds();
     let measured_s = t0.elapsed().as_secs_f64();
 
     let mut sent_total = 0;
@@ -241,6 +245,7 @@ pub async fn messaging(server: &Server, pairs: &mut Pairs, load: Load, warmup: D
         target_rate_per_s: target,
         latency: summarize_us(&samples),
         server_cpu_percent: 100.0 * (cpu1 - cpu0) / measured_s,
+        client_cpu_percent: 100.0 * (ccpu1 - ccpu0) / measured_s,
         archived: None,
         archived_expected: None,
         undelivered: sent_total - delivered_total,

@@ -131,15 +131,26 @@ pub fn markdown(r: &Report, sizes: &[u64]) -> String {
     let _ = writeln!(m, "Configurations: {}\n", r.configs.iter().map(|c| format!("`{}` ({})", c.config, c.status)).collect::<Vec<_>>().join(", "));
 
     let _ = writeln!(m, "## Archiving throughput (closed loop, until saturation)\n");
-    let _ = writeln!(m, "| config | msgs/s delivered | latency p50 ms | p99 ms | server CPU % | archived / expected | undelivered |");
-    let _ = writeln!(m, "|---|---|---|---|---|---|---|");
+    let _ = writeln!(m, "| config | msgs/s delivered | latency p50 ms | p99 ms | server CPU % | client CPU % | archived / expected | undelivered |");
+    let _ = writeln!(m, "|---|---|---|---|---|---|---|---|");
     for c in &r.configs {
         if let Some(t) = &c.throughput {
             let arch = match (t.archived, t.archived_expected) {
                 (Some(a), Some(e)) => format!("{a} / {e}"),
                 _ => "n/a".into(),
             };
-            let _ = writeln!(m, "| {} | {:.0} | {} | {} | {:.0} | {} | {} |", c.config, t.delivered_per_s, ms(t.latency.p50_ms), ms(t.latency.p99_ms), t.server_cpu_percent, arch, t.undelivered);
+            let _ = writeln!(
+                m,
+                "| {} | {:.0} | {} | {} | {:.0} | {:.0} | {} | {} |",
+                c.config,
+                t.delivered_per_s,
+                ms(t.latency.p50_ms),
+                ms(t.latency.p99_ms),
+                t.server_cpu_percent,
+                t.client_cpu_percent,
+                arch,
+                t.undelivered
+            );
         }
     }
     let _ = writeln!(m, "\n## Delivery latency at a fixed rate (open loop)\n");

@@ -302,3 +302,8 @@ pub fn check_plugin_dir(dir: &Path) -> std::result::Result<(), String> {
     }
     Ok(())
 }
+
+/// CPU time (user + system) this benchmark process has used so far, in seconds.
+pub fn self_cpu_seconds() -> f64 {
+    proc_cpu_seconds(std::process::id())
+}
