@@ -376,6 +376,7 @@ async fn run(o: Opts) -> Result<()> {
             "open_rate_cap": o.open_rate, "open_loop_s": o.open_duration.as_secs_f64(),
             "query_iters": o.query_iters, "query_budget_s": o.query_budget.as_secs_f64(),
             "internal_max": o.internal_max, "body_bytes": populate::BODY_LEN,
+            "plugin_dir": o.plugin_dir.display().to_string(),
         }),
         ratios: report::ratios(&configs, &o.sizes),
         configs,
