@@ -60,7 +60,8 @@ const USAGE: &str = "mam-bench [--quick] [--configs nomam,stock-internal,stock-s
   [--sizes 10000,100000,1000000] [--pairs 20] [--window 32] [--duration S] [--warmup S]
   [--open-rate MSGS_PER_S] [--open-duration S] [--query-iters N] [--query-budget S]
   [--query-timeout S] [--internal-max N] [--stall-duration S] [--no-expiry]
-  [--expiry-limit S] [--no-raw] [--plugin-dir DIR] [--out DIR] [--work-dir DIR] [--keep]";
+  [--expiry-limit S] [--no-raw] [--plugin-dir DIR] [--out DIR] [--work-dir DIR] [--keep]
+mam-bench --render bench/results/<run>.json   (rewrite that run's .md and .svg)";
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
@@ -185,33 +186,18 @@ async fn run_config(kind: Kind, o: &Opts, res: &mut ConfigResult) -> Result<()> 
     log(format!("{}: registering {} users", kind.name(), users.len()));
     spec.register(&users)?;
 
-    // Prime: let the backend create its tables / database, then stop.
+    // First start, empty archives: the first MAM query makes the backend create its
+    // tables / database; then the messaging phases run on an empty store.
+    let srv = Server::start(&spec)?;
+    res.rss_kib.push(("start".into(), srv.rss_kib()));
     if kind.has_mam() {
-        let srv = Server::start(&spec)?;
         let mut s = xmpp::login(spec.port, "pinger", server::PASSWORD, "prime").await?;
         let r = s.mam(&xmpp::MamQuery { max: Some(1), ..Default::default() }, "prime", Duration::from_secs(30)).await?;
         if let Some(e) = r.error {
             bail!("the first MAM query failed ({e}): is mod_mam loaded? see {}", spec.log_path().display());
         }
         s.close().await;
-        srv.stop()?;
     }
-
-    // Pre-populate through the fast path.
-    let data = spec.data_path();
-    for ds in &datasets {
-        log(format!("{}: pre-populating {} with {} messages", kind.name(), ds.owner, ds.n));
-        let secs = match kind {
-            Kind::StockInternal => populate::populate_internal(&data, ds)?,
-            Kind::StockSql => populate::populate_sql(&data.join("prosody.sqlite"), ds)?,
-            Kind::Native => populate::populate_native(&native_db(&data)?, ds, true)?,
-            Kind::NoMam => 0.0,
-        };
-        res.populated.push(Populated { owner: ds.owner.clone(), size: ds.n, seconds: secs });
-    }
-
-    let srv = Server::start(&spec)?;
-    res.rss_kib.push(("start".into(), srv.rss_kib()));
     res.idle_ping = Some(phases::idle_ping(spec.port, Duration::from_secs(1)).await?);
 
     // Throughput: closed loop.
@@ -237,6 +223,40 @@ async fn run_config(kind: Kind, o: &Opts, res: &mut ConfigResult) -> Result<()> 
     }
     res.open_loop = Some(ol);
     res.rss_kib.push(("open-loop".into(), srv.rss_kib()));
+    let delivered_so_far = pairs.delivered_total.clone();
+    for s in pairs.senders.into_iter().chain(pairs.receivers) {
+        s.close().await;
+    }
+    srv.stop()?;
+    if !kind.has_mam() {
+        return Ok(());
+    }
+
+    // Pre-populate through the fast path, server stopped.
+    let data = spec.data_path();
+    for ds in &datasets {
+        log(format!("{}: pre-populating {} with {} messages", kind.name(), ds.owner, ds.n));
+        let secs = match kind {
+            Kind::StockInternal => populate::populate_internal(&data, ds)?,
+            Kind::StockSql => populate::populate_sql(&data.join("prosody.sqlite"), ds)?,
+            Kind::Native => populate::populate_native(&native_db(&data)?, ds, true)?,
+            Kind::NoMam => 0.0,
+        };
+        res.populated.push(Populated { owner: ds.owner.clone(), size: ds.n, seconds: secs });
+    }
+    let srv = Server::start(&spec)?;
+    res.rss_kib.push(("populated".into(), srv.rss_kib()));
+
+    // Throughput again, now that the store holds the big archives too (a SQLite file
+    // of a million rows behaves differently from an empty one).
+    log(format!("{}: closed loop with the archives in place", kind.name()));
+    let mut pairs = phases::login_pairs(spec.port, o.pairs).await?;
+    pairs.delivered_total = delivered_so_far;
+    let mut t = phases::messaging(&srv, &mut pairs, Load::Closed { window: o.window }, o.warmup, o.duration / 2).await?;
+    t.archived = Some(phases::archived_count(&mut pairs).await?);
+    t.archived_expected = Some(2 * pairs.delivered_total.iter().sum::<u64>());
+    log(format!("{}: {:.0} msgs/s, p50 {:.2} ms", kind.name(), t.delivered_per_s, t.latency.p50_ms));
+    res.throughput_populated = Some(t);
     for s in pairs.senders.into_iter().chain(pairs.receivers) {
         s.close().await;
     }
@@ -318,7 +338,8 @@ fn machine() -> serde_json::Value {
         .lines()
         .find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string()))
         .unwrap_or_default();
-    json!({ "cpus": cpus, "cpu": model, "prosody": prosody })
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split_whitespace().take(3).collect::<Vec<_>>().join(" ");
+    json!({ "cpus": cpus, "cpu": model, "prosody": prosody, "loadavg_at_start": load })
 }
 
 async fn run(o: Opts) -> Result<()> {
@@ -391,7 +412,8 @@ async fn run(o: Opts) -> Result<()> {
     std::fs::write(o.out_dir.join(format!("{base}.json")), serde_json::to_string_pretty(&report)?)?;
     std::fs::write(o.out_dir.join(format!("{base}.md")), &md)?;
     std::fs::write(o.out_dir.join("latest.md"), &md)?;
-    eprintln!("mam-bench: wrote {}/{base}.{{md,json}} and latest.md", o.out_dir.display());
+    std::fs::write(o.out_dir.join(format!("{base}.svg")), report::svg_chart(&report, &o.sizes))?;
+    eprintln!("mam-bench: wrote {}/{base}.{{md,json,svg}} and latest.md", o.out_dir.display());
     if !o.keep {
         let _ = std::fs::remove_dir_all(&o.work_dir);
     } else {
@@ -400,7 +422,26 @@ async fn run(o: Opts) -> Result<()> {
     Ok(())
 }
 
+/// `--render FILE.json`: rewrites the markdown and SVG of an earlier run from its JSON.
+fn render(json_path: &Path) -> Result<()> {
+    let report: Report = serde_json::from_str(&std::fs::read_to_string(json_path)?).context("parsing the report")?;
+    let sizes: Vec<u64> = serde_json::from_value(report.parameters["sizes"].clone()).context("parameters.sizes")?;
+    let md = report::markdown(&report, &sizes);
+    std::fs::write(json_path.with_extension("md"), &md)?;
+    std::fs::write(json_path.with_extension("svg"), report::svg_chart(&report, &sizes))?;
+    println!("{md}");
+    Ok(())
+}
+
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.len() == 3 && args[1] == "--render" {
+        if let Err(e) = render(Path::new(&args[2])) {
+            eprintln!("mam-bench: {e:#}");
+            std::process::exit(1);
+        }
+        return;
+    }
     let opts = match parse_opts() {
         Ok(o) => o,
         Err(e) => {

@@ -7,7 +7,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Semaphore;
 
@@ -65,7 +65,7 @@ pub enum Load {
     Open { rate_per_s: f64 },
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct MessagingResult {
     pub mode: String,
     pub pairs: usize,
@@ -218,9 +218,9 @@ pub async fn messaging(server: &Server, pairs: &mut Pairs, load: Load, warmup: D
     let mut delivered_total = 0;
     for (i, (st, rt)) in send_tasks.into_iter().zip(recv_tasks).enumerate() {
         let (snd, sent, shared) = st.await.context("sender task")??;
-        let rcv = tokio::time::timeout(Duration::from_secs(60), rt)
+        let rcv = tokio::time::timeout(Duration::from_secs(120), rt)
             .await
-            .context("receiver did not drain within 60 s")?
+            .context("receiver did not drain within 120 s")?
             .context("receiver task")??;
         let got = shared.received.load(Ordering::Relaxed);
         sent_total += sent;
@@ -295,7 +295,7 @@ pub fn shape_query(shape: &str, ds: &Dataset) -> MamQuery {
     q
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct QueryResult {
     pub size: u64,
     pub shape: String,
@@ -347,7 +347,7 @@ pub async fn query_latency(port: u16, ds: &Dataset, budget: QueryBudget) -> Resu
     Ok(out)
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct StallResult {
     pub what: String,
     pub duration_s: f64,

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use rusqlite::{params, params_from_iter, Connection};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::phases::SHAPES;
 use crate::populate::{self, Dataset, NATIVE_INSERT};
@@ -35,7 +35,7 @@ CREATE TRIGGER archive_count_delete AFTER DELETE ON archive BEGIN
     DELETE FROM archive_counts WHERE host = OLD.host AND user = OLD.user AND messages <= 0;
 END;";
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RawResult {
     pub schema_from: String,
     /// One message per transaction, as a server archiving each message on arrival does.
@@ -47,7 +47,7 @@ pub struct RawResult {
     pub expiry_deleted: u64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RawPage {
     pub size: u64,
     pub shape: String,

@@ -2,21 +2,21 @@
 
 use std::fmt::Write as _;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::phases::{MessagingResult, QueryResult, StallResult, SHAPES};
 use crate::rawsqlite::RawResult;
 use crate::stats::Summary;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Populated {
     pub owner: String,
     pub size: u64,
     pub seconds: f64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ExpiryResult {
     pub stall: StallResult,
     pub messages_before: u64,
@@ -24,7 +24,7 @@ pub struct ExpiryResult {
     pub how: String,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ConfigResult {
     pub config: String,
     /// "ran", or why not.
@@ -33,6 +33,9 @@ pub struct ConfigResult {
     /// Archive sizes not measured, and why.
     pub skipped: Vec<String>,
     pub throughput: Option<MessagingResult>,
+    /// The closed loop again after pre-population (half as long).
+    #[serde(default)]
+    pub throughput_populated: Option<MessagingResult>,
     pub open_loop: Option<MessagingResult>,
     pub idle_ping: Option<Summary>,
     pub queries: Vec<QueryResult>,
@@ -52,7 +55,7 @@ impl ConfigResult {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
     pub started: String,
     pub machine: Value,
@@ -133,8 +136,11 @@ pub fn markdown(r: &Report, sizes: &[u64]) -> String {
     let _ = writeln!(m, "## Archiving throughput (closed loop, until saturation)\n");
     let _ = writeln!(m, "| config | msgs/s delivered | latency p50 ms | p99 ms | server CPU % | client CPU % | archived / expected | undelivered |");
     let _ = writeln!(m, "|---|---|---|---|---|---|---|---|");
-    for c in &r.configs {
-        if let Some(t) = &c.throughput {
+    let rows = r.configs.iter().flat_map(|c| {
+        [(c.config.clone(), c.throughput.as_ref()), (format!("{} (archives populated)", c.config), c.throughput_populated.as_ref())]
+    });
+    for (name, t) in rows {
+        if let Some(t) = t {
             let arch = match (t.archived, t.archived_expected) {
                 (Some(a), Some(e)) => format!("{a} / {e}"),
                 _ => "n/a".into(),
@@ -142,7 +148,7 @@ pub fn markdown(r: &Report, sizes: &[u64]) -> String {
             let _ = writeln!(
                 m,
                 "| {} | {:.0} | {} | {} | {:.0} | {:.0} | {} | {} |",
-                c.config,
+                name,
                 t.delivered_per_s,
                 ms(t.latency.p50_ms),
                 ms(t.latency.p99_ms),
@@ -153,6 +159,11 @@ pub fn markdown(r: &Report, sizes: &[u64]) -> String {
             );
         }
     }
+    let _ = writeln!(
+        m,
+        "\nFirst on an empty store; then again (half as long) after the big archives were pre-populated \
+         (for SQLite backends the database then holds every pre-populated archive).\n"
+    );
     let _ = writeln!(m, "\n## Delivery latency at a fixed rate (open loop)\n");
     let _ = writeln!(m, "| config | target msgs/s | achieved msgs/s | p50 ms | p99 ms | max ms | server CPU % |");
     let _ = writeln!(m, "|---|---|---|---|---|---|---|");
@@ -235,7 +246,7 @@ pub fn markdown(r: &Report, sizes: &[u64]) -> String {
     }
 
     let _ = writeln!(m, "\n## Memory (RSS MiB after each phase)\n");
-    let phases = ["start", "throughput", "open-loop", "queries", "stall", "expiry"];
+    let phases = ["start", "throughput", "open-loop", "populated", "queries", "stall", "expiry"];
     let _ = writeln!(m, "| config | {} |", phases.join(" | "));
     let _ = writeln!(m, "|---|{}", "---|".repeat(phases.len()));
     for c in &r.configs {
@@ -271,4 +282,70 @@ pub fn markdown(r: &Report, sizes: &[u64]) -> String {
         }
     }
     m
+}
+
+/// A log-log SVG chart of `newest`-page p50 latency against archive size, one line per
+/// configuration (and raw SQLite).
+pub fn svg_chart(r: &Report, sizes: &[u64]) -> String {
+    let shape = "newest";
+    let mut series: Vec<(String, Vec<(u64, f64)>)> = Vec::new();
+    for c in &r.configs {
+        let pts: Vec<(u64, f64)> = sizes.iter().filter_map(|&s| c.query(s, shape).map(|q| (s, q.latency.p50_ms))).collect();
+        if !pts.is_empty() {
+            series.push((c.config.clone(), pts));
+        }
+    }
+    if let Some(raw) = &r.raw_sqlite {
+        let pts: Vec<(u64, f64)> =
+            sizes.iter().filter_map(|&s| raw.pages.iter().find(|p| p.size == s && p.shape == shape).map(|p| (s, p.latency.p50_ms))).collect();
+        series.push(("raw SQLite".into(), pts));
+    }
+    let (w, h, l, t, rgt, b) = (640.0, 400.0, 70.0, 30.0, 160.0, 50.0);
+    let xs: Vec<f64> = sizes.iter().map(|&s| (s as f64).log10()).collect();
+    let (x0, x1) = (xs.first().copied().unwrap_or(0.0), xs.last().copied().unwrap_or(1.0).max(xs.first().copied().unwrap_or(0.0) + 1.0));
+    let ys: Vec<f64> = series.iter().flat_map(|(_, p)| p.iter().map(|&(_, v)| v.max(0.001).log10())).collect();
+    let y0 = ys.iter().copied().fold(f64::INFINITY, f64::min).floor().min(0.0);
+    let y1 = ys.iter().copied().fold(f64::NEG_INFINITY, f64::max).ceil().max(y0 + 1.0);
+    let px = |x: f64| l + (x - x0) / (x1 - x0) * (w - l - rgt);
+    let py = |y: f64| h - b - (y - y0) / (y1 - y0) * (h - t - b);
+    let colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"];
+    let mut s = format!(
+        "<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{h}' font-family='sans-serif' font-size='12'>\n\
+         <rect width='100%' height='100%' fill='white'/>\n\
+         <text x='{l}' y='18'>MAM newest page of 50: p50 latency (ms, log) vs archive size (log)</text>\n"
+    );
+    let mut e = y0;
+    while e <= y1 {
+        let y = py(e);
+        s.push_str(&format!(
+            "<line x1='{l}' y1='{y:.1}' x2='{:.1}' y2='{y:.1}' stroke='#ddd'/><text x='{:.1}' y='{:.1}' text-anchor='end'>{}</text>\n",
+            w - rgt,
+            l - 6.0,
+            y + 4.0,
+            10f64.powf(e)
+        ));
+        e += 1.0;
+    }
+    for (&sz, &x) in sizes.iter().zip(&xs) {
+        s.push_str(&format!("<text x='{:.1}' y='{:.1}' text-anchor='middle'>{}</text>\n", px(x), h - b + 18.0, size_label(sz)));
+    }
+    for (k, (name, pts)) in series.iter().enumerate() {
+        let c = colors[k % colors.len()];
+        let path: Vec<String> = pts.iter().map(|&(sz, v)| format!("{:.1},{:.1}", px((sz as f64).log10()), py(v.max(0.001).log10()))).collect();
+        s.push_str(&format!("<polyline fill='none' stroke='{c}' stroke-width='2' points='{}'/>\n", path.join(" ")));
+        for p in &path {
+            let (x, y) = p.split_once(',').unwrap_or(("0", "0"));
+            s.push_str(&format!("<circle cx='{x}' cy='{y}' r='3' fill='{c}'/>\n"));
+        }
+        let ly = t + 20.0 + 18.0 * k as f64;
+        s.push_str(&format!(
+            "<line x1='{:.1}' y1='{ly:.1}' x2='{:.1}' y2='{ly:.1}' stroke='{c}' stroke-width='2'/><text x='{:.1}' y='{:.1}'>{name}</text>\n",
+            w - rgt + 10.0,
+            w - rgt + 30.0,
+            w - rgt + 36.0,
+            ly + 4.0
+        ));
+    }
+    s.push_str("</svg>\n");
+    s
 }

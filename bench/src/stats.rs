@@ -1,9 +1,9 @@
 //! Latency samples and their summary.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Summary of a set of latency samples, in milliseconds.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Summary {
     pub n: usize,
     pub p50_ms: f64,
