@@ -64,7 +64,10 @@ const USAGE: &str = "mam-bench [--quick] [--configs nomam,stock-internal,stock-s
 mam-bench --render bench/results/<run>.json   (rewrite that run's .md and .svg)";
 
 fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
 }
 
 fn parse_opts() -> Result<Opts> {
@@ -74,7 +77,11 @@ fn parse_opts() -> Result<Opts> {
     let mut o = Opts {
         quick,
         configs: Kind::ALL.to_vec(),
-        sizes: if quick { vec![1000, 10_000] } else { vec![10_000, 100_000, 1_000_000] },
+        sizes: if quick {
+            vec![1000, 10_000]
+        } else {
+            vec![10_000, 100_000, 1_000_000]
+        },
         pairs: 20,
         window: 32,
         warmup: secs(if quick { 1.0 } else { 2.0 }),
@@ -96,7 +103,10 @@ fn parse_opts() -> Result<Opts> {
     };
     let mut it = args.into_iter();
     while let Some(a) = it.next() {
-        let mut val = || it.next().with_context(|| format!("{a} needs a value\n{USAGE}"));
+        let mut val = || {
+            it.next()
+                .with_context(|| format!("{a} needs a value\n{USAGE}"))
+        };
         match a.as_str() {
             "--quick" => {}
             "--help" | "-h" => {
@@ -106,10 +116,17 @@ fn parse_opts() -> Result<Opts> {
             "--configs" => {
                 o.configs = val()?
                     .split(',')
-                    .map(|s| Kind::parse(s.trim()).with_context(|| format!("unknown configuration {s}")))
+                    .map(|s| {
+                        Kind::parse(s.trim()).with_context(|| format!("unknown configuration {s}"))
+                    })
                     .collect::<Result<_>>()?
             }
-            "--sizes" => o.sizes = val()?.split(',').map(|s| s.trim().parse::<u64>().context("--sizes")).collect::<Result<_>>()?,
+            "--sizes" => {
+                o.sizes = val()?
+                    .split(',')
+                    .map(|s| s.trim().parse::<u64>().context("--sizes"))
+                    .collect::<Result<_>>()?
+            }
             "--pairs" => o.pairs = val()?.parse()?,
             "--window" => o.window = val()?.parse()?,
             "--duration" => o.duration = secs(val()?.parse()?),
@@ -180,10 +197,16 @@ async fn run_config(kind: Kind, o: &Opts, res: &mut ConfigResult) -> Result<()> 
     spec.write()?;
     let (datasets, skipped) = datasets_for(kind, o);
     res.skipped = skipped;
-    let mut users: Vec<String> = (0..o.pairs).flat_map(|i| [phases::sender_name(i), phases::receiver_name(i)]).collect();
+    let mut users: Vec<String> = (0..o.pairs)
+        .flat_map(|i| [phases::sender_name(i), phases::receiver_name(i)])
+        .collect();
     users.push("pinger".into());
     users.extend(datasets.iter().map(|d| d.owner.clone()));
-    log(format!("{}: registering {} users", kind.name(), users.len()));
+    log(format!(
+        "{}: registering {} users",
+        kind.name(),
+        users.len()
+    ));
     spec.register(&users)?;
 
     // First start, empty archives: the first MAM query makes the backend create its
@@ -192,31 +215,67 @@ async fn run_config(kind: Kind, o: &Opts, res: &mut ConfigResult) -> Result<()> 
     res.rss_kib.push(("start".into(), srv.rss_kib()));
     if kind.has_mam() {
         let mut s = xmpp::login(spec.port, "pinger", server::PASSWORD, "prime").await?;
-        let r = s.mam(&xmpp::MamQuery { max: Some(1), ..Default::default() }, "prime", Duration::from_secs(30)).await?;
+        let r = s
+            .mam(
+                &xmpp::MamQuery {
+                    max: Some(1),
+                    ..Default::default()
+                },
+                "prime",
+                Duration::from_secs(30),
+            )
+            .await?;
         if let Some(e) = r.error {
-            bail!("the first MAM query failed ({e}): is mod_mam loaded? see {}", spec.log_path().display());
+            bail!(
+                "the first MAM query failed ({e}): is mod_mam loaded? see {}",
+                spec.log_path().display()
+            );
         }
         s.close().await;
     }
     res.idle_ping = Some(phases::idle_ping(spec.port, Duration::from_secs(1)).await?);
 
     // Throughput: closed loop.
-    log(format!("{}: closed loop, {} pairs, {:?}", kind.name(), o.pairs, o.duration));
+    log(format!(
+        "{}: closed loop, {} pairs, {:?}",
+        kind.name(),
+        o.pairs,
+        o.duration
+    ));
     let mut pairs = phases::login_pairs(spec.port, o.pairs).await?;
-    let mut t = phases::messaging(&srv, &mut pairs, Load::Closed { window: o.window }, o.warmup, o.duration).await?;
+    let mut t = phases::messaging(
+        &srv,
+        &mut pairs,
+        Load::Closed { window: o.window },
+        o.warmup,
+        o.duration,
+    )
+    .await?;
     if kind.has_mam() {
         t.archived = Some(phases::archived_count(&mut pairs).await?);
         t.archived_expected = Some(2 * pairs.delivered_total.iter().sum::<u64>());
     }
     let saturation = t.delivered_per_s;
-    log(format!("{}: {:.0} msgs/s, p50 {:.2} ms", kind.name(), t.delivered_per_s, t.latency.p50_ms));
+    log(format!(
+        "{}: {:.0} msgs/s, p50 {:.2} ms",
+        kind.name(),
+        t.delivered_per_s,
+        t.latency.p50_ms
+    ));
     res.throughput = Some(t);
     res.rss_kib.push(("throughput".into(), srv.rss_kib()));
 
     // Open loop at a fixed rate below saturation.
     let rate = o.open_rate.min((saturation * 0.5).max(10.0));
     log(format!("{}: open loop at {rate:.0} msgs/s", kind.name()));
-    let mut ol = phases::messaging(&srv, &mut pairs, Load::Open { rate_per_s: rate }, Duration::from_millis(500), o.open_duration).await?;
+    let mut ol = phases::messaging(
+        &srv,
+        &mut pairs,
+        Load::Open { rate_per_s: rate },
+        Duration::from_millis(500),
+        o.open_duration,
+    )
+    .await?;
     if kind.has_mam() {
         ol.archived = Some(phases::archived_count(&mut pairs).await?);
         ol.archived_expected = Some(2 * pairs.delivered_total.iter().sum::<u64>());
@@ -235,34 +294,63 @@ async fn run_config(kind: Kind, o: &Opts, res: &mut ConfigResult) -> Result<()> 
     // Pre-populate through the fast path, server stopped.
     let data = spec.data_path();
     for ds in &datasets {
-        log(format!("{}: pre-populating {} with {} messages", kind.name(), ds.owner, ds.n));
+        log(format!(
+            "{}: pre-populating {} with {} messages",
+            kind.name(),
+            ds.owner,
+            ds.n
+        ));
         let secs = match kind {
             Kind::StockInternal => populate::populate_internal(&data, ds)?,
             Kind::StockSql => populate::populate_sql(&data.join("prosody.sqlite"), ds)?,
             Kind::Native => populate::populate_native(&native_db(&data)?, ds, true)?,
             Kind::NoMam => 0.0,
         };
-        res.populated.push(Populated { owner: ds.owner.clone(), size: ds.n, seconds: secs });
+        res.populated.push(Populated {
+            owner: ds.owner.clone(),
+            size: ds.n,
+            seconds: secs,
+        });
     }
     let srv = Server::start(&spec)?;
     res.rss_kib.push(("populated".into(), srv.rss_kib()));
 
     // Throughput again, now that the store holds the big archives too (a SQLite file
     // of a million rows behaves differently from an empty one).
-    log(format!("{}: closed loop with the archives in place", kind.name()));
+    log(format!(
+        "{}: closed loop with the archives in place",
+        kind.name()
+    ));
     let mut pairs = phases::login_pairs(spec.port, o.pairs).await?;
     pairs.delivered_total = delivered_so_far;
-    let mut t = phases::messaging(&srv, &mut pairs, Load::Closed { window: o.window }, o.warmup, o.duration / 2).await?;
+    let mut t = phases::messaging(
+        &srv,
+        &mut pairs,
+        Load::Closed { window: o.window },
+        o.warmup,
+        o.duration / 2,
+    )
+    .await?;
     t.archived = Some(phases::archived_count(&mut pairs).await?);
     t.archived_expected = Some(2 * pairs.delivered_total.iter().sum::<u64>());
-    log(format!("{}: {:.0} msgs/s, p50 {:.2} ms", kind.name(), t.delivered_per_s, t.latency.p50_ms));
+    log(format!(
+        "{}: {:.0} msgs/s, p50 {:.2} ms",
+        kind.name(),
+        t.delivered_per_s,
+        t.latency.p50_ms
+    ));
     res.throughput_populated = Some(t);
     for s in pairs.senders.into_iter().chain(pairs.receivers) {
         s.close().await;
     }
 
     if kind.has_mam() {
-        let budget = QueryBudget { max_iters: o.query_iters, min_iters: 3, per_shape: o.query_budget, timeout: o.query_timeout };
+        let budget = QueryBudget {
+            max_iters: o.query_iters,
+            min_iters: 3,
+            per_shape: o.query_budget,
+            timeout: o.query_timeout,
+        };
         for ds in &datasets {
             log(format!("{}: queries on {} messages", kind.name(), ds.n));
             match phases::query_latency(spec.port, ds, budget).await {
@@ -273,7 +361,10 @@ async fn run_config(kind: Kind, o: &Opts, res: &mut ConfigResult) -> Result<()> 
         res.rss_kib.push(("queries".into(), srv.rss_kib()));
         if let Some(big) = datasets.last() {
             log(format!("{}: ping stall during heavy queries", kind.name()));
-            res.stall_queries = Some(phases::stall_during_queries(spec.port, big, o.stall_duration, o.query_timeout).await?);
+            res.stall_queries = Some(
+                phases::stall_during_queries(spec.port, big, o.stall_duration, o.query_timeout)
+                    .await?,
+            );
             res.rss_kib.push(("stall".into(), srv.rss_kib()));
         }
     }
@@ -285,12 +376,21 @@ async fn run_config(kind: Kind, o: &Opts, res: &mut ConfigResult) -> Result<()> 
         let how;
         match kind {
             Kind::Native => {
-                spec.expiry = Some(Expiry { expires_after: "1d".into(), cleanup_interval: 1 });
+                spec.expiry = Some(Expiry {
+                    expires_after: "1d".into(),
+                    cleanup_interval: 1,
+                });
                 how = "archive_expires_after = \"1d\", archive_cleanup_interval = 1; finished when every pre-populated archive counts 0".into();
             }
             _ => {
-                spec.expiry = Some(Expiry { expires_after: "1d".into(), cleanup_interval: 1 });
-                populate::arm_stock_expiry(&data, &datasets.iter().map(|d| d.owner.clone()).collect::<Vec<_>>())?;
+                spec.expiry = Some(Expiry {
+                    expires_after: "1d".into(),
+                    cleanup_interval: 1,
+                });
+                populate::arm_stock_expiry(
+                    &data,
+                    &datasets.iter().map(|d| d.owner.clone()).collect::<Vec<_>>(),
+                )?;
                 how = "archive_expires_after = \"1d\"; stock 0.12.3 ignores archive_cleanup_interval and runs expiry from a daily \
                        mod_cron task, made due at start by writing its last run as 0 in the cron store (and, for the file store, \
                        listing the owners under an old date in archive_cleanup); finished at the \"Deleted N expired messages\" log line"
@@ -300,11 +400,23 @@ async fn run_config(kind: Kind, o: &Opts, res: &mut ConfigResult) -> Result<()> 
         spec.log_info = true;
         spec.write()?;
         let srv = Server::start(&spec)?;
-        let stall = phases::stall_during_expiry(spec.port, &datasets, &spec.log_path(), kind != Kind::Native, o.expiry_limit).await?;
+        let stall = phases::stall_during_expiry(
+            spec.port,
+            &datasets,
+            &spec.log_path(),
+            kind != Kind::Native,
+            o.expiry_limit,
+        )
+        .await?;
         let after = phases::remaining(spec.port, &datasets).await?;
         res.rss_kib.push(("expiry".into(), srv.rss_kib()));
         srv.stop()?;
-        res.expiry = Some(ExpiryResult { stall, messages_before: before, messages_after: after, how });
+        res.expiry = Some(ExpiryResult {
+            stall,
+            messages_before: before,
+            messages_after: after,
+            how,
+        });
     }
     Ok(())
 }
@@ -323,11 +435,16 @@ fn native_db(data: &Path) -> Result<PathBuf> {
             return Ok(p);
         }
     }
-    bail!("the native module did not create mam_archive.sqlite in {}", data.display())
+    bail!(
+        "the native module did not create mam_archive.sqlite in {}",
+        data.display()
+    )
 }
 
 fn machine() -> serde_json::Value {
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
     let prosody = std::process::Command::new("dpkg-query")
         .args(["-W", "-f", "${Version}", "prosody"])
         .output()
@@ -336,9 +453,17 @@ fn machine() -> serde_json::Value {
     let model = std::fs::read_to_string("/proc/cpuinfo")
         .unwrap_or_default()
         .lines()
-        .find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string()))
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+        })
         .unwrap_or_default();
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split_whitespace().take(3).collect::<Vec<_>>().join(" ");
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ");
     json!({ "cpus": cpus, "cpu": model, "prosody": prosody, "loadavg_at_start": load })
 }
 
@@ -349,7 +474,10 @@ async fn run(o: Opts) -> Result<()> {
     let started = populate::iso8601(populate::now_s());
     let mut configs = Vec::new();
     for &kind in &o.configs {
-        let mut res = ConfigResult { config: kind.name().into(), ..Default::default() };
+        let mut res = ConfigResult {
+            config: kind.name().into(),
+            ..Default::default()
+        };
         if kind == Kind::Native {
             if let Err(why) = server::check_plugin_dir(&o.plugin_dir) {
                 eprintln!("mam-bench: skipping `native`: {why}");
@@ -372,11 +500,24 @@ async fn run(o: Opts) -> Result<()> {
 
     let raw = if o.raw {
         log("raw SQLite (physical limit)");
-        let datasets: Vec<Dataset> = o.sizes.iter().map(|&n| Dataset::new(&owner_for(n), n)).collect();
+        let datasets: Vec<Dataset> = o
+            .sizes
+            .iter()
+            .map(|&n| Dataset::new(&owner_for(n), n))
+            .collect();
         let native_db = native_db(&o.work_dir.join("native/data")).ok();
         let dir = o.work_dir.clone();
         let iters = if o.quick { 50 } else { 200 };
-        let r = tokio::task::spawn_blocking(move || rawsqlite::run(&dir, &datasets, native_db.as_deref(), Duration::from_secs(3), iters)).await?;
+        let r = tokio::task::spawn_blocking(move || {
+            rawsqlite::run(
+                &dir,
+                &datasets,
+                native_db.as_deref(),
+                Duration::from_secs(3),
+                iters,
+            )
+        })
+        .await?;
         match r {
             Ok(r) => Some(r),
             Err(e) => {
@@ -408,12 +549,25 @@ async fn run(o: Opts) -> Result<()> {
     println!("{md}");
     std::fs::create_dir_all(&o.out_dir)?;
     let stamp = started.replace([':', '-'], "");
-    let base = if o.quick { format!("{stamp}-quick") } else { stamp };
-    std::fs::write(o.out_dir.join(format!("{base}.json")), serde_json::to_string_pretty(&report)?)?;
+    let base = if o.quick {
+        format!("{stamp}-quick")
+    } else {
+        stamp
+    };
+    std::fs::write(
+        o.out_dir.join(format!("{base}.json")),
+        serde_json::to_string_pretty(&report)?,
+    )?;
     std::fs::write(o.out_dir.join(format!("{base}.md")), &md)?;
     std::fs::write(o.out_dir.join("latest.md"), &md)?;
-    std::fs::write(o.out_dir.join(format!("{base}.svg")), report::svg_chart(&report, &o.sizes))?;
-    eprintln!("mam-bench: wrote {}/{base}.{{md,json,svg}} and latest.md", o.out_dir.display());
+    std::fs::write(
+        o.out_dir.join(format!("{base}.svg")),
+        report::svg_chart(&report, &o.sizes),
+    )?;
+    eprintln!(
+        "mam-bench: wrote {}/{base}.{{md,json,svg}} and latest.md",
+        o.out_dir.display()
+    );
     if !o.keep {
         let _ = std::fs::remove_dir_all(&o.work_dir);
     } else {
@@ -424,11 +578,18 @@ async fn run(o: Opts) -> Result<()> {
 
 /// `--render FILE.json`: rewrites the markdown and SVG of an earlier run from its JSON.
 fn render(json_path: &Path) -> Result<()> {
-    let report: Report = serde_json::from_str(&std::fs::read_to_string(json_path)?).context("parsing the report")?;
-    let sizes: Vec<u64> = serde_json::from_value(report.parameters["sizes"].clone()).context("parameters.sizes")?;
+    let mut report: Report =
+        serde_json::from_str(&std::fs::read_to_string(json_path)?).context("parsing the report")?;
+    let sizes: Vec<u64> =
+        serde_json::from_value(report.parameters["sizes"].clone()).context("parameters.sizes")?;
+    report.ratios = report::ratios(&report.configs, &sizes);
+    std::fs::write(json_path, serde_json::to_string_pretty(&report)?)?;
     let md = report::markdown(&report, &sizes);
     std::fs::write(json_path.with_extension("md"), &md)?;
-    std::fs::write(json_path.with_extension("svg"), report::svg_chart(&report, &sizes))?;
+    std::fs::write(
+        json_path.with_extension("svg"),
+        report::svg_chart(&report, &sizes),
+    )?;
     println!("{md}");
     Ok(())
 }
@@ -455,7 +616,11 @@ fn main() {
         server::kill_all_registered();
         default_hook(info);
     }));
-    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("mam-bench: cannot start the runtime: {e}");

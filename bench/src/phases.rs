@@ -54,7 +54,11 @@ pub async fn login_pairs(port: u16, n: usize) -> Result<Pairs> {
         senders.push(xmpp::login(port, &sender_name(i), PASSWORD, "r").await?);
         receivers.push(xmpp::login(port, &receiver_name(i), PASSWORD, "r").await?);
     }
-    Ok(Pairs { senders, receivers, delivered_total: vec![0; n] })
+    Ok(Pairs {
+        senders,
+        receivers,
+        delivered_total: vec![0; n],
+    })
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -96,7 +100,13 @@ struct PairShared {
 }
 
 /// Runs one messaging phase: warm-up, then a measurement window, then a drain.
-pub async fn messaging(server: &Server, pairs: &mut Pairs, load: Load, warmup: Duration, measure: Duration) -> Result<MessagingResult> {
+pub async fn messaging(
+    server: &Server,
+    pairs: &mut Pairs,
+    load: Load,
+    warmup: Duration,
+    measure: Duration,
+) -> Result<MessagingResult> {
     let n = pairs.senders.len();
     let start = Instant::now();
     let win_start_us = now_us() + warmup.as_micros() as u64;
@@ -115,7 +125,10 @@ pub async fn messaging(server: &Server, pairs: &mut Pairs, load: Load, warmup: D
             Load::Closed { window } => window,
             Load::Open { .. } => 0,
         };
-        let shared = Arc::new(PairShared { sem: Semaphore::new(window), received: AtomicU64::new(0) });
+        let shared = Arc::new(PairShared {
+            sem: Semaphore::new(window),
+            received: AtomicU64::new(0),
+        });
         let sh = shared.clone();
         let hist = window_hist.clone();
         let inw = in_window.clone();
@@ -132,7 +145,9 @@ pub async fn messaging(server: &Server, pairs: &mut Pairs, load: Load, warmup: D
                 if id == "end" {
                     break;
                 }
-                let Some(ts) = id.rsplit('_').next().and_then(|t| t.parse::<u64>().ok()) else { continue };
+                let Some(ts) = id.rsplit('_').next().and_then(|t| t.parse::<u64>().ok()) else {
+                    continue;
+                };
                 let now = now_us();
                 sh.received.fetch_add(1, Ordering::Relaxed);
                 if closed {
@@ -152,13 +167,16 @@ pub async fn messaging(server: &Server, pairs: &mut Pairs, load: Load, warmup: D
             let mut sent = 0u64;
             let mut buf = String::new();
             let push = |buf: &mut String, ts: u64, sent: &mut u64| {
-                buf.push_str(&format!("<message to='{to}' type='chat' id='t{i}_{ts}'><body>{body}</body></message>"));
+                buf.push_str(&format!(
+                    "<message to='{to}' type='chat' id='t{i}_{ts}'><body>{body}</body></message>"
+                ));
                 *sent += 1;
             };
             match load {
                 Load::Closed { .. } => loop {
                     let deadline = tokio::time::Instant::from_std(send_end);
-                    let permit = match tokio::time::timeout_at(deadline, shared.sem.acquire()).await {
+                    let permit = match tokio::time::timeout_at(deadline, shared.sem.acquire()).await
+                    {
                         Ok(p) => p?,
                         Err(_) => break,
                     };
@@ -199,7 +217,12 @@ pub async fn messaging(server: &Server, pairs: &mut Pairs, load: Load, warmup: D
                     }
                 }
             }
-            snd.writer.write_all(format!("<message to='{to}' type='chat' id='end'><body>end</body></message>").as_bytes()).await?;
+            snd.writer
+                .write_all(
+                    format!("<message to='{to}' type='chat' id='end'><body>end</body></message>")
+                        .as_bytes(),
+                )
+                .await?;
             anyhow::Ok((snd, sent, shared))
         }));
     }
@@ -230,7 +253,10 @@ pub async fn messaging(server: &Server, pairs: &mut Pairs, load: Load, warmup: D
         pairs.senders.push(snd);
         pairs.receivers.push(rcv);
     }
-    let samples = window_hist.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let samples = window_hist
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
     let (mode, target) = match load {
         Load::Closed { window } => (format!("closed loop, window {window} per pair"), None),
         Load::Open { rate_per_s } => ("open loop".to_string(), Some(rate_per_s)),
@@ -254,21 +280,43 @@ pub async fn messaging(server: &Server, pairs: &mut Pairs, load: Load, warmup: D
 
 /// Counts, through MAM (`<max>0</max>`), what the pairs' archives hold.
 pub async fn archived_count(pairs: &mut Pairs) -> Result<u64> {
-    let q = MamQuery { max: Some(0), ..Default::default() };
+    let q = MamQuery {
+        max: Some(0),
+        ..Default::default()
+    };
     let mut total = 0;
-    for (k, s) in pairs.senders.iter_mut().chain(pairs.receivers.iter_mut()).enumerate() {
-        let r = s.mam(&q, &format!("cnt{k}"), Duration::from_secs(120)).await?;
+    for (k, s) in pairs
+        .senders
+        .iter_mut()
+        .chain(pairs.receivers.iter_mut())
+        .enumerate()
+    {
+        let r = s
+            .mam(&q, &format!("cnt{k}"), Duration::from_secs(120))
+            .await?;
         total += r.count.unwrap_or(0);
     }
     Ok(total)
 }
 
 /// The query shapes measured at every archive size.
-pub const SHAPES: [&str; 8] = ["newest", "first", "with-frequent", "with-rare", "window", "deep-after", "ids", "count"];
+pub const SHAPES: [&str; 8] = [
+    "newest",
+    "first",
+    "with-frequent",
+    "with-rare",
+    "window",
+    "deep-after",
+    "ids",
+    "count",
+];
 
 pub fn shape_query(shape: &str, ds: &Dataset) -> MamQuery {
     let n = ds.n;
-    let mut q = MamQuery { max: Some(50), ..Default::default() };
+    let mut q = MamQuery {
+        max: Some(50),
+        ..Default::default()
+    };
     match shape {
         "newest" => q.before = Some(String::new()),
         "first" => {}
@@ -315,10 +363,15 @@ pub struct QueryBudget {
 }
 
 /// Query latency for every shape against one archive.
-pub async fn query_latency(port: u16, ds: &Dataset, budget: QueryBudget) -> Result<Vec<QueryResult>> {
+pub async fn query_latency(
+    port: u16,
+    ds: &Dataset,
+    budget: QueryBudget,
+) -> Result<Vec<QueryResult>> {
     let mut s = xmpp::login(port, &ds.owner, PASSWORD, "q").await?;
     // One untimed query first, so every backend starts from a warm cache.
-    s.mam(&shape_query("newest", ds), "warm", budget.timeout).await?;
+    s.mam(&shape_query("newest", ds), "warm", budget.timeout)
+        .await?;
     let mut out = Vec::new();
     for shape in SHAPES {
         let q = shape_query(shape, ds);
@@ -359,13 +412,19 @@ pub struct StallResult {
 }
 
 /// Pings every `gap` until `stop` is set (or `limit` passes); returns the RTTs in µs.
-async fn pinger(mut s: Session, gap: Duration, stop: Arc<AtomicU64>, limit: Duration) -> Result<(Session, Vec<u64>)> {
+async fn pinger(
+    mut s: Session,
+    gap: Duration,
+    stop: Arc<AtomicU64>,
+    limit: Duration,
+) -> Result<(Session, Vec<u64>)> {
     let mut rtts = Vec::new();
     let started = Instant::now();
     let mut k = 0u64;
     while stop.load(Ordering::Relaxed) == 0 && started.elapsed() < limit {
         let t = Instant::now();
-        s.ping(&format!("ping{k}"), Duration::from_secs(600)).await?;
+        s.ping(&format!("ping{k}"), Duration::from_secs(600))
+            .await?;
         rtts.push(t.elapsed().as_micros() as u64);
         k += 1;
         tokio::time::sleep(gap).await;
@@ -383,17 +442,28 @@ pub async fn idle_ping(port: u16, dur: Duration) -> Result<Summary> {
 }
 
 /// Ping round trips while another client runs the heaviest queries back to back.
-pub async fn stall_during_queries(port: u16, ds: &Dataset, dur: Duration, timeout: Duration) -> Result<StallResult> {
+pub async fn stall_during_queries(
+    port: u16,
+    ds: &Dataset,
+    dur: Duration,
+    timeout: Duration,
+) -> Result<StallResult> {
     let p = xmpp::login(port, "pinger", PASSWORD, "stall").await?;
     let mut q = xmpp::login(port, &ds.owner, PASSWORD, "heavy").await?;
     let stop = Arc::new(AtomicU64::new(0));
-    let ping_task = tokio::spawn(pinger(p, Duration::from_millis(10), stop.clone(), dur + timeout));
+    let ping_task = tokio::spawn(pinger(
+        p,
+        Duration::from_millis(10),
+        stop.clone(),
+        dur + timeout,
+    ));
     let started = Instant::now();
     let mut done = 0u64;
     let shapes = ["newest", "count", "with-rare", "deep-after"];
     while started.elapsed() < dur || done == 0 {
         let shape = shapes[done as usize % shapes.len()];
-        q.mam(&shape_query(shape, ds), &format!("h{done}"), timeout).await?;
+        q.mam(&shape_query(shape, ds), &format!("h{done}"), timeout)
+            .await?;
         done += 1;
     }
     stop.store(1, Ordering::Relaxed);
@@ -401,7 +471,11 @@ pub async fn stall_during_queries(port: u16, ds: &Dataset, dur: Duration, timeou
     p.close().await;
     q.close().await;
     Ok(StallResult {
-        what: format!("heavy queries ({}) on the {}-message archive", shapes.join(", "), ds.n),
+        what: format!(
+            "heavy queries ({}) on the {}-message archive",
+            shapes.join(", "),
+            ds.n
+        ),
         duration_s: started.elapsed().as_secs_f64(),
         ping: summarize_us(&rtts),
         work_done: done,
@@ -421,7 +495,12 @@ pub async fn stall_during_expiry(
     let started = Instant::now();
     let p = xmpp::login(port, "pinger", PASSWORD, "expiry").await?;
     let stop = Arc::new(AtomicU64::new(0));
-    let ping_task = tokio::spawn(pinger(p, Duration::from_millis(10), stop.clone(), limit + Duration::from_secs(5)));
+    let ping_task = tokio::spawn(pinger(
+        p,
+        Duration::from_millis(10),
+        stop.clone(),
+        limit + Duration::from_secs(5),
+    ));
     let mut finished = false;
     let mut k = 0;
     while started.elapsed() < limit {
@@ -435,11 +514,18 @@ pub async fn stall_during_expiry(
         } else {
             let mut remaining = 0;
             for ds in datasets {
-                let q = MamQuery { max: Some(0), ..Default::default() };
+                let q = MamQuery {
+                    max: Some(0),
+                    ..Default::default()
+                };
                 // Counts are per owner, so ask as each owner.
                 let mut o = xmpp::login(port, &ds.owner, PASSWORD, &format!("chk{k}")).await?;
                 k += 1;
-                remaining += o.mam(&q, "c", Duration::from_secs(60)).await?.count.unwrap_or(0);
+                remaining += o
+                    .mam(&q, "c", Duration::from_secs(60))
+                    .await?
+                    .count
+                    .unwrap_or(0);
                 o.close().await;
             }
             if remaining == 0 {
@@ -457,7 +543,11 @@ pub async fn stall_during_expiry(
         duration_s: elapsed,
         ping: summarize_us(&rtts),
         work_done: 0,
-        note: if finished { None } else { Some(format!("expiry not seen finished within {limit:?}")) },
+        note: if finished {
+            None
+        } else {
+            Some(format!("expiry not seen finished within {limit:?}"))
+        },
     })
 }
 
@@ -466,8 +556,15 @@ pub async fn remaining(port: u16, datasets: &[Dataset]) -> Result<u64> {
     let mut total = 0;
     for ds in datasets {
         let mut o = xmpp::login(port, &ds.owner, PASSWORD, "left").await?;
-        let q = MamQuery { max: Some(0), ..Default::default() };
-        total += o.mam(&q, "left", Duration::from_secs(300)).await?.count.unwrap_or(0);
+        let q = MamQuery {
+            max: Some(0),
+            ..Default::default()
+        };
+        total += o
+            .mam(&q, "left", Duration::from_secs(300))
+            .await?
+            .count
+            .unwrap_or(0);
         o.close().await;
     }
     Ok(total)

@@ -65,12 +65,19 @@ impl Msg {
 }
 
 pub fn now_s() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 impl Dataset {
     pub fn new(owner: &str, n: u64) -> Dataset {
-        Dataset { owner: owner.to_string(), n, base_s: now_s() - AGE_END_S - SPAN_S }
+        Dataset {
+            owner: owner.to_string(),
+            n,
+            base_s: now_s() - AGE_END_S - SPAN_S,
+        }
     }
 
     pub fn owner_jid(&self) -> String {
@@ -83,19 +90,20 @@ impl Dataset {
     }
 
     pub fn when_us(&self, i: u64) -> i64 {
-        self.base_s * 1_000_000 + (i as i128 * (SPAN_S as i128 * 1_000_000) / self.n.max(1) as i128) as i64
+        self.base_s * 1_000_000
+            + (i as i128 * (SPAN_S as i128 * 1_000_000) / self.n.max(1) as i128) as i64
     }
 
     fn is_rare(&self, i: u64) -> bool {
         // Positions n*(k+1)/(RARE_COUNT+1) for k in 0..RARE_COUNT.
         let step = self.n / (RARE_COUNT + 1);
-        step > 0 && i % step == 0 && i / step >= 1 && i / step <= RARE_COUNT
+        step > 0 && i.is_multiple_of(step) && i / step >= 1 && i / step <= RARE_COUNT
     }
 
     pub fn contact(&self, i: u64) -> String {
         if self.is_rare(i) {
             RARE.to_string()
-        } else if i % 3 == 0 {
+        } else if i.is_multiple_of(3) {
             FREQUENT.to_string()
         } else {
             format!("c{}@{DOMAIN}", i % 200)
@@ -106,13 +114,26 @@ impl Dataset {
     pub fn msg(&self, i: u64) -> Msg {
         let with = self.contact(i);
         let me = format!("{}/r", self.owner_jid());
-        let outgoing = i % 2 == 0;
-        let (from, to, res) = if outgoing { (me, with.clone(), None) } else { (format!("{with}/x"), me, Some("x")) };
+        let outgoing = i.is_multiple_of(2);
+        let (from, to, res) = if outgoing {
+            (me, with.clone(), None)
+        } else {
+            (format!("{with}/x"), me, Some("x"))
+        };
         let mut body = format!("archived message {i} ");
         while body.len() < BODY_LEN {
             body.push('x');
         }
-        Msg { key: Self::key(i), when_us: self.when_us(i), with, with_resource: res, from, to, stanza_id: format!("p{i}"), body }
+        Msg {
+            key: Self::key(i),
+            when_us: self.when_us(i),
+            with,
+            with_resource: res,
+            from,
+            to,
+            stanza_id: format!("p{i}"),
+            body,
+        }
     }
 }
 
@@ -137,7 +158,12 @@ pub fn iso8601(t: i64) -> String {
     let days = t.div_euclid(86400);
     let secs = t.rem_euclid(86400);
     let (y, m, d) = civil_from_days(days);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", secs / 3600, secs / 60 % 60, secs % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
 }
 
 /// `YYYY-MM-DD` for a Unix time (`util.datetime.date`).
@@ -186,7 +212,10 @@ pub fn populate_internal(data_path: &Path, ds: &Dataset) -> Result<f64> {
     let dir = data_path.join(datamanager_encode(DOMAIN)).join("archive");
     fs::create_dir_all(&dir)?;
     let path = dir.join(format!("{}.list", datamanager_encode(&ds.owner)));
-    let mut w = BufWriter::with_capacity(1 << 20, fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?);
+    let mut w = BufWriter::with_capacity(
+        1 << 20,
+        fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?,
+    );
     for i in 0..ds.n {
         w.write_all(internal_record(&ds.msg(i)).as_bytes())?;
     }
@@ -224,7 +253,14 @@ pub fn populate_sql(db: &Path, ds: &Dataset) -> Result<f64> {
             )?;
             for j in i..(i + batch).min(ds.n) {
                 let m = ds.msg(j);
-                st.execute(params![DOMAIN, ds.owner, m.when_s(), m.with, m.key, m.xml()])?;
+                st.execute(params![
+                    DOMAIN,
+                    ds.owner,
+                    m.when_s(),
+                    m.with,
+                    m.key,
+                    m.xml()
+                ])?;
             }
         }
         tx.commit()?;
@@ -235,7 +271,8 @@ pub fn populate_sql(db: &Path, ds: &Dataset) -> Result<f64> {
 
 /// The single place that knows how a row goes into the native module's `archive`
 /// table. Column names are checked against `sqlite_master` before use.
-pub const NATIVE_INSERT: &str = "INSERT INTO archive (host, user, id, when_us, with_bare, with_resource, stanza) \
+pub const NATIVE_INSERT: &str =
+    "INSERT INTO archive (host, user, id, when_us, with_bare, with_resource, stanza) \
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
 
 /// Native: rows in `archive` of `mam_archive.sqlite` (created by the module on its
@@ -251,7 +288,15 @@ pub fn populate_native(db: &Path, ds: &Dataset, synchronous_off: bool) -> Result
         let rows = st.query_map([], |r| r.get::<_, String>(0))?;
         rows.collect::<rusqlite::Result<_>>()?
     };
-    for c in ["host", "user", "id", "when_us", "with_bare", "with_resource", "stanza"] {
+    for c in [
+        "host",
+        "user",
+        "id",
+        "when_us",
+        "with_bare",
+        "with_resource",
+        "stanza",
+    ] {
         if !cols.iter().any(|x| x == c) {
             anyhow::bail!("native schema changed: table archive has no column {c} (has {cols:?}); update NATIVE_INSERT");
         }
@@ -274,7 +319,15 @@ pub fn populate_native(db: &Path, ds: &Dataset, synchronous_off: bool) -> Result
             let mut st = tx.prepare_cached(NATIVE_INSERT)?;
             for j in i..(i + batch).min(ds.n) {
                 let m = ds.msg(j);
-                st.execute(params![DOMAIN, ds.owner, m.key, m.when_us, m.with, m.with_resource, m.xml()])?;
+                st.execute(params![
+                    DOMAIN,
+                    ds.owner,
+                    m.key,
+                    m.when_us,
+                    m.with,
+                    m.with_resource,
+                    m.xml()
+                ])?;
             }
         }
         tx.commit()?;
@@ -298,7 +351,10 @@ pub fn populate_native(db: &Path, ds: &Dataset, synchronous_off: bool) -> Result
 pub fn arm_stock_expiry(data_path: &Path, owners: &[String]) -> Result<()> {
     let host_dir = data_path.join(datamanager_encode(DOMAIN));
     fs::create_dir_all(&host_dir)?;
-    fs::write(host_dir.join("cron.dat"), "return {\n\t[\"mam/remove_expired_messages\"] = 0;\n};\n")?;
+    fs::write(
+        host_dir.join("cron.dat"),
+        "return {\n\t[\"mam/remove_expired_messages\"] = 0;\n};\n",
+    )?;
     let dir = host_dir.join("archive_cleanup");
     fs::create_dir_all(&dir)?;
     let mut s = String::from("return {\n");

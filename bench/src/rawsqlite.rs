@@ -71,7 +71,10 @@ fn schema_from(native_db: Option<&Path>) -> (String, String) {
             }
         }
     }
-    (FALLBACK_SCHEMA.to_string(), "built-in copy of the native schema (migrations 1-2)".into())
+    (
+        FALLBACK_SCHEMA.to_string(),
+        "built-in copy of the native schema (migrations 1-2)".into(),
+    )
 }
 
 fn open(path: &Path) -> Result<Connection> {
@@ -88,7 +91,8 @@ fn page(c: &Connection, shape: &str, ds: &Dataset) -> Result<usize> {
     let cols = "id, when_us, with_bare, stanza";
     let rows = |sql: &str, extra: Vec<rusqlite::types::Value>| -> Result<usize> {
         let mut st = c.prepare_cached(sql)?;
-        let mut p: Vec<rusqlite::types::Value> = vec![DOMAIN.to_string().into(), owner.clone().into()];
+        let mut p: Vec<rusqlite::types::Value> =
+            vec![DOMAIN.to_string().into(), owner.clone().into()];
         p.extend(extra);
         let mut r = st.query(params_from_iter(p))?;
         let mut n = 0;
@@ -144,7 +148,13 @@ fn page(c: &Connection, shape: &str, ds: &Dataset) -> Result<usize> {
 }
 
 /// Runs the whole physical-limit phase in `dir`.
-pub fn run(dir: &Path, datasets: &[Dataset], native_db: Option<&Path>, single_tx_for: Duration, iters: usize) -> Result<RawResult> {
+pub fn run(
+    dir: &Path,
+    datasets: &[Dataset],
+    native_db: Option<&Path>,
+    single_tx_for: Duration,
+    iters: usize,
+) -> Result<RawResult> {
     let path = dir.join("raw.sqlite");
     let _ = std::fs::remove_file(&path);
     let (schema, schema_from) = schema_from(native_db);
@@ -159,12 +169,23 @@ pub fn run(dir: &Path, datasets: &[Dataset], native_db: Option<&Path>, single_tx
         let mut st = c.prepare_cached(NATIVE_INSERT)?;
         while t.elapsed() < single_tx_for {
             let m = probe.msg(k);
-            st.execute(params![DOMAIN, probe.owner, m.key, m.when_us, m.with, m.with_resource, m.xml()])?;
+            st.execute(params![
+                DOMAIN,
+                probe.owner,
+                m.key,
+                m.when_us,
+                m.with,
+                m.with_resource,
+                m.xml()
+            ])?;
             k += 1;
         }
     }
     let single = k as f64 / t.elapsed().as_secs_f64();
-    c.execute("DELETE FROM archive WHERE host=?1 AND user=?2", params![DOMAIN, probe.owner])?;
+    c.execute(
+        "DELETE FROM archive WHERE host=?1 AND user=?2",
+        params![DOMAIN, probe.owner],
+    )?;
 
     // Batches of 1000.
     let t = Instant::now();
@@ -177,7 +198,15 @@ pub fn run(dir: &Path, datasets: &[Dataset], native_db: Option<&Path>, single_tx
                 let mut st = tx.prepare_cached(NATIVE_INSERT)?;
                 for j in i..(i + 1000).min(ds.n) {
                     let m = ds.msg(j);
-                    st.execute(params![DOMAIN, ds.owner, m.key, m.when_us, m.with, m.with_resource, m.xml()])?;
+                    st.execute(params![
+                        DOMAIN,
+                        ds.owner,
+                        m.key,
+                        m.when_us,
+                        m.with,
+                        m.with_resource,
+                        m.xml()
+                    ])?;
                 }
             }
             tx.commit()?;
@@ -198,18 +227,33 @@ pub fn run(dir: &Path, datasets: &[Dataset], native_db: Option<&Path>, single_tx
                 got = page(&c, shape, ds)?;
                 lat.push(t.elapsed().as_micros() as u64);
             }
-            pages.push(RawPage { size: ds.n, shape: shape.to_string(), latency: summarize_us(&lat), rows: got });
+            pages.push(RawPage {
+                size: ds.n,
+                shape: shape.to_string(),
+                latency: summarize_us(&lat),
+                rows: got,
+            });
         }
     }
 
     // Expiry: one DELETE of everything older than the cut-off.
     let cutoff_us = (populate::now_s() - 86400) * 1_000_000;
     let t = Instant::now();
-    let deleted = c.execute("DELETE FROM archive WHERE host=?1 AND when_us < ?2", params![DOMAIN, cutoff_us])? as u64;
+    let deleted = c.execute(
+        "DELETE FROM archive WHERE host=?1 AND when_us < ?2",
+        params![DOMAIN, cutoff_us],
+    )? as u64;
     let expiry = t.elapsed().as_secs_f64();
     drop(c);
     let _ = std::fs::remove_file(&path);
     let _ = std::fs::remove_file(dir.join("raw.sqlite-wal"));
     let _ = std::fs::remove_file(dir.join("raw.sqlite-shm"));
-    Ok(RawResult { schema_from, single_row_tx_per_s: single, batch_rows_per_s: batch, pages, expiry_delete_s: Some(expiry), expiry_deleted: deleted })
+    Ok(RawResult {
+        schema_from,
+        single_row_tx_per_s: single,
+        batch_rows_per_s: batch,
+        pages,
+        expiry_delete_s: Some(expiry),
+        expiry_deleted: deleted,
+    })
 }

@@ -48,10 +48,15 @@ pub struct ConfigResult {
 
 impl ConfigResult {
     fn query(&self, size: u64, shape: &str) -> Option<&QueryResult> {
-        self.queries.iter().find(|q| q.size == size && q.shape == shape && q.error.is_none())
+        self.queries
+            .iter()
+            .find(|q| q.size == size && q.shape == shape && q.error.is_none())
     }
     fn rss(&self, phase: &str) -> Option<u64> {
-        self.rss_kib.iter().find(|(p, _)| p == phase).map(|(_, v)| *v)
+        self.rss_kib
+            .iter()
+            .find(|(p, _)| p == phase)
+            .map(|(_, v)| *v)
     }
 }
 
@@ -68,7 +73,16 @@ pub struct Report {
 
 fn ratio(a: Option<f64>, b: Option<f64>) -> Value {
     match (a, b) {
-        (Some(a), Some(b)) if b > 0.0 => json!((a / b * 1000.0).round() / 1000.0),
+        (Some(a), Some(b)) if b > 0.0 => {
+            // Four significant digits: query ratios span 0.0001 to 100.
+            let r = a / b;
+            let scale = 10f64.powi(3 - r.abs().log10().floor() as i32);
+            json!(if r == 0.0 {
+                0.0
+            } else {
+                (r * scale).round() / scale
+            })
+        }
         _ => Value::Null,
     }
 }
@@ -86,7 +100,10 @@ pub fn ratios(configs: &[ConfigResult], sizes: &[u64]) -> Value {
         let mut q = serde_json::Map::new();
         for &size in sizes {
             for shape in SHAPES {
-                let r = ratio(ours.query(size, shape).map(|x| x.latency.p50_ms), o.query(size, shape).map(|x| x.latency.p50_ms));
+                let r = ratio(
+                    ours.query(size, shape).map(|x| x.latency.p50_ms),
+                    o.query(size, shape).map(|x| x.latency.p50_ms),
+                );
                 if !r.is_null() {
                     q.insert(format!("{size}/{shape}"), r);
                 }
@@ -118,9 +135,9 @@ fn ms(v: f64) -> String {
 }
 
 fn size_label(n: u64) -> String {
-    if n >= 1_000_000 && n % 1_000_000 == 0 {
+    if n >= 1_000_000 && n.is_multiple_of(1_000_000) {
         format!("{}M", n / 1_000_000)
-    } else if n >= 1000 && n % 1000 == 0 {
+    } else if n >= 1000 && n.is_multiple_of(1000) {
         format!("{}k", n / 1000)
     } else {
         n.to_string()
@@ -130,14 +147,35 @@ fn size_label(n: u64) -> String {
 pub fn markdown(r: &Report, sizes: &[u64]) -> String {
     let mut m = String::new();
     let _ = writeln!(m, "# mam-bench results ({})\n", r.started);
-    let _ = writeln!(m, "Machine: {}. Parameters: `{}`. Total run time {:.0} s.\n", r.machine, r.parameters, r.total_seconds);
-    let _ = writeln!(m, "Configurations: {}\n", r.configs.iter().map(|c| format!("`{}` ({})", c.config, c.status)).collect::<Vec<_>>().join(", "));
+    let _ = writeln!(
+        m,
+        "Machine: {}. Parameters: `{}`. Total run time {:.0} s.\n",
+        r.machine, r.parameters, r.total_seconds
+    );
+    let _ = writeln!(
+        m,
+        "Configurations: {}\n",
+        r.configs
+            .iter()
+            .map(|c| format!("`{}` ({})", c.config, c.status))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
 
-    let _ = writeln!(m, "## Archiving throughput (closed loop, until saturation)\n");
+    let _ = writeln!(
+        m,
+        "## Archiving throughput (closed loop, until saturation)\n"
+    );
     let _ = writeln!(m, "| config | msgs/s delivered | latency p50 ms | p99 ms | server CPU % | client CPU % | archived / expected | undelivered |");
     let _ = writeln!(m, "|---|---|---|---|---|---|---|---|");
     let rows = r.configs.iter().flat_map(|c| {
-        [(c.config.clone(), c.throughput.as_ref()), (format!("{} (archives populated)", c.config), c.throughput_populated.as_ref())]
+        [
+            (c.config.clone(), c.throughput.as_ref()),
+            (
+                format!("{} (archives populated)", c.config),
+                c.throughput_populated.as_ref(),
+            ),
+        ]
     });
     for (name, t) in rows {
         if let Some(t) = t {
@@ -165,15 +203,32 @@ pub fn markdown(r: &Report, sizes: &[u64]) -> String {
          (for SQLite backends the database then holds every pre-populated archive).\n"
     );
     let _ = writeln!(m, "\n## Delivery latency at a fixed rate (open loop)\n");
-    let _ = writeln!(m, "| config | target msgs/s | achieved msgs/s | p50 ms | p99 ms | max ms | server CPU % |");
+    let _ = writeln!(
+        m,
+        "| config | target msgs/s | achieved msgs/s | p50 ms | p99 ms | max ms | server CPU % |"
+    );
     let _ = writeln!(m, "|---|---|---|---|---|---|---|");
     for c in &r.configs {
         if let Some(t) = &c.open_loop {
-            let _ = writeln!(m, "| {} | {:.0} | {:.0} | {} | {} | {} | {:.0} |", c.config, t.target_rate_per_s.unwrap_or(0.0), t.delivered_per_s, ms(t.latency.p50_ms), ms(t.latency.p99_ms), ms(t.latency.max_ms), t.server_cpu_percent);
+            let _ = writeln!(
+                m,
+                "| {} | {:.0} | {:.0} | {} | {} | {} | {:.0} |",
+                c.config,
+                t.target_rate_per_s.unwrap_or(0.0),
+                t.delivered_per_s,
+                ms(t.latency.p50_ms),
+                ms(t.latency.p99_ms),
+                ms(t.latency.max_ms),
+                t.server_cpu_percent
+            );
         }
     }
 
-    let mam: Vec<&ConfigResult> = r.configs.iter().filter(|c| c.config != "nomam" && !c.queries.is_empty()).collect();
+    let mam: Vec<&ConfigResult> = r
+        .configs
+        .iter()
+        .filter(|c| c.config != "nomam" && !c.queries.is_empty())
+        .collect();
     let _ = writeln!(m, "\n## Query latency, page of 50 (p50 / p99 ms)\n");
     let mut head = String::from("| size | shape |");
     let mut sep = String::from("|---|---|");
@@ -190,7 +245,11 @@ pub fn markdown(r: &Report, sizes: &[u64]) -> String {
         for shape in SHAPES {
             let _ = write!(m, "| {} | {} |", size_label(size), shape);
             for c in &mam {
-                match c.queries.iter().find(|q| q.size == size && q.shape == shape) {
+                match c
+                    .queries
+                    .iter()
+                    .find(|q| q.size == size && q.shape == shape)
+                {
                     Some(q) if q.error.is_some() => {
                         let _ = write!(m, " error: {} |", q.error.as_deref().unwrap_or(""));
                     }
@@ -203,7 +262,11 @@ pub fn markdown(r: &Report, sizes: &[u64]) -> String {
                 }
             }
             if let Some(raw) = &r.raw_sqlite {
-                match raw.pages.iter().find(|p| p.size == size && p.shape == shape) {
+                match raw
+                    .pages
+                    .iter()
+                    .find(|p| p.size == size && p.shape == shape)
+                {
                     Some(p) => {
                         let _ = write!(m, " {} / {} |", ms(p.latency.p50_ms), ms(p.latency.p99_ms));
                     }
@@ -213,22 +276,51 @@ pub fn markdown(r: &Report, sizes: &[u64]) -> String {
             m.push('\n');
         }
     }
-    let _ = writeln!(m, "\nResults returned (last query of each shape; count = RSM `<count/>`):\n");
+    let _ = writeln!(
+        m,
+        "\nResults returned (last query of each shape; count = RSM `<count/>`):\n"
+    );
     for c in &mam {
         let list: Vec<String> = c
             .queries
             .iter()
-            .map(|q| format!("{}/{}: {}{}", size_label(q.size), q.shape, q.results, q.count.map(|n| format!(" (count {n})")).unwrap_or_default()))
+            .map(|q| {
+                format!(
+                    "{}/{}: {}{}",
+                    size_label(q.size),
+                    q.shape,
+                    q.results,
+                    q.count.map(|n| format!(" (count {n})")).unwrap_or_default()
+                )
+            })
             .collect();
         let _ = writeln!(m, "- `{}`: {}", c.config, list.join(", "));
     }
 
-    let _ = writeln!(m, "\n## Event-loop stalls (XMPP ping round trip from another client, ms)\n");
+    let _ = writeln!(
+        m,
+        "\n## Event-loop stalls (XMPP ping round trip from another client, ms)\n"
+    );
     let _ = writeln!(m, "| config | idle p99 / max | during heavy queries p99 / max (queries done) | during expiry p99 / max | expiry: deleted, seconds |");
     let _ = writeln!(m, "|---|---|---|---|---|");
     for c in &r.configs {
-        let idle = c.idle_ping.as_ref().map(|s| format!("{} / {}", ms(s.p99_ms), ms(s.max_ms))).unwrap_or("n/a".into());
-        let q = c.stall_queries.as_ref().map(|s| format!("{} / {} ({})", ms(s.ping.p99_ms), ms(s.ping.max_ms), s.work_done)).unwrap_or("n/a".into());
+        let idle = c
+            .idle_ping
+            .as_ref()
+            .map(|s| format!("{} / {}", ms(s.p99_ms), ms(s.max_ms)))
+            .unwrap_or("n/a".into());
+        let q = c
+            .stall_queries
+            .as_ref()
+            .map(|s| {
+                format!(
+                    "{} / {} ({})",
+                    ms(s.ping.p99_ms),
+                    ms(s.ping.max_ms),
+                    s.work_done
+                )
+            })
+            .unwrap_or("n/a".into());
         let (e, d) = match &c.expiry {
             Some(x) => (
                 format!("{} / {}", ms(x.stall.ping.p99_ms), ms(x.stall.ping.max_ms)),
@@ -237,7 +329,11 @@ pub fn markdown(r: &Report, sizes: &[u64]) -> String {
                     x.messages_before.saturating_sub(x.messages_after),
                     x.messages_before,
                     x.stall.duration_s,
-                    x.stall.note.as_ref().map(|n| format!(" ({n})")).unwrap_or_default()
+                    x.stall
+                        .note
+                        .as_ref()
+                        .map(|n| format!(" ({n})"))
+                        .unwrap_or_default()
                 ),
             ),
             None => ("n/a".into(), "n/a".into()),
@@ -246,25 +342,60 @@ pub fn markdown(r: &Report, sizes: &[u64]) -> String {
     }
 
     let _ = writeln!(m, "\n## Memory (RSS MiB after each phase)\n");
-    let phases = ["start", "throughput", "open-loop", "populated", "queries", "stall", "expiry"];
+    let phases = [
+        "start",
+        "throughput",
+        "open-loop",
+        "populated",
+        "queries",
+        "stall",
+        "expiry",
+    ];
     let _ = writeln!(m, "| config | {} |", phases.join(" | "));
     let _ = writeln!(m, "|---|{}", "---|".repeat(phases.len()));
     for c in &r.configs {
-        let cells: Vec<String> = phases.iter().map(|p| c.rss(p).map(|v| format!("{:.0}", v as f64 / 1024.0)).unwrap_or("-".into())).collect();
+        let cells: Vec<String> = phases
+            .iter()
+            .map(|p| {
+                c.rss(p)
+                    .map(|v| format!("{:.0}", v as f64 / 1024.0))
+                    .unwrap_or("-".into())
+            })
+            .collect();
         let _ = writeln!(m, "| {} | {} |", c.config, cells.join(" | "));
     }
 
     if let Some(raw) = &r.raw_sqlite {
-        let _ = writeln!(m, "\n## Physical limit (rusqlite, WAL, synchronous=NORMAL; schema {})\n", raw.schema_from);
-        let _ = writeln!(m, "- single-row transactions: {:.0}/s", raw.single_row_tx_per_s);
-        let _ = writeln!(m, "- batched inserts (1000 per transaction): {:.0} rows/s", raw.batch_rows_per_s);
+        let _ = writeln!(
+            m,
+            "\n## Physical limit (rusqlite, WAL, synchronous=NORMAL; schema {})\n",
+            raw.schema_from
+        );
+        let _ = writeln!(
+            m,
+            "- single-row transactions: {:.0}/s",
+            raw.single_row_tx_per_s
+        );
+        let _ = writeln!(
+            m,
+            "- batched inserts (1000 per transaction): {:.0} rows/s",
+            raw.batch_rows_per_s
+        );
         if let Some(s) = raw.expiry_delete_s {
-            let _ = writeln!(m, "- expiry as one DELETE: {} rows in {:.2} s", raw.expiry_deleted, s);
+            let _ = writeln!(
+                m,
+                "- expiry as one DELETE: {} rows in {:.2} s",
+                raw.expiry_deleted, s
+            );
         }
         let _ = writeln!(m, "- page reads: see the raw SQLite column above");
     }
 
-    let _ = writeln!(m, "\n## Ratios\n\n```json\n{}\n```", serde_json::to_string_pretty(&r.ratios).unwrap_or_default());
+    let _ = writeln!(
+        m,
+        "\n## Ratios\n\n```json\n{}\n```",
+        serde_json::to_string_pretty(&r.ratios).unwrap_or_default()
+    );
 
     let _ = writeln!(m, "\n## Notes\n");
     for c in &r.configs {
@@ -278,7 +409,11 @@ pub fn markdown(r: &Report, sizes: &[u64]) -> String {
             let _ = writeln!(m, "- `{}` expiry: {}", c.config, x.how);
         }
         for p in &c.populated {
-            let _ = writeln!(m, "- `{}`: pre-populated {} ({} messages) in {:.1} s", c.config, p.owner, p.size, p.seconds);
+            let _ = writeln!(
+                m,
+                "- `{}`: pre-populated {} ({} messages) in {:.1} s",
+                c.config, p.owner, p.size, p.seconds
+            );
         }
     }
     m
@@ -290,25 +425,56 @@ pub fn svg_chart(r: &Report, sizes: &[u64]) -> String {
     let shape = "newest";
     let mut series: Vec<(String, Vec<(u64, f64)>)> = Vec::new();
     for c in &r.configs {
-        let pts: Vec<(u64, f64)> = sizes.iter().filter_map(|&s| c.query(s, shape).map(|q| (s, q.latency.p50_ms))).collect();
+        let pts: Vec<(u64, f64)> = sizes
+            .iter()
+            .filter_map(|&s| c.query(s, shape).map(|q| (s, q.latency.p50_ms)))
+            .collect();
         if !pts.is_empty() {
             series.push((c.config.clone(), pts));
         }
     }
     if let Some(raw) = &r.raw_sqlite {
-        let pts: Vec<(u64, f64)> =
-            sizes.iter().filter_map(|&s| raw.pages.iter().find(|p| p.size == s && p.shape == shape).map(|p| (s, p.latency.p50_ms))).collect();
+        let pts: Vec<(u64, f64)> = sizes
+            .iter()
+            .filter_map(|&s| {
+                raw.pages
+                    .iter()
+                    .find(|p| p.size == s && p.shape == shape)
+                    .map(|p| (s, p.latency.p50_ms))
+            })
+            .collect();
         series.push(("raw SQLite".into(), pts));
     }
     let (w, h, l, t, rgt, b) = (640.0, 400.0, 70.0, 30.0, 160.0, 50.0);
     let xs: Vec<f64> = sizes.iter().map(|&s| (s as f64).log10()).collect();
-    let (x0, x1) = (xs.first().copied().unwrap_or(0.0), xs.last().copied().unwrap_or(1.0).max(xs.first().copied().unwrap_or(0.0) + 1.0));
-    let ys: Vec<f64> = series.iter().flat_map(|(_, p)| p.iter().map(|&(_, v)| v.max(0.001).log10())).collect();
-    let y0 = ys.iter().copied().fold(f64::INFINITY, f64::min).floor().min(0.0);
-    let y1 = ys.iter().copied().fold(f64::NEG_INFINITY, f64::max).ceil().max(y0 + 1.0);
+    let (x0, x1) = (
+        xs.first().copied().unwrap_or(0.0),
+        xs.last()
+            .copied()
+            .unwrap_or(1.0)
+            .max(xs.first().copied().unwrap_or(0.0) + 1.0),
+    );
+    let ys: Vec<f64> = series
+        .iter()
+        .flat_map(|(_, p)| p.iter().map(|&(_, v)| v.max(0.001).log10()))
+        .collect();
+    let y0 = ys
+        .iter()
+        .copied()
+        .fold(f64::INFINITY, f64::min)
+        .floor()
+        .min(0.0);
+    let y1 = ys
+        .iter()
+        .copied()
+        .fold(f64::NEG_INFINITY, f64::max)
+        .ceil()
+        .max(y0 + 1.0);
     let px = |x: f64| l + (x - x0) / (x1 - x0) * (w - l - rgt);
     let py = |y: f64| h - b - (y - y0) / (y1 - y0) * (h - t - b);
-    let colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"];
+    let colors = [
+        "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b",
+    ];
     let mut s = format!(
         "<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{h}' font-family='sans-serif' font-size='12'>\n\
          <rect width='100%' height='100%' fill='white'/>\n\
@@ -327,12 +493,29 @@ pub fn svg_chart(r: &Report, sizes: &[u64]) -> String {
         e += 1.0;
     }
     for (&sz, &x) in sizes.iter().zip(&xs) {
-        s.push_str(&format!("<text x='{:.1}' y='{:.1}' text-anchor='middle'>{}</text>\n", px(x), h - b + 18.0, size_label(sz)));
+        s.push_str(&format!(
+            "<text x='{:.1}' y='{:.1}' text-anchor='middle'>{}</text>\n",
+            px(x),
+            h - b + 18.0,
+            size_label(sz)
+        ));
     }
     for (k, (name, pts)) in series.iter().enumerate() {
         let c = colors[k % colors.len()];
-        let path: Vec<String> = pts.iter().map(|&(sz, v)| format!("{:.1},{:.1}", px((sz as f64).log10()), py(v.max(0.001).log10()))).collect();
-        s.push_str(&format!("<polyline fill='none' stroke='{c}' stroke-width='2' points='{}'/>\n", path.join(" ")));
+        let path: Vec<String> = pts
+            .iter()
+            .map(|&(sz, v)| {
+                format!(
+                    "{:.1},{:.1}",
+                    px((sz as f64).log10()),
+                    py(v.max(0.001).log10())
+                )
+            })
+            .collect();
+        s.push_str(&format!(
+            "<polyline fill='none' stroke='{c}' stroke-width='2' points='{}'/>\n",
+            path.join(" ")
+        ));
         for p in &path {
             let (x, y) = p.split_once(',').unwrap_or(("0", "0"));
             s.push_str(&format!("<circle cx='{x}' cy='{y}' r='3' fill='{c}'/>\n"));

@@ -31,7 +31,11 @@ pub fn summarize_us(samples: &[u64]) -> Summary {
         p50_ms: pct(&v, 50.0),
         p99_ms: pct(&v, 99.0),
         max_ms: v.last().copied().unwrap_or(0.0),
-        mean_ms: if n == 0 { 0.0 } else { v.iter().sum::<f64>() / n as f64 },
+        mean_ms: if n == 0 {
+            0.0
+        } else {
+            v.iter().sum::<f64>() / n as f64
+        },
     }
 }
 

@@ -31,7 +31,10 @@ pub struct Element {
 
 impl Element {
     pub fn attr(&self, name: &str) -> Option<&str> {
-        self.attrs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.attrs
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
     pub fn child(&self, name: &str) -> Option<&Element> {
         self.children.iter().find(|c| c.name == name)
@@ -62,7 +65,10 @@ fn local_name(raw: &str) -> String {
 }
 
 fn element_from(start: &BytesStart<'_>) -> Element {
-    let mut e = Element { name: local_name(start.name().as_ref()), ..Default::default() };
+    let mut e = Element {
+        name: local_name(start.name().as_ref()),
+        ..Default::default()
+    };
     for a in start.attributes().with_checks(false).flatten() {
         let key = a.key.as_ref().to_string();
         let value = a
@@ -87,13 +93,21 @@ impl StanzaReader {
         // The stream element is never closed and is reopened after SASL.
         reader.config_mut().check_end_names = false;
         reader.config_mut().allow_unmatched_ends = true;
-        StanzaReader { reader, buf: Vec::with_capacity(8192), stack: Vec::new() }
+        StanzaReader {
+            reader,
+            buf: Vec::with_capacity(8192),
+            stack: Vec::new(),
+        }
     }
 
     pub async fn next(&mut self) -> Result<Item> {
         loop {
             self.buf.clear();
-            let ev = self.reader.read_event_into_async(&mut self.buf).await.context("reading XML from the server")?;
+            let ev = self
+                .reader
+                .read_event_into_async(&mut self.buf)
+                .await
+                .context("reading XML from the server")?;
             match ev {
                 Event::Start(s) => {
                     let e = element_from(&s);
@@ -147,10 +161,16 @@ impl StanzaReader {
     }
 
     /// Reads stanzas until one matches, failing after `timeout`.
-    pub async fn wait_for(&mut self, timeout: Duration, mut pred: impl FnMut(&Element) -> bool) -> Result<Element> {
+    pub async fn wait_for(
+        &mut self,
+        timeout: Duration,
+        mut pred: impl FnMut(&Element) -> bool,
+    ) -> Result<Element> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let item = tokio::time::timeout_at(deadline, self.next()).await.context("timed out waiting for a stanza")??;
+            let item = tokio::time::timeout_at(deadline, self.next())
+                .await
+                .context("timed out waiting for a stanza")??;
             match item {
                 Item::Stanza(e) if pred(&e) => return Ok(e),
                 Item::StreamEnd => bail!("server closed the stream"),
@@ -179,17 +199,30 @@ fn base64(input: &[u8]) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::new();
     for chunk in input.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         out.push(T[(n >> 18) as usize & 63] as char);
         out.push(T[(n >> 12) as usize & 63] as char);
-        out.push(if chunk.len() > 1 { T[(n >> 6) as usize & 63] as char } else { '=' });
-        out.push(if chunk.len() > 2 { T[n as usize & 63] as char } else { '=' });
+        out.push(if chunk.len() > 1 {
+            T[(n >> 6) as usize & 63] as char
+        } else {
+            '='
+        });
+        out.push(if chunk.len() > 2 {
+            T[n as usize & 63] as char
+        } else {
+            '='
+        });
     }
     out
 }
 
-const STREAM_OPEN: &str = "<?xml version='1.0'?><stream:stream to='localhost' xmlns='jabber:client' \
+const STREAM_OPEN: &str =
+    "<?xml version='1.0'?><stream:stream to='localhost' xmlns='jabber:client' \
      xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>";
 
 /// A logged-in session, split into its two halves so that reading and writing can run
@@ -203,21 +236,37 @@ pub struct Session {
 /// sends initial presence.
 pub async fn login(port: u16, user: &str, password: &str, resource: &str) -> Result<Session> {
     let t = Duration::from_secs(30);
-    let stream = TcpStream::connect(("127.0.0.1", port)).await.with_context(|| format!("connecting to 127.0.0.1:{port}"))?;
+    let stream = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .with_context(|| format!("connecting to 127.0.0.1:{port}"))?;
     stream.set_nodelay(true)?;
     let (r, mut w) = stream.into_split();
     let mut reader = StanzaReader::new(r);
     w.write_all(STREAM_OPEN.as_bytes()).await?;
-    reader.wait_for(t, |e| e.name == "features").await.context("stream features")?;
+    reader
+        .wait_for(t, |e| e.name == "features")
+        .await
+        .context("stream features")?;
     let creds = base64(format!("\0{user}\0{password}").as_bytes());
-    w.write_all(format!("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{creds}</auth>").as_bytes())
+    w.write_all(
+        format!("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{creds}</auth>")
+            .as_bytes(),
+    )
+    .await?;
+    let res = reader
+        .wait_for(t, |e| e.name == "success" || e.name == "failure")
         .await?;
-    let res = reader.wait_for(t, |e| e.name == "success" || e.name == "failure").await?;
     if res.name != "success" {
-        bail!("SASL PLAIN failed for {user}: {:?}", res.children.first().map(|c| &c.name));
+        bail!(
+            "SASL PLAIN failed for {user}: {:?}",
+            res.children.first().map(|c| &c.name)
+        );
     }
     w.write_all(STREAM_OPEN.as_bytes()).await?;
-    reader.wait_for(t, |e| e.name == "features").await.context("post-auth features")?;
+    reader
+        .wait_for(t, |e| e.name == "features")
+        .await
+        .context("post-auth features")?;
     w.write_all(
         format!(
             "<iq type='set' id='bind'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>{}</resource></bind></iq>\
@@ -227,14 +276,18 @@ pub async fn login(port: u16, user: &str, password: &str, resource: &str) -> Res
         .as_bytes(),
     )
     .await?;
-    let bound = reader.wait_for(t, |e| e.name == "iq" && e.attr("id") == Some("bind")).await?;
+    let bound = reader
+        .wait_for(t, |e| e.name == "iq" && e.attr("id") == Some("bind"))
+        .await?;
     if bound.attr("type") != Some("result") {
         bail!("resource binding failed for {user}");
     }
     if bound.find(&["bind", "jid"]).is_none() {
         bail!("no JID in the bind result for {user}");
     }
-    reader.wait_for(t, |e| e.name == "iq" && e.attr("id") == Some("sess")).await?;
+    reader
+        .wait_for(t, |e| e.name == "iq" && e.attr("id") == Some("sess"))
+        .await?;
     Ok(Session { reader, writer: w })
 }
 
@@ -253,13 +306,24 @@ pub struct MamQuery {
 
 impl MamQuery {
     pub fn to_xml(&self, iq_id: &str) -> String {
-        let mut s = format!("<iq type='set' id='{iq_id}'><query xmlns='{NS_MAM}' queryid='{iq_id}'>");
-        let fields = self.with.is_some() || self.start.is_some() || self.end.is_some() || !self.ids.is_empty();
+        let mut s =
+            format!("<iq type='set' id='{iq_id}'><query xmlns='{NS_MAM}' queryid='{iq_id}'>");
+        let fields = self.with.is_some()
+            || self.start.is_some()
+            || self.end.is_some()
+            || !self.ids.is_empty();
         if fields {
             s.push_str("<x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE' type='hidden'><value>urn:xmpp:mam:2</value></field>");
-            for (var, v) in [("with", &self.with), ("start", &self.start), ("end", &self.end)] {
+            for (var, v) in [
+                ("with", &self.with),
+                ("start", &self.start),
+                ("end", &self.end),
+            ] {
                 if let Some(v) = v {
-                    s.push_str(&format!("<field var='{var}'><value>{}</value></field>", escape(v)));
+                    s.push_str(&format!(
+                        "<field var='{var}'><value>{}</value></field>",
+                        escape(v)
+                    ));
                 }
             }
             if !self.ids.is_empty() {
@@ -301,7 +365,10 @@ pub struct MamResult {
 
 impl Session {
     pub async fn send(&mut self, xml: &str) -> Result<()> {
-        self.writer.write_all(xml.as_bytes()).await.context("writing to the server")
+        self.writer
+            .write_all(xml.as_bytes())
+            .await
+            .context("writing to the server")
     }
 
     /// Runs one query and waits for its `<fin/>` (or error), counting the results.
@@ -318,7 +385,10 @@ impl Session {
                 Item::StreamEnd => bail!("stream closed during a MAM query"),
                 Item::StreamStart => continue,
             };
-            if e.name == "message" && e.child("result").is_some_and(|r| r.attr("queryid") == Some(iq_id)) {
+            if e.name == "message"
+                && e.child("result")
+                    .is_some_and(|r| r.attr("queryid") == Some(iq_id))
+            {
                 out.results += 1;
             } else if e.name == "iq" && e.attr("id") == Some(iq_id) {
                 if e.attr("type") == Some("error") {
@@ -329,7 +399,9 @@ impl Session {
                         .unwrap_or_else(|| "unknown".into());
                     out.error = Some(cond);
                 } else {
-                    out.count = e.find(&["fin", "set", "count"]).and_then(|c| c.text.trim().parse().ok());
+                    out.count = e
+                        .find(&["fin", "set", "count"])
+                        .and_then(|c| c.text.trim().parse().ok());
                 }
                 return Ok(out);
             }
@@ -338,8 +410,13 @@ impl Session {
 
     /// One XMPP ping to the server; returns once the reply arrives.
     pub async fn ping(&mut self, iq_id: &str, timeout: Duration) -> Result<()> {
-        self.send(&format!("<iq type='get' to='{DOMAIN}' id='{iq_id}'><ping xmlns='{NS_PING}'/></iq>")).await?;
-        self.reader.wait_for(timeout, |e| e.name == "iq" && e.attr("id") == Some(iq_id)).await?;
+        self.send(&format!(
+            "<iq type='get' to='{DOMAIN}' id='{iq_id}'><ping xmlns='{NS_PING}'/></iq>"
+        ))
+        .await?;
+        self.reader
+            .wait_for(timeout, |e| e.name == "iq" && e.attr("id") == Some(iq_id))
+            .await?;
         Ok(())
     }
 
@@ -364,7 +441,11 @@ mod tests {
 
     #[test]
     fn newest_page_query_has_an_empty_before() {
-        let q = MamQuery { max: Some(50), before: Some(String::new()), ..Default::default() };
+        let q = MamQuery {
+            max: Some(50),
+            before: Some(String::new()),
+            ..Default::default()
+        };
         assert_eq!(
             q.to_xml("q1"),
             "<iq type='set' id='q1'><query xmlns='urn:xmpp:mam:2' queryid='q1'>\
