@@ -1,0 +1,650 @@
+//! mam-bench: starts a loopback Prosody in each configuration (no MAM, stock mod_mam on
+//! the file store, stock on SQLite, prosody-mam-native) and measures them side by side.
+//!
+//! Layout:
+//! - `xmpp.rs`: the load client (SASL PLAIN, bind, pipelined sends, incremental parsing).
+//! - `server.rs`: Prosody configs, users, processes (stopped by PID), `/proc` readings.
+//! - `populate.rs`: the fast path that writes big archives straight into each backend.
+//! - `phases.rs`: throughput, open loop, query latency, ping stalls, expiry.
+//! - `rawsqlite.rs`: the physical limit, straight against SQLite.
+//! - `report.rs`: JSON with ratios, and the markdown table.
+//!
+//! See `bench/README.md` for what each phase measures and how to run it.
+
+mod phases;
+mod populate;
+mod rawsqlite;
+mod report;
+mod server;
+mod stats;
+mod xmpp;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::json;
+
+use phases::{Load, QueryBudget};
+use populate::Dataset;
+use report::{ConfigResult, ExpiryResult, Populated, Report};
+use server::{Expiry, Kind, Server, ServerSpec};
+
+/// Command-line options; every phase is bounded by these.
+#[derive(Debug, Clone)]
+struct Opts {
+    quick: bool,
+    configs: Vec<Kind>,
+    sizes: Vec<u64>,
+    pairs: usize,
+    window: usize,
+    warmup: Duration,
+    duration: Duration,
+    open_rate: f64,
+    open_duration: Duration,
+    query_iters: usize,
+    query_budget: Duration,
+    query_timeout: Duration,
+    internal_max: u64,
+    stall_duration: Duration,
+    expiry: bool,
+    expiry_limit: Duration,
+    raw: bool,
+    plugin_dir: PathBuf,
+    out_dir: PathBuf,
+    work_dir: PathBuf,
+    keep: bool,
+}
+
+const USAGE: &str = "mam-bench [--quick] [--configs nomam,stock-internal,stock-sql,native]
+  [--sizes 10000,100000,1000000] [--pairs 20] [--window 32] [--duration S] [--warmup S]
+  [--open-rate MSGS_PER_S] [--open-duration S] [--query-iters N] [--query-budget S]
+  [--query-timeout S] [--internal-max N] [--stall-duration S] [--no-expiry]
+  [--expiry-limit S] [--no-raw] [--plugin-dir DIR] [--out DIR] [--work-dir DIR] [--keep]
+mam-bench --render bench/results/<run>.json   (rewrite that run's .md and .svg)";
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn parse_opts() -> Result<Opts> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let secs = |s: f64| Duration::from_secs_f64(s);
+    let mut o = Opts {
+        quick,
+        configs: Kind::ALL.to_vec(),
+        sizes: if quick {
+            vec![1000, 10_000]
+        } else {
+            vec![10_000, 100_000, 1_000_000]
+        },
+        pairs: 20,
+        window: 32,
+        warmup: secs(if quick { 1.0 } else { 2.0 }),
+        duration: secs(if quick { 3.0 } else { 10.0 }),
+        open_rate: 2000.0,
+        open_duration: secs(if quick { 3.0 } else { 10.0 }),
+        query_iters: if quick { 5 } else { 30 },
+        query_budget: secs(if quick { 1.0 } else { 4.0 }),
+        query_timeout: secs(120.0),
+        internal_max: 100_000,
+        stall_duration: secs(if quick { 2.0 } else { 6.0 }),
+        expiry: true,
+        expiry_limit: secs(if quick { 60.0 } else { 180.0 }),
+        raw: true,
+        plugin_dir: repo_root().join("target/prosody-plugin"),
+        out_dir: Path::new(env!("CARGO_MANIFEST_DIR")).join("results"),
+        work_dir: std::env::temp_dir().join(format!("mam-bench-{}", std::process::id())),
+        keep: false,
+    };
+    let mut it = args.into_iter();
+    while let Some(a) = it.next() {
+        let mut val = || {
+            it.next()
+                .with_context(|| format!("{a} needs a value\n{USAGE}"))
+        };
+        match a.as_str() {
+            "--quick" => {}
+            "--help" | "-h" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            "--configs" => {
+                o.configs = val()?
+                    .split(',')
+                    .map(|s| {
+                        Kind::parse(s.trim()).with_context(|| format!("unknown configuration {s}"))
+                    })
+                    .collect::<Result<_>>()?
+            }
+            "--sizes" => {
+                o.sizes = val()?
+                    .split(',')
+                    .map(|s| s.trim().parse::<u64>().context("--sizes"))
+                    .collect::<Result<_>>()?
+            }
+            "--pairs" => o.pairs = val()?.parse()?,
+            "--window" => o.window = val()?.parse()?,
+            "--duration" => o.duration = secs(val()?.parse()?),
+            "--warmup" => o.warmup = secs(val()?.parse()?),
+            "--open-rate" => o.open_rate = val()?.parse()?,
+            "--open-duration" => o.open_duration = secs(val()?.parse()?),
+            "--query-iters" => o.query_iters = val()?.parse()?,
+            "--query-budget" => o.query_budget = secs(val()?.parse()?),
+            "--query-timeout" => o.query_timeout = secs(val()?.parse()?),
+            "--internal-max" => o.internal_max = val()?.parse()?,
+            "--stall-duration" => o.stall_duration = secs(val()?.parse()?),
+            "--no-expiry" => o.expiry = false,
+            "--expiry-limit" => o.expiry_limit = secs(val()?.parse()?),
+            "--no-raw" => o.raw = false,
+            "--plugin-dir" => o.plugin_dir = PathBuf::from(val()?),
+            "--out" => o.out_dir = PathBuf::from(val()?),
+            "--work-dir" => o.work_dir = PathBuf::from(val()?),
+            "--keep" => o.keep = true,
+            other => bail!("unknown argument {other}\n{USAGE}"),
+        }
+    }
+    if o.pairs == 0 || o.window == 0 || o.sizes.is_empty() || o.sizes.iter().any(|&s| s < 100) {
+        bail!("--pairs and --window must be positive and every size at least 100");
+    }
+    o.sizes.sort_unstable();
+    Ok(o)
+}
+
+fn owner_for(size: u64) -> String {
+    format!("a{size}")
+}
+
+fn log(msg: impl AsRef<str>) {
+    eprintln!("[{:>7.1}s] {}", phases::now_us() as f64 / 1e6, msg.as_ref());
+}
+
+/// The data sets this configuration measures, and the sizes it skips (with why).
+fn datasets_for(kind: Kind, o: &Opts) -> (Vec<Dataset>, Vec<String>) {
+    let mut ds = Vec::new();
+    let mut skipped = Vec::new();
+    if !kind.has_mam() {
+        return (ds, skipped);
+    }
+    for &n in &o.sizes {
+        if kind == Kind::StockInternal && n > o.internal_max {
+            skipped.push(format!(
+                "archive size {n}: mod_storage_internal loads and parses the whole {n}-message file on every query \
+                 (about 22 s and 1.4 GB per query at 1M on 2 cores), too slow for repeated measurement; raise --internal-max to run it"
+            ));
+            continue;
+        }
+        ds.push(Dataset::new(&owner_for(n), n));
+    }
+    (ds, skipped)
+}
+
+async fn run_config(kind: Kind, o: &Opts, res: &mut ConfigResult) -> Result<()> {
+    let dir = o.work_dir.join(kind.name());
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut spec = ServerSpec {
+        kind,
+        dir: dir.clone(),
+        port: server::free_port()?,
+        plugin_dir: (kind == Kind::Native).then(|| o.plugin_dir.clone()),
+        expiry: None,
+        log_info: false,
+    };
+    spec.write()?;
+    let (datasets, skipped) = datasets_for(kind, o);
+    res.skipped = skipped;
+    let mut users: Vec<String> = (0..o.pairs)
+        .flat_map(|i| [phases::sender_name(i), phases::receiver_name(i)])
+        .collect();
+    users.push("pinger".into());
+    users.extend(datasets.iter().map(|d| d.owner.clone()));
+    log(format!(
+        "{}: registering {} users",
+        kind.name(),
+        users.len()
+    ));
+    spec.register(&users)?;
+
+    // First start, empty archives: the first MAM query makes the backend create its
+    // tables / database; then the messaging phases run on an empty store.
+    let srv = Server::start(&spec)?;
+    res.rss_kib.push(("start".into(), srv.rss_kib()));
+    if kind.has_mam() {
+        let mut s = xmpp::login(spec.port, "pinger", server::PASSWORD, "prime").await?;
+        let r = s
+            .mam(
+                &xmpp::MamQuery {
+                    max: Some(1),
+                    ..Default::default()
+                },
+                "prime",
+                Duration::from_secs(30),
+            )
+            .await?;
+        if let Some(e) = r.error {
+            bail!(
+                "the first MAM query failed ({e}): is mod_mam loaded? see {}",
+                spec.log_path().display()
+            );
+        }
+        s.close().await;
+    }
+    res.idle_ping = Some(phases::idle_ping(spec.port, Duration::from_secs(1)).await?);
+
+    // Throughput: closed loop.
+    log(format!(
+        "{}: closed loop, {} pairs, {:?}",
+        kind.name(),
+        o.pairs,
+        o.duration
+    ));
+    let mut pairs = phases::login_pairs(spec.port, o.pairs).await?;
+    let mut t = phases::messaging(
+        &srv,
+        &mut pairs,
+        Load::Closed { window: o.window },
+        o.warmup,
+        o.duration,
+    )
+    .await?;
+    if kind.has_mam() {
+        t.archived = Some(phases::archived_count(&mut pairs).await?);
+        t.archived_expected = Some(2 * pairs.delivered_total.iter().sum::<u64>());
+    }
+    let saturation = t.delivered_per_s;
+    log(format!(
+        "{}: {:.0} msgs/s, p50 {:.2} ms",
+        kind.name(),
+        t.delivered_per_s,
+        t.latency.p50_ms
+    ));
+    res.throughput = Some(t);
+    res.rss_kib.push(("throughput".into(), srv.rss_kib()));
+
+    // Open loop at a fixed rate below saturation.
+    let rate = o.open_rate.min((saturation * 0.5).max(10.0));
+    log(format!("{}: open loop at {rate:.0} msgs/s", kind.name()));
+    let mut ol = phases::messaging(
+        &srv,
+        &mut pairs,
+        Load::Open { rate_per_s: rate },
+        Duration::from_millis(500),
+        o.open_duration,
+    )
+    .await?;
+    if kind.has_mam() {
+        ol.archived = Some(phases::archived_count(&mut pairs).await?);
+        ol.archived_expected = Some(2 * pairs.delivered_total.iter().sum::<u64>());
+    }
+    res.open_loop = Some(ol);
+    res.rss_kib.push(("open-loop".into(), srv.rss_kib()));
+    let delivered_so_far = pairs.delivered_total.clone();
+    for s in pairs.senders.into_iter().chain(pairs.receivers) {
+        s.close().await;
+    }
+    srv.stop()?;
+    if !kind.has_mam() {
+        return Ok(());
+    }
+
+    // Pre-populate through the fast path, server stopped.
+    let data = spec.data_path();
+    for ds in &datasets {
+        log(format!(
+            "{}: pre-populating {} with {} messages",
+            kind.name(),
+            ds.owner,
+            ds.n
+        ));
+        let secs = match kind {
+            Kind::StockInternal => populate::populate_internal(&data, ds)?,
+            Kind::StockSql => populate::populate_sql(&data.join("prosody.sqlite"), ds)?,
+            Kind::Native => populate::populate_native(&native_db(&data)?, ds, true)?,
+            Kind::NoMam => 0.0,
+        };
+        res.populated.push(Populated {
+            owner: ds.owner.clone(),
+            size: ds.n,
+            seconds: secs,
+        });
+    }
+    let srv = Server::start(&spec)?;
+    res.rss_kib.push(("populated".into(), srv.rss_kib()));
+
+    // Throughput again, now that the store holds the big archives too (a SQLite file
+    // of a million rows behaves differently from an empty one).
+    log(format!(
+        "{}: closed loop with the archives in place",
+        kind.name()
+    ));
+    let mut pairs = phases::login_pairs(spec.port, o.pairs).await?;
+    pairs.delivered_total = delivered_so_far;
+    let mut t = phases::messaging(
+        &srv,
+        &mut pairs,
+        Load::Closed { window: o.window },
+        o.warmup,
+        o.duration / 2,
+    )
+    .await?;
+    t.archived = Some(phases::archived_count(&mut pairs).await?);
+    t.archived_expected = Some(2 * pairs.delivered_total.iter().sum::<u64>());
+    log(format!(
+        "{}: {:.0} msgs/s, p50 {:.2} ms",
+        kind.name(),
+        t.delivered_per_s,
+        t.latency.p50_ms
+    ));
+    res.throughput_populated = Some(t);
+    for s in pairs.senders.into_iter().chain(pairs.receivers) {
+        s.close().await;
+    }
+
+    if kind.has_mam() {
+        let budget = QueryBudget {
+            max_iters: o.query_iters,
+            min_iters: 3,
+            per_shape: o.query_budget,
+            timeout: o.query_timeout,
+        };
+        for ds in &datasets {
+            log(format!("{}: queries on {} messages", kind.name(), ds.n));
+            match phases::query_latency(spec.port, ds, budget).await {
+                Ok(q) => res.queries.extend(q),
+                Err(e) => res.errors.push(format!("queries at {}: {e:#}", ds.n)),
+            }
+        }
+        res.rss_kib.push(("queries".into(), srv.rss_kib()));
+        if let Some(big) = datasets.last() {
+            log(format!("{}: ping stall during heavy queries", kind.name()));
+            res.stall_queries = Some(
+                phases::stall_during_queries(spec.port, big, o.stall_duration, o.query_timeout)
+                    .await?,
+            );
+            res.rss_kib.push(("stall".into(), srv.rss_kib()));
+        }
+    }
+    srv.stop()?;
+
+    if kind.has_mam() && o.expiry && !datasets.is_empty() {
+        log(format!("{}: expiry", kind.name()));
+        let before: u64 = datasets.iter().map(|d| d.n).sum();
+        let how;
+        match kind {
+            Kind::Native => {
+                spec.expiry = Some(Expiry {
+                    expires_after: "1d".into(),
+                    cleanup_interval: 1,
+                });
+                how = "archive_expires_after = \"1d\", archive_cleanup_interval = 1; finished when every pre-populated archive counts 0".into();
+            }
+            _ => {
+                spec.expiry = Some(Expiry {
+                    expires_after: "1d".into(),
+                    cleanup_interval: 1,
+                });
+                populate::arm_stock_expiry(
+                    &data,
+                    &datasets.iter().map(|d| d.owner.clone()).collect::<Vec<_>>(),
+                )?;
+                how = "archive_expires_after = \"1d\"; stock 0.12.3 ignores archive_cleanup_interval and runs expiry from a daily \
+                       mod_cron task, made due at start by writing its last run as 0 in the cron store (and, for the file store, \
+                       listing the owners under an old date in archive_cleanup); finished at the \"Deleted N expired messages\" log line"
+                    .into();
+            }
+        }
+        spec.log_info = true;
+        spec.write()?;
+        let srv = Server::start(&spec)?;
+        let stall = phases::stall_during_expiry(
+            spec.port,
+            &datasets,
+            &spec.log_path(),
+            kind != Kind::Native,
+            o.expiry_limit,
+        )
+        .await?;
+        let after = phases::remaining(spec.port, &datasets).await?;
+        res.rss_kib.push(("expiry".into(), srv.rss_kib()));
+        srv.stop()?;
+        res.expiry = Some(ExpiryResult {
+            stall,
+            messages_before: before,
+            messages_after: after,
+            how,
+        });
+    }
+    Ok(())
+}
+
+/// The native module's database file in a data directory (`mam_archive.sqlite` by
+/// default; any `mam_*.sqlite` it created is accepted).
+fn native_db(data: &Path) -> Result<PathBuf> {
+    let default = data.join("mam_archive.sqlite");
+    if default.is_file() {
+        return Ok(default);
+    }
+    for e in std::fs::read_dir(data)? {
+        let p = e?.path();
+        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name.starts_with("mam") && name.ends_with(".sqlite") {
+            return Ok(p);
+        }
+    }
+    bail!(
+        "the native module did not create mam_archive.sqlite in {}",
+        data.display()
+    )
+}
+
+fn machine() -> serde_json::Value {
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let prosody = std::process::Command::new("dpkg-query")
+        .args(["-W", "-f", "${Version}", "prosody"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_default();
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ");
+    json!({ "cpus": cpus, "cpu": model, "prosody": prosody, "loadavg_at_start": load })
+}
+
+async fn run(o: Opts) -> Result<()> {
+    let t0 = Instant::now();
+    phases::now_us();
+    std::fs::create_dir_all(&o.work_dir)?;
+    let started = populate::iso8601(populate::now_s());
+    let mut configs = Vec::new();
+    for &kind in &o.configs {
+        let mut res = ConfigResult {
+            config: kind.name().into(),
+            ..Default::default()
+        };
+        if kind == Kind::Native {
+            if let Err(why) = server::check_plugin_dir(&o.plugin_dir) {
+                eprintln!("mam-bench: skipping `native`: {why}");
+                res.status = format!("skipped: {why}");
+                configs.push(res);
+                continue;
+            }
+        }
+        log(format!("=== {} ===", kind.name()));
+        match run_config(kind, &o, &mut res).await {
+            Ok(()) => res.status = "ran".into(),
+            Err(e) => {
+                log(format!("{}: failed: {e:#}", kind.name()));
+                res.status = "failed".into();
+                res.errors.push(format!("{e:#}"));
+            }
+        }
+        configs.push(res);
+    }
+
+    let raw = if o.raw {
+        log("raw SQLite (physical limit)");
+        let datasets: Vec<Dataset> = o
+            .sizes
+            .iter()
+            .map(|&n| Dataset::new(&owner_for(n), n))
+            .collect();
+        let native_db = native_db(&o.work_dir.join("native/data")).ok();
+        let dir = o.work_dir.clone();
+        let iters = if o.quick { 50 } else { 200 };
+        let r = tokio::task::spawn_blocking(move || {
+            rawsqlite::run(
+                &dir,
+                &datasets,
+                native_db.as_deref(),
+                Duration::from_secs(3),
+                iters,
+            )
+        })
+        .await?;
+        match r {
+            Ok(r) => Some(r),
+            Err(e) => {
+                log(format!("raw SQLite failed: {e:#}"));
+                None
+            }
+        }
+    } else {
+        None
+    };
+
+    let report = Report {
+        started: started.clone(),
+        machine: machine(),
+        parameters: json!({
+            "quick": o.quick, "pairs": o.pairs, "window": o.window, "sizes": o.sizes,
+            "closed_loop_s": o.duration.as_secs_f64(), "warmup_s": o.warmup.as_secs_f64(),
+            "open_rate_cap": o.open_rate, "open_loop_s": o.open_duration.as_secs_f64(),
+            "query_iters": o.query_iters, "query_budget_s": o.query_budget.as_secs_f64(),
+            "internal_max": o.internal_max, "body_bytes": populate::BODY_LEN,
+            "plugin_dir": o.plugin_dir.display().to_string(),
+        }),
+        ratios: report::ratios(&configs, &o.sizes),
+        configs,
+        raw_sqlite: raw,
+        total_seconds: t0.elapsed().as_secs_f64(),
+    };
+    let md = report::markdown(&report, &o.sizes);
+    println!("{md}");
+    std::fs::create_dir_all(&o.out_dir)?;
+    let stamp = started.replace([':', '-'], "");
+    let base = if o.quick {
+        format!("{stamp}-quick")
+    } else {
+        stamp
+    };
+    std::fs::write(
+        o.out_dir.join(format!("{base}.json")),
+        serde_json::to_string_pretty(&report)?,
+    )?;
+    std::fs::write(o.out_dir.join(format!("{base}.md")), &md)?;
+    std::fs::write(o.out_dir.join("latest.md"), &md)?;
+    std::fs::write(
+        o.out_dir.join(format!("{base}.svg")),
+        report::svg_chart(&report, &o.sizes),
+    )?;
+    eprintln!(
+        "mam-bench: wrote {}/{base}.{{md,json,svg}} and latest.md",
+        o.out_dir.display()
+    );
+    if !o.keep {
+        let _ = std::fs::remove_dir_all(&o.work_dir);
+    } else {
+        eprintln!("mam-bench: kept {}", o.work_dir.display());
+    }
+    Ok(())
+}
+
+/// `--render FILE.json`: rewrites the markdown and SVG of an earlier run from its JSON.
+fn render(json_path: &Path) -> Result<()> {
+    let mut report: Report =
+        serde_json::from_str(&std::fs::read_to_string(json_path)?).context("parsing the report")?;
+    let sizes: Vec<u64> =
+        serde_json::from_value(report.parameters["sizes"].clone()).context("parameters.sizes")?;
+    report.ratios = report::ratios(&report.configs, &sizes);
+    std::fs::write(json_path, serde_json::to_string_pretty(&report)?)?;
+    let md = report::markdown(&report, &sizes);
+    std::fs::write(json_path.with_extension("md"), &md)?;
+    std::fs::write(
+        json_path.with_extension("svg"),
+        report::svg_chart(&report, &sizes),
+    )?;
+    println!("{md}");
+    Ok(())
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.len() == 3 && args[1] == "--render" {
+        if let Err(e) = render(Path::new(&args[2])) {
+            eprintln!("mam-bench: {e:#}");
+            std::process::exit(1);
+        }
+        return;
+    }
+    let opts = match parse_opts() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("mam-bench: {e:#}");
+            std::process::exit(2);
+        }
+    };
+    // Whatever happens, no Prosody outlives us.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        server::kill_all_registered();
+        default_hook(info);
+    }));
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("mam-bench: cannot start the runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let work_dir = opts.work_dir.clone();
+    let keep = opts.keep;
+    let code = rt.block_on(async move {
+        tokio::select! {
+            r = run(opts) => match r {
+                Ok(()) => 0,
+                Err(e) => { eprintln!("mam-bench: {e:#}"); 1 }
+            },
+            _ = tokio::signal::ctrl_c() => {
+                eprintln!("mam-bench: interrupted");
+                130
+            }
+        }
+    });
+    server::kill_all_registered();
+    if code != 0 && !keep {
+        let _ = std::fs::remove_dir_all(&work_dir);
+    }
+    rt.shutdown_timeout(Duration::from_secs(1));
+    std::process::exit(code);
+}

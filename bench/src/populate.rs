@@ -1,0 +1,394 @@
+//! The fast path: big archives are written straight into each backend's storage while
+//! its Prosody is stopped, in exactly the layout that backend writes itself. See
+//! `bench/README.md` ("Pre-population") for the format of each.
+//!
+//! The data set is deterministic: message `i` of an archive of `n` messages has a fixed
+//! id, contact, direction and timestamp, so queries can name ids and time windows
+//! without reading anything back.
+
+use std::fs;
+use std::io::{BufWriter, Write};
+use std::path::Path;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use rusqlite::{params, Connection};
+
+use crate::xmpp::DOMAIN;
+
+/// The frequent contact: one message in three.
+pub const FREQUENT: &str = "friend@localhost";
+/// The rare contact: exactly [`RARE_COUNT`] messages, spread over the archive.
+pub const RARE: &str = "rare@localhost";
+pub const RARE_COUNT: u64 = 5;
+/// Messages are spread evenly over this span, ending `AGE_END` ago, so that all of
+/// them are older than the expiry phase's cut-off (1 day).
+pub const SPAN_S: i64 = 30 * 86400;
+pub const AGE_END_S: i64 = 2 * 86400;
+pub const BODY_LEN: usize = 100;
+
+/// One archive to pre-populate: its owner and size, and the clock it is laid out from.
+#[derive(Debug, Clone)]
+pub struct Dataset {
+    pub owner: String,
+    pub n: u64,
+    /// Unix time (seconds) of the oldest message.
+    pub base_s: i64,
+}
+
+/// One archived message, backend-neutral.
+pub struct Msg {
+    pub key: String,
+    pub when_us: i64,
+    /// Bare JID of the other party.
+    pub with: String,
+    /// Resource of the other party, if the stanza names one.
+    pub with_resource: Option<&'static str>,
+    pub from: String,
+    pub to: String,
+    pub stanza_id: String,
+    pub body: String,
+}
+
+impl Msg {
+    pub fn when_s(&self) -> i64 {
+        self.when_us.div_euclid(1_000_000)
+    }
+
+    /// The stanza as Prosody serialises it (`tostring(stanza)`).
+    pub fn xml(&self) -> String {
+        format!(
+            "<message id='{}' xml:lang='en' type='chat' to='{}' from='{}'><body>{}</body></message>",
+            self.stanza_id, self.to, self.from, self.body
+        )
+    }
+}
+
+pub fn now_s() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+impl Dataset {
+    pub fn new(owner: &str, n: u64) -> Dataset {
+        Dataset {
+            owner: owner.to_string(),
+            n,
+            base_s: now_s() - AGE_END_S - SPAN_S,
+        }
+    }
+
+    pub fn owner_jid(&self) -> String {
+        format!("{}@{DOMAIN}", self.owner)
+    }
+
+    /// The archive id of message `i` (unique per owner, not time-ordered on purpose).
+    pub fn key(i: u64) -> String {
+        format!("b{:015}", i)
+    }
+
+    pub fn when_us(&self, i: u64) -> i64 {
+        self.base_s * 1_000_000
+            + (i as i128 * (SPAN_S as i128 * 1_000_000) / self.n.max(1) as i128) as i64
+    }
+
+    fn is_rare(&self, i: u64) -> bool {
+        // Positions n*(k+1)/(RARE_COUNT+1) for k in 0..RARE_COUNT.
+        let step = self.n / (RARE_COUNT + 1);
+        step > 0 && i.is_multiple_of(step) && i / step >= 1 && i / step <= RARE_COUNT
+    }
+
+    pub fn contact(&self, i: u64) -> String {
+        if self.is_rare(i) {
+            RARE.to_string()
+        } else if i.is_multiple_of(3) {
+            FREQUENT.to_string()
+        } else {
+            format!("c{}@{DOMAIN}", i % 200)
+        }
+    }
+
+    /// Number of messages with [`FREQUENT`] (for checking query results).
+    pub fn msg(&self, i: u64) -> Msg {
+        let with = self.contact(i);
+        let me = format!("{}/r", self.owner_jid());
+        let outgoing = i.is_multiple_of(2);
+        let (from, to, res) = if outgoing {
+            (me, with.clone(), None)
+        } else {
+            (format!("{with}/x"), me, Some("x"))
+        };
+        let mut body = format!("archived message {i} ");
+        while body.len() < BODY_LEN {
+            body.push('x');
+        }
+        Msg {
+            key: Self::key(i),
+            when_us: self.when_us(i),
+            with,
+            with_resource: res,
+            from,
+            to,
+            stanza_id: format!("p{i}"),
+            body,
+        }
+    }
+}
+
+/// Lua string literal the way `util.serialization` writes simple strings.
+fn lua_str(s: &str) -> String {
+    let mut o = String::with_capacity(s.len() + 2);
+    o.push('"');
+    for c in s.chars() {
+        match c {
+            '\\' => o.push_str("\\\\"),
+            '"' => o.push_str("\\\""),
+            '\n' => o.push_str("\\n"),
+            c => o.push(c),
+        }
+    }
+    o.push('"');
+    o
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` for a Unix time (what `util.datetime.datetime` returns).
+pub fn iso8601(t: i64) -> String {
+    let days = t.div_euclid(86400);
+    let secs = t.rem_euclid(86400);
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+/// `YYYY-MM-DD` for a Unix time (`util.datetime.date`).
+pub fn date(t: i64) -> String {
+    let (y, m, d) = civil_from_days(t.div_euclid(86400));
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+// Howard Hinnant's days-to-civil algorithm.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+/// One `item({...});` record of a `.list` file, as `util.datamanager.list_append` writes
+/// a preserialised stanza plus `when`, `key` and `with`.
+pub fn internal_record(m: &Msg) -> String {
+    let when = m.when_s();
+    format!(
+        "item({{\n\t{{\n\t\t{body};\n\t\t[\"name\"] = \"body\";\n\t\t[\"attr\"] = {{}};\n\t}};\n\
+         \t[\"name\"] = \"message\";\n\t[\"when\"] = {when};\n\t[\"key\"] = {key};\n\
+         \t[\"attr\"] = {{\n\t\t[\"id\"] = {id};\n\t\t[\"xml:lang\"] = \"en\";\n\t\t[\"type\"] = \"chat\";\n\
+         \t\t[\"to\"] = {to};\n\t\t[\"from\"] = {from};\n\t\t[\"stamp\"] = {stamp};\n\t}};\n\
+         \t[\"with\"] = {with};\n}});\n",
+        body = lua_str(&m.body),
+        key = lua_str(&m.key),
+        id = lua_str(&m.stanza_id),
+        to = lua_str(&m.to),
+        from = lua_str(&m.from),
+        stamp = lua_str(&iso8601(when)),
+        with = lua_str(&m.with),
+    )
+}
+
+/// Stock + internal: `<data_path>/<host>/archive/<user>.list`.
+pub fn populate_internal(data_path: &Path, ds: &Dataset) -> Result<f64> {
+    let t = Instant::now();
+    let dir = data_path.join(datamanager_encode(DOMAIN)).join("archive");
+    fs::create_dir_all(&dir)?;
+    let path = dir.join(format!("{}.list", datamanager_encode(&ds.owner)));
+    let mut w = BufWriter::with_capacity(
+        1 << 20,
+        fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?,
+    );
+    for i in 0..ds.n {
+        w.write_all(internal_record(&ds.msg(i)).as_bytes())?;
+    }
+    w.flush()?;
+    Ok(t.elapsed().as_secs_f64())
+}
+
+/// `util.datamanager`'s path encoding: every non-alphanumeric byte becomes `%xx`.
+pub fn datamanager_encode(s: &str) -> String {
+    let mut o = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() {
+            o.push(b as char);
+        } else {
+            o.push_str(&format!("%{b:02x}"));
+        }
+    }
+    o
+}
+
+/// Stock + sql: rows in `prosodyarchive`, which Prosody must have created (the harness
+/// starts it once and runs a query first).
+pub fn populate_sql(db: &Path, ds: &Dataset) -> Result<f64> {
+    let t = Instant::now();
+    let mut conn = Connection::open(db).with_context(|| format!("opening {}", db.display()))?;
+    conn.pragma_update(None, "synchronous", "OFF")?;
+    let batch = 10_000u64;
+    let mut i = 0;
+    while i < ds.n {
+        let tx = conn.transaction()?;
+        {
+            let mut st = tx.prepare_cached(
+                "INSERT INTO \"prosodyarchive\" (\"host\", \"user\", \"store\", \"when\", \"with\", \"key\", \"type\", \"value\") \
+                 VALUES (?1, ?2, 'archive', ?3, ?4, ?5, 'xml', ?6)",
+            )?;
+            for j in i..(i + batch).min(ds.n) {
+                let m = ds.msg(j);
+                st.execute(params![
+                    DOMAIN,
+                    ds.owner,
+                    m.when_s(),
+                    m.with,
+                    m.key,
+                    m.xml()
+                ])?;
+            }
+        }
+        tx.commit()?;
+        i += batch;
+    }
+    Ok(t.elapsed().as_secs_f64())
+}
+
+/// The single place that knows how a row goes into the native module's `archive`
+/// table. Column names are checked against `sqlite_master` before use.
+pub const NATIVE_INSERT: &str =
+    "INSERT INTO archive (host, user, id, when_us, with_bare, with_resource, stanza) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
+
+/// Native: rows in `archive` of `mam_archive.sqlite` (created by the module on its
+/// first start), plus the per-owner counter when no trigger maintains it.
+pub fn populate_native(db: &Path, ds: &Dataset, synchronous_off: bool) -> Result<f64> {
+    let t = Instant::now();
+    let mut conn = Connection::open(db).with_context(|| format!("opening {}", db.display()))?;
+    if synchronous_off {
+        conn.pragma_update(None, "synchronous", "OFF")?;
+    }
+    let cols: Vec<String> = {
+        let mut st = conn.prepare("SELECT name FROM pragma_table_info('archive')")?;
+        let rows = st.query_map([], |r| r.get::<_, String>(0))?;
+        rows.collect::<rusqlite::Result<_>>()?
+    };
+    for c in [
+        "host",
+        "user",
+        "id",
+        "when_us",
+        "with_bare",
+        "with_resource",
+        "stanza",
+    ] {
+        if !cols.iter().any(|x| x == c) {
+            anyhow::bail!("native schema changed: table archive has no column {c} (has {cols:?}); update NATIVE_INSERT");
+        }
+    }
+    let has_counter_table: bool = conn.query_row(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'archive_counts'",
+        [],
+        |r| r.get::<_, i64>(0),
+    )? > 0;
+    let has_counter_trigger: bool = conn.query_row(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'archive' AND sql LIKE '%archive_counts%'",
+        [],
+        |r| r.get::<_, i64>(0),
+    )? > 0;
+    let batch = 10_000u64;
+    let mut i = 0;
+    while i < ds.n {
+        let tx = conn.transaction()?;
+        {
+            let mut st = tx.prepare_cached(NATIVE_INSERT)?;
+            for j in i..(i + batch).min(ds.n) {
+                let m = ds.msg(j);
+                st.execute(params![
+                    DOMAIN,
+                    ds.owner,
+                    m.key,
+                    m.when_us,
+                    m.with,
+                    m.with_resource,
+                    m.xml()
+                ])?;
+            }
+        }
+        tx.commit()?;
+        i += batch;
+    }
+    if has_counter_table && !has_counter_trigger {
+        conn.execute(
+            "INSERT INTO archive_counts (host, user, messages) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (host, user) DO UPDATE SET messages = messages + excluded.messages",
+            params![DOMAIN, ds.owner, ds.n as i64],
+        )?;
+    }
+    Ok(t.elapsed().as_secs_f64())
+}
+
+/// Makes stock mod_mam's daily expiry task due now: `mod_cron` keeps each task's last
+/// run in the internal `cron` map (`<data>/<host>/cron.dat`); a last run at time 0
+/// makes the first timer tick (1 s after start) run it. For stores without
+/// wildcard delete (internal), expiry only visits users listed under an old date in
+/// the `archive_cleanup` map, which the fast path bypassed, so list them there too.
+pub fn arm_stock_expiry(data_path: &Path, owners: &[String]) -> Result<()> {
+    let host_dir = data_path.join(datamanager_encode(DOMAIN));
+    fs::create_dir_all(&host_dir)?;
+    fs::write(
+        host_dir.join("cron.dat"),
+        "return {\n\t[\"mam/remove_expired_messages\"] = 0;\n};\n",
+    )?;
+    let dir = host_dir.join("archive_cleanup");
+    fs::create_dir_all(&dir)?;
+    let mut s = String::from("return {\n");
+    for o in owners {
+        s.push_str(&format!("\t[{}] = true;\n", lua_str(o)));
+    }
+    s.push_str("};\n");
+    let day = date(now_s() - AGE_END_S - 86400);
+    fs::write(dir.join(format!("{}.dat", datamanager_encode(&day))), s)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn iso8601_matches_prosody_for_a_known_instant() {
+        // From a record Prosody 0.12.3 wrote: when = 1795321636, stamp 2026-11-22T04:27:16Z.
+        assert_eq!(iso8601(1_795_321_636), "2026-11-22T04:27:16Z");
+        assert_eq!(date(0), "1970-01-01");
+    }
+
+    #[test]
+    fn a_dataset_has_exactly_five_rare_messages() {
+        for n in [1000u64, 10_000, 12_345] {
+            let ds = Dataset::new("a", n);
+            let rare = (0..n).filter(|&i| ds.contact(i) == RARE).count() as u64;
+            assert_eq!(rare, RARE_COUNT, "n = {n}");
+        }
+    }
+
+    #[test]
+    fn datamanager_encoding_escapes_dots() {
+        assert_eq!(datamanager_encode("a.b-c"), "a%2eb%2dc");
+    }
+}

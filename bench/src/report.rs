@@ -1,0 +1,534 @@
+//! Results: the JSON document (with ratios) and its markdown rendering.
+
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::phases::{MessagingResult, QueryResult, StallResult, SHAPES};
+use crate::rawsqlite::RawResult;
+use crate::stats::Summary;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Populated {
+    pub owner: String,
+    pub size: u64,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExpiryResult {
+    pub stall: StallResult,
+    pub messages_before: u64,
+    pub messages_after: u64,
+    pub how: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ConfigResult {
+    pub config: String,
+    /// "ran", or why not.
+    pub status: String,
+    pub populated: Vec<Populated>,
+    /// Archive sizes not measured, and why.
+    pub skipped: Vec<String>,
+    pub throughput: Option<MessagingResult>,
+    /// The closed loop again after pre-population (half as long).
+    #[serde(default)]
+    pub throughput_populated: Option<MessagingResult>,
+    pub open_loop: Option<MessagingResult>,
+    pub idle_ping: Option<Summary>,
+    pub queries: Vec<QueryResult>,
+    pub stall_queries: Option<StallResult>,
+    pub expiry: Option<ExpiryResult>,
+    /// (phase, KiB) after each phase.
+    pub rss_kib: Vec<(String, u64)>,
+    pub errors: Vec<String>,
+}
+
+impl ConfigResult {
+    fn query(&self, size: u64, shape: &str) -> Option<&QueryResult> {
+        self.queries
+            .iter()
+            .find(|q| q.size == size && q.shape == shape && q.error.is_none())
+    }
+    fn rss(&self, phase: &str) -> Option<u64> {
+        self.rss_kib
+            .iter()
+            .find(|(p, _)| p == phase)
+            .map(|(_, v)| *v)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Report {
+    pub started: String,
+    pub machine: Value,
+    pub parameters: Value,
+    pub configs: Vec<ConfigResult>,
+    pub raw_sqlite: Option<RawResult>,
+    pub ratios: Value,
+    pub total_seconds: f64,
+}
+
+fn ratio(a: Option<f64>, b: Option<f64>) -> Value {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => {
+            // Four significant digits: query ratios span 0.0001 to 100.
+            let r = a / b;
+            let scale = 10f64.powi(3 - r.abs().log10().floor() as i32);
+            json!(if r == 0.0 {
+                0.0
+            } else {
+                (r * scale).round() / scale
+            })
+        }
+        _ => Value::Null,
+    }
+}
+
+/// Ratios of ours (native) to each other configuration: throughput, open-loop p99,
+/// query p50 per size and shape, RSS after queries.
+pub fn ratios(configs: &[ConfigResult], sizes: &[u64]) -> Value {
+    let get = |n: &str| configs.iter().find(|c| c.config == n && c.status == "ran");
+    let Some(ours) = get("native") else {
+        return json!({ "note": "native configuration did not run; no ratios" });
+    };
+    let mut out = serde_json::Map::new();
+    for other in ["stock-internal", "stock-sql", "nomam"] {
+        let Some(o) = get(other) else { continue };
+        let mut q = serde_json::Map::new();
+        for &size in sizes {
+            for shape in SHAPES {
+                let r = ratio(
+                    ours.query(size, shape).map(|x| x.latency.p50_ms),
+                    o.query(size, shape).map(|x| x.latency.p50_ms),
+                );
+                if !r.is_null() {
+                    q.insert(format!("{size}/{shape}"), r);
+                }
+            }
+        }
+        out.insert(
+            format!("native/{other}"),
+            json!({
+                "throughput_msgs_per_s": ratio(ours.throughput.as_ref().map(|t| t.delivered_per_s), o.throughput.as_ref().map(|t| t.delivered_per_s)),
+                "closed_loop_latency_p50": ratio(ours.throughput.as_ref().map(|t| t.latency.p50_ms), o.throughput.as_ref().map(|t| t.latency.p50_ms)),
+                "open_loop_latency_p99": ratio(ours.open_loop.as_ref().map(|t| t.latency.p99_ms), o.open_loop.as_ref().map(|t| t.latency.p99_ms)),
+                "query_p50": Value::Object(q),
+                "ping_max_during_queries": ratio(ours.stall_queries.as_ref().map(|s| s.ping.max_ms), o.stall_queries.as_ref().map(|s| s.ping.max_ms)),
+                "rss_after_queries": ratio(ours.rss("queries").map(|v| v as f64), o.rss("queries").map(|v| v as f64)),
+            }),
+        );
+    }
+    Value::Object(out)
+}
+
+fn ms(v: f64) -> String {
+    if v >= 100.0 {
+        format!("{v:.0}")
+    } else if v >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+fn size_label(n: u64) -> String {
+    if n >= 1_000_000 && n.is_multiple_of(1_000_000) {
+        format!("{}M", n / 1_000_000)
+    } else if n >= 1000 && n.is_multiple_of(1000) {
+        format!("{}k", n / 1000)
+    } else {
+        n.to_string()
+    }
+}
+
+pub fn markdown(r: &Report, sizes: &[u64]) -> String {
+    let mut m = String::new();
+    let _ = writeln!(m, "# mam-bench results ({})\n", r.started);
+    let _ = writeln!(
+        m,
+        "Machine: {}. Parameters: `{}`. Total run time {:.0} s.\n",
+        r.machine, r.parameters, r.total_seconds
+    );
+    let _ = writeln!(
+        m,
+        "Configurations: {}\n",
+        r.configs
+            .iter()
+            .map(|c| format!("`{}` ({})", c.config, c.status))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+
+    let _ = writeln!(
+        m,
+        "## Archiving throughput (closed loop, until saturation)\n"
+    );
+    let _ = writeln!(m, "| config | msgs/s delivered | latency p50 ms | p99 ms | server CPU % | client CPU % | archived / expected | undelivered |");
+    let _ = writeln!(m, "|---|---|---|---|---|---|---|---|");
+    let rows = r.configs.iter().flat_map(|c| {
+        [
+            (c.config.clone(), c.throughput.as_ref()),
+            (
+                format!("{} (archives populated)", c.config),
+                c.throughput_populated.as_ref(),
+            ),
+        ]
+    });
+    for (name, t) in rows {
+        if let Some(t) = t {
+            let arch = match (t.archived, t.archived_expected) {
+                (Some(a), Some(e)) => format!("{a} / {e}"),
+                _ => "n/a".into(),
+            };
+            let _ = writeln!(
+                m,
+                "| {} | {:.0} | {} | {} | {:.0} | {:.0} | {} | {} |",
+                name,
+                t.delivered_per_s,
+                ms(t.latency.p50_ms),
+                ms(t.latency.p99_ms),
+                t.server_cpu_percent,
+                t.client_cpu_percent,
+                arch,
+                t.undelivered
+            );
+        }
+    }
+    let _ = writeln!(
+        m,
+        "\nFirst on an empty store; then again (half as long) after the big archives were pre-populated \
+         (for SQLite backends the database then holds every pre-populated archive).\n"
+    );
+    let _ = writeln!(m, "\n## Delivery latency at a fixed rate (open loop)\n");
+    let _ = writeln!(
+        m,
+        "| config | target msgs/s | achieved msgs/s | p50 ms | p99 ms | max ms | server CPU % |"
+    );
+    let _ = writeln!(m, "|---|---|---|---|---|---|---|");
+    for c in &r.configs {
+        if let Some(t) = &c.open_loop {
+            let _ = writeln!(
+                m,
+                "| {} | {:.0} | {:.0} | {} | {} | {} | {:.0} |",
+                c.config,
+                t.target_rate_per_s.unwrap_or(0.0),
+                t.delivered_per_s,
+                ms(t.latency.p50_ms),
+                ms(t.latency.p99_ms),
+                ms(t.latency.max_ms),
+                t.server_cpu_percent
+            );
+        }
+    }
+
+    let mam: Vec<&ConfigResult> = r
+        .configs
+        .iter()
+        .filter(|c| c.config != "nomam" && !c.queries.is_empty())
+        .collect();
+    let _ = writeln!(m, "\n## Query latency, page of 50 (p50 / p99 ms)\n");
+    let mut head = String::from("| size | shape |");
+    let mut sep = String::from("|---|---|");
+    for c in &mam {
+        let _ = write!(head, " {} |", c.config);
+        sep.push_str("---|");
+    }
+    if r.raw_sqlite.is_some() {
+        head.push_str(" raw SQLite |");
+        sep.push_str("---|");
+    }
+    let _ = writeln!(m, "{head}\n{sep}");
+    for &size in sizes {
+        for shape in SHAPES {
+            let _ = write!(m, "| {} | {} |", size_label(size), shape);
+            for c in &mam {
+                match c
+                    .queries
+                    .iter()
+                    .find(|q| q.size == size && q.shape == shape)
+                {
+                    Some(q) if q.error.is_some() => {
+                        let _ = write!(m, " error: {} |", q.error.as_deref().unwrap_or(""));
+                    }
+                    Some(q) => {
+                        let _ = write!(m, " {} / {} |", ms(q.latency.p50_ms), ms(q.latency.p99_ms));
+                    }
+                    None => {
+                        let _ = write!(m, " skipped |");
+                    }
+                }
+            }
+            if let Some(raw) = &r.raw_sqlite {
+                match raw
+                    .pages
+                    .iter()
+                    .find(|p| p.size == size && p.shape == shape)
+                {
+                    Some(p) => {
+                        let _ = write!(m, " {} / {} |", ms(p.latency.p50_ms), ms(p.latency.p99_ms));
+                    }
+                    None => m.push_str(" |"),
+                }
+            }
+            m.push('\n');
+        }
+    }
+    let _ = writeln!(
+        m,
+        "\nResults returned (last query of each shape; count = RSM `<count/>`):\n"
+    );
+    for c in &mam {
+        let list: Vec<String> = c
+            .queries
+            .iter()
+            .map(|q| {
+                format!(
+                    "{}/{}: {}{}",
+                    size_label(q.size),
+                    q.shape,
+                    q.results,
+                    q.count.map(|n| format!(" (count {n})")).unwrap_or_default()
+                )
+            })
+            .collect();
+        let _ = writeln!(m, "- `{}`: {}", c.config, list.join(", "));
+    }
+
+    let _ = writeln!(
+        m,
+        "\n## Event-loop stalls (XMPP ping round trip from another client, ms)\n"
+    );
+    let _ = writeln!(m, "| config | idle p99 / max | during heavy queries p99 / max (queries done) | during expiry p99 / max | expiry: deleted, seconds |");
+    let _ = writeln!(m, "|---|---|---|---|---|");
+    for c in &r.configs {
+        let idle = c
+            .idle_ping
+            .as_ref()
+            .map(|s| format!("{} / {}", ms(s.p99_ms), ms(s.max_ms)))
+            .unwrap_or("n/a".into());
+        let q = c
+            .stall_queries
+            .as_ref()
+            .map(|s| {
+                format!(
+                    "{} / {} ({})",
+                    ms(s.ping.p99_ms),
+                    ms(s.ping.max_ms),
+                    s.work_done
+                )
+            })
+            .unwrap_or("n/a".into());
+        let (e, d) = match &c.expiry {
+            Some(x) => (
+                format!("{} / {}", ms(x.stall.ping.p99_ms), ms(x.stall.ping.max_ms)),
+                format!(
+                    "{} of {}, {:.1} s{}",
+                    x.messages_before.saturating_sub(x.messages_after),
+                    x.messages_before,
+                    x.stall.duration_s,
+                    x.stall
+                        .note
+                        .as_ref()
+                        .map(|n| format!(" ({n})"))
+                        .unwrap_or_default()
+                ),
+            ),
+            None => ("n/a".into(), "n/a".into()),
+        };
+        let _ = writeln!(m, "| {} | {} | {} | {} | {} |", c.config, idle, q, e, d);
+    }
+
+    let _ = writeln!(m, "\n## Memory (RSS MiB after each phase)\n");
+    let phases = [
+        "start",
+        "throughput",
+        "open-loop",
+        "populated",
+        "queries",
+        "stall",
+        "expiry",
+    ];
+    let _ = writeln!(m, "| config | {} |", phases.join(" | "));
+    let _ = writeln!(m, "|---|{}", "---|".repeat(phases.len()));
+    for c in &r.configs {
+        let cells: Vec<String> = phases
+            .iter()
+            .map(|p| {
+                c.rss(p)
+                    .map(|v| format!("{:.0}", v as f64 / 1024.0))
+                    .unwrap_or("-".into())
+            })
+            .collect();
+        let _ = writeln!(m, "| {} | {} |", c.config, cells.join(" | "));
+    }
+
+    if let Some(raw) = &r.raw_sqlite {
+        let _ = writeln!(
+            m,
+            "\n## Physical limit (rusqlite, WAL, synchronous=NORMAL; schema {})\n",
+            raw.schema_from
+        );
+        let _ = writeln!(
+            m,
+            "- single-row transactions: {:.0}/s",
+            raw.single_row_tx_per_s
+        );
+        let _ = writeln!(
+            m,
+            "- batched inserts (1000 per transaction): {:.0} rows/s",
+            raw.batch_rows_per_s
+        );
+        if let Some(s) = raw.expiry_delete_s {
+            let _ = writeln!(
+                m,
+                "- expiry as one DELETE: {} rows in {:.2} s",
+                raw.expiry_deleted, s
+            );
+        }
+        let _ = writeln!(m, "- page reads: see the raw SQLite column above");
+    }
+
+    let _ = writeln!(
+        m,
+        "\n## Ratios\n\n```json\n{}\n```",
+        serde_json::to_string_pretty(&r.ratios).unwrap_or_default()
+    );
+
+    let _ = writeln!(m, "\n## Notes\n");
+    for c in &r.configs {
+        for s in &c.skipped {
+            let _ = writeln!(m, "- `{}`: skipped {}", c.config, s);
+        }
+        for e in &c.errors {
+            let _ = writeln!(m, "- `{}`: error: {}", c.config, e);
+        }
+        if let Some(x) = &c.expiry {
+            let _ = writeln!(m, "- `{}` expiry: {}", c.config, x.how);
+        }
+        for p in &c.populated {
+            let _ = writeln!(
+                m,
+                "- `{}`: pre-populated {} ({} messages) in {:.1} s",
+                c.config, p.owner, p.size, p.seconds
+            );
+        }
+    }
+    m
+}
+
+/// A log-log SVG chart of `newest`-page p50 latency against archive size, one line per
+/// configuration (and raw SQLite).
+pub fn svg_chart(r: &Report, sizes: &[u64]) -> String {
+    let shape = "newest";
+    let mut series: Vec<(String, Vec<(u64, f64)>)> = Vec::new();
+    for c in &r.configs {
+        let pts: Vec<(u64, f64)> = sizes
+            .iter()
+            .filter_map(|&s| c.query(s, shape).map(|q| (s, q.latency.p50_ms)))
+            .collect();
+        if !pts.is_empty() {
+            series.push((c.config.clone(), pts));
+        }
+    }
+    if let Some(raw) = &r.raw_sqlite {
+        let pts: Vec<(u64, f64)> = sizes
+            .iter()
+            .filter_map(|&s| {
+                raw.pages
+                    .iter()
+                    .find(|p| p.size == s && p.shape == shape)
+                    .map(|p| (s, p.latency.p50_ms))
+            })
+            .collect();
+        series.push(("raw SQLite".into(), pts));
+    }
+    let (w, h, l, t, rgt, b) = (640.0, 400.0, 70.0, 30.0, 160.0, 50.0);
+    let xs: Vec<f64> = sizes.iter().map(|&s| (s as f64).log10()).collect();
+    let (x0, x1) = (
+        xs.first().copied().unwrap_or(0.0),
+        xs.last()
+            .copied()
+            .unwrap_or(1.0)
+            .max(xs.first().copied().unwrap_or(0.0) + 1.0),
+    );
+    let ys: Vec<f64> = series
+        .iter()
+        .flat_map(|(_, p)| p.iter().map(|&(_, v)| v.max(0.001).log10()))
+        .collect();
+    let y0 = ys
+        .iter()
+        .copied()
+        .fold(f64::INFINITY, f64::min)
+        .floor()
+        .min(0.0);
+    let y1 = ys
+        .iter()
+        .copied()
+        .fold(f64::NEG_INFINITY, f64::max)
+        .ceil()
+        .max(y0 + 1.0);
+    let px = |x: f64| l + (x - x0) / (x1 - x0) * (w - l - rgt);
+    let py = |y: f64| h - b - (y - y0) / (y1 - y0) * (h - t - b);
+    let colors = [
+        "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b",
+    ];
+    let mut s = format!(
+        "<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{h}' font-family='sans-serif' font-size='12'>\n\
+         <rect width='100%' height='100%' fill='white'/>\n\
+         <text x='{l}' y='18'>MAM newest page of 50: p50 latency (ms, log) vs archive size (log)</text>\n"
+    );
+    let mut e = y0;
+    while e <= y1 {
+        let y = py(e);
+        s.push_str(&format!(
+            "<line x1='{l}' y1='{y:.1}' x2='{:.1}' y2='{y:.1}' stroke='#ddd'/><text x='{:.1}' y='{:.1}' text-anchor='end'>{}</text>\n",
+            w - rgt,
+            l - 6.0,
+            y + 4.0,
+            10f64.powf(e)
+        ));
+        e += 1.0;
+    }
+    for (&sz, &x) in sizes.iter().zip(&xs) {
+        s.push_str(&format!(
+            "<text x='{:.1}' y='{:.1}' text-anchor='middle'>{}</text>\n",
+            px(x),
+            h - b + 18.0,
+            size_label(sz)
+        ));
+    }
+    for (k, (name, pts)) in series.iter().enumerate() {
+        let c = colors[k % colors.len()];
+        let path: Vec<String> = pts
+            .iter()
+            .map(|&(sz, v)| {
+                format!(
+                    "{:.1},{:.1}",
+                    px((sz as f64).log10()),
+                    py(v.max(0.001).log10())
+                )
+            })
+            .collect();
+        s.push_str(&format!(
+            "<polyline fill='none' stroke='{c}' stroke-width='2' points='{}'/>\n",
+            path.join(" ")
+        ));
+        for p in &path {
+            let (x, y) = p.split_once(',').unwrap_or(("0", "0"));
+            s.push_str(&format!("<circle cx='{x}' cy='{y}' r='3' fill='{c}'/>\n"));
+        }
+        let ly = t + 20.0 + 18.0 * k as f64;
+        s.push_str(&format!(
+            "<line x1='{:.1}' y1='{ly:.1}' x2='{:.1}' y2='{ly:.1}' stroke='{c}' stroke-width='2'/><text x='{:.1}' y='{:.1}'>{name}</text>\n",
+            w - rgt + 10.0,
+            w - rgt + 30.0,
+            w - rgt + 36.0,
+            ly + 4.0
+        ));
+    }
+    s.push_str("</svg>\n");
+    s
+}
