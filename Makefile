@@ -7,7 +7,7 @@
 PLUGIN_DIR := target/prosody-plugin/mod_mam
 LIB := target/release/libmam_native.so
 
-.PHONY: all deps plugin run test unit-test lint lua-test e2e-test fuzz clean
+.PHONY: all deps plugin run test unit-test lint lua-test e2e-test fuzz bench clean
 
 all: plugin
 
@@ -51,3 +51,7 @@ fuzz:
 
 clean:
 	cargo clean
+
+# Side-by-side benchmark: no MAM, stock mod_mam (internal, SQLite), ours. See bench/README.md.
+bench: plugin
+	bench/run.sh --plugin-dir $(CURDIR)/target/prosody-plugin $(BENCH_ARGS)
