@@ -37,8 +37,8 @@ pub struct Appended {
     pub id: String,
     /// The copy that was stored (namespaces in `dont_archive_namespaces` removed).
     pub stored: Element,
-    /// The copy to deliver: the original with our `<stanza-id>` added.
-    pub delivered: Element,
+    /// Our `<stanza-id>` (XEP-0359), to add to the copy that is delivered.
+    pub stanza_id: Element,
 }
 
 /// Why an eligible message was nevertheless not stored.
@@ -208,16 +208,13 @@ impl Archive {
             owner: self.owner(user),
             msg,
         })?;
-        let mut delivered = stanza;
-        delivered.push(
-            Element::with_ns("stanza-id", ns::STANZA_ID)
-                .with_attr("by", &format!("{user}@{}", self.config.host))
-                .with_attr("id", &id),
-        );
+        let stanza_id = Element::with_ns("stanza-id", ns::STANZA_ID)
+            .with_attr("by", &format!("{user}@{}", self.config.host))
+            .with_attr("id", &id);
         Ok(Ok(Appended {
             id,
             stored,
-            delivered,
+            stanza_id,
         }))
     }
 
@@ -454,10 +451,8 @@ mod tests {
                 .append("juliet", "romeo@montague.lit/orchard", chat(&i.to_string()))
                 .unwrap()
                 .unwrap();
-            let sid = appended
-                .delivered
-                .get_child("stanza-id", Some(ns::STANZA_ID))
-                .unwrap();
+            let sid = &appended.stanza_id;
+            assert_eq!(sid.xmlns(), Some(ns::STANZA_ID));
             assert_eq!(sid.attr("id"), Some(appended.id.as_str()));
             assert_eq!(sid.attr("by"), Some("juliet@localhost"));
             ids.push(appended.id);

@@ -126,14 +126,23 @@ pub fn strip_forged_stanza_ids(stanza: &mut Element, host: &str) -> bool {
     let parent_ns = stanza.xmlns().map(str::to_owned);
     let before = stanza.children.len();
     stanza.retain_tags(|tag| {
-        let is_stanza_id =
-            tag.name == "stanza-id" && tag.xmlns().or(parent_ns.as_deref()) == Some(ns::STANZA_ID);
-        !(is_stanza_id
-            && tag
-                .attr("by")
-                .is_some_and(|by| names_local_account(by, host)))
+        !is_forged_stanza_id(
+            &tag.name,
+            tag.xmlns().or(parent_ns.as_deref()),
+            tag.attr("by"),
+            host,
+        )
     });
     stanza.children.len() != before
+}
+
+/// Whether a direct child (its name, resolved namespace and `by`) is a stanza-id in
+/// the name of an account on `host`: the test [`strip_forged_stanza_ids`] applies,
+/// also used directly on Prosody's tables without converting the stanza.
+pub fn is_forged_stanza_id(name: &str, ns: Option<&str>, by: Option<&str>, host: &str) -> bool {
+    name == "stanza-id"
+        && ns == Some(ns::STANZA_ID)
+        && by.is_some_and(|by| names_local_account(by, host))
 }
 
 /// Whether `jid` is the bare JID of an account on `host` (`node@host`, no resource).

@@ -22,7 +22,7 @@ use crate::mailbox::{Completion, Outcome};
 use crate::policy::{self, Rule};
 use crate::stanza::Element;
 
-use stanza_lua::{element_from_lua, element_to_lua, has_child_named};
+use stanza_lua::{copy_without, element_from_lua, element_to_lua, ChildTag};
 
 /// Every option name the module reads, so the shim can pass them all at once.
 pub const OPTION_NAMES: &[&str] = &[
@@ -116,6 +116,12 @@ fn raw_value(v: Value) -> Option<RawValue> {
     }
 }
 
+/// The copy of `stanza` to deliver: the same children plus our `<stanza-id>`.
+fn delivered_copy(lua: &Lua, stanza: &Table, stanza_id: &Element) -> LuaResult<Table> {
+    copy_without(lua, stanza, &|_| false, Some(stanza_id))?
+        .ok_or_else(|| mlua::Error::runtime("stanza copy failed"))
+}
+
 /// `native.open{ host =, data_path =, options = {…}, stanza_mt =, jid_prep = }`
 fn open(lua: &Lua, args: Table) -> LuaResult<MultiValue> {
     let host: String = args.get("host")?;
@@ -169,17 +175,14 @@ impl UserData for ArchiveHandle {
         });
 
         // strip_forged_ids(stanza) -> new stanza, or nil if nothing was forged.
+        // Decided per direct child on Prosody's table itself: no conversion, and the
+        // copy shares the untouched children (most messages have no stanza-id at all).
         methods.add_method_mut("strip_forged_ids", |lua, this, stanza: Table| {
-            // Nearly every message has no stanza-id at all: look at the child names
-            // before converting the whole stanza.
-            if !has_child_named(lua, &stanza, "stanza-id")? {
-                return Ok(Value::Nil);
-            }
-            let mut el = element_from_lua(lua, &stanza)?;
-            if this.archive()?.strip_forged_ids(&mut el) {
-                Ok(Value::Table(this.to_lua(lua, &el)?))
-            } else {
-                Ok(Value::Nil)
+            let host = this.archive()?.config().host.clone();
+            let forged = |c: &ChildTag| policy::is_forged_stanza_id(c.name, c.ns, c.by, &host);
+            match copy_without(lua, &stanza, &forged, None)? {
+                Some(copy) => Ok(Value::Table(copy)),
+                None => Ok(Value::Nil),
             }
         });
 
@@ -238,7 +241,7 @@ impl UserData for ArchiveHandle {
                 match result {
                     Ok(Ok(appended)) => Ok(values([
                         Value::String(lua.create_string(&appended.id)?),
-                        Value::Table(this.to_lua(lua, &appended.delivered)?),
+                        Value::Table(delivered_copy(lua, &stanza, &appended.stanza_id)?),
                         if want_stored.unwrap_or(false) {
                             Value::Table(this.to_lua(lua, &appended.stored)?)
                         } else {

@@ -201,6 +201,164 @@ pub fn has_child_named(lua: &Lua, t: &Table, name: &str) -> mlua::Result<bool> {
     Ok(found)
 }
 
+/// What [`copy_without`] tells its filter about a direct child element.
+pub struct ChildTag<'a> {
+    pub name: &'a str,
+    /// The child's namespace: its own `xmlns`, else the parent's.
+    pub ns: Option<&'a str>,
+    pub by: Option<&'a str>,
+}
+
+/// A new stanza table like `t` but without the direct children `drop` picks and with
+/// `extra` appended, sharing every other child table with `t` (children are not
+/// changed by anyone who replaces `event.stanza`, so a shallow copy is a faithful
+/// one, as `st.clone` would be, at a fraction of the cost). Returns `None` when there
+/// is nothing to drop and nothing to add: the caller keeps `t`.
+pub fn copy_without(
+    lua: &Lua,
+    t: &Table,
+    drop: &dyn Fn(&ChildTag) -> bool,
+    extra: Option<&Element>,
+) -> mlua::Result<Option<Table>> {
+    let mut result: Option<Table> = None;
+    // SAFETY: argument 1 is the stanza; raw reads only; the closure either leaves
+    // exactly the new table on the stack (returned) or nothing.
+    unsafe {
+        let copied = lua.exec_raw::<Option<Table>>(t, |state| {
+            if !copy_filtered(state, drop, extra) {
+                ffi::lua_settop(state, 0);
+            }
+        })?;
+        if let Some(c) = copied {
+            result = Some(c);
+        }
+    }
+    Ok(result)
+}
+
+/// The work of [`copy_without`]: stanza at index 1; on `true` the copy is the only
+/// value left on the stack.
+unsafe fn copy_filtered(
+    state: *mut ffi::lua_State,
+    drop: &dyn Fn(&ChildTag) -> bool,
+    extra: Option<&Element>,
+) -> bool {
+    ffi::luaL_checkstack(state, 10, std::ptr::null());
+    // The parent's own namespace (absent for a stanza from a client stream).
+    push_str(state, "attr");
+    ffi::lua_rawget(state, 1); // 2: attr
+    if ffi::lua_type(state, 2) == ffi::LUA_TTABLE {
+        push_str(state, "xmlns");
+        ffi::lua_rawget(state, 2); // 3: parent xmlns
+    } else {
+        ffi::lua_pushnil(state);
+    }
+    let parent_ns = string_at(state, 3).and_then(|b| std::str::from_utf8(b).ok());
+
+    let len = ffi::lua_rawlen(state, 1) as ffi::lua_Integer;
+    let mut keep: Vec<bool> = Vec::with_capacity(len as usize);
+    for i in 1..=len {
+        let mut k = true;
+        if ffi::lua_rawgeti(state, 1, i) == ffi::LUA_TTABLE {
+            push_str(state, "name");
+            ffi::lua_rawget(state, -2);
+            push_str(state, "attr");
+            ffi::lua_rawget(state, -3);
+            // Stack: 4 child, 5 child.name, 6 child.attr[, 7 xmlns, 8 by].
+            let (mut ns, mut by) = (None, None);
+            if ffi::lua_type(state, 6) == ffi::LUA_TTABLE {
+                push_str(state, "xmlns");
+                ffi::lua_rawget(state, 6);
+                push_str(state, "by");
+                ffi::lua_rawget(state, 6);
+                ns = string_at(state, 7).and_then(|b| std::str::from_utf8(b).ok());
+                by = string_at(state, 8).and_then(|b| std::str::from_utf8(b).ok());
+            }
+            k = !child_dropped(state, drop, ns.or(parent_ns), by);
+        }
+        ffi::lua_settop(state, 3);
+        keep.push(k);
+    }
+    if extra.is_none() && keep.iter().all(|k| *k) {
+        return false;
+    }
+
+    // 4: the copy
+    let narr = c_int::try_from(len).unwrap_or(c_int::MAX) + 1;
+    ffi::lua_createtable(state, narr, 3);
+    let copy = ffi::lua_absindex(state, -1);
+    push_str(state, "name");
+    push_str(state, "name");
+    ffi::lua_rawget(state, 1);
+    ffi::lua_rawset(state, copy);
+    // attr: a new table with the same entries (callers may change the copy's attrs).
+    push_str(state, "attr");
+    ffi::lua_createtable(state, 0, 4);
+    if ffi::lua_type(state, 2) == ffi::LUA_TTABLE {
+        ffi::lua_pushnil(state);
+        while ffi::lua_next(state, 2) != 0 {
+            ffi::lua_pushvalue(state, -2);
+            ffi::lua_insert(state, -2);
+            ffi::lua_rawset(state, -4);
+        }
+    }
+    ffi::lua_rawset(state, copy);
+    push_str(state, "tags");
+    ffi::lua_createtable(state, narr, 0);
+    let tags = ffi::lua_absindex(state, -1);
+    let (mut n, mut ntags): (ffi::lua_Integer, ffi::lua_Integer) = (0, 0);
+    for (i, k) in keep.iter().enumerate() {
+        if !*k {
+            continue;
+        }
+        let kind = ffi::lua_rawgeti(state, 1, (i + 1) as ffi::lua_Integer);
+        if kind == ffi::LUA_TTABLE {
+            ntags += 1;
+            ffi::lua_pushvalue(state, -1);
+            ffi::lua_rawseti(state, tags, ntags);
+        }
+        n += 1;
+        ffi::lua_rawseti(state, copy, n);
+    }
+    if let Some(el) = extra {
+        // The stanza's metatable, for the new child.
+        if ffi::lua_getmetatable(state, 1) == 0 {
+            ffi::lua_pushnil(state);
+        }
+        let mt = ffi::lua_absindex(state, -1);
+        push_element(state, el, mt);
+        ffi::lua_pushvalue(state, -1);
+        ntags += 1;
+        ffi::lua_rawseti(state, tags, ntags);
+        n += 1;
+        ffi::lua_rawseti(state, copy, n);
+        ffi::lua_pop(state, 1); // the metatable
+    }
+    ffi::lua_rawset(state, copy); // copy.tags = tags
+    if ffi::lua_getmetatable(state, 1) != 0 {
+        ffi::lua_setmetatable(state, copy);
+    }
+    // Leave only the copy.
+    ffi::lua_replace(state, 1);
+    ffi::lua_settop(state, 1);
+    true
+}
+
+/// Reads the child's name from the stack (the child table sits at index 4) and asks
+/// the filter.
+unsafe fn child_dropped(
+    state: *mut ffi::lua_State,
+    drop: &dyn Fn(&ChildTag) -> bool,
+    ns: Option<&str>,
+    by: Option<&str>,
+) -> bool {
+    // Index 4 is the child, 5 its name.
+    match string_at(state, 5).and_then(|b| std::str::from_utf8(b).ok()) {
+        Some(name) => drop(&ChildTag { name, ns, by }),
+        None => false,
+    }
+}
+
 /// Builds the Prosody stanza table for `el`, as `util.stanza` builds it.
 ///
 /// Every element table gets `name`, `attr`, `tags` and its children in the array part;
