@@ -1,12 +1,12 @@
 //! The writer thread: every archive write happens here, off Prosody's event loop.
 //!
 //! The event loop assigns ids and timestamps itself (so delivery never waits) and
-//! queues the write. The writer takes whatever has queued up — one message when the
-//! server is quiet, hundreds under load — and commits consecutive appends in one
-//! transaction (group commit): one fsync for many messages.
+//! queues the write. The writer wakes on the first write, lets more gather for
+//! [`LINGER`], and commits consecutive appends in one transaction (group commit):
+//! one WAL write for many messages.
 //!
-//! Durability window: a message is on disk once the writer commits it, normally within
-//! a millisecond of being queued. At most [`QUEUE_CAPACITY`] writes are ever accepted
+//! Durability window: a message is on disk once the writer commits it, normally
+//! within a few milliseconds of being queued (the linger plus the commit). At most [`QUEUE_CAPACITY`] writes are ever accepted
 //! and not yet committed; a graceful stop or module unload commits them all, a
 //! `kill -9` loses at most those. When storage fails, the writer retries with backoff
 //! (logging the cause once and the recovery once); while it cannot write, the queue
@@ -27,6 +27,11 @@ use crate::time::Micros;
 pub const QUEUE_CAPACITY: usize = 20_000;
 /// Most appends committed in one transaction.
 const MAX_GROUP: usize = 2_000;
+/// How long the writer lets writes gather after the first one arrives before it
+/// commits: under load this turns hundreds of wake-ups and transactions into one
+/// (and takes the writer's CPU off the core Prosody needs); when quiet it adds at
+/// most this much to the durability window.
+const LINGER: Duration = Duration::from_millis(2);
 /// Longest pause between retries of a failing write.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -229,8 +234,13 @@ impl WriterThread {
                     }
                 }
             }
+            let linger_until = Instant::now() + LINGER;
             while pending.len() < MAX_GROUP && !self.stopping {
-                match rx.try_recv() {
+                let now = Instant::now();
+                if now >= linger_until {
+                    break;
+                }
+                match rx.recv_timeout(linger_until - now) {
                     Ok(Command::Write(seq, op)) => pending.push((seq, op)),
                     Ok(Command::Stop) => self.stopping = true,
                     Err(_) => break,
