@@ -3,6 +3,7 @@
 
 import asyncio
 import re
+import socket
 import time
 import urllib.request
 
@@ -94,7 +95,16 @@ def metrics_server(prosody_factory):
         users=6,
     )
     server.http_port = port
-    return server
+    # Prosody is up once c2s listens (what the factory waits for); HTTP may lag.
+    deadline = time.monotonic() + WAIT
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return server
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 async def test_every_metric_family_is_declared_with_its_type_and_host_label(metrics_server):
