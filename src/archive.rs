@@ -50,6 +50,21 @@ pub enum NotStored {
     EmptyWhenStripped,
 }
 
+/// What the engine knows about its own state, for Prosody's metrics. Cheap to take:
+/// two counters and a `stat` of the database files, never a query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stats {
+    /// Writes (messages, preference changes, deletions, expiry batches) queued since
+    /// the archive opened.
+    pub writes_queued: u64,
+    /// Of those, how many the writer has committed.
+    pub writes_committed: u64,
+    /// Queued and not yet committed: what a crash now would lose.
+    pub queue_depth: u64,
+    /// Bytes on disk: the database file plus its write-ahead log.
+    pub database_bytes: u64,
+}
+
 /// One virtual host's archive.
 pub struct Archive {
     config: Config,
@@ -357,11 +372,33 @@ impl Archive {
         }
     }
 
+    /// The engine's counters and the database size ([`Stats`]); never waits on the
+    /// writer or a query, so the event loop may call it whenever metrics are collected.
+    pub fn stats(&self) -> Stats {
+        let writes_queued = self.writer.queued();
+        let writes_committed = self.writer.committed();
+        Stats {
+            writes_queued,
+            writes_committed,
+            queue_depth: writes_queued.saturating_sub(writes_committed),
+            database_bytes: database_bytes(&self.config.database_path),
+        }
+    }
+
     /// Commits everything queued and stops the threads (module unload, shutdown).
     pub fn close(mut self) {
         self.readers.stop();
         self.writer.stop();
     }
+}
+
+/// Size of an SQLite database on disk: the file plus its `-wal` (the `-shm` index is
+/// scratch space). A missing file counts as empty.
+fn database_bytes(path: &std::path::Path) -> u64 {
+    let size = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    size(path) + size(std::path::Path::new(&wal))
 }
 
 #[cfg(test)]
@@ -597,5 +634,41 @@ mod tests {
         assert_eq!(removed(&a, job), 1);
         assert_eq!(a.rule("juliet", "romeo@montague.lit").unwrap(), Rule::Store);
         assert!(query_all(&mut a, "juliet").is_empty());
+    }
+
+    #[test]
+    fn stats_count_queued_and_committed_writes_and_the_database_size() {
+        let (mut a, _, _dir) = archive_with(&[]);
+        let before = a.stats();
+        assert_eq!((before.writes_queued, before.writes_committed), (0, 0));
+        assert_eq!(before.queue_depth, 0);
+        for i in 0..3 {
+            a.append("juliet", "romeo@montague.lit", chat(&i.to_string()))
+                .unwrap()
+                .unwrap();
+        }
+        let queued = a.stats();
+        assert_eq!(queued.writes_queued, 3);
+        assert_eq!(
+            queued.queue_depth,
+            queued.writes_queued - queued.writes_committed
+        );
+        assert!(a.flush(WAIT));
+        let after = a.stats();
+        assert_eq!((after.writes_queued, after.writes_committed), (3, 3));
+        assert_eq!(after.queue_depth, 0);
+        let path = a.config().database_path.clone();
+        let on_disk = std::fs::metadata(&path).unwrap().len()
+            + std::fs::metadata(format!("{}-wal", path.display()))
+                .map(|m| m.len())
+                .unwrap_or(0);
+        assert!(after.database_bytes > 0);
+        assert_eq!(after.database_bytes, on_disk);
+    }
+
+    #[test]
+    fn the_size_of_a_database_that_does_not_exist_is_zero() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(database_bytes(&dir.path().join("absent.sqlite")), 0);
     }
 }

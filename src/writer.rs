@@ -191,6 +191,18 @@ impl Drop for Writer {
     }
 }
 
+// Metrics: how far the writer has got, read without waiting (a brief lock).
+impl Writer {
+    /// Sequence number of the last committed write.
+    pub fn committed(&self) -> u64 {
+        *self
+            .progress
+            .committed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 struct WriterThread {
     store: Box<dyn ArchiveStore>,
     item_limit: Option<u64>,

@@ -12,6 +12,7 @@ local um = require "core.usermanager";
 local async = require "util.async";
 local server = require "net.server";
 local rm_load_roster = require "core.rostermanager".load_roster;
+local time_now = require "util.time".monotonic or require "util.time".now;
 
 local xmlns_mam = "urn:xmpp:mam:2";
 local xmlns_mam_ext = "urn:xmpp:mam:2#extended";
@@ -57,6 +58,45 @@ end
 local config = archive:config();
 module:log("debug", "Archive at %s, expiry %s", config.database_path,
 	config.expires_after and (config.expires_after .. "s") or "never");
+
+-- Metrics through Prosody's statistics API (0.12's module:metric, OpenMetrics), each
+-- family labelled with the host. With statistics off Prosody hands out no-op objects;
+-- on a Prosody without module:metric we do the same, so nothing below checks.
+local noop = {};
+local function nothing() return noop; end
+setmetatable(noop, { __index = function () return nothing; end });
+local function metric(type_, name, unit, description, labels, conf)
+	if not module.metric then return noop; end
+	return module:metric(type_, name, unit, description, labels or {}, conf);
+end
+-- One series per label value, looked up once: counting is then a field read and an add.
+local function by_label(family)
+	return setmetatable({}, { __index = function (t, value)
+		local series = family:with_labels(value);
+		t[value] = series;
+		return series;
+	end });
+end
+local m_archived = metric("counter", "messages_archived", "",
+	"Messages archived (queued for the writer thread)"):with_labels();
+local m_skipped = by_label(metric("counter", "messages_skipped", "",
+	"Messages not archived, by reason", { "reason" }));
+local m_queries = by_label(metric("counter", "queries", "",
+	"Archive queries by outcome: ok or the error condition sent", { "outcome" }));
+local m_query_latency = metric("histogram", "query_latency", "seconds",
+	"Archive queries answered with a fin: from the query arriving to the fin sent", {},
+	{ buckets = { 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5 } }):with_labels();
+local m_expiry_runs = metric("counter", "expiry_runs", "", "Expiry runs finished"):with_labels();
+local m_expired = metric("counter", "expired_messages", "", "Messages deleted by expiry"):with_labels();
+local m_expiry_duration = metric("histogram", "expiry_duration", "seconds",
+	"Duration of successful expiry runs", {},
+	{ buckets = { 0.01, 0.1, 1, 10, 60, 600 } }):with_labels();
+local m_database_size = metric("gauge", "database_size", "bytes",
+	"Archive database on disk: the file plus its write-ahead log"):with_labels();
+local m_queue_depth = metric("gauge", "writer_queue_depth", "",
+	"Writes queued and not yet committed"):with_labels();
+local m_writes_committed = metric("counter", "writes_committed", "",
+	"Writes the writer thread committed since the module loaded"):with_labels();
 
 -- Work finished on the engine's threads comes back here: the engine makes a socket
 -- readable, the loop calls us, we hand each result to whoever waits for it.
@@ -127,17 +167,26 @@ end);
 
 -- Archive queries (XEP-0313 §4): validated at once, run on a reader thread.
 module:hook("iq-set/self/" .. xmlns_mam .. ":query", function (event)
+	local started = time_now();
 	local origin, stanza = event.origin, event.stanza;
 	origin.mam_requested = true;
 	local job, err = archive:query(origin.username, stanza.tags[1], stanza.attr.from, stanza.attr.to);
-	if not job then return fail(origin, stanza, "Archive query", err); end
+	if not job then
+		m_queries[err.condition or "internal-server-error"]:add(1);
+		return fail(origin, stanza, "Archive query", err);
+	end
 	when_done(job, function (c)
-		if c.err then return fail(origin, stanza, "Archive query", c.err); end
+		if c.err then
+			m_queries[c.err.condition or "internal-server-error"]:add(1);
+			return fail(origin, stanza, "Archive query", c.err);
+		end
 		local results = c.results;
 		for i = 1, #results do
 			origin.send(results[i]);
 		end
 		origin.send(st.reply(stanza):add_child(c.fin));
+		m_queries.ok:add(1);
+		m_query_latency:sample(time_now() - started);
 	end);
 	return true;
 end);
@@ -201,6 +250,7 @@ local function message_handler(event, c2s)
 		payload = { stanza = stanza; session = origin };
 		if not module:fire_event("archive-should-store", payload) then
 			log("debug", "Not archiving stanza: %s (%s)", stanza:top_tag(), payload.reason);
+			m_skipped[payload.reason or "vetoed"]:add(1);
 			return;
 		end
 	end
@@ -208,6 +258,7 @@ local function message_handler(event, c2s)
 	local rule, rule_err = archive:rule(store_user, with);
 	if not rule then
 		log("error", "Could not read archiving preferences of %s: %s", store_user, rule_err.log);
+		m_skipped.error:add(1);
 		return;
 	end
 	if rule == "roster" then
@@ -215,10 +266,12 @@ local function message_handler(event, c2s)
 	end
 	if rule ~= "store" then
 		log("debug", "Not archiving stanza: %s (prefs)", stanza:top_tag());
+		m_skipped.prefs:add(1);
 		return;
 	end
 	if not user_exists(store_user) then
 		log("debug", "Not archiving stanza: %s (no such user)", stanza:top_tag());
+		m_skipped["no user"]:add(1);
 		return;
 	end
 
@@ -227,13 +280,16 @@ local function message_handler(event, c2s)
 	local id, delivered, stored = archive:append(store_user, with, stanza, announce, check_in_append);
 	if not id then
 		local err = delivered;
-		if err.empty or err.reason then
+		if err.reason then
 			log("debug", "Not archiving stanza: %s (%s)", stanza:top_tag(), err.log);
+			m_skipped[err.reason]:add(1);
 		else
 			log("error", "Could not archive stanza: %s", err.log);
+			m_skipped[err.condition == "resource-constraint" and "queue full" or "error"]:add(1);
 		end
 		return;
 	end
+	m_archived:add(1);
 	log("debug", "Archived message %s as %s", stanza.attr.id, id);
 	event.stanza = delivered;
 	if announce then
@@ -305,24 +361,29 @@ end);
 -- in batches, one short transaction each, interleaved with new messages.
 local expiry_batch = 1000;
 local expiry_running = false;
-local function expire_step(total)
+local function expire_step(total, started)
 	local job, err = archive:expire_batch(expiry_batch);
 	if not job then
 		if err then module:log("error", "Expiry failed: %s", err.log); end
 		expiry_running = false;
+		m_expiry_runs:add(1);
 		return;
 	end
 	waiting[job] = function (c)
 		if c.err then
 			module:log("error", "Expiry failed: %s", c.err.log);
 			expiry_running = false;
+			m_expiry_runs:add(1);
 			return;
 		end
 		total = total + c.count;
+		m_expired:add(c.count);
 		if c.count >= expiry_batch then
-			return expire_step(total);
+			return expire_step(total, started);
 		end
 		expiry_running = false;
+		m_expiry_runs:add(1);
+		m_expiry_duration:sample(time_now() - started);
 		if total > 0 then
 			module:log("info", "Deleted %d expired messages", total);
 		end
@@ -333,7 +394,7 @@ if config.expires_after then
 	module:add_timer(1, function ()
 		if not expiry_running then
 			expiry_running = true;
-			expire_step(0);
+			expire_step(0, time_now());
 		end
 		return config.cleanup_interval;
 	end);
@@ -350,6 +411,16 @@ local function close_archive()
 	archive:close();
 end
 module:hook_global("server-stopped", close_archive);
+
+-- Gauges from the engine, read whenever Prosody collects statistics (every
+-- statistics_interval, or on each scrape with "manual"): two counters and a stat(2).
+module:hook_global("stats-update", function ()
+	if closed then return; end
+	local stats = archive:stats();
+	m_database_size:set(stats.database_bytes);
+	m_queue_depth:set(stats.queue_depth);
+	m_writes_committed:set(stats.writes_committed);
+end);
 
 function module.unload()
 	close_archive();

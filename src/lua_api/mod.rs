@@ -15,7 +15,7 @@ use mlua::{
     Function, Lua, MultiValue, Result as LuaResult, Table, UserData, UserDataMethods, Value,
 };
 
-use crate::archive::{Archive, NotStored};
+use crate::archive::{Archive, NotStored, Stats};
 use crate::config::{Config, RawValue};
 use crate::error::MamError;
 use crate::mailbox::{Completion, Outcome};
@@ -40,6 +40,8 @@ pub const OPTION_NAMES: &[&str] = &[
 
 /// Why a message Prosody accepted cannot be archived: deeper than we represent.
 const TOO_DEEP: &str = "too deeply nested to archive";
+/// The same, as a short reason (events, the `reason` label of the skipped metric).
+const TOO_DEEP_REASON: &str = "too deep";
 
 /// The handle the shim holds: one open archive for one virtual host.
 struct ArchiveHandle {
@@ -167,6 +169,16 @@ fn config_table(lua: &Lua, c: &Config) -> LuaResult<Table> {
     Ok(t)
 }
 
+/// [`Stats`] as a Lua table (integers).
+fn stats_table(lua: &Lua, s: &Stats) -> LuaResult<Table> {
+    let t = lua.create_table_with_capacity(0, 4)?;
+    t.raw_set("writes_queued", s.writes_queued)?;
+    t.raw_set("writes_committed", s.writes_committed)?;
+    t.raw_set("queue_depth", s.queue_depth)?;
+    t.raw_set("database_bytes", s.database_bytes)?;
+    Ok(t)
+}
+
 impl UserData for ArchiveHandle {
     fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
         methods.add_method_mut("config", |lua, this, ()| {
@@ -192,7 +204,7 @@ impl UserData for ArchiveHandle {
             // Prosody's 256 KB stanza limit allows) is not archived; raising here
             // would make Prosody drop the message instead of delivering it.
             let Ok(el) = element_from_lua(lua, &stanza) else {
-                return Ok((false, TOO_DEEP));
+                return Ok((false, TOO_DEEP_REASON));
             };
             let (store, reason) = policy::should_store(&el);
             Ok((store, reason))
@@ -210,7 +222,8 @@ impl UserData for ArchiveHandle {
         );
 
         // append(user, with_jid, stanza, want_stored, check) -> id, delivered, stored
-        //   | nil, { log =, empty = true } | nil, { log =, reason = } | nil, err
+        //   | nil, { log =, reason = "empty", empty = true } | nil, { log =, reason = }
+        //   | nil, err
         // The stored copy is only built when someone listens for archive-message-added;
         // `check` applies stock's selection rules in the same call (one conversion of
         // the stanza) when no other module needs the archive-should-store event.
@@ -229,7 +242,7 @@ impl UserData for ArchiveHandle {
                     // As in should_store: deliver it, do not archive it.
                     let t = lua.create_table()?;
                     t.raw_set("log", TOO_DEEP)?;
-                    t.raw_set("reason", TOO_DEEP)?;
+                    t.raw_set("reason", TOO_DEEP_REASON)?;
                     return Ok(values([Value::Nil, Value::Table(t)]));
                 };
                 let archive = this.archive()?;
@@ -254,6 +267,7 @@ impl UserData for ArchiveHandle {
                             NotStored::EmptyWhenStripped => {
                                 t.raw_set("log", "empty when stripped")?;
                                 t.raw_set("empty", true)?;
+                                t.raw_set("reason", "empty")?;
                             }
                             NotStored::Policy(reason) => {
                                 t.raw_set("log", reason)?;
@@ -330,6 +344,13 @@ impl UserData for ArchiveHandle {
                 Ok(job) => Ok(values([Value::Integer(job as i64)])),
                 Err(e) => failure(lua, &e),
             }
+        });
+
+        // stats() -> { writes_queued =, writes_committed =, queue_depth =,
+        //             database_bytes = }: counters and a stat(2), never a wait.
+        methods.add_method_mut("stats", |lua, this, ()| {
+            let s = this.archive()?.stats();
+            stats_table(lua, &s)
         });
 
         // notify_fd() -> the descriptor to watch with server.watchfd

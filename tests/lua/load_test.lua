@@ -145,7 +145,7 @@ check("forged stanza-ids are stripped even from a stanza too deep to convert", f
 	eq(stripped:get_child("stanza-id", "urn:xmpp:sid:0"), nil);
 	eq(stripped:get_child_text("body"), "deep");
 	local ok, why = archive:should_store(stripped);
-	eq(ok, false); eq(why, "too deeply nested to archive");
+	eq(ok, false); eq(why, "too deep");
 end);
 
 check("a query returns result messages as Prosody stanzas and a fin", function ()
@@ -211,6 +211,15 @@ end);
 
 check("flush waits until queued writes are committed", function ()
 	eq(archive:flush(10), true);
+end);
+
+check("stats reports queued and committed writes and the database size", function ()
+	local s = archive:stats();
+	eq(math.type(s.writes_queued), "integer", "writes_queued");
+	assert(s.writes_queued > 0, "writes were queued");
+	eq(s.writes_committed, s.writes_queued, "all committed after flush");
+	eq(s.queue_depth, 0, "queue_depth");
+	assert(math.type(s.database_bytes) == "integer" and s.database_bytes > 0, "database_bytes");
 end);
 
 check("delete_user empties the archive", function ()
