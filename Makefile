@@ -7,7 +7,7 @@
 PLUGIN_DIR := target/prosody-plugin/mod_mam
 LIB := target/release/libmam_native.so
 
-.PHONY: all deps plugin run test unit-test lint lua-test e2e-test fuzz bench clean
+.PHONY: all deps plugin run test unit-test lint lua-test e2e-test fuzz soak bench clean
 
 all: plugin
 
@@ -48,6 +48,12 @@ fuzz:
 	cd fuzz && for t in parse_xml parse_query config_value; do \
 		cargo +nightly fuzz run $$t -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=1024 || exit 1; \
 	done
+
+# Opt-in, not part of `make test`: archiving, queries and expiry against a real Prosody
+# for SOAK_SECONDS (default 600), failing if RSS or open descriptors trend upward.
+SOAK_SECONDS ?= 600
+soak: plugin
+	python3 tests/soak.py $(SOAK_SECONDS)
 
 clean:
 	cargo clean

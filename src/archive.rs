@@ -83,10 +83,17 @@ impl Archive {
     /// writer, one per reader.
     pub fn open(config: Config) -> Result<Archive> {
         let path = config.database_path.clone();
-        let writer_store = SqliteStore::open(&path)?;
+        let named = |e: crate::error::MamError| crate::error::MamError::Open {
+            path: path.display().to_string(),
+            cause: e.to_string(),
+        };
+        let mut writer_store = SqliteStore::open(&path).map_err(named)?;
+        if let Some(pages) = config.max_db_pages {
+            writer_store.set_max_pages(pages).map_err(named)?;
+        }
         let mut readers: Vec<Box<dyn ArchiveStore>> = Vec::new();
         for _ in 0..READER_THREADS {
-            readers.push(Box::new(SqliteStore::open(&path)?));
+            readers.push(Box::new(SqliteStore::open(&path).map_err(named)?));
         }
         Archive::with_stores(
             config,
@@ -386,9 +393,10 @@ impl Archive {
     }
 
     /// Commits everything queued and stops the threads (module unload, shutdown).
-    pub fn close(mut self) {
+    pub fn close(mut self) -> Vec<(Level, String)> {
         self.readers.stop();
         self.writer.stop();
+        self.mailbox.take().1
     }
 }
 

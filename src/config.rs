@@ -61,6 +61,10 @@ pub struct Config {
     pub item_limit: Option<u64>,
     /// `mam_database`: the SQLite file.
     pub database_path: PathBuf,
+    /// `mam_max_db_pages`: the most pages the database may grow to (SQLite's
+    /// `max_page_count` on the writer's connection); `None` for SQLite's own limit.
+    /// Beyond it writes fail as on a full disk.
+    pub max_db_pages: Option<u64>,
 }
 
 /// Looks up raw option values by name (`None` when the admin did not set it).
@@ -235,6 +239,10 @@ impl Config {
             }
             None => PathBuf::from(data_path).join(format!("mam_{archive_store}.sqlite")),
         };
+        let max_db_pages = match opts.get("mam_max_db_pages") {
+            Some(v) => Some(parse_count("mam_max_db_pages", &v, 1)?),
+            None => None,
+        };
         Ok(Config {
             host: host.to_owned(),
             expires_after,
@@ -248,6 +256,7 @@ impl Config {
             archive_store,
             item_limit,
             database_path,
+            max_db_pages,
         })
     }
 }
@@ -283,6 +292,7 @@ mod tests {
         assert!(c.include_total);
         assert_eq!(c.archive_store, "archive");
         assert_eq!(c.item_limit, None);
+        assert_eq!(c.max_db_pages, None);
         assert_eq!(
             c.database_path,
             PathBuf::from("/var/lib/prosody/mam_archive.sqlite")

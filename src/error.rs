@@ -35,6 +35,10 @@ pub enum MamError {
         #[source]
         source: rusqlite::Error,
     },
+    /// The archive database could not be opened at load (missing directory, not a
+    /// database, unreadable); names the file.
+    #[error("cannot open the archive database {path}: {cause}")]
+    Open { path: String, cause: String },
     /// Stored data could not be read back (e.g. an archived stanza that is not XML).
     #[error("corrupt archive data: {0}")]
     Corrupt(String),
@@ -67,9 +71,10 @@ impl MamError {
             MamError::ItemNotFound(t) => ("cancel", "item-not-found", Some(t.clone())),
             MamError::PolicyViolation(t) => ("modify", "policy-violation", Some(t.clone())),
             MamError::Overloaded(_) => ("wait", "resource-constraint", None),
-            MamError::Config(_) | MamError::Storage { .. } | MamError::Corrupt(_) => {
-                ("wait", "internal-server-error", None)
-            }
+            MamError::Config(_)
+            | MamError::Storage { .. }
+            | MamError::Open { .. }
+            | MamError::Corrupt(_) => ("wait", "internal-server-error", None),
         };
         XmppError {
             error_type,

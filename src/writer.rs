@@ -12,6 +12,7 @@
 //! (logging the cause once and the recovery once); while it cannot write, the queue
 //! fills and further messages are delivered but not archived, each one logged.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -34,6 +35,11 @@ const MAX_GROUP: usize = 2_000;
 const LINGER: Duration = Duration::from_millis(2);
 /// Longest pause between retries of a failing write.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Attempts left for writes still failing once a stop is asked for, and the pause
+/// between them: a stop during a storage fault ends in well under a second (plus
+/// SQLite's busy timeout per attempt when the database is locked).
+const ATTEMPTS_WHEN_STOPPING: u32 = 3;
+const BACKOFF_WHEN_STOPPING: Duration = Duration::from_millis(100);
 
 /// One write, in queue order.
 #[derive(Debug)]
@@ -103,6 +109,9 @@ pub struct Writer {
     /// Sequence number of the last write queued (main thread only).
     queued: u64,
     progress: Arc<Progress>,
+    /// Set by [`Writer::stop`] before it queues `Stop`: a writer stuck retrying a
+    /// failing write never reads the queue, so it checks this between attempts.
+    stop_requested: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -119,6 +128,8 @@ impl Writer {
             changed: Condvar::new(),
         });
         let thread_progress = progress.clone();
+        let stop_requested = Arc::new(AtomicBool::new(false));
+        let thread_stop_requested = stop_requested.clone();
         let thread = std::thread::Builder::new()
             .name("mam-writer".into())
             .spawn(move || {
@@ -127,6 +138,7 @@ impl Writer {
                     item_limit,
                     mailbox,
                     progress: thread_progress,
+                    stop_requested: thread_stop_requested,
                     failing: false,
                     stopping: false,
                 }
@@ -137,6 +149,7 @@ impl Writer {
             queue,
             queued: 0,
             progress,
+            stop_requested,
             thread: Some(thread),
         })
     }
@@ -178,6 +191,7 @@ impl Writer {
     /// Commits everything queued, then stops the thread.
     pub fn stop(&mut self) {
         if let Some(thread) = self.thread.take() {
+            self.stop_requested.store(true, Ordering::Release);
             // A blocking send: the queue may be full; the writer drains it first.
             let _ = self.queue.send(Command::Stop);
             let _ = thread.join();
@@ -208,6 +222,8 @@ struct WriterThread {
     item_limit: Option<u64>,
     mailbox: Arc<Mailbox>,
     progress: Arc<Progress>,
+    /// [`Writer::stop`] was called (`Stop` may still be behind a full queue).
+    stop_requested: Arc<AtomicBool>,
     /// The last attempt failed (so the cause was logged; log the recovery).
     failing: bool,
     /// `Stop` was received: drain, commit, return.
@@ -263,7 +279,9 @@ impl WriterThread {
     }
 
     /// Applies `pending` in order, retrying storage failures with backoff. On return
-    /// `pending` is empty (committed, or given up at shutdown and logged).
+    /// `pending` is empty (committed, or given up at shutdown and logged), except when
+    /// a stop is first noticed during a failure: then `stopping` is set and the caller
+    /// adds what is still queued before the last attempts.
     fn apply_with_retry(&mut self, pending: &mut Vec<(u64, WriteOp)>) {
         let mut backoff = Duration::from_millis(50);
         let mut attempts_while_stopping = 0;
@@ -288,24 +306,48 @@ impl WriterThread {
                             format!("archive write failed, retrying with backoff: {err}"),
                         );
                     }
+                    if !self.stopping && self.stop_requested.load(Ordering::Acquire) {
+                        // Asked to stop while storage fails: go and take everything
+                        // still queued, then make the last attempts on all of it.
+                        self.stopping = true;
+                        return;
+                    }
                     if self.stopping {
+                        backoff = backoff.min(BACKOFF_WHEN_STOPPING);
                         attempts_while_stopping += 1;
-                        if attempts_while_stopping >= 3 {
+                        if attempts_while_stopping >= ATTEMPTS_WHEN_STOPPING {
                             self.mailbox.log(
                                 Level::Error,
                                 format!(
-                                    "shutting down with {} archive writes not stored: {err}",
-                                    pending.len()
+                                    "shutting down with {} archive writes not stored \
+                                     ({} of them messages): {err}",
+                                    pending.len(),
+                                    pending
+                                        .iter()
+                                        .filter(|(_, op)| matches!(op, WriteOp::Append { .. }))
+                                        .count()
                                 ),
                             );
                             pending.clear();
                             return;
                         }
                     }
-                    std::thread::sleep(backoff);
+                    self.pause(backoff);
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }
+        }
+    }
+
+    /// Sleeps for `backoff`, or less if a stop is asked for meanwhile.
+    fn pause(&self, backoff: Duration) {
+        let until = Instant::now() + backoff;
+        loop {
+            let now = Instant::now();
+            if now >= until || self.stop_requested.load(Ordering::Acquire) {
+                return;
+            }
+            std::thread::sleep((until - now).min(Duration::from_millis(50)));
         }
     }
 
@@ -394,4 +436,86 @@ impl WriterThread {
 /// Appends are always handled as a run by [`WriterThread::apply`].
 fn unreachable_append() -> Result<()> {
     Err(MamError::Corrupt("append outside an append run".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::sqlite::SqliteStore;
+
+    fn message(i: usize, body_len: usize) -> NewMessage {
+        NewMessage {
+            id: format!("id{i:06}"),
+            when: i as Micros,
+            with_bare: "romeo@montague.lit".into(),
+            with_resource: None,
+            xml: format!(
+                "<message xmlns='jabber:client'><body>{}</body></message>",
+                "x".repeat(body_len)
+            ),
+        }
+    }
+
+    fn logs_containing(logs: &[(Level, String)], needle: &str) -> Vec<String> {
+        logs.iter()
+            .filter(|(_, l)| l.contains(needle))
+            .map(|(_, l)| l.clone())
+            .collect()
+    }
+
+    #[test]
+    fn a_full_database_is_logged_once_and_a_stop_during_it_ends_promptly() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("full.sqlite");
+        let mut store = SqliteStore::open(&path).unwrap();
+        store.set_max_pages(30).unwrap();
+        let mailbox = Arc::new(Mailbox::new().unwrap());
+        let mut writer = Writer::start(Box::new(store), None, mailbox.clone()).unwrap();
+        let owner = Owner::new("capulet.lit", "juliet");
+        for i in 0..5 {
+            let msg = message(i, 10);
+            writer
+                .submit(WriteOp::Append {
+                    owner: owner.clone(),
+                    msg,
+                })
+                .unwrap();
+        }
+        assert!(writer.flush(Duration::from_secs(5)));
+        // 30 pages of 4 KiB cannot hold 200 more messages of 2 KB.
+        for i in 5..205 {
+            let msg = message(i, 2000);
+            writer
+                .submit(WriteOp::Append {
+                    owner: owner.clone(),
+                    msg,
+                })
+                .unwrap();
+        }
+        assert!(!writer.flush(Duration::from_millis(500)), "all 200 fit?");
+        let started = Instant::now();
+        writer.stop();
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "stop took {:?}",
+            started.elapsed()
+        );
+
+        let (_, logs) = mailbox.take();
+        let failed = logs_containing(&logs, "archive write failed");
+        assert_eq!(failed.len(), 1, "{logs:?}");
+        assert!(failed[0].contains("full"), "{failed:?}");
+        let lost = logs_containing(&logs, "shutting down with");
+        assert_eq!(lost.len(), 1, "{logs:?}");
+
+        // What was committed before the fault is there; what was not stored is exactly
+        // the count the shutdown line gives.
+        let mut check = SqliteStore::open(&path).unwrap();
+        let stored = check.message_count(&owner).unwrap() as usize;
+        assert!((5..205).contains(&stored), "stored {stored}");
+        assert!(
+            lost[0].contains(&format!("with {} archive writes", 205 - stored)),
+            "{lost:?}"
+        );
+    }
 }

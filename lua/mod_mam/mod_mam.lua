@@ -408,7 +408,11 @@ local function close_archive()
 	if closed then return; end
 	closed = true;
 	completion_watch:close();
-	archive:close();
+	-- Log lines from the last moments of the threads (e.g. writes given up on).
+	local last = archive:close();
+	for i = 1, #last do
+		module:log(last[i].level, "%s", last[i].log);
+	end
 end
 module:hook_global("server-stopped", close_archive);
 

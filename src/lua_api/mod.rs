@@ -36,6 +36,7 @@ pub const OPTION_NAMES: &[&str] = &[
     "archive_store",
     "storage_archive_item_limit",
     "mam_database",
+    "mam_max_db_pages",
 ];
 
 /// Why a message Prosody accepted cannot be archived: deeper than we represent.
@@ -382,12 +383,20 @@ impl UserData for ArchiveHandle {
             Ok(this.archive()?.flush(timeout))
         });
 
-        // close(): commits every queued write, stops the threads; later calls raise.
-        methods.add_method_mut("close", |_, this, ()| {
+        // close() -> { { log =, level = } ... }: commits every queued write, stops the
+        // threads and returns their last log lines (e.g. writes given up on at
+        // shutdown while storage fails); later calls raise.
+        methods.add_method_mut("close", |lua, this, ()| {
+            let out = lua.create_table()?;
             if let Some(archive) = this.archive.take() {
-                archive.close();
+                for (level, message) in archive.close() {
+                    let t = lua.create_table()?;
+                    t.raw_set("level", level.as_str())?;
+                    t.raw_set("log", message)?;
+                    out.raw_push(t)?;
+                }
             }
-            Ok(())
+            Ok(out)
         });
     }
 }

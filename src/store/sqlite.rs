@@ -130,6 +130,18 @@ impl SqliteStore {
         Self::with_connection(conn)
     }
 
+    /// Caps the database at `pages` pages (`PRAGMA max_page_count`, this connection
+    /// only): beyond it writes fail with `SQLITE_FULL`, as on a full disk.
+    pub fn set_max_pages(&mut self, pages: u64) -> Result<()> {
+        self.conn
+            .pragma_update(
+                None,
+                "max_page_count",
+                i64::try_from(pages).unwrap_or(i64::MAX),
+            )
+            .map_err(MamError::storage("set max_page_count"))
+    }
+
     /// A private, empty archive in memory (for tests and tools).
     pub fn open_in_memory() -> Result<SqliteStore> {
         let conn =

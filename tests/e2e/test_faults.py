@@ -1,0 +1,328 @@
+"""Crash safety and storage faults (issue 5, items 1 and 2), against a real Prosody.
+
+- kill -9 mid-load: the database passes integrity_check, every message a query had
+  shown (so committed) is there with its id, and what else survived is a prefix of
+  what was sent (intact, unique ids, in order): the loss is inside the documented
+  window (at most the writer's queue, 20,000 writes).
+- A graceful stop (SIGTERM) and a module reload (`prosodyctl shell`) lose nothing.
+- The database locked by another process, or full (`mam_max_db_pages`): messages are
+  delivered, Prosody answers pings while the fault lasts, MAM answers within a bound,
+  the log names the cause once, and the writes catch up when the fault clears.
+- A corrupt database file at start-up: the module fails to load with a log line
+  naming the file; Prosody keeps serving logins, pings and messages.
+- An unwritable database file: only as a non-root user (root ignores permissions).
+"""
+
+import asyncio
+import os
+import signal
+import sqlite3
+import threading
+import time
+
+import pytest
+
+from conftest import (
+    HOST, NS_CLIENT, PLUGIN_PATH, WAIT, Prosody, StanzaError, chat_xml, mam_all, mam_query,
+    prosody_config, prosodyctl, q, stanza_ids, use_module,
+)
+
+pytestmark = pytest.mark.native_only  # stock keeps its archive elsewhere (internal files)
+
+QUEUE_CAPACITY = 20_000  # src/writer.rs: the most writes accepted and not yet committed
+
+
+def db_path(server):
+    return server.dir / "data" / "mam_archive.sqlite"
+
+
+def integrity(path):
+    conn = sqlite3.connect(str(path), timeout=WAIT)
+    try:
+        return conn.execute("PRAGMA integrity_check").fetchall()
+    finally:
+        conn.close()
+
+
+def kill_hard(server):
+    """kill -9 by PID, as a crash would."""
+    proc, server.proc = server.proc, None
+    Prosody.running.discard(server)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=WAIT)
+
+
+def body(m):
+    return m.findtext(q(NS_CLIENT, "body"))
+
+
+def delivered_ids(client, user_bare):
+    """body -> the stanza-id (by the recipient's archive) of every delivered message."""
+    out = {}
+    for m in client.delivered():
+        sids = stanza_ids(m, by=user_bare)
+        if body(m) is not None and sids:
+            out[body(m)] = sids[0].get("id")
+    return out
+
+
+async def wait_delivered(client, bodies, timeout=WAIT):
+    want = set(bodies)
+    deadline = time.monotonic() + timeout
+    while not want <= {body(m) for m in client.delivered()}:
+        assert time.monotonic() < deadline, f"{len(want - {body(m) for m in client.delivered()})} not delivered"
+        await asyncio.sleep(0.02)
+
+
+def log_lines(server, needle):
+    return [line for line in server.log_text().splitlines() if needle in line]
+
+
+async def wait_log(server, needle, timeout=WAIT):
+    deadline = time.monotonic() + timeout
+    while not log_lines(server, needle):
+        assert time.monotonic() < deadline, f"no log line with {needle!r}:\n{server.log_tail()}"
+        await asyncio.sleep(0.05)
+
+
+async def timed_ping(client):
+    started = time.monotonic()
+    await client.roundtrip()
+    return time.monotonic() - started
+
+
+async def bounded_query(client, bound=WAIT):
+    """A MAM query during a fault: an error reply or results, never a hang past `bound`."""
+    started = time.monotonic()
+    try:
+        results, _fin = await asyncio.wait_for(mam_query(client, rsm={"max": 5}), bound)
+        outcome = f"{len(results)} results"
+    except StanzaError as e:
+        assert e.condition in ("internal-server-error", "resource-constraint"), e
+        outcome = e.condition
+    return outcome, time.monotonic() - started
+
+
+# --------------------------------------------------------------------------- crash safety
+
+async def test_kill_9_mid_load_keeps_every_committed_message_and_the_database_intact(prosody_factory, connect):
+    server = prosody_factory("crash", users=2)
+    a, b = server.take_users(2)
+    alice, bob = await connect(server, a), await connect(server, b)
+    first = [f"c{i}" for i in range(200)]
+    for text in first:
+        alice.send(chat_xml(bob.bare, text))
+    await wait_delivered(bob, first)
+    committed = await mam_all(bob)  # a query sees only committed writes
+    assert [r.body for r in committed] == first
+
+    # Keep sending, and kill -9 while Prosody is busy archiving.
+    more = [f"k{i}" for i in range(3000)]
+    for i, text in enumerate(more):
+        alice.send(chat_xml(bob.bare, text))
+        if i % 200 == 199:
+            await asyncio.sleep(0.01)
+    await bob.wait_for_message(lambda m: body(m) == "k300")
+    kill_hard(server)
+    received = delivered_ids(bob, bob.bare)
+    await alice.disconnect()
+    await bob.disconnect()
+
+    server.start()
+    assert integrity(db_path(server)) == [("ok",)]
+    bob = await connect(server, b)
+    after = await mam_all(bob, page=50)
+    assert [(r.id, r.body) for r in after[:200]] == [(r.id, r.body) for r in committed]
+    survived = [r.body for r in after[200:]]
+    assert survived == more[:len(survived)], "survivors are not a prefix of what was sent, in order"
+    assert len({r.id for r in after}) == len(after)
+    for r in after:  # intact: the stored stanza is the one delivered, with its id
+        assert r.message.get("to", "").startswith(bob.bare) and r.message.get("type") == "chat"
+        if r.body in received:
+            assert received[r.body] == r.id
+    lost = len([t for t in more if t in received]) - len(survived)
+    assert lost <= QUEUE_CAPACITY
+    print(f"kill -9: {len(received)} delivered, {len(after)} archived, {max(lost, 0)} lost in the window")
+
+
+async def test_a_graceful_stop_loses_nothing_that_was_delivered(prosody_factory, connect):
+    server = prosody_factory("sigterm", users=2)
+    a, b = server.take_users(2)
+    alice, bob = await connect(server, a), await connect(server, b)
+    texts = [f"t{i}" for i in range(500)]
+    for text in texts:
+        alice.send(chat_xml(bob.bare, text))
+    await wait_delivered(bob, texts)
+    received = delivered_ids(bob, bob.bare)
+    server.stop()  # SIGTERM straight away: no query has waited for the writes
+    await alice.disconnect()
+    await bob.disconnect()
+
+    server.start()
+    assert integrity(db_path(server)) == [("ok",)]
+    bob = await connect(server, b)
+    after = await mam_all(bob)
+    assert [(r.body, r.id) for r in after] == [(t, received[t]) for t in texts]
+
+
+async def test_a_module_reload_loses_nothing_and_archiving_carries_on(prosody_factory, connect):
+    modules = prosody_config.MODULES + ["admin_shell"]
+    server = prosody_factory("reload", {"modules_enabled": modules}, users=2)
+    a, b = server.take_users(2)
+    alice, bob = await connect(server, a), await connect(server, b)
+    texts = [f"r{i}" for i in range(500)]
+    for text in texts:
+        alice.send(chat_xml(bob.bare, text))
+    await wait_delivered(bob, texts)
+    received = delivered_ids(bob, bob.bare)
+    reload = await asyncio.get_running_loop().run_in_executor(
+        None, lambda: prosodyctl(server, "shell", "module", "reload", "mam", HOST, timeout=WAIT))
+    assert reload.returncode == 0, reload.stdout + reload.stderr
+    await wait_log(server, "Archive at")  # twice: the first load and the reload
+    assert len(log_lines(server, "Archive at")) == 2, server.log_tail()
+
+    alice.send(chat_xml(bob.bare, "after reload"))
+    await bob.wait_for_message(lambda m: body(m) == "after reload")
+    after = await mam_all(bob)
+    assert [(r.body, r.id) for r in after[:-1]] == [(t, received[t]) for t in texts]
+    assert after[-1].body == "after reload"
+
+
+# --------------------------------------------------------------------------- storage faults
+
+async def test_a_database_locked_by_another_process_delays_archiving_but_not_the_server(prosody_factory, connect):
+    server = prosody_factory("locked", users=2)
+    a, b = server.take_users(2)
+    alice, bob = await connect(server, a), await connect(server, b)
+    alice.send(chat_xml(bob.bare, "before"))
+    await wait_delivered(bob, ["before"])
+    assert [r.body for r in await mam_all(bob)] == ["before"]
+
+    locked, release = threading.Event(), threading.Event()
+
+    def hold_lock():
+        conn = sqlite3.connect(str(db_path(server)), timeout=WAIT, isolation_level=None)
+        try:
+            conn.execute("BEGIN EXCLUSIVE")
+            locked.set()
+            release.wait(WAIT)  # longer than SQLite's 5 s busy timeout in the writer
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+
+    holder = threading.Thread(target=hold_lock)
+    holder.start()
+    try:
+        assert locked.wait(WAIT)
+        texts = [f"l{i}" for i in range(100)]
+        for text in texts:
+            alice.send(chat_xml(bob.bare, text))
+        await wait_delivered(bob, texts)
+        assert await timed_ping(alice) < 2.0  # answered while the lock is held
+        outcome, took = await bounded_query(bob)
+        await wait_log(server, "archive write failed")  # after the busy timeout
+        assert await timed_ping(alice) < 2.0
+        assert not release.is_set()
+    finally:
+        release.set()
+        holder.join(WAIT)
+    await wait_log(server, "archive storage recovered", timeout=2 * WAIT)
+    failed = log_lines(server, "archive write failed")
+    assert len(failed) == 1 and "locked" in failed[0], failed
+    assert len(log_lines(server, "archive storage recovered")) == 1
+    assert [r.body for r in await mam_all(bob)] == ["before"] + texts
+    print(f"locked: query during the fault -> {outcome} in {took:.1f}s")
+
+
+async def test_a_full_database_keeps_delivering_and_keeps_what_was_committed(prosody_factory, connect):
+    server = prosody_factory("full", {"mam_max_db_pages": 40}, users=2)
+    a, b = server.take_users(2)
+    alice, bob = await connect(server, a), await connect(server, b)
+    early = [f"e{i}" for i in range(10)]
+    for text in early:
+        alice.send(chat_xml(bob.bare, text))
+    await wait_delivered(bob, early)
+    committed = await mam_all(bob)
+    assert [r.body for r in committed] == early
+
+    pad = "x" * 2000  # 40 pages of 4 KiB hold far fewer than 200 such messages (twice)
+    texts = [f"f{i}-{pad}" for i in range(200)]
+    for text in texts:
+        alice.send(chat_xml(bob.bare, text))
+    await wait_delivered(bob, texts)
+    await wait_log(server, "archive write failed")
+    assert await timed_ping(alice) < 2.0
+    outcome, took = await bounded_query(bob)
+    more = [f"g{i}" for i in range(20)]  # still delivered while full
+    for text in more:
+        alice.send(chat_xml(bob.bare, text))
+    await wait_delivered(bob, more)
+    failed = log_lines(server, "archive write failed")
+    assert len(failed) == 1 and "full" in failed[0], failed
+    await alice.disconnect()
+    await bob.disconnect()
+
+    server.stop()  # promptly, although writes are still failing
+    assert server.proc is None
+    not_stored = log_lines(server, "archive writes not stored")
+    assert len(not_stored) == 1, not_stored
+    dropped = int(not_stored[0].split("(")[1].split(" of them messages")[0])
+
+    server.options["mam_max_db_pages"] = 100_000
+    use_module(server, PLUGIN_PATH)  # same data dir, the higher limit
+    server.start()
+    assert integrity(db_path(server)) == [("ok",)]
+    bob, alice = await connect(server, b), await connect(server, a)
+    after = await mam_all(bob)
+    assert [(r.id, r.body) for r in after[:10]] == [(r.id, r.body) for r in committed]
+    sent = texts + more
+    stored = 0
+    for archive in (after, await mam_all(alice)):  # each message is in both archives
+        assert [r.body for r in archive[:10]] == early
+        later = [r.body for r in archive[10:]]
+        assert later == sent[:len(later)], "what survived is not a prefix of what was sent"
+        stored += len(later)
+    assert stored + dropped == 2 * len(sent), (stored, dropped)
+    print(f"full: query during the fault -> {outcome} in {took:.1f}s; "
+          f"{stored} of {2 * len(sent)} writes stored, {dropped} logged as not stored")
+
+
+async def test_a_corrupt_database_file_stops_only_the_module(connect):
+    server = Prosody("faults-corrupt", users=2)
+    try:
+        path = db_path(server)
+        garbage = bytes((i * 7919) % 251 for i in range(64 * 1024))
+        path.write_bytes(garbage)
+        server.start()
+        await wait_log(server, "cannot open the archive database")
+        lines = log_lines(server, "cannot open the archive database")
+        assert str(path) in lines[0], lines
+        a, b = server.take_users(2)
+        alice, bob = await connect(server, a), await connect(server, b)
+        await alice.roundtrip()
+        alice.send(chat_xml(bob.bare, "still served"))
+        await wait_delivered(bob, ["still served"])
+        assert server.proc.poll() is None
+        assert path.read_bytes() == garbage, "the module wrote to a file it could not read"
+    finally:
+        server.cleanup()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file permissions: nothing to emulate "
+                    "an unwritable file with (no chattr/mount rights in the test environment)")
+async def test_an_unwritable_database_file_stops_only_the_module(connect):
+    server = Prosody("faults-readonly", users=2)
+    try:
+        server.start()  # creates the database
+        server.stop()
+        os.chmod(db_path(server), 0o444)
+        server.start()
+        a, b = server.take_users(2)
+        alice, bob = await connect(server, a), await connect(server, b)
+        alice.send(chat_xml(bob.bare, "still served"))
+        await wait_delivered(bob, ["still served"])
+        assert await timed_ping(alice) < 2.0
+        assert log_lines(server, "readonly") or log_lines(server, "cannot open the archive database")
+    finally:
+        server.cleanup()
+
