@@ -19,8 +19,10 @@ $(LIB): Cargo.toml $(shell find src -name '*.rs')
 
 plugin: deps $(LIB)
 	mkdir -p $(PLUGIN_DIR)
-	cp lua/mod_mam/*.lua $(PLUGIN_DIR)/
-	cp $(LIB) $(PLUGIN_DIR)/mam_native.so
+	install -m 0644 lua/mod_mam/*.lua $(PLUGIN_DIR)/
+	# install writes a new file instead of overwriting in place: a Prosody that has
+	# the old library mapped keeps running on it until it reloads the module.
+	install -m 0755 $(LIB) $(PLUGIN_DIR)/mam_native.so
 
 run: plugin
 	prosody-test-env/run.sh
