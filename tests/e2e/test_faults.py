@@ -10,15 +10,22 @@
   the log names the cause once, and the writes catch up when the fault clears.
 - A corrupt database file at start-up: the module fails to load with a log line
   naming the file; Prosody keeps serving logins, pings and messages.
-- An unwritable database file: only as a non-root user (root ignores permissions).
+- Real file-system faults, on a tiny tmpfs (needs the right to mount, as root in CI;
+  skipped otherwise): a really full disk (SQLITE_FULL), recovered by growing the tmpfs
+  while Prosody runs; and a read-only mount at start-up (EROFS; this replaces a test
+  of an unwritable file that only ran as non-root, root ignoring file permissions).
+  A mount cannot become read-only while the writer has the file open (EBUSY), so a
+  database turning read-only under a running writer is not tested.
 """
 
 import asyncio
 import os
 import signal
 import sqlite3
+import subprocess
 import threading
 import time
+import uuid
 
 import pytest
 
@@ -308,21 +315,189 @@ async def test_a_corrupt_database_file_stops_only_the_module(connect):
         server.cleanup()
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file permissions: nothing to emulate "
-                    "an unwritable file with (no chattr/mount rights in the test environment)")
-async def test_an_unwritable_database_file_stops_only_the_module(connect):
-    server = Prosody("faults-readonly", users=2)
-    try:
-        server.start()  # creates the database
-        server.stop()
-        os.chmod(db_path(server), 0o444)
-        server.start()
-        a, b = server.take_users(2)
-        alice, bob = await connect(server, a), await connect(server, b)
-        alice.send(chat_xml(bob.bare, "still served"))
-        await wait_delivered(bob, ["still served"])
-        assert await timed_ping(alice) < 2.0
-        assert log_lines(server, "readonly") or log_lines(server, "cannot open the archive database")
-    finally:
-        server.cleanup()
+# --------------------------------------------------------------------------- real file-system faults
 
+class Tmpfs:
+    """A tiny tmpfs for the archive database: a real full disk or read-only mount."""
+
+    def __init__(self, path):
+        self.path = path
+        self.servers = []
+
+    def mount(self, *options):
+        subprocess.run(["mount", "-o", ",".join(("remount",) + options), str(self.path)],
+                       check=True, capture_output=True, timeout=WAIT)
+
+    def server(self, name, options=None, users=2):
+        """A Prosody (not started) whose archive is on this tmpfs."""
+        server = Prosody(name, {"mam_database": str(self.path / "mam.sqlite"), **(options or {})}, users)
+        self.servers.append(server)
+        return server
+
+
+def mounted(path):
+    out = subprocess.run(["mount"], capture_output=True, text=True, timeout=WAIT).stdout
+    return [line for line in out.splitlines() if f" on {path} " in line]
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """A 2 MiB tmpfs at a unique dir under pytest's tmp dir; skips if mount is not
+    permitted. Teardown stops the servers using it, then unmounts (lazily as a last
+    resort) and checks that nothing is left mounted."""
+    path = tmp_path / f"tmpfs-{uuid.uuid4().hex[:8]}"
+    path.mkdir()
+    try:
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m,mode=0700", "none", str(path)],
+                              capture_output=True, text=True, timeout=WAIT)
+    except FileNotFoundError:
+        pytest.skip("no `mount` command: cannot make a real full or read-only file system")
+    if done.returncode != 0:
+        pytest.skip(f"`mount -t tmpfs` not permitted here ({done.stderr.strip()}): "
+                    "cannot make a real full or read-only file system")
+    fs = Tmpfs(path)
+    try:
+        yield fs
+    finally:
+        for server in fs.servers:
+            server.cleanup()
+        if subprocess.run(["umount", str(path)], capture_output=True, timeout=WAIT).returncode != 0:
+            subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=WAIT)
+        assert not mounted(path), f"{path} is still mounted"
+
+
+def archived_ids(path):
+    """(user, id) of every row in the archive database, read directly."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=WAIT)
+    try:
+        return set(conn.execute("SELECT user, id FROM archive").fetchall())
+    finally:
+        conn.close()
+
+
+async def test_a_really_full_disk_delays_archiving_but_not_the_server(tmpfs, connect):
+    """The database on a 2 MiB tmpfs, filled by archiving (a real SQLITE_FULL); then the
+    tmpfs grown while Prosody runs: the writer recovers by itself and loses nothing."""
+    server = tmpfs.server("faults-disk-full")
+    server.start()
+    a, b = server.take_users(2)
+    alice, bob = await connect(server, a), await connect(server, b)
+    early = [f"e{i}" for i in range(10)]
+    for text in early:
+        alice.send(chat_xml(bob.bare, text))
+    await wait_delivered(bob, early)
+    committed = {"bob": await mam_all(bob), "alice": await mam_all(alice)}
+    assert [r.body for r in committed["bob"]] == early
+
+    # The messages themselves fill it: 2 archives x 120 x 6 KB, in the WAL and again
+    # in the database file, is far more than the 2 MiB of the tmpfs.
+    pad = "x" * 6000
+    texts = [f"f{i}-{pad}" for i in range(120)]
+    for i, text in enumerate(texts):
+        alice.send(chat_xml(bob.bare, text))
+        if i % 20 == 19:
+            await asyncio.sleep(0.01)
+    await wait_delivered(bob, texts)
+    await wait_log(server, "archive write failed")
+    pings = [await timed_ping(alice)]
+    outcome, took = await bounded_query(bob, bound=4.0)
+    more = [f"g{i}" for i in range(20)]  # still delivered during the fault
+    for text in more:
+        alice.send(chat_xml(bob.bare, text))
+    await wait_delivered(bob, more)
+    pings.append(await timed_ping(bob))
+    assert max(pings) < 2.0, pings
+    assert not log_lines(server, "archive storage recovered")  # really still failing
+
+    tmpfs.mount("size=64m")  # free space while Prosody runs
+    await wait_log(server, "archive storage recovered", timeout=2 * WAIT)
+    after = [f"a{i}" for i in range(10)]
+    for text in after:
+        alice.send(chat_xml(bob.bare, text))
+    await wait_delivered(bob, after)
+    failed = log_lines(server, "archive write failed")
+    assert len(failed) == 1 and "full" in failed[0], failed
+    assert len(log_lines(server, "archive storage recovered")) == 1
+    assert not log_lines(server, "not archived"), log_lines(server, "not archived")[:3]
+    sent = early + texts + more + after
+    for who, client in (("bob", bob), ("alice", alice)):  # each message in both archives
+        archive = await mam_all(client)
+        assert [r.body for r in archive] == sent, f"{who}: {len(archive)} of {len(sent)}"
+        assert [(r.id, r.body) for r in archive[:10]] == [(r.id, r.body) for r in committed[who]]
+    await alice.disconnect()
+    await bob.disconnect()
+
+    server.stop()
+    path = tmpfs.path / "mam.sqlite"
+    assert integrity(path) == [("ok",)]
+    rows = archived_ids(path)
+    for who, results in committed.items():
+        user = (alice if who == "alice" else bob).user
+        assert {(user, r.id) for r in results} <= rows
+    assert len(rows) == 2 * len(sent)
+    print(f"disk full: query during the fault -> {outcome} in {took:.1f}s")
+
+
+async def test_a_read_only_file_system_stops_only_the_module_until_it_is_loaded_again(tmpfs, connect):
+    """The database on a file system mounted read-only (a real EROFS, which root cannot
+    override, unlike file permissions). Linux refuses to remount a file system read-only
+    while a process has a file on it open for writing (EBUSY), and an immutable flag
+    does not affect descriptors already open, so a running writer cannot be made to
+    see this fault; what can happen is Prosody starting on a read-only mount."""
+    modules = prosody_config.MODULES + ["admin_shell"]
+    server = tmpfs.server("faults-read-only", {"modules_enabled": modules})
+    server.start()  # creates the database
+    a, b = server.take_users(2)
+    alice, bob = await connect(server, a), await connect(server, b)
+    early = [f"e{i}" for i in range(10)]
+    for text in early:
+        alice.send(chat_xml(bob.bare, text))
+    await wait_delivered(bob, early)
+    committed = await mam_all(bob)
+    assert [r.body for r in committed] == early
+    await alice.disconnect()
+    await bob.disconnect()
+    server.stop()
+    path = tmpfs.path / "mam.sqlite"
+    before = path.read_bytes()
+
+    tmpfs.mount("ro")
+    server.start()
+    await wait_log(server, "cannot open the archive database")
+    alice, bob = await connect(server, a, "ro"), await connect(server, b, "ro")
+    texts = [f"r{i}" for i in range(50)]
+    for text in texts:
+        alice.send(chat_xml(bob.bare, text))
+    await wait_delivered(bob, texts)
+    assert await timed_ping(alice) < 2.0
+    started = time.monotonic()
+    try:  # without the module, Prosody answers MAM queries itself, with an error
+        await asyncio.wait_for(mam_query(bob, rsm={"max": 5}), 4.0)
+        outcome = "results"
+    except StanzaError as e:
+        outcome = e.condition
+    took = time.monotonic() - started
+    lines = log_lines(server, "cannot open the archive database")  # the module's line,
+    assert len([line for line in lines if f"{HOST}:mam" in line]) == 1, lines  # once
+    assert all(str(path) in line for line in lines), lines
+    assert server.proc.poll() is None
+
+    tmpfs.mount("rw")  # writable again: loading the module again is the admin's step
+    load = await asyncio.get_running_loop().run_in_executor(
+        None, lambda: prosodyctl(server, "shell", "module", "load", "mam", HOST, timeout=WAIT))
+    assert load.returncode == 0, load.stdout + load.stderr
+    await wait_log(server, "Archive at")
+    after = [f"a{i}" for i in range(10)]
+    for text in after:
+        alice.send(chat_xml(bob.bare, text))
+    await wait_delivered(bob, after)
+    archive = await mam_all(bob)
+    assert [r.body for r in archive] == early + after  # what came during the fault is not
+    assert [(r.id, r.body) for r in archive[:10]] == [(r.id, r.body) for r in committed]
+    await alice.disconnect()
+    await bob.disconnect()
+    server.stop()
+    assert integrity(path) == [("ok",)]
+    assert {(b, r.id) for r in committed} <= archived_ids(path)
+    assert before != path.read_bytes()  # written again once loaded
+    print(f"read-only: query during the fault -> {outcome} in {took:.1f}s")
