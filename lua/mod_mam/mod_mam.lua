@@ -44,20 +44,26 @@ for _, name in ipairs(native.option_names) do
 	options[name] = module:get_option(name);
 end
 
-local archive, open_err = native.open {
-	host = host;
-	data_path = prosody.paths.data;
-	options = options;
-	stanza_mt = st.stanza_mt;
-	jid_prep = jid_prep;
-};
-if not archive then
-	module:log("error", "%s", open_err.log);
-	error("mod_mam: " .. open_err.log);
+-- The archive handle; nil while the database cannot be opened (see open_archive).
+local archive, config;
+
+local function open_handle()
+	return native.open {
+		host = host;
+		data_path = prosody.paths.data;
+		options = options;
+		stanza_mt = st.stanza_mt;
+		jid_prep = jid_prep;
+	};
 end
-local config = archive:config();
-module:log("debug", "Archive at %s, expiry %s", config.database_path,
-	config.expires_after and (config.expires_after .. "s") or "never");
+
+-- A bad option fails the module load at once, before any hook is set (it will not
+-- fix itself, and Prosody keeps the hooks of a module that fails to load).
+local first_handle, first_err = open_handle();
+if not first_handle and first_err.config then
+	module:log("error", "%s", first_err.log);
+	error("mod_mam: " .. first_err.log);
+end
 
 -- Metrics through Prosody's statistics API (0.12's module:metric, OpenMetrics), each
 -- family labelled with the host. With statistics off Prosody hands out no-op objects;
@@ -116,7 +122,7 @@ local function on_completions()
 		end
 	end
 end
-local completion_watch = server.watchfd(archive:notify_fd(), on_completions);
+local completion_watch;
 
 -- Runs `callback(completion)` when job `job` finishes. Inside a session's async
 -- runner (every c2s stanza in 0.12) the handler waits there, so a session's stanzas
@@ -146,9 +152,17 @@ local function fail(origin, stanza, what, err)
 	return true;
 end
 
+-- While the database cannot be opened, MAM requests get a temporary error.
+local function unavailable(origin, stanza)
+	if archive then return false; end
+	origin.send(st.error_reply(stanza, "wait", "internal-server-error", "The archive is temporarily unavailable"));
+	return true;
+end
+
 -- Preferences (XEP-0313 §6).
 module:hook("iq/self/" .. xmlns_mam .. ":prefs", function (event)
 	local origin, stanza = event.origin, event.stanza;
+	if unavailable(origin, stanza) then return true; end
 	local set = stanza.attr.type == "set" and stanza.tags[1] or nil;
 	local prefs, err = archive:prefs(origin.username, set);
 	if not prefs then return fail(origin, stanza, "Setting preferences", err); end
@@ -159,6 +173,7 @@ end);
 -- The query form (XEP-0313 §4.1.5).
 module:hook("iq-get/self/" .. xmlns_mam .. ":query", function (event)
 	local origin, stanza = event.origin, event.stanza;
+	if unavailable(origin, stanza) then return true; end
 	local form, err = archive:query_form(origin.username);
 	if not form then return fail(origin, stanza, "Query form", err); end
 	origin.send(st.reply(stanza):add_child(form));
@@ -170,6 +185,10 @@ module:hook("iq-set/self/" .. xmlns_mam .. ":query", function (event)
 	local started = time_now();
 	local origin, stanza = event.origin, event.stanza;
 	origin.mam_requested = true;
+	if unavailable(origin, stanza) then
+		m_queries["internal-server-error"]:add(1);
+		return true;
+	end
 	local job, err = archive:query(origin.username, stanza.tags[1], stanza.attr.from, stanza.attr.to);
 	if not job then
 		m_queries[err.condition or "internal-server-error"]:add(1);
@@ -194,6 +213,7 @@ end);
 -- Archive metadata (XEP-0313 §7).
 module:hook("iq-get/self/" .. xmlns_mam .. ":metadata", function (event)
 	local origin, stanza = event.origin, event.stanza;
+	if unavailable(origin, stanza) then return true; end
 	local job, err = archive:metadata(origin.username);
 	if not job then return fail(origin, stanza, "Archive metadata", err); end
 	when_done(job, function (c)
@@ -223,6 +243,10 @@ local function user_exists(user)
 end
 
 local function message_handler(event, c2s)
+	if not archive then
+		m_skipped["unavailable"]:add(1);
+		return;
+	end
 	local origin, stanza = event.origin, event.stanza;
 	local log = c2s and origin.log or module._log;
 	local orig_from = stanza.attr.from;
@@ -304,6 +328,7 @@ end
 -- The sender's stanza-id (added above at priority 0) is for their carbons (-0.5) only:
 -- strip stanza-ids naming our accounts before the message is routed (stock's -1).
 local function strip_outgoing_stanza_id(event)
+	if not archive then return; end
 	local stripped = archive:strip_forged_ids(event.stanza);
 	if stripped then
 		event.stanza = stripped;
@@ -343,6 +368,10 @@ end);
 module:hook_global("user-deleted", function (event)
 	if event.host ~= host then return; end
 	local username = event.username;
+	if not archive then
+		module:log("error", "Could not delete archive of %s@%s: the archive database is unavailable", username, host);
+		return;
+	end
 	local job, err = archive:delete_user(username);
 	if not job then
 		module:log("error", "Could not delete archive of %s@%s: %s", username, host, err.log);
@@ -390,23 +419,56 @@ local function expire_step(total, started)
 	end;
 end
 
-if config.expires_after then
+local function start_expiry()
+	if not config.expires_after then
+		module:log("debug", "Archive expiry disabled");
+		return;
+	end
 	module:add_timer(1, function ()
+		if not archive then return; end
 		if not expiry_running then
 			expiry_running = true;
 			expire_step(0, time_now());
 		end
 		return config.cleanup_interval;
 	end);
-else
-	module:log("debug", "Archive expiry disabled");
 end
+
+-- Takes an open handle into use.
+local function adopt(handle)
+	archive, config = handle, handle:config();
+	completion_watch = server.watchfd(archive:notify_fd(), on_completions);
+	module:log("debug", "Archive at %s, expiry %s", config.database_path,
+		config.expires_after and (config.expires_after .. "s") or "never");
+	start_expiry();
+end
+
+-- A database that cannot be opened (corrupt, read-only, missing directory) leaves the
+-- module loaded, answering MAM with a temporary error and trying again every few
+-- seconds, so service comes back by itself when the fault is cleared.
+local open_retry_interval = 5;
+if first_handle then
+	adopt(first_handle);
+else
+	module:log("error", "%s; MAM answers with a temporary error and the database is tried again every %d s",
+		first_err.log, open_retry_interval);
+	module:add_timer(open_retry_interval, function ()
+		local handle = open_handle();
+		if not handle then
+			return open_retry_interval;
+		end
+		adopt(handle);
+		module:log("info", "Archive database opened; archiving resumed");
+	end);
+end
+first_handle, first_err = nil, nil;
 
 -- Unload and shutdown commit every queued write before the database closes.
 local closed = false;
 local function close_archive()
 	if closed then return; end
 	closed = true;
+	if not archive then return; end
 	completion_watch:close();
 	-- Log lines from the last moments of the threads (e.g. writes given up on).
 	local last = archive:close();
@@ -419,7 +481,7 @@ module:hook_global("server-stopped", close_archive);
 -- Gauges from the engine, read whenever Prosody collects statistics (every
 -- statistics_interval, or on each scrape with "manual"): two counters and a stat(2).
 module:hook_global("stats-update", function ()
-	if closed then return; end
+	if closed or not archive then return; end
 	local stats = archive:stats();
 	m_database_size:set(stats.database_bytes);
 	m_queue_depth:set(stats.queue_depth);

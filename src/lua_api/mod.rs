@@ -135,7 +135,14 @@ fn open(lua: &Lua, args: Table) -> LuaResult<MultiValue> {
     let source = |name: &str| raw_value(options.get::<Value>(name).unwrap_or(Value::Nil));
     let config = match Config::from_options(&host, &data_path, &source) {
         Ok(c) => c,
-        Err(e) => return failure(lua, &e),
+        Err(e) => {
+            // A bad option will not fix itself: the shim fails the module load.
+            let mv = failure(lua, &e)?;
+            if let Some(Value::Table(t)) = mv.iter().nth(1) {
+                t.raw_set("config", true)?;
+            }
+            return Ok(mv);
+        }
     };
     let archive = match Archive::open(config) {
         Ok(a) => a,

@@ -8,12 +8,15 @@
 - The database locked by another process, or full (`mam_max_db_pages`): messages are
   delivered, Prosody answers pings while the fault lasts, MAM answers within a bound,
   the log names the cause once, and the writes catch up when the fault clears.
-- A corrupt database file at start-up: the module fails to load with a log line
-  naming the file; Prosody keeps serving logins, pings and messages.
+- A corrupt database file at start-up: the module stays loaded without an archive,
+  logs the cause once naming the file, answers MAM with a temporary error (wait,
+  internal-server-error), keeps Prosody serving logins, pings and messages, and
+  recovers by itself once the file is moved away.
 - Real file-system faults, on a tiny tmpfs (needs the right to mount, as root in CI;
   skipped otherwise): a really full disk (SQLITE_FULL), recovered by growing the tmpfs
   while Prosody runs; and a read-only mount at start-up (EROFS; this replaces a test
-  of an unwritable file that only ran as non-root, root ignoring file permissions).
+  of an unwritable file that only ran as non-root, root ignoring file permissions),
+  recovered by itself once the mount is writable again.
   A mount cannot become read-only while the writer has the file open (EBUSY), so a
   database turning read-only under a running writer is not tested.
 """
@@ -294,7 +297,7 @@ async def test_a_full_database_keeps_delivering_and_keeps_what_was_committed(pro
           f"{stored} of {2 * len(sent)} writes stored, {dropped} logged as not stored")
 
 
-async def test_a_corrupt_database_file_stops_only_the_module(connect):
+async def test_a_corrupt_database_file_stops_only_archiving_until_it_is_replaced(connect):
     server = Prosody("faults-corrupt", users=2)
     try:
         path = db_path(server)
@@ -309,8 +312,20 @@ async def test_a_corrupt_database_file_stops_only_the_module(connect):
         await alice.roundtrip()
         alice.send(chat_xml(bob.bare, "still served"))
         await wait_delivered(bob, ["still served"])
+        with pytest.raises(StanzaError) as info:  # MAM says "try again later"
+            await mam_query(bob, rsm={"max": 5})
+        assert (info.value.type, info.value.condition) == ("wait", "internal-server-error")
         assert server.proc.poll() is None
         assert path.read_bytes() == garbage, "the module wrote to a file it could not read"
+        # The retries do not flood the log: the cause is named once.
+        await asyncio.sleep(6)
+        assert len(log_lines(server, "cannot open the archive database")) == 1
+        # The admin moves the broken file away: the module recovers by itself.
+        path.rename(path.with_suffix(".corrupt"))
+        await wait_log(server, "Archive database opened", timeout=20)
+        alice.send(chat_xml(bob.bare, "archived again"))
+        await wait_delivered(bob, ["archived again"])
+        assert [r.body for r in await mam_all(bob)] == ["archived again"]
     finally:
         server.cleanup()
 
@@ -438,7 +453,7 @@ async def test_a_really_full_disk_delays_archiving_but_not_the_server(tmpfs, con
     print(f"disk full: query during the fault -> {outcome} in {took:.1f}s")
 
 
-async def test_a_read_only_file_system_stops_only_the_module_until_it_is_loaded_again(tmpfs, connect):
+async def test_a_read_only_file_system_stops_only_archiving_until_it_is_writable_again(tmpfs, connect):
     """The database on a file system mounted read-only (a real EROFS, which root cannot
     override, unlike file permissions). Linux refuses to remount a file system read-only
     while a process has a file on it open for writing (EBUSY), and an immutable flag
@@ -471,22 +486,20 @@ async def test_a_read_only_file_system_stops_only_the_module_until_it_is_loaded_
     await wait_delivered(bob, texts)
     assert await timed_ping(alice) < 2.0
     started = time.monotonic()
-    try:  # without the module, Prosody answers MAM queries itself, with an error
+    try:  # the module answers "try again later" while the database is unavailable
         await asyncio.wait_for(mam_query(bob, rsm={"max": 5}), 4.0)
         outcome = "results"
     except StanzaError as e:
         outcome = e.condition
+    assert outcome == "internal-server-error"
     took = time.monotonic() - started
     lines = log_lines(server, "cannot open the archive database")  # the module's line,
     assert len([line for line in lines if f"{HOST}:mam" in line]) == 1, lines  # once
     assert all(str(path) in line for line in lines), lines
     assert server.proc.poll() is None
 
-    tmpfs.mount("rw")  # writable again: loading the module again is the admin's step
-    load = await asyncio.get_running_loop().run_in_executor(
-        None, lambda: prosodyctl(server, "shell", "module", "load", "mam", HOST, timeout=WAIT))
-    assert load.returncode == 0, load.stdout + load.stderr
-    await wait_log(server, "Archive at")
+    tmpfs.mount("rw")  # writable again: the module recovers by itself
+    await wait_log(server, "Archive database opened", timeout=20)
     after = [f"a{i}" for i in range(10)]
     for text in after:
         alice.send(chat_xml(bob.bare, text))
