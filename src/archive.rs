@@ -203,7 +203,9 @@ impl Archive {
         with_jid: &str,
         stanza: Element,
     ) -> Result<std::result::Result<Appended, NotStored>> {
-        let mut stored = stanza.clone();
+        // The delivered copy is built from Prosody's own table, so this Element is only
+        // the stored copy: no clone.
+        let mut stored = stanza;
         if !policy::strip_namespaces(&mut stored, &self.config.dont_archive_namespaces) {
             return Ok(Err(NotStored::EmptyWhenStripped));
         }
