@@ -171,36 +171,6 @@ unsafe fn read_element(
     })
 }
 
-/// Whether the stanza table `t` has a child element called `name`, looking only at
-/// its `tags` (no conversion): the cheap test before the expensive work.
-pub fn has_child_named(lua: &Lua, t: &Table, name: &str) -> mlua::Result<bool> {
-    let mut found = false;
-    // SAFETY: raw, non-allocating reads of argument 1; the stack is reset at the end.
-    unsafe {
-        lua.exec_raw::<()>(t, |state| {
-            ffi::luaL_checkstack(state, 4, std::ptr::null());
-            push_str(state, "tags");
-            if ffi::lua_rawget(state, 1) == ffi::LUA_TTABLE {
-                let n = ffi::lua_rawlen(state, 2) as ffi::lua_Integer;
-                for i in 1..=n {
-                    if ffi::lua_rawgeti(state, 2, i) == ffi::LUA_TTABLE {
-                        push_str(state, "name");
-                        ffi::lua_rawget(state, -2);
-                        found = string_at(state, -1) == Some(name.as_bytes());
-                        ffi::lua_pop(state, 1);
-                    }
-                    ffi::lua_pop(state, 1);
-                    if found {
-                        break;
-                    }
-                }
-            }
-            ffi::lua_settop(state, 0);
-        })?;
-    }
-    Ok(found)
-}
-
 /// What [`copy_without`] tells its filter about a direct child element.
 pub struct ChildTag<'a> {
     pub name: &'a str,
@@ -220,20 +190,15 @@ pub fn copy_without(
     drop: &dyn Fn(&ChildTag) -> bool,
     extra: Option<&Element>,
 ) -> mlua::Result<Option<Table>> {
-    let mut result: Option<Table> = None;
     // SAFETY: argument 1 is the stanza; raw reads only; the closure either leaves
     // exactly the new table on the stack (returned) or nothing.
     unsafe {
-        let copied = lua.exec_raw::<Option<Table>>(t, |state| {
+        lua.exec_raw::<Option<Table>>(t, |state| {
             if !copy_filtered(state, drop, extra) {
                 ffi::lua_settop(state, 0);
             }
-        })?;
-        if let Some(c) = copied {
-            result = Some(c);
-        }
+        })
     }
-    Ok(result)
 }
 
 /// The work of [`copy_without`]: stanza at index 1; on `true` the copy is the only
