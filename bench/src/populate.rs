@@ -311,28 +311,7 @@ pub fn populate_native(db: &Path, ds: &Dataset, synchronous_off: bool) -> Result
         [],
         |r| r.get::<_, i64>(0),
     )? > 0;
-    let batch = 10_000u64;
-    let mut i = 0;
-    while i < ds.n {
-        let tx = conn.transaction()?;
-        {
-            let mut st = tx.prepare_cached(NATIVE_INSERT)?;
-            for j in i..(i + batch).min(ds.n) {
-                let m = ds.msg(j);
-                st.execute(params![
-                    DOMAIN,
-                    ds.owner,
-                    m.key,
-                    m.when_us,
-                    m.with,
-                    m.with_resource,
-                    m.xml()
-                ])?;
-            }
-        }
-        tx.commit()?;
-        i += batch;
-    }
+    insert_native_batches(&mut conn, ds, 10_000)?;
     if has_counter_table && !has_counter_trigger {
         conn.execute(
             "INSERT INTO archive_counts (host, user, messages) VALUES (?1, ?2, ?3) \
@@ -391,4 +370,32 @@ mod tests {
     fn datamanager_encoding_escapes_dots() {
         assert_eq!(datamanager_encode("a.b-c"), "a%2eb%2dc");
     }
+}
+
+/// Inserts every message of `ds` into the native schema, `batch` rows per
+/// transaction (shared by the pre-population fast path and the raw-SQLite limit).
+/// Returns the number of rows inserted.
+pub fn insert_native_batches(conn: &mut Connection, ds: &Dataset, batch: u64) -> Result<u64> {
+    let mut i = 0;
+    while i < ds.n {
+        let tx = conn.transaction()?;
+        {
+            let mut st = tx.prepare_cached(NATIVE_INSERT)?;
+            for j in i..(i + batch).min(ds.n) {
+                let m = ds.msg(j);
+                st.execute(params![
+                    DOMAIN,
+                    ds.owner,
+                    m.key,
+                    m.when_us,
+                    m.with,
+                    m.with_resource,
+                    m.xml()
+                ])?;
+            }
+        }
+        tx.commit()?;
+        i += batch;
+    }
+    Ok(ds.n)
 }

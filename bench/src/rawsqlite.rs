@@ -191,28 +191,7 @@ pub fn run(
     let t = Instant::now();
     let mut rows = 0u64;
     for ds in datasets {
-        let mut i = 0;
-        while i < ds.n {
-            let tx = c.transaction()?;
-            {
-                let mut st = tx.prepare_cached(NATIVE_INSERT)?;
-                for j in i..(i + 1000).min(ds.n) {
-                    let m = ds.msg(j);
-                    st.execute(params![
-                        DOMAIN,
-                        ds.owner,
-                        m.key,
-                        m.when_us,
-                        m.with,
-                        m.with_resource,
-                        m.xml()
-                    ])?;
-                }
-            }
-            tx.commit()?;
-            i += 1000;
-            rows += 1000.min(ds.n - (i - 1000));
-        }
+        rows += populate::insert_native_batches(&mut c, ds, 1000)?;
     }
     let batch = rows as f64 / t.elapsed().as_secs_f64();
 
