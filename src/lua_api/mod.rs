@@ -198,8 +198,9 @@ impl UserData for ArchiveHandle {
         // Decided per direct child on Prosody's table itself: no conversion, and the
         // copy shares the untouched children (most messages have no stanza-id at all).
         methods.add_method_mut("strip_forged_ids", |lua, this, stanza: Table| {
-            let host = this.archive()?.config().host.clone();
-            let forged = |c: &ChildTag| policy::is_forged_stanza_id(c.name, c.ns, c.by, &host);
+            // Runs three times per message: borrow the host, do not copy it.
+            let host = this.archive()?.config().host.as_str();
+            let forged = |c: &ChildTag| policy::is_forged_stanza_id(c.name, c.ns, c.by, host);
             match copy_without(lua, &stanza, &forged, None)? {
                 Some(copy) => Ok(Value::Table(copy)),
                 None => Ok(Value::Nil),
