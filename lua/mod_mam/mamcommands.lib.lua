@@ -156,7 +156,7 @@ return function (native)
 			expected = expected + (tonumber(total) or 0);
 		end
 		say("Importing %d messages of %d users on %s from %s store '%s' into %s",
-			expected, #users, host, driver_name, store, archive:config().database_path);
+			expected, #users, host, driver_name, store, archive:config().storage);
 		assert(archive:import_begin(expected));
 
 		local last_progress = time_now();

@@ -438,7 +438,7 @@ end
 local function adopt(handle)
 	archive, config = handle, handle:config();
 	completion_watch = server.watchfd(archive:notify_fd(), on_completions);
-	module:log("debug", "Archive at %s, expiry %s", config.database_path,
+	module:log("debug", "Archive at %s, expiry %s", config.storage,
 		config.expires_after and (config.expires_after .. "s") or "never");
 	start_expiry();
 end

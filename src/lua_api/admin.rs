@@ -17,7 +17,7 @@ use super::stanza_lua::element_from_lua;
 use crate::admin::{self, AdminError, Command, ExportFormat};
 use crate::config::Config;
 use crate::import::{prefs_from_stock, Importer, SourceMessage, StockDefault};
-use crate::store::sqlite::SqliteStore;
+use crate::store::{self, ArchiveStore};
 use crate::store::{DeleteFilter, Owner};
 use crate::time::SystemClock;
 
@@ -105,7 +105,7 @@ fn parse(lua: &Lua, (argv, jid_prep): (Table, Function)) -> LuaResult<MultiValue
 /// One host's archive, opened for a command.
 struct AdminHandle {
     config: Config,
-    store: SqliteStore,
+    store: Box<dyn ArchiveStore>,
     /// The import run in progress (its own connection), between `import_begin` and
     /// the end of the command.
     importer: Option<Importer>,
@@ -129,12 +129,12 @@ fn open(lua: &Lua, args: Table) -> LuaResult<MultiValue> {
         Ok(c) => c,
         Err(e) => return fail(lua, &format!("{host}: {e}")),
     };
-    let store = match SqliteStore::open(&config.database_path) {
+    let store = match store::open(&config.storage, true) {
         Ok(s) => s,
         Err(e) => {
             return fail(
                 lua,
-                &format!("{host}: {} ({})", e, config.database_path.display()),
+                &format!("{host}: {} ({})", e, config.storage.describe()),
             )
         }
     };
@@ -194,13 +194,10 @@ fn stock_prefs(t: &Table) -> LuaResult<StockPrefs> {
 
 impl UserData for AdminHandle {
     fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
-        // config() -> { database_path =, expires_after =, archive_store = }
+        // config() -> { storage =, expires_after =, archive_store = }
         methods.add_method("config", |lua, this, ()| {
             let t = lua.create_table()?;
-            t.raw_set(
-                "database_path",
-                this.config.database_path.to_string_lossy().into_owned(),
-            )?;
+            t.raw_set("storage", this.config.storage.describe())?;
             t.raw_set("expires_after", this.config.expires_after)?;
             t.raw_set("archive_store", this.config.archive_store.as_str())?;
             Ok(t)
@@ -208,12 +205,11 @@ impl UserData for AdminHandle {
 
         // import_begin(expected_total_or_nil) -> true | nil, message
         methods.add_method_mut("import_begin", |lua, this, expected: Option<u64>| {
-            let store = match SqliteStore::open(&this.config.database_path) {
+            let store = match store::open(&this.config.storage, true) {
                 Ok(s) => s,
                 Err(e) => return fail(lua, &e.to_string()),
             };
-            let mut importer =
-                Importer::new(&this.config.host, Box::new(store), Arc::new(SystemClock));
+            let mut importer = Importer::new(&this.config.host, store, Arc::new(SystemClock));
             if let Some(n) = expected {
                 importer.expect(n);
             }
@@ -283,7 +279,7 @@ impl UserData for AdminHandle {
         // expire() -> deleted | nil, message
         methods.add_method_mut("expire", |lua, this, ()| {
             let r = admin::expire_now(
-                &mut this.store,
+                &mut *this.store,
                 &this.config.host,
                 this.config.expires_after,
                 &SystemClock,
@@ -303,7 +299,7 @@ impl UserData for AdminHandle {
                         resource: resource.map(str::to_owned),
                     }
                 });
-                let r = admin::delete(&mut this.store, &owner, &DeleteFilter { with, before });
+                let r = admin::delete(&mut *this.store, &owner, &DeleteFilter { with, before });
                 admin_result(lua, r)
             },
         );
@@ -319,15 +315,15 @@ impl UserData for AdminHandle {
                 };
                 let owner = Owner::new(&this.config.host, &user);
                 let mut out = BufWriter::with_capacity(64 * 1024, LuaSink(write));
-                let r = admin::export(&mut this.store, &owner, format, &mut out);
+                let r = admin::export(&mut *this.store, &owner, format, &mut out);
                 admin_result(lua, r)
             },
         );
 
         // stats() -> report text | nil, message
         methods.add_method_mut("stats", |lua, this, ()| {
-            let db = this.config.database_path.to_string_lossy().into_owned();
-            match admin::stats_report(&mut this.store, &this.config.host, &db) {
+            let db = this.config.storage.describe();
+            match admin::stats_report(&mut *this.store, &this.config.host, &db) {
                 Ok(text) => Ok(ok_values([Value::String(lua.create_string(&text)?)])),
                 Err(e) => fail(lua, e.message()),
             }

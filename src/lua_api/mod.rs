@@ -37,6 +37,11 @@ pub const OPTION_NAMES: &[&str] = &[
     "storage_archive_item_limit",
     "mam_database",
     "mam_max_db_pages",
+    // Where the archive lives (PostgreSQL): ours, then Prosody's own storage options.
+    "mam_sql",
+    "sql",
+    "storage",
+    "default_storage",
 ];
 
 /// Why a message Prosody accepted cannot be archived: deeper than we represent.
@@ -97,25 +102,39 @@ fn raw_value(v: Value) -> Option<RawValue> {
         Value::Integer(i) => Some(RawValue::Number(i as f64)),
         Value::Number(n) => Some(RawValue::Number(n)),
         Value::String(s) => Some(RawValue::String(s.to_string_lossy())),
-        Value::Table(t) => {
-            // A Lua array of strings, or a set (string keys mapping to true), or a
-            // Prosody util.set (its items live in the `_items` table).
-            let source = match t.raw_get::<Value>("_items") {
-                Ok(Value::Table(items)) => items,
-                _ => t,
-            };
-            let mut out = Vec::new();
-            for pair in source.pairs::<Value, Value>() {
-                match pair {
-                    Ok((Value::Integer(_), Value::String(s))) => out.push(s.to_string_lossy()),
-                    Ok((Value::String(s), Value::Boolean(true))) => out.push(s.to_string_lossy()),
-                    _ => {}
+        Value::Table(t) => Some(raw_table(t)),
+        _ => Some(RawValue::String(format!("<{}>", v.type_name()))),
+    }
+}
+
+/// A Lua table as an option value: a list of strings (a Lua array, a set of string
+/// keys mapping to true, or a Prosody `util.set`, whose items live in `_items`), or,
+/// when any named field holds something other than `true`, a table of named fields
+/// (`sql = { driver = "PostgreSQL", … }`).
+fn raw_table(t: Table) -> RawValue {
+    let source = match t.raw_get::<Value>("_items") {
+        Ok(Value::Table(items)) => items,
+        _ => t,
+    };
+    let mut list = Vec::new();
+    let mut fields = std::collections::BTreeMap::new();
+    for (key, value) in source.pairs::<Value, Value>().flatten() {
+        match (key, value) {
+            (Value::Integer(_), Value::String(s)) => list.push(s.to_string_lossy()),
+            (Value::String(k), Value::Boolean(true)) => list.push(k.to_string_lossy()),
+            (Value::String(k), value) => {
+                if let Some(v) = raw_value(value) {
+                    fields.insert(k.to_string_lossy(), v);
                 }
             }
-            out.sort();
-            Some(RawValue::List(out))
+            _ => {}
         }
-        _ => Some(RawValue::String(format!("<{}>", v.type_name()))),
+    }
+    if fields.is_empty() {
+        list.sort();
+        RawValue::List(list)
+    } else {
+        RawValue::Table(fields)
     }
 }
 
@@ -167,10 +186,7 @@ fn config_table(lua: &Lua, c: &Config) -> LuaResult<Table> {
     t.raw_set("default_policy", c.default_policy.as_str())?;
     t.raw_set("smart_enable", c.smart_enable)?;
     t.raw_set("include_total", c.include_total)?;
-    t.raw_set(
-        "database_path",
-        c.database_path.to_string_lossy().into_owned(),
-    )?;
+    t.raw_set("storage", c.storage.describe())?;
     if let Some(limit) = c.item_limit {
         t.raw_set("item_limit", limit)?;
     }

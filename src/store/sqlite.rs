@@ -343,35 +343,36 @@ fn resolve_bound(
     Ok(bound)
 }
 
-/// Deletes up to `max` of one owner's messages older than `cutoff`, oldest first.
-fn expire_owner(
-    conn: &Connection,
-    host: &str,
-    user: &str,
+/// Expiry's per-owner steps inside one SQLite transaction.
+struct SqliteExpiry<'a> {
+    tx: &'a rusqlite::Transaction<'a>,
+    host: &'a str,
     cutoff: Micros,
-    max: i64,
-) -> Result<i64> {
-    let n = conn
-        .prepare_cached(EXPIRE_OWNER)
-        .and_then(|mut stmt| stmt.execute(params![host, user, cutoff, max]))
-        .map_err(MamError::storage("expire: delete old messages"))?;
-    Ok(to_sql_int(n))
 }
 
-/// Up to [`OWNER_CHUNK`] owners on `host` with messages, in name order, after `after`
-/// (from the first when `None`).
-fn owners_after(conn: &Connection, host: &str, after: Option<&str>) -> Result<Vec<String>> {
-    let rows = match after {
-        None => conn.prepare_cached(OWNERS_FIRST).and_then(|mut stmt| {
-            stmt.query_map(params![host, OWNER_CHUNK], |row| row.get(0))?
-                .collect::<rusqlite::Result<Vec<String>>>()
-        }),
-        Some(user) => conn.prepare_cached(OWNERS_AFTER).and_then(|mut stmt| {
-            stmt.query_map(params![host, user, OWNER_CHUNK], |row| row.get(0))?
-                .collect::<rusqlite::Result<Vec<String>>>()
-        }),
-    };
-    rows.map_err(MamError::storage("expire: list owners"))
+impl super::ExpirySteps for SqliteExpiry<'_> {
+    fn owners_after(&mut self, after: Option<&str>) -> Result<Vec<String>> {
+        let rows = match after {
+            None => self.tx.prepare_cached(OWNERS_FIRST).and_then(|mut stmt| {
+                stmt.query_map(params![self.host, OWNER_CHUNK], |row| row.get(0))?
+                    .collect::<rusqlite::Result<Vec<String>>>()
+            }),
+            Some(user) => self.tx.prepare_cached(OWNERS_AFTER).and_then(|mut stmt| {
+                stmt.query_map(params![self.host, user, OWNER_CHUNK], |row| row.get(0))?
+                    .collect::<rusqlite::Result<Vec<String>>>()
+            }),
+        };
+        rows.map_err(MamError::storage("expire: list owners"))
+    }
+
+    fn expire_owner(&mut self, user: &str, max: i64) -> Result<i64> {
+        let n = self
+            .tx
+            .prepare_cached(EXPIRE_OWNER)
+            .and_then(|mut stmt| stmt.execute(params![self.host, user, self.cutoff, max]))
+            .map_err(MamError::storage("expire: delete old messages"))?;
+        Ok(to_sql_int(n))
+    }
 }
 
 /// Inserts one message inside `tx`, then trims the owner to the quota from the exact
@@ -640,9 +641,7 @@ impl ArchiveStore for SqliteStore {
 
     /// Walks the host's owners (from the counter table, which lists exactly the owners
     /// with messages) and deletes per owner through the owner index, so no statement
-    /// touches rows of an owner it does not name. The walk starts where the previous
-    /// batch filled up and wraps round once, so returning less than `batch` really
-    /// means every owner was checked.
+    /// touches rows of an owner it does not name; see [`super::expire_round_robin`].
     fn expire_batch(&mut self, host: &str, cutoff: Micros, batch: usize) -> Result<u64> {
         let want = to_sql_int(batch);
         if want == 0 {
@@ -657,42 +656,13 @@ impl ArchiveStore for SqliteStore {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(MamError::storage("expire: begin"))?;
-        let mut removed: i64 = 0;
-        let mut filled_at: Option<String> = None;
-        'walk: {
-            // The owner the last batch stopped at may still have old messages.
-            if let Some(user) = &resume {
-                removed += expire_owner(&tx, host, user, cutoff, want - removed)?;
-                if removed >= want {
-                    filled_at = Some(user.clone());
-                    break 'walk;
-                }
-            }
-            // Then the owners after it, then (wrapping) the owners before it.
-            for wrapped in [false, true] {
-                if wrapped && resume.is_none() {
-                    break;
-                }
-                let mut cursor = if wrapped { None } else { resume.clone() };
-                loop {
-                    let owners = owners_after(&tx, host, cursor.as_deref())?;
-                    for user in &owners {
-                        if wrapped && resume.as_deref().is_some_and(|r| user.as_str() >= r) {
-                            break 'walk;
-                        }
-                        removed += expire_owner(&tx, host, user, cutoff, want - removed)?;
-                        if removed >= want {
-                            filled_at = Some(user.clone());
-                            break 'walk;
-                        }
-                    }
-                    if owners.len() < OWNER_CHUNK as usize {
-                        break;
-                    }
-                    cursor = owners.last().cloned();
-                }
-            }
-        }
+        let mut steps = SqliteExpiry {
+            tx: &tx,
+            host,
+            cutoff,
+        };
+        let (removed, filled_at) =
+            super::expire_round_robin(&mut steps, resume, want, OWNER_CHUNK as usize)?;
         tx.commit().map_err(MamError::storage("expire: commit"))?;
         self.expire_resume = filled_at.map(|user| (host.to_owned(), user));
         Ok(to_count(removed))
