@@ -144,13 +144,20 @@ fn delivered_copy(lua: &Lua, stanza: &Table, stanza_id: &Element) -> LuaResult<T
         .ok_or_else(|| mlua::Error::runtime("stanza copy failed"))
 }
 
-/// `native.open{ host =, data_path =, options = {…}, stanza_mt =, jid_prep = }`
+/// `native.open{ host =, data_path =, options = {…}, stanza_mt =, jid_prep =,
+/// background = bool }` -> handle | opening | nil, err
+///
+/// A bad option fails at once (marked `config`), whatever `background` says. With
+/// `background`, connecting to the database and loading preferences happen on a new
+/// thread and the caller gets an [`Opening`] to poll: the shim's retries while the
+/// database is unreachable must not hold the event loop for a connect timeout.
 fn open(lua: &Lua, args: Table) -> LuaResult<MultiValue> {
     let host: String = args.get("host")?;
     let data_path: String = args.get("data_path")?;
     let options: Table = args.get("options")?;
     let stanza_mt: Table = args.get("stanza_mt")?;
     let jid_prep: Function = args.get("jid_prep")?;
+    let background: bool = args.get::<Option<bool>>("background")?.unwrap_or(false);
     let source = |name: &str| raw_value(options.get::<Value>(name).unwrap_or(Value::Nil));
     let config = match Config::from_options(&host, &data_path, &source) {
         Ok(c) => c,
@@ -163,16 +170,66 @@ fn open(lua: &Lua, args: Table) -> LuaResult<MultiValue> {
             return Ok(mv);
         }
     };
-    let archive = match Archive::open(config) {
-        Ok(a) => a,
-        Err(e) => return failure(lua, &e),
-    };
+    if background {
+        let (done, result) = std::sync::mpsc::sync_channel(1);
+        std::thread::Builder::new()
+            .name("mam-open".into())
+            .spawn(move || {
+                let _ = done.send(Archive::open(config));
+            })
+            .map_err(|e| mlua::Error::runtime(format!("cannot start a thread: {e}")))?;
+        let opening = Opening {
+            result,
+            stanza_mt,
+            jid_prep,
+        };
+        return Ok(values([Value::UserData(lua.create_userdata(opening)?)]));
+    }
+    match Archive::open(config) {
+        Ok(archive) => handle_values(lua, archive, stanza_mt, jid_prep),
+        Err(e) => failure(lua, &e),
+    }
+}
+
+fn handle_values(
+    lua: &Lua,
+    archive: Archive,
+    stanza_mt: Table,
+    jid_prep: Function,
+) -> LuaResult<MultiValue> {
     let handle = ArchiveHandle {
         archive: Some(archive),
         stanza_mt,
         jid_prep,
     };
     Ok(values([Value::UserData(lua.create_userdata(handle)?)]))
+}
+
+/// An archive being opened on a background thread.
+struct Opening {
+    result: std::sync::mpsc::Receiver<crate::error::Result<Archive>>,
+    stanza_mt: Table,
+    jid_prep: Function,
+}
+
+impl UserData for Opening {
+    fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
+        // poll() -> false (still opening) | handle | nil, err
+        methods.add_method("poll", |lua, this, ()| {
+            use std::sync::mpsc::TryRecvError;
+            match this.result.try_recv() {
+                Err(TryRecvError::Empty) => Ok(values([Value::Boolean(false)])),
+                Ok(Ok(archive)) => {
+                    handle_values(lua, archive, this.stanza_mt.clone(), this.jid_prep.clone())
+                }
+                Ok(Err(e)) => failure(lua, &e),
+                Err(TryRecvError::Disconnected) => failure(
+                    lua,
+                    &MamError::Corrupt("the archive opening thread ended without a result".into()),
+                ),
+            }
+        });
+    }
 }
 
 /// The validated configuration as a Lua table, for the shim's timers and logs.
