@@ -115,6 +115,22 @@ pub struct PgSettings {
     pub port: u16,
     pub username: String,
     pub password: Option<String>,
+    /// `sslmode`, as libpq reads it (default `prefer`).
+    pub sslmode: SslMode,
+    /// `sslrootcert`: trusted roots (PEM) for the `verify-*` modes; `None` for the
+    /// system's store.
+    pub sslrootcert: Option<PathBuf>,
+}
+
+/// Whether and how the connection to PostgreSQL is encrypted; libpq's names and
+/// meanings (see [`crate::store::postgres`]'s `tls` module).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SslMode {
+    Disable,
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
 }
 
 impl fmt::Debug for PgSettings {
@@ -125,6 +141,8 @@ impl fmt::Debug for PgSettings {
             .field("port", &self.port)
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "<hidden>"))
+            .field("sslmode", &self.sslmode)
+            .field("sslrootcert", &self.sslrootcert)
             .finish()
     }
 }
@@ -365,12 +383,28 @@ fn parse_sql_table(
         // libpq's default: the operating-system user Prosody runs as.
         None => std::env::var("USER").unwrap_or_else(|_| "prosody".to_owned()),
     };
+    let sslmode = match table_string(option, t, "sslmode")?.as_deref() {
+        None | Some("prefer") => SslMode::Prefer,
+        Some("disable") => SslMode::Disable,
+        Some("require") => SslMode::Require,
+        Some("verify-ca") => SslMode::VerifyCa,
+        Some("verify-full") => SslMode::VerifyFull,
+        Some(other) => {
+            return Err(invalid(
+                &format!("{option}.sslmode"),
+                &RawValue::String(other.to_owned()),
+                "\"disable\", \"prefer\", \"require\", \"verify-ca\" or \"verify-full\"",
+            ))
+        }
+    };
     Ok(Some(Storage::Postgres(PgSettings {
         database,
         host: table_string(option, t, "host")?.unwrap_or_else(|| DEFAULT_PG_SOCKET_DIR.to_owned()),
         port,
         username,
         password: table_string(option, t, "password")?,
+        sslmode,
+        sslrootcert: table_string(option, t, "sslrootcert")?.map(|p| data_file(data_path, &p)),
     })))
 }
 

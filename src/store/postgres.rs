@@ -22,6 +22,7 @@
 pub mod schema;
 #[cfg(test)]
 pub mod testdb;
+mod tls;
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -33,7 +34,7 @@ use super::{
     ArchiveBounds, ArchiveEnd, ArchiveStore, ArchivedMessage, DeleteFilter, FindRequest,
     ImportReport, ImportedMessage, NewMessage, Owner, OwnerStats, Page,
 };
-use crate::config::PgSettings;
+use crate::config::{PgSettings, SslMode};
 use crate::error::{MamError, Result};
 use crate::policy::{DefaultPolicy, Prefs};
 use crate::time::Micros;
@@ -306,9 +307,18 @@ impl PgStore {
             if let Some(password) = &s.password {
                 config.password(password);
             }
-            let client = config
-                .connect(NoTls)
-                .map_err(MamError::postgres("connect to PostgreSQL"))?;
+            config.ssl_mode(match s.sslmode {
+                SslMode::Disable => postgres::config::SslMode::Disable,
+                SslMode::Prefer => postgres::config::SslMode::Prefer,
+                SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => {
+                    postgres::config::SslMode::Require
+                }
+            });
+            let client = match tls::connector(s)? {
+                Some(tls) => config.connect(tls),
+                None => config.connect(NoTls),
+            }
+            .map_err(MamError::postgres("connect to PostgreSQL"))?;
             self.conn = Some(Connection {
                 client,
                 statements: HashMap::new(),

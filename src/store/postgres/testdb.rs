@@ -65,6 +65,8 @@ impl TestDb {
             password: admin
                 .get_password()
                 .map(|p| String::from_utf8_lossy(p).into_owned()),
+            sslmode: crate::config::SslMode::Prefer,
+            sslrootcert: None,
         };
         Some(TestDb { admin, settings })
     }
