@@ -5,6 +5,9 @@
 //! [`ArchiveStore`]. Every operation is scoped by [`Owner`] (host, user) and every
 //! index a backend builds leads with it, so an archive shards cleanly by owner.
 
+/// The behaviour every backend must share, as tests each backend runs on itself.
+#[cfg(test)]
+pub(crate) mod contract;
 pub mod schema;
 pub mod sqlite;
 
