@@ -1,10 +1,13 @@
 //! The archive backend boundary.
 //!
 //! Everything above this module speaks in owners, messages, find requests and pages;
-//! nothing above it knows SQL. A backend (SQLite today, PostgreSQL next) implements
+//! nothing above it knows SQL. A backend (SQLite, PostgreSQL) implements
 //! [`ArchiveStore`]. Every operation is scoped by [`Owner`] (host, user) and every
 //! index a backend builds leads with it, so an archive shards cleanly by owner.
 
+/// The behaviour every backend must share, as tests each backend runs on itself.
+#[cfg(test)]
+pub(crate) mod contract;
 pub mod postgres;
 pub mod schema;
 pub mod sqlite;

@@ -338,6 +338,22 @@ impl PgStore {
         context: &'static str,
         f: impl FnOnce(&mut Tx<'_>) -> Result<T>,
     ) -> Result<T> {
+        let result = self.transaction_on_connection(read_only, context, f);
+        if let Err(MamError::Postgres { source, .. }) = &result {
+            if connection_lost(source) {
+                // The client may notice a dead socket only later; start afresh now.
+                self.conn = None;
+            }
+        }
+        result
+    }
+
+    fn transaction_on_connection<T>(
+        &mut self,
+        read_only: bool,
+        context: &'static str,
+        f: impl FnOnce(&mut Tx<'_>) -> Result<T>,
+    ) -> Result<T> {
         let conn = self.connection()?;
         let mut builder = conn.client.build_transaction();
         if read_only {
@@ -353,6 +369,19 @@ impl PgStore {
         let value = f(&mut tx)?;
         tx.commit(context)?;
         Ok(value)
+    }
+}
+
+/// Whether an error means the connection is gone or unusable (I/O failure, server
+/// shutting down or terminating us, a fatal error), as opposed to one statement
+/// failing on a healthy connection.
+fn connection_lost(e: &postgres::Error) -> bool {
+    match e.as_db_error() {
+        None => true,
+        Some(db) => {
+            let class = db.code().code().get(..2).unwrap_or("");
+            matches!(class, "08" | "57") || matches!(db.severity(), "FATAL" | "PANIC")
+        }
     }
 }
 
@@ -443,7 +472,12 @@ impl Sql {
     }
 
     /// Appends `before`, a placeholder for `value`, then `after`.
-    fn bind(&mut self, before: &'static str, value: impl ToSql + Sync + 'static, after: &str) {
+    fn bind(
+        &mut self,
+        before: &'static str,
+        value: impl ToSql + Sync + 'static,
+        after: &'static str,
+    ) {
         self.params.push(Box::new(value));
         self.text.push_str(before);
         self.text.push('$');
@@ -944,6 +978,15 @@ impl ArchiveStore for PgStore {
 mod tests {
     use super::testdb::TestDb;
     use super::*;
+    use crate::store::contract::{store_contract_tests, ContractDb};
+
+    impl ContractDb for TestDb {
+        fn open(&self) -> Box<dyn ArchiveStore> {
+            Box::new(PgStore::connect(&self.settings).expect("connect"))
+        }
+    }
+
+    store_contract_tests!(TestDb::create);
     use crate::store::WithFilter;
 
     const T0: Micros = 1_275_868_800_000_000;
