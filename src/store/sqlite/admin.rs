@@ -28,7 +28,8 @@ const EXISTING_MESSAGE: &str =
 const HOST_OWNERS: &str = "SELECT user, messages FROM archive_counts WHERE host = ?1 ORDER BY user";
 
 /// One owner's oldest time, newest time and stanza bytes, over the owner index.
-const OWNER_SUMMARY: &str = "SELECT min(when_us), max(when_us), total(length(CAST(stanza AS BLOB))) \
+const OWNER_SUMMARY: &str =
+    "SELECT min(when_us), max(when_us), total(length(CAST(stanza AS BLOB))) \
      FROM archive WHERE host = ?1 AND user = ?2";
 
 /// Deletes one batch of an owner's messages; `?3`..`?6` are optional filters, each
