@@ -1287,4 +1287,158 @@ mod tests {
         assert!(matches!(err, MamError::Config(_)), "{err}");
         assert!(err.to_string().contains("/nonexistent/root.crt"), "{err}");
     }
+
+    /// The plan PostgreSQL picks for `sql`, as text.
+    fn plan(client: &mut Client, sql: &str, params: &Params) -> String {
+        client
+            .query(&format!("EXPLAIN {sql}"), params)
+            .expect("explain")
+            .iter()
+            .map(|r| r.get::<_, String>(0))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Every query shape runs on an index that leads with the owner, on an archive
+    /// big enough (100 owners, 200,000 messages, analysed) that the planner would
+    /// rather scan the table if no such index fitted.
+    #[test]
+    fn every_query_shape_is_served_by_an_owner_leading_index() {
+        let Some(db) = TestDb::create() else { return };
+        PgStore::connect(&db.settings).expect("connect");
+        let mut client = db.client();
+        client
+            .batch_execute(
+                "INSERT INTO mam_archive (host, username, id, when_us, with_bare, with_resource, stanza)
+                 SELECT 'capulet.lit', 'user' || (i % 100), 'id' || i, 1000000::int8 * i,
+                        'contact' || (i % 37) || '@montague.lit', 'res' || (i % 3),
+                        '<message xmlns=''jabber:client''><body>' || i || '</body></message>'
+                 FROM generate_series(1, 200000) AS i;
+                 INSERT INTO mam_archive_counts (host, username, messages)
+                 SELECT host, username, count(*) FROM mam_archive GROUP BY host, username;
+                 -- Owners on other hosts, so the counter table is too big to scan.
+                 INSERT INTO mam_archive_counts (host, username, messages)
+                 SELECT 'host' || (i % 50) || '.lit', 'user' || i, 1
+                 FROM generate_series(1, 50000) AS i;",
+            )
+            .expect("populate");
+        // One statement each: VACUUM refuses to run inside a multi-statement batch.
+        for sql in ["VACUUM ANALYZE mam_archive", "ANALYZE mam_archive_counts"] {
+            client.batch_execute(sql).expect(sql);
+        }
+        let owner = Owner::new("capulet.lit", "user7");
+        let at = Some(Position {
+            when_us: 1_000_000 * 50_007,
+            seq: 50_007,
+        });
+        let newest = FindRequest {
+            reverse: true,
+            limit: 50,
+            ..FindRequest::default()
+        };
+        let with = |resource: Option<&str>| WithFilter {
+            bare: "contact7@montague.lit".into(),
+            resource: resource.map(str::to_owned),
+        };
+        let with_newest = FindRequest {
+            with: Some(with(None)),
+            ..newest.clone()
+        };
+        let with_resource = FindRequest {
+            with: Some(with(Some("res1"))),
+            ..newest.clone()
+        };
+        let window = FindRequest {
+            start: Some(1_000_000 * 10_000),
+            end: Some(1_000_000 * 20_000),
+            limit: 50,
+            ..FindRequest::default()
+        };
+        let by_ids = FindRequest {
+            ids: Some(vec!["id7".into(), "id107".into(), "id207".into()]),
+            limit: 50,
+            ..FindRequest::default()
+        };
+        const WHEN: &str = "mam_archive_owner_when";
+        const WITH: &str = "mam_archive_owner_with_when";
+        const KEY: &str = "mam_archive_pkey";
+        let shapes = [
+            ("newest page", page_sql(&owner, &newest, None, None), WHEN),
+            ("oldest page", page_sql(&owner, &all(50), None, None), WHEN),
+            (
+                "with + newest",
+                page_sql(&owner, &with_newest, None, None),
+                WITH,
+            ),
+            (
+                "full jid + newest",
+                page_sql(&owner, &with_resource, None, None),
+                WITH,
+            ),
+            ("after id", page_sql(&owner, &all(50), at, None), WHEN),
+            (
+                "before id, reversed",
+                page_sql(&owner, &newest, None, at),
+                WHEN,
+            ),
+            (
+                "with + after id",
+                page_sql(&owner, &with_newest, at, None),
+                WITH,
+            ),
+            ("time window", page_sql(&owner, &window, None, None), WHEN),
+            ("ids", page_sql(&owner, &by_ids, None, None), KEY),
+            ("count with", count_sql(&owner, &with_newest), WITH),
+            ("count window", count_sql(&owner, &window), WHEN),
+            ("count ids", count_sql(&owner, &by_ids), KEY),
+        ];
+        for (name, sql, index) in &shapes {
+            let text = plan(&mut client, &sql.text, &sql.params());
+            assert!(text.contains(index), "{name}: expected {index}:\n{text}");
+            assert!(!text.contains("Seq Scan"), "{name}:\n{text}");
+        }
+        let user = owner.user.as_str();
+        let host = owner.host.as_str();
+        let id = "id7";
+        let cutoff: i64 = 1_000_000 * 100_000;
+        let limit: i64 = 500;
+        let fixed: [(&str, &str, Vec<&(dyn ToSql + Sync)>, &str); 8] = [
+            ("id position", POSITION_OF_ID, vec![&host, &user, &id], KEY),
+            ("first", FIRST_MESSAGE, vec![&host, &user], WHEN),
+            ("last", LAST_MESSAGE, vec![&host, &user], WHEN),
+            (
+                "count",
+                OWNER_COUNT,
+                vec![&host, &user],
+                "mam_archive_counts_pkey",
+            ),
+            (
+                "expire owner",
+                EXPIRE_OWNER,
+                vec![&host, &user, &cutoff, &limit],
+                WHEN,
+            ),
+            ("trim", TRIM_OLDEST, vec![&host, &user, &id, &limit], WHEN),
+            (
+                "delete user",
+                DELETE_OWNER_ARCHIVE,
+                vec![&host, &user],
+                "mam_archive_",
+            ),
+            (
+                "owners",
+                OWNERS_FIRST,
+                vec![&host, &limit],
+                "mam_archive_counts_pkey",
+            ),
+        ];
+        for (name, sql, params, index) in &fixed {
+            let text = plan(&mut client, sql, params);
+            assert!(text.contains(index), "{name}: expected {index}:\n{text}");
+            assert!(
+                !text.contains("Seq Scan on mam_archive "),
+                "{name}:\n{text}"
+            );
+        }
+    }
 }
