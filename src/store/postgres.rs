@@ -522,7 +522,7 @@ fn page_sql(
     after: Option<Position>,
     before: Option<Position>,
 ) -> Sql {
-    let mut sql = Sql::new("SELECT id, when_us, with_bare, stanza");
+    let mut sql = Sql::new("SELECT id, when_us, with_bare, with_resource, stanza");
     push_filters(&mut sql, owner, req);
     if let Some(p) = after {
         sql.bind(" AND (when_us, seq) > (", p.when_us, "");
@@ -750,7 +750,8 @@ impl ArchiveStore for PgStore {
                             id: get(row, 0, "find: read page")?,
                             when: get(row, 1, "find: read page")?,
                             with_bare: get(row, 2, "find: read page")?,
-                            xml: get(row, 3, "find: read page")?,
+                            with_resource: get(row, 3, "find: read page")?,
+                            xml: get(row, 4, "find: read page")?,
                         })
                     })
                     .collect::<Result<Vec<_>>>()?

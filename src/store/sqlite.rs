@@ -273,7 +273,7 @@ fn page_sql(
     after: Option<Position>,
     before: Option<Position>,
 ) -> Sql {
-    let mut sql = Sql::new("SELECT id, when_us, with_bare, stanza");
+    let mut sql = Sql::new("SELECT id, when_us, with_bare, with_resource, stanza");
     sql.push(from_archive(req), []);
     push_filters(&mut sql, owner, req);
     if let Some(p) = after {
@@ -504,7 +504,8 @@ impl ArchiveStore for SqliteStore {
                             id: row.get(0)?,
                             when: row.get(1)?,
                             with_bare: row.get(2)?,
-                            xml: row.get(3)?,
+                            with_resource: row.get(3)?,
+                            xml: row.get(4)?,
                         })
                     })?
                     .collect::<rusqlite::Result<Vec<_>>>()
