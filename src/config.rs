@@ -159,8 +159,8 @@ impl PgSettings {
 
 /// libpq's default socket directory on Debian: where a `host`-less connection goes,
 /// as it does for Prosody's own LuaDBI PostgreSQL driver.
-const DEFAULT_PG_SOCKET_DIR: &str = "/var/run/postgresql";
-const DEFAULT_PG_PORT: u16 = 5432;
+pub(crate) const DEFAULT_PG_SOCKET_DIR: &str = "/var/run/postgresql";
+pub(crate) const DEFAULT_PG_PORT: u16 = 5432;
 
 /// Looks up raw option values by name (`None` when the admin did not set it).
 pub trait OptionSource {
@@ -284,13 +284,19 @@ fn parse_list(option: &str, value: &RawValue) -> Result<Vec<String>> {
 }
 
 /// A path from the config: absolute as given, or relative to the data directory.
-fn data_file(data_path: &str, given: &str) -> PathBuf {
+pub(crate) fn data_file(data_path: &str, given: &str) -> PathBuf {
     let p = PathBuf::from(given);
     if p.is_absolute() {
         p
     } else {
         PathBuf::from(data_path).join(p)
     }
+}
+
+/// The archive file when `mam_database` does not name one: `mam_<archive_store>.sqlite`
+/// in the data directory (also where `import --from mam-sqlite` looks by default).
+pub(crate) fn default_sqlite_file(data_path: &str, archive_store: &str) -> PathBuf {
+    PathBuf::from(data_path).join(format!("mam_{archive_store}.sqlite"))
 }
 
 /// Whether Prosody's own storage options send the archive store to `"sql"`:
@@ -427,7 +433,7 @@ fn parse_storage(data_path: &str, archive_store: &str, opts: &dyn OptionSource) 
     }
     let path = match opts.get("mam_database") {
         Some(v) => data_file(data_path, &parse_string("mam_database", &v)?),
-        None => PathBuf::from(data_path).join(format!("mam_{archive_store}.sqlite")),
+        None => default_sqlite_file(data_path, archive_store),
     };
     let max_pages = match opts.get("mam_max_db_pages") {
         Some(v) => Some(parse_count("mam_max_db_pages", &v, 1)?),

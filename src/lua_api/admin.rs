@@ -1,7 +1,7 @@
 //! Lua bindings for `prosodyctl mod_mam <command>`: `native.admin.parse` and
 //! `native.admin.open`. The shim (`mamcommands.lib.lua`) does the Prosody-side work:
 //! which hosts, their options, reading stock stores; the logic is in
-//! [`crate::admin`] and [`crate::import`].
+//! [`crate::admin`], [`crate::import`] and [`crate::archive_copy`].
 //!
 //! Conventions: expected failures return `nil, message` (and `code` for usage errors
 //! from `parse`); bugs raise Lua errors.
@@ -15,6 +15,7 @@ use mlua::{
 
 use super::stanza_lua::element_from_lua;
 use crate::admin::{self, AdminError, Command, ExportFormat};
+use crate::archive_copy::{self, CopySource};
 use crate::config::Config;
 use crate::import::{prefs_from_stock, Importer, SourceMessage, StockDefault};
 use crate::store::{self, ArchiveStore};
@@ -27,6 +28,15 @@ fn fail(lua: &Lua, message: &str) -> LuaResult<MultiValue> {
     Ok(MultiValue::from_iter([
         Value::Nil,
         Value::String(lua.create_string(message)?),
+    ]))
+}
+
+/// `nil, message, exit code`: a failure whose exit code the command must use.
+fn fail_with_code(lua: &Lua, message: &str, code: i32) -> LuaResult<MultiValue> {
+    Ok(MultiValue::from_iter([
+        Value::Nil,
+        Value::String(lua.create_string(message)?),
+        Value::Integer(code.into()),
     ]))
 }
 
@@ -61,11 +71,18 @@ fn parse(lua: &Lua, (argv, jid_prep): (Table, Function)) -> LuaResult<MultiValue
             t.raw_set("command", "help")?;
             t.raw_set("text", text)?;
         }
-        Command::Import { host, from, store } => {
+        Command::Import {
+            host,
+            from,
+            store,
+            source,
+        } => {
             t.raw_set("command", "import")?;
             t.raw_set("host", host)?;
-            t.raw_set("from", from.map(|f| f.driver()))?;
+            t.raw_set("from", from.map(|f| f.name()))?;
+            t.raw_set("ours", from.is_some_and(|f| f.is_ours()))?;
             t.raw_set("store", store)?;
+            t.raw_set("source", source)?;
         }
         Command::Expire { host } => {
             t.raw_set("command", "expire")?;
@@ -105,6 +122,8 @@ fn parse(lua: &Lua, (argv, jid_prep): (Table, Function)) -> LuaResult<MultiValue
 /// One host's archive, opened for a command.
 struct AdminHandle {
     config: Config,
+    /// Prosody's data directory: where a relative `--source` file is.
+    data_path: String,
     store: Box<dyn ArchiveStore>,
     /// The import run in progress (its own connection), between `import_begin` and
     /// the end of the command.
@@ -140,6 +159,7 @@ fn open(lua: &Lua, args: Table) -> LuaResult<MultiValue> {
     };
     let handle = AdminHandle {
         config,
+        data_path,
         store,
         importer: None,
     };
@@ -275,6 +295,56 @@ impl UserData for AdminHandle {
                 Err(e) => fail(lua, &e.to_string()),
             }
         });
+
+        // copy_from("mam-sqlite"|"mam-postgres", source_or_nil, say)
+        //   -> verified | nil, message, exit code
+        // Copies another archive of this module into this host's configured one,
+        // calling say(line) for each line of output (progress, verification).
+        methods.add_method(
+            "copy_from",
+            |lua, this, (from, source, say): (String, Option<String>, Function)| {
+                let copy_source = match (from.as_str(), source.as_deref()) {
+                    ("mam-sqlite", path) => {
+                        CopySource::sqlite(path, &this.data_path, &this.config.archive_store)
+                    }
+                    ("mam-postgres", Some(conninfo)) => {
+                        match CopySource::postgres(conninfo, std::env::var("PGPASSWORD").ok()) {
+                            Ok(s) => s,
+                            Err(e) => return fail_with_code(lua, &e.to_string(), e.exit_code()),
+                        }
+                    }
+                    _ => {
+                        return Err(mlua::Error::runtime(format!(
+                            "mam_native: copy_from({from:?}) without a usable source"
+                        )))
+                    }
+                };
+                // The first error printing a line (a bug in the shim) is raised once
+                // the copy has stopped, not lost.
+                let mut say_failed: Option<mlua::Error> = None;
+                let mut say_line = |line: &str| {
+                    if say_failed.is_none() {
+                        if let Err(e) = say.call::<()>(line) {
+                            say_failed = Some(e);
+                        }
+                    }
+                };
+                let result = archive_copy::copy(
+                    &copy_source,
+                    &this.config.storage,
+                    &this.config.host,
+                    Arc::new(SystemClock),
+                    &mut say_line,
+                );
+                if let Some(e) = say_failed {
+                    return Err(e);
+                }
+                match result {
+                    Ok(verified) => Ok(ok_values([Value::Boolean(verified)])),
+                    Err(e) => fail_with_code(lua, &e.to_string(), e.exit_code()),
+                }
+            },
+        );
 
         // expire() -> deleted | nil, message
         methods.add_method_mut("expire", |lua, this, ()| {

@@ -66,6 +66,7 @@ macro_rules! store_contract_tests {
             timestamps_are_signed_microseconds_kept_exactly,
             bare_jid_with_matches_every_resource,
             full_jid_with_matches_only_that_resource,
+            found_messages_carry_their_partners_bare_jid_and_resource,
             ids_return_only_those_present_in_archive_order,
             ids_combine_with_every_other_filter_and_with_paging,
             ids_with_quotes_backslashes_and_control_characters_match_exactly,
@@ -616,6 +617,44 @@ pub fn full_jid_with_matches_only_that_resource(db: &dyn ContractDb) {
         .expect("find");
     assert_eq!(ids(&page), ["m10"]);
     assert_eq!(page.total, Some(1));
+}
+
+/// A found message says who the partner was exactly as stored, resource included
+/// (an archive copied to another backend must keep it).
+pub fn found_messages_carry_their_partners_bare_jid_and_resource(db: &dyn ContractDb) {
+    let mut store = db.open();
+    for (id, with) in [
+        ("a", "romeo@montague.lit/orchard"),
+        ("b", "romeo@montague.lit"),
+        ("c", "nurse@capulet.lit/chamber/with/slashes"),
+    ] {
+        store
+            .append(&juliet(), &msg(id, T0, with), None)
+            .expect("append");
+    }
+    let found: Vec<_> = store
+        .find(&juliet(), &req(10))
+        .expect("find")
+        .items
+        .into_iter()
+        .map(|m| (m.id, m.with_bare, m.with_resource))
+        .collect();
+    assert_eq!(
+        found,
+        [
+            (
+                "a".into(),
+                "romeo@montague.lit".into(),
+                Some("orchard".into())
+            ),
+            ("b".into(), "romeo@montague.lit".into(), None),
+            (
+                "c".into(),
+                "nurse@capulet.lit".into(),
+                Some("chamber/with/slashes".into())
+            ),
+        ]
+    );
 }
 
 pub fn ids_return_only_those_present_in_archive_order(db: &dyn ContractDb) {

@@ -71,6 +71,9 @@ pub struct ArchivedMessage {
     pub id: String,
     pub when: Micros,
     pub with_bare: String,
+    /// The other party's resource, as stored: copying an archive to another backend
+    /// must keep it, or full-JID `with` queries would stop matching afterwards.
+    pub with_resource: Option<String>,
     pub xml: String,
 }
 

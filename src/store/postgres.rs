@@ -157,6 +157,13 @@ const TABLE_BYTES: &str = "SELECT coalesce(sum(pg_total_relation_size(c)), 0)::i
      FROM unnest(ARRAY['mam_archive', 'mam_archive_counts', 'mam_prefs', \
      'mam_prefs_jid']::regclass[]) AS c";
 
+/// Whether this database holds our schema (without creating it).
+const HAS_SCHEMA: &str = "SELECT to_regclass('mam_schema') IS NOT NULL";
+
+/// See [`PgStore::database_identity`]. Every function here is open to any role.
+const DATABASE_IDENTITY: &str = "SELECT pg_postmaster_start_time()::text || ' ' || \
+     d.oid::text || ' ' || d.datname FROM pg_database d WHERE d.datname = current_database()";
+
 /// A live connection and the statements prepared on it.
 struct Connection {
     client: Client,
@@ -283,6 +290,49 @@ impl PgStore {
         let conn = store.connection()?;
         schema::migrate(&mut conn.client)?;
         Ok(store)
+    }
+
+    /// Connects to a database that already holds this module's archive, for reading
+    /// it as the source of a copy (`import --from mam-postgres`): unlike
+    /// [`PgStore::connect`] it refuses a database without our schema (a mistyped
+    /// database name) instead of creating our tables there.
+    pub fn connect_existing(settings: &PgSettings) -> Result<PgStore> {
+        let mut store = PgStore {
+            settings: settings.clone(),
+            conn: None,
+            expire_resume: None,
+        };
+        let conn = store.connection()?;
+        let row = conn
+            .client
+            .query_one(HAS_SCHEMA, &[])
+            .map_err(MamError::postgres("look for the archive schema"))?;
+        let present: bool = get(&row, 0, "look for the archive schema")?;
+        if !present {
+            return Err(MamError::Open {
+                path: settings.describe(),
+                cause: "no archive of this module in this database (no mam_schema table)"
+                    .to_owned(),
+            });
+        }
+        schema::migrate(&mut conn.client)?;
+        Ok(store)
+    }
+
+    /// What tells this database apart from every other one: the server's start time,
+    /// the database's oid and its name. Two connections that answer the same are to
+    /// the same database, however differently they spell the host (a copy must not
+    /// read and write one archive).
+    pub fn database_identity(&mut self) -> Result<String> {
+        self.transaction(true, "identify the database", |tx| {
+            let row = tx.query_opt("identify the database", DATABASE_IDENTITY, &[])?;
+            match row {
+                Some(row) => get(&row, 0, "identify the database"),
+                None => Err(MamError::Corrupt(
+                    "the server does not list its own database".into(),
+                )),
+            }
+        })
     }
 
     /// The live connection, connecting first if there is none (or the last one died).
@@ -522,7 +572,7 @@ fn page_sql(
     after: Option<Position>,
     before: Option<Position>,
 ) -> Sql {
-    let mut sql = Sql::new("SELECT id, when_us, with_bare, stanza");
+    let mut sql = Sql::new("SELECT id, when_us, with_bare, with_resource, stanza");
     push_filters(&mut sql, owner, req);
     if let Some(p) = after {
         sql.bind(" AND (when_us, seq) > (", p.when_us, "");
@@ -750,7 +800,8 @@ impl ArchiveStore for PgStore {
                             id: get(row, 0, "find: read page")?,
                             when: get(row, 1, "find: read page")?,
                             with_bare: get(row, 2, "find: read page")?,
-                            xml: get(row, 3, "find: read page")?,
+                            with_resource: get(row, 3, "find: read page")?,
+                            xml: get(row, 4, "find: read page")?,
                         })
                     })
                     .collect::<Result<Vec<_>>>()?

@@ -15,7 +15,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use rusqlite::types::Value;
-use rusqlite::{params, params_from_iter, Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::{
+    params, params_from_iter, Connection, OpenFlags, OptionalExtension, TransactionBehavior,
+};
 
 mod admin;
 
@@ -127,6 +129,40 @@ impl SqliteStore {
             .map_err(MamError::storage("set journal_mode=WAL"))?;
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(MamError::storage("set synchronous=NORMAL"))?;
+        Self::with_connection(conn)
+    }
+
+    /// Opens an archive file this module wrote, for reading it as the source of a copy
+    /// (`import --from mam-sqlite`): unlike [`SqliteStore::open`] it never creates a
+    /// file, and it refuses a database without this module's schema (Prosody's own
+    /// `prosody.sqlite`, a mistyped path) instead of adding our tables to it.
+    pub fn open_existing(path: &Path) -> Result<SqliteStore> {
+        let refuse = |cause: &str| MamError::Open {
+            path: path.display().to_string(),
+            cause: cause.to_owned(),
+        };
+        if !path.is_file() {
+            return Err(refuse("no such file"));
+        }
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(path, flags).map_err(|e| refuse(&e.to_string()))?;
+        conn.busy_timeout(BUSY_TIMEOUT)
+            .map_err(MamError::storage("set busy_timeout"))?;
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |row| row.get(0))
+            .map_err(|e| refuse(&e.to_string()))?;
+        let has_archive: bool = conn
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'archive')",
+                [],
+                |row| row.get(0),
+            )
+            .map_err(|e| refuse(&e.to_string()))?;
+        if version < 1 || !has_archive {
+            return Err(refuse(
+                "not an archive of this module (no mam_native schema)",
+            ));
+        }
         Self::with_connection(conn)
     }
 
@@ -273,7 +309,7 @@ fn page_sql(
     after: Option<Position>,
     before: Option<Position>,
 ) -> Sql {
-    let mut sql = Sql::new("SELECT id, when_us, with_bare, stanza");
+    let mut sql = Sql::new("SELECT id, when_us, with_bare, with_resource, stanza");
     sql.push(from_archive(req), []);
     push_filters(&mut sql, owner, req);
     if let Some(p) = after {
@@ -504,7 +540,8 @@ impl ArchiveStore for SqliteStore {
                             id: row.get(0)?,
                             when: row.get(1)?,
                             with_bare: row.get(2)?,
-                            xml: row.get(3)?,
+                            with_resource: row.get(3)?,
+                            xml: row.get(4)?,
                         })
                     })?
                     .collect::<rusqlite::Result<Vec<_>>>()
