@@ -1,18 +1,23 @@
 //! mam-bench: starts a loopback Prosody in each configuration (no MAM, stock mod_mam on
-//! the file store, stock on SQLite, prosody-mam-native) and measures them side by side.
+//! the file store, stock on SQLite, prosody-mam-native on SQLite and on PostgreSQL) and
+//! measures them side by side.
 //!
 //! Layout:
 //! - `xmpp.rs`: the load client (SASL PLAIN, bind, pipelined sends, incremental parsing).
 //! - `server.rs`: Prosody configs, users, processes (stopped by PID), `/proc` readings.
+//! - `pg.rs`: the run's private PostgreSQL cluster (initdb, start, stop by PID).
 //! - `populate.rs`: the fast path that writes big archives straight into each backend.
 //! - `phases.rs`: throughput, open loop, query latency, ping stalls, expiry.
 //! - `rawsqlite.rs`: the physical limit, straight against SQLite.
+//! - `rawpg.rs`: the physical limit, straight against the PostgreSQL cluster.
 //! - `report.rs`: JSON with ratios, and the markdown table.
 //!
 //! See `bench/README.md` for what each phase measures and how to run it.
 
+mod pg;
 mod phases;
 mod populate;
+mod rawpg;
 mod rawsqlite;
 mod report;
 mod server;
@@ -25,6 +30,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 
+use pg::PgCluster;
 use phases::{Load, QueryBudget};
 use populate::Dataset;
 use report::{ConfigResult, ExpiryResult, Populated, Report};
@@ -56,7 +62,8 @@ struct Opts {
     keep: bool,
 }
 
-const USAGE: &str = "mam-bench [--quick] [--configs nomam,stock-internal,stock-sql,native]
+const USAGE: &str =
+    "mam-bench [--quick] [--configs nomam,stock-internal,stock-sql,native,native-pg]
   [--sizes 10000,100000,1000000] [--pairs 20] [--window 32] [--duration S] [--warmup S]
   [--open-rate MSGS_PER_S] [--open-duration S] [--query-iters N] [--query-budget S]
   [--query-timeout S] [--internal-max N] [--stall-duration S] [--no-expiry]
@@ -183,16 +190,39 @@ fn datasets_for(kind: Kind, o: &Opts) -> (Vec<Dataset>, Vec<String>) {
     (ds, skipped)
 }
 
-async fn run_config(kind: Kind, o: &Opts, res: &mut ConfigResult) -> Result<()> {
+/// Runs blocking code that may use the synchronous `postgres` client (which runs its
+/// own runtime) from inside the benchmark's async tasks.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+/// The database `native-pg` archives into, in the run's private cluster.
+const NATIVE_PG_DB: &str = "mam_native_pg";
+
+async fn run_config(
+    kind: Kind,
+    o: &Opts,
+    pg: Option<&PgCluster>,
+    res: &mut ConfigResult,
+) -> Result<()> {
     let dir = o.work_dir.join(kind.name());
     let _ = std::fs::remove_dir_all(&dir);
+    let pg = if kind == Kind::NativePg {
+        Some(pg.context("native-pg needs the PostgreSQL cluster")?)
+    } else {
+        None
+    };
     let mut spec = ServerSpec {
         kind,
         dir: dir.clone(),
         port: server::free_port()?,
-        plugin_dir: (kind == Kind::Native).then(|| o.plugin_dir.clone()),
+        plugin_dir: kind.is_native().then(|| o.plugin_dir.clone()),
         expiry: None,
         log_info: false,
+        pg: match pg {
+            Some(c) => Some(blocking(|| c.create_database(NATIVE_PG_DB))?),
+            None => None,
+        },
     };
     spec.write()?;
     let (datasets, skipped) = datasets_for(kind, o);
@@ -211,7 +241,8 @@ async fn run_config(kind: Kind, o: &Opts, res: &mut ConfigResult) -> Result<()> 
 
     // First start, empty archives: the first MAM query makes the backend create its
     // tables / database; then the messaging phases run on an empty store.
-    let srv = Server::start(&spec)?;
+    let mut srv = Server::start(&spec)?;
+    srv.db_pid = pg.map(|c| c.pid);
     res.rss_kib.push(("start".into(), srv.rss_kib()));
     if kind.has_mam() {
         let mut s = xmpp::login(spec.port, "pinger", server::PASSWORD, "prime").await?;
@@ -304,6 +335,13 @@ async fn run_config(kind: Kind, o: &Opts, res: &mut ConfigResult) -> Result<()> 
             Kind::StockInternal => populate::populate_internal(&data, ds)?,
             Kind::StockSql => populate::populate_sql(&data.join("prosody.sqlite"), ds)?,
             Kind::Native => populate::populate_native(&native_db(&data)?, ds, true)?,
+            Kind::NativePg => {
+                let pg = pg.context("native-pg without a cluster")?;
+                blocking(|| {
+                    let mut client = pg.client(NATIVE_PG_DB)?;
+                    populate::populate_native_pg(&mut client, ds)
+                })?
+            }
             Kind::NoMam => 0.0,
         };
         res.populated.push(Populated {
@@ -312,8 +350,20 @@ async fn run_config(kind: Kind, o: &Opts, res: &mut ConfigResult) -> Result<()> 
             seconds: secs,
         });
     }
-    let srv = Server::start(&spec)?;
+    let mut srv = Server::start(&spec)?;
+    srv.db_pid = pg.map(|c| c.pid);
     res.rss_kib.push(("populated".into(), srv.rss_kib()));
+    if kind.is_native() {
+        // The module must serve what the fast path wrote: each archive counts exactly
+        // its size through MAM before anything else is archived to it.
+        let counted = phases::remaining(spec.port, &datasets).await?;
+        let expected: u64 = datasets.iter().map(|d| d.n).sum();
+        if counted != expected {
+            bail!(
+                "after pre-population the module counts {counted} messages in the pre-populated archives, expected {expected}"
+            );
+        }
+    }
 
     // Throughput again, now that the store holds the big archives too (a SQLite file
     // of a million rows behaves differently from an empty one).
@@ -375,7 +425,7 @@ async fn run_config(kind: Kind, o: &Opts, res: &mut ConfigResult) -> Result<()> 
         let before: u64 = datasets.iter().map(|d| d.n).sum();
         let how;
         match kind {
-            Kind::Native => {
+            Kind::Native | Kind::NativePg => {
                 spec.expiry = Some(Expiry {
                     expires_after: "1d".into(),
                     cleanup_interval: 1,
@@ -404,7 +454,7 @@ async fn run_config(kind: Kind, o: &Opts, res: &mut ConfigResult) -> Result<()> 
             spec.port,
             &datasets,
             &spec.log_path(),
-            kind != Kind::Native,
+            !kind.is_native(),
             o.expiry_limit,
         )
         .await?;
@@ -473,21 +523,44 @@ async fn run(o: Opts) -> Result<()> {
     std::fs::create_dir_all(&o.work_dir)?;
     let started = populate::iso8601(populate::now_s());
     let mut configs = Vec::new();
+    // The private PostgreSQL cluster, started before the first configuration that
+    // needs it and stopped (by PID) when this function returns, whichever way.
+    let mut pg: Option<PgCluster> = None;
+    let mut pg_failed: Option<String> = None;
     for &kind in &o.configs {
         let mut res = ConfigResult {
             config: kind.name().into(),
             ..Default::default()
         };
-        if kind == Kind::Native {
+        if kind.is_native() {
             if let Err(why) = server::check_plugin_dir(&o.plugin_dir) {
-                eprintln!("mam-bench: skipping `native`: {why}");
+                eprintln!("mam-bench: skipping `{}`: {why}", kind.name());
+                res.status = format!("skipped: {why}");
+                configs.push(res);
+                continue;
+            }
+        }
+        if kind == Kind::NativePg && pg.is_none() {
+            if pg_failed.is_none() {
+                log("starting a private PostgreSQL cluster");
+                match blocking(|| PgCluster::start(&o.work_dir.join("pg"))) {
+                    Ok(c) => {
+                        log(format!("PostgreSQL pid {} on 127.0.0.1:{}", c.pid, c.port));
+                        pg = Some(c);
+                    }
+                    Err(e) => pg_failed = Some(format!("{e:#}")),
+                }
+            }
+            if let Some(why) = &pg_failed {
+                let why = format!("the PostgreSQL cluster did not start: {why}");
+                eprintln!("mam-bench: skipping `native-pg`: {why}");
                 res.status = format!("skipped: {why}");
                 configs.push(res);
                 continue;
             }
         }
         log(format!("=== {} ===", kind.name()));
-        match run_config(kind, &o, &mut res).await {
+        match run_config(kind, &o, pg.as_ref(), &mut res).await {
             Ok(()) => res.status = "ran".into(),
             Err(e) => {
                 log(format!("{}: failed: {e:#}", kind.name()));
@@ -528,6 +601,41 @@ async fn run(o: Opts) -> Result<()> {
     } else {
         None
     };
+    let native_pg_ran = configs
+        .iter()
+        .any(|c| c.config == Kind::NativePg.name() && c.status == "ran");
+    let raw_pg = match &pg {
+        Some(cluster) if o.raw && native_pg_ran => {
+            log("raw PostgreSQL (physical limit)");
+            let datasets: Vec<Dataset> = o
+                .sizes
+                .iter()
+                .map(|&n| Dataset::new(&owner_for(n), n))
+                .collect();
+            let iters = if o.quick { 50 } else { 200 };
+            match blocking(|| {
+                rawpg::run(
+                    cluster,
+                    NATIVE_PG_DB,
+                    &datasets,
+                    Duration::from_secs(3),
+                    iters,
+                )
+            }) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    log(format!("raw PostgreSQL failed: {e:#}"));
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
+    let postgres = pg.as_ref().map(|c| blocking(|| c.describe()));
+    if let Some(cluster) = pg.take() {
+        log(format!("stopping PostgreSQL pid {}", cluster.pid));
+        blocking(|| cluster.stop());
+    }
 
     let report = Report {
         started: started.clone(),
@@ -543,6 +651,8 @@ async fn run(o: Opts) -> Result<()> {
         ratios: report::ratios(&configs, &o.sizes),
         configs,
         raw_sqlite: raw,
+        raw_postgres: raw_pg,
+        postgres,
         total_seconds: t0.elapsed().as_secs_f64(),
     };
     let md = report::markdown(&report, &o.sizes);
@@ -614,6 +724,7 @@ fn main() {
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         server::kill_all_registered();
+        pg::kill_all_registered();
         default_hook(info);
     }));
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -642,6 +753,7 @@ fn main() {
         }
     });
     server::kill_all_registered();
+    pg::kill_all_registered();
     if code != 0 && !keep {
         let _ = std::fs::remove_dir_all(&work_dir);
     }

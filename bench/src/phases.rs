@@ -86,6 +86,10 @@ pub struct MessagingResult {
     pub latency: Summary,
     /// Server CPU during the window, as a percentage of one core.
     pub server_cpu_percent: f64,
+    /// CPU of the database server's processes during the window (`native-pg`: the
+    /// PostgreSQL cluster), as a percentage of one core; on top of `server_cpu_percent`.
+    #[serde(default)]
+    pub db_cpu_percent: Option<f64>,
     /// This load client's CPU during the window (to show it is not the bottleneck).
     pub client_cpu_percent: f64,
     /// MAM check afterwards: messages found in the pairs' archives (sender + receiver).
@@ -230,10 +234,12 @@ pub async fn messaging(
     // CPU over the window.
     tokio::time::sleep_until(tokio::time::Instant::from_std(start + warmup)).await;
     let cpu0 = server.cpu_seconds();
+    let db0 = server.db_cpu_seconds();
     let ccpu0 = crate::server::self_cpu_seconds();
     let t0 = Instant::now();
     tokio::time::sleep_until(tokio::time::Instant::from_std(send_end)).await;
     let cpu1 = server.cpu_seconds();
+    let db1 = server.db_cpu_seconds();
     let ccpu1 = crate::server::self_cpu_seconds();
     let measured_s = t0.elapsed().as_secs_f64();
 
@@ -271,6 +277,9 @@ pub async fn messaging(
         target_rate_per_s: target,
         latency: summarize_us(&samples),
         server_cpu_percent: 100.0 * (cpu1 - cpu0) / measured_s,
+        db_cpu_percent: db0
+            .zip(db1)
+            .map(|(a, b)| 100.0 * (b - a).max(0.0) / measured_s),
         client_cpu_percent: 100.0 * (ccpu1 - ccpu0) / measured_s,
         archived: None,
         archived_expected: None,

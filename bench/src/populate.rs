@@ -322,6 +322,116 @@ pub fn populate_native(db: &Path, ds: &Dataset, synchronous_off: bool) -> Result
     Ok(t.elapsed().as_secs_f64())
 }
 
+/// The columns the PostgreSQL fast path writes into `mam_archive` (`seq` is an
+/// identity column PostgreSQL fills in COPY order, which is archive order here).
+pub const PG_COLUMNS: [&str; 7] = [
+    "host",
+    "username",
+    "id",
+    "when_us",
+    "with_bare",
+    "with_resource",
+    "stanza",
+];
+
+/// One value in COPY's text format: `\N` for NULL, and backslash, tab, newline and
+/// carriage return escaped.
+fn copy_field(out: &mut String, v: Option<&str>) {
+    let Some(v) = v else {
+        out.push_str("\\N");
+        return;
+    };
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\t' => out.push_str("\\t"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            c => out.push(c),
+        }
+    }
+}
+
+/// Native on PostgreSQL: rows in `mam_archive` of the configuration's database
+/// (whose schema the module created on its first start) through one `COPY` per
+/// archive, the owner's exact count added to `mam_archive_counts` in the same
+/// transaction (the module keeps that counter itself, not by trigger), then `ANALYZE`
+/// so the planner knows the tables' new sizes. The columns are checked against the
+/// live table first, so a schema change fails loudly instead of writing garbage.
+pub fn populate_native_pg(client: &mut postgres::Client, ds: &Dataset) -> Result<f64> {
+    let t = Instant::now();
+    let cols: Vec<String> = client
+        .query(
+            "SELECT column_name::text FROM information_schema.columns \
+             WHERE table_schema = current_schema() AND table_name = 'mam_archive'",
+            &[],
+        )?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for c in PG_COLUMNS {
+        if !cols.iter().any(|x| x == c) {
+            anyhow::bail!("native PostgreSQL schema changed: mam_archive has no column {c} (has {cols:?}); update PG_COLUMNS");
+        }
+    }
+    let triggers: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'mam_archive'::regclass AND NOT tgisinternal",
+            &[],
+        )?
+        .get(0);
+    if triggers > 0 {
+        anyhow::bail!("mam_archive now has triggers; check whether they keep mam_archive_counts and update populate_native_pg");
+    }
+    let mut tx = client.transaction()?;
+    {
+        let mut w = BufWriter::with_capacity(
+            1 << 20,
+            tx.copy_in(&format!(
+                "COPY mam_archive ({}) FROM STDIN",
+                PG_COLUMNS.join(", ")
+            ))?,
+        );
+        let mut line = String::with_capacity(512);
+        for i in 0..ds.n {
+            let m = ds.msg(i);
+            line.clear();
+            let when = m.when_us.to_string();
+            let xml = m.xml();
+            let fields = [
+                Some(DOMAIN),
+                Some(ds.owner.as_str()),
+                Some(m.key.as_str()),
+                Some(when.as_str()),
+                Some(m.with.as_str()),
+                m.with_resource,
+                Some(xml.as_str()),
+            ];
+            for (k, f) in fields.into_iter().enumerate() {
+                if k > 0 {
+                    line.push('\t');
+                }
+                copy_field(&mut line, f);
+            }
+            line.push('\n');
+            w.write_all(line.as_bytes())?;
+        }
+        w.into_inner()
+            .map_err(|e| anyhow::anyhow!("COPY into mam_archive: {}", e.error()))?
+            .finish()
+            .context("COPY into mam_archive")?;
+    }
+    tx.execute(
+        "INSERT INTO mam_archive_counts (host, username, messages) VALUES ($1, $2, $3) \
+         ON CONFLICT (host, username) DO UPDATE \
+         SET messages = mam_archive_counts.messages + EXCLUDED.messages",
+        &[&DOMAIN, &ds.owner, &(ds.n as i64)],
+    )?;
+    tx.commit()?;
+    client.batch_execute("ANALYZE mam_archive; ANALYZE mam_archive_counts")?;
+    Ok(t.elapsed().as_secs_f64())
+}
+
 /// Makes stock mod_mam's daily expiry task due now: `mod_cron` keeps each task's last
 /// run in the internal `cron` map (`<data>/<host>/cron.dat`); a last run at time 0
 /// makes the first timer tick (1 s after start) run it. For stores without
@@ -344,32 +454,6 @@ pub fn arm_stock_expiry(data_path: &Path, owners: &[String]) -> Result<()> {
     let day = date(now_s() - AGE_END_S - 86400);
     fs::write(dir.join(format!("{}.dat", datamanager_encode(&day))), s)?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn iso8601_matches_prosody_for_a_known_instant() {
-        // From a record Prosody 0.12.3 wrote: when = 1795321636, stamp 2026-11-22T04:27:16Z.
-        assert_eq!(iso8601(1_795_321_636), "2026-11-22T04:27:16Z");
-        assert_eq!(date(0), "1970-01-01");
-    }
-
-    #[test]
-    fn a_dataset_has_exactly_five_rare_messages() {
-        for n in [1000u64, 10_000, 12_345] {
-            let ds = Dataset::new("a", n);
-            let rare = (0..n).filter(|&i| ds.contact(i) == RARE).count() as u64;
-            assert_eq!(rare, RARE_COUNT, "n = {n}");
-        }
-    }
-
-    #[test]
-    fn datamanager_encoding_escapes_dots() {
-        assert_eq!(datamanager_encode("a.b-c"), "a%2eb%2dc");
-    }
 }
 
 /// Inserts every message of `ds` into the native schema, `batch` rows per
@@ -398,4 +482,39 @@ pub fn insert_native_batches(conn: &mut Connection, ds: &Dataset, batch: u64) ->
         i += batch;
     }
     Ok(ds.n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn iso8601_matches_prosody_for_a_known_instant() {
+        // From a record Prosody 0.12.3 wrote: when = 1795321636, stamp 2026-11-22T04:27:16Z.
+        assert_eq!(iso8601(1_795_321_636), "2026-11-22T04:27:16Z");
+        assert_eq!(date(0), "1970-01-01");
+    }
+
+    #[test]
+    fn a_dataset_has_exactly_five_rare_messages() {
+        for n in [1000u64, 10_000, 12_345] {
+            let ds = Dataset::new("a", n);
+            let rare = (0..n).filter(|&i| ds.contact(i) == RARE).count() as u64;
+            assert_eq!(rare, RARE_COUNT, "n = {n}");
+        }
+    }
+
+    #[test]
+    fn copy_text_format_escapes_its_delimiters() {
+        let mut s = String::new();
+        copy_field(&mut s, Some("a\tb\\c\nd\re"));
+        s.push('|');
+        copy_field(&mut s, None);
+        assert_eq!(s, "a\\tb\\\\c\\nd\\re|\\N");
+    }
+
+    #[test]
+    fn datamanager_encoding_escapes_dots() {
+        assert_eq!(datamanager_encode("a.b-c"), "a%2eb%2dc");
+    }
 }

@@ -67,6 +67,12 @@ pub struct Report {
     pub parameters: Value,
     pub configs: Vec<ConfigResult>,
     pub raw_sqlite: Option<RawResult>,
+    /// The same physical limit against the run's PostgreSQL cluster.
+    #[serde(default)]
+    pub raw_postgres: Option<RawResult>,
+    /// The private PostgreSQL cluster `native-pg` ran on: version and settings.
+    #[serde(default)]
+    pub postgres: Option<Value>,
     pub ratios: Value,
     pub total_seconds: f64,
 }
@@ -87,41 +93,64 @@ fn ratio(a: Option<f64>, b: Option<f64>) -> Value {
     }
 }
 
-/// Ratios of ours (native) to each other configuration: throughput, open-loop p99,
-/// query p50 per size and shape, RSS after queries.
+/// Each of ours and what it is compared with.
+const COMPARISONS: [(&str, &[&str]); 2] = [
+    ("native", &["stock-internal", "stock-sql", "nomam"]),
+    ("native-pg", &["stock-sql", "nomam", "native"]),
+];
+
+/// Ratios of ours (`native`, `native-pg`) to other configurations (`"native/stock-sql"`,
+/// `"native-pg/nomam"`, ...): throughput, open-loop p99, query p50 per size and shape,
+/// ping max during queries, RSS after queries.
 pub fn ratios(configs: &[ConfigResult], sizes: &[u64]) -> Value {
     let get = |n: &str| configs.iter().find(|c| c.config == n && c.status == "ran");
-    let Some(ours) = get("native") else {
-        return json!({ "note": "native configuration did not run; no ratios" });
-    };
     let mut out = serde_json::Map::new();
-    for other in ["stock-internal", "stock-sql", "nomam"] {
-        let Some(o) = get(other) else { continue };
-        let mut q = serde_json::Map::new();
-        for &size in sizes {
-            for shape in SHAPES {
-                let r = ratio(
-                    ours.query(size, shape).map(|x| x.latency.p50_ms),
-                    o.query(size, shape).map(|x| x.latency.p50_ms),
-                );
-                if !r.is_null() {
-                    q.insert(format!("{size}/{shape}"), r);
-                }
-            }
+    for (mine, others) in COMPARISONS {
+        let Some(ours) = get(mine) else { continue };
+        for &other in others {
+            let Some(o) = get(other) else { continue };
+            out.insert(format!("{mine}/{other}"), ratios_of(ours, o, sizes));
         }
-        out.insert(
-            format!("native/{other}"),
-            json!({
-                "throughput_msgs_per_s": ratio(ours.throughput.as_ref().map(|t| t.delivered_per_s), o.throughput.as_ref().map(|t| t.delivered_per_s)),
-                "closed_loop_latency_p50": ratio(ours.throughput.as_ref().map(|t| t.latency.p50_ms), o.throughput.as_ref().map(|t| t.latency.p50_ms)),
-                "open_loop_latency_p99": ratio(ours.open_loop.as_ref().map(|t| t.latency.p99_ms), o.open_loop.as_ref().map(|t| t.latency.p99_ms)),
-                "query_p50": Value::Object(q),
-                "ping_max_during_queries": ratio(ours.stall_queries.as_ref().map(|s| s.ping.max_ms), o.stall_queries.as_ref().map(|s| s.ping.max_ms)),
-                "rss_after_queries": ratio(ours.rss("queries").map(|v| v as f64), o.rss("queries").map(|v| v as f64)),
-            }),
-        );
+    }
+    if out.is_empty() {
+        return json!({ "note": "neither native nor native-pg ran; no ratios" });
     }
     Value::Object(out)
+}
+
+fn ratios_of(ours: &ConfigResult, o: &ConfigResult, sizes: &[u64]) -> Value {
+    let mut q = serde_json::Map::new();
+    for &size in sizes {
+        for shape in SHAPES {
+            let r = ratio(
+                ours.query(size, shape).map(|x| x.latency.p50_ms),
+                o.query(size, shape).map(|x| x.latency.p50_ms),
+            );
+            if !r.is_null() {
+                q.insert(format!("{size}/{shape}"), r);
+            }
+        }
+    }
+    let rate = |c: &ConfigResult| c.throughput.as_ref().map(|t| t.delivered_per_s);
+    let rate_populated =
+        |c: &ConfigResult| c.throughput_populated.as_ref().map(|t| t.delivered_per_s);
+    json!({
+        "throughput_msgs_per_s": ratio(rate(ours), rate(o)),
+        "throughput_populated_msgs_per_s": ratio(rate_populated(ours), rate_populated(o)),
+        "closed_loop_latency_p50": ratio(ours.throughput.as_ref().map(|t| t.latency.p50_ms), o.throughput.as_ref().map(|t| t.latency.p50_ms)),
+        "open_loop_latency_p99": ratio(ours.open_loop.as_ref().map(|t| t.latency.p99_ms), o.open_loop.as_ref().map(|t| t.latency.p99_ms)),
+        "query_p50": Value::Object(q),
+        "ping_max_during_queries": ratio(ours.stall_queries.as_ref().map(|s| s.ping.max_ms), o.stall_queries.as_ref().map(|s| s.ping.max_ms)),
+        "rss_after_queries": ratio(ours.rss("queries").map(|v| v as f64), o.rss("queries").map(|v| v as f64)),
+    })
+}
+
+/// Server CPU %, with the database server's added in parentheses when it is separate.
+fn cpu(t: &MessagingResult) -> String {
+    match t.db_cpu_percent {
+        Some(db) => format!("{:.0} (+{db:.0} PostgreSQL)", t.server_cpu_percent),
+        None => format!("{:.0}", t.server_cpu_percent),
+    }
 }
 
 fn ms(v: f64) -> String {
@@ -161,6 +190,16 @@ pub fn markdown(r: &Report, sizes: &[u64]) -> String {
             .collect::<Vec<_>>()
             .join(", ")
     );
+    if let Some(pg) = &r.postgres {
+        let _ = writeln!(
+            m,
+            "PostgreSQL (`native-pg`, raw PostgreSQL): {} {}; settings as the server reported them: `{}`. \
+             CPU columns: Prosody's, then (+ …) the PostgreSQL processes'. RSS is Prosody's only.\n",
+            pg["version"].as_str().unwrap_or("?"),
+            pg["note"].as_str().unwrap_or(""),
+            pg["settings"]
+        );
+    }
 
     let _ = writeln!(
         m,
@@ -185,12 +224,12 @@ pub fn markdown(r: &Report, sizes: &[u64]) -> String {
             };
             let _ = writeln!(
                 m,
-                "| {} | {:.0} | {} | {} | {:.0} | {:.0} | {} | {} |",
+                "| {} | {:.0} | {} | {} | {} | {:.0} | {} | {} |",
                 name,
                 t.delivered_per_s,
                 ms(t.latency.p50_ms),
                 ms(t.latency.p99_ms),
-                t.server_cpu_percent,
+                cpu(t),
                 t.client_cpu_percent,
                 arch,
                 t.undelivered
@@ -212,14 +251,14 @@ pub fn markdown(r: &Report, sizes: &[u64]) -> String {
         if let Some(t) = &c.open_loop {
             let _ = writeln!(
                 m,
-                "| {} | {:.0} | {:.0} | {} | {} | {} | {:.0} |",
+                "| {} | {:.0} | {:.0} | {} | {} | {} | {} |",
                 c.config,
                 t.target_rate_per_s.unwrap_or(0.0),
                 t.delivered_per_s,
                 ms(t.latency.p50_ms),
                 ms(t.latency.p99_ms),
                 ms(t.latency.max_ms),
-                t.server_cpu_percent
+                cpu(t)
             );
         }
     }
@@ -236,8 +275,13 @@ pub fn markdown(r: &Report, sizes: &[u64]) -> String {
         let _ = write!(head, " {} |", c.config);
         sep.push_str("---|");
     }
+    let raws: Vec<&RawResult> = r.raw_sqlite.iter().chain(&r.raw_postgres).collect();
     if r.raw_sqlite.is_some() {
         head.push_str(" raw SQLite |");
+        sep.push_str("---|");
+    }
+    if r.raw_postgres.is_some() {
+        head.push_str(" raw PostgreSQL |");
         sep.push_str("---|");
     }
     let _ = writeln!(m, "{head}\n{sep}");
@@ -261,7 +305,7 @@ pub fn markdown(r: &Report, sizes: &[u64]) -> String {
                     }
                 }
             }
-            if let Some(raw) = &r.raw_sqlite {
+            for raw in &raws {
                 match raw
                     .pages
                     .iter()
@@ -366,30 +410,25 @@ pub fn markdown(r: &Report, sizes: &[u64]) -> String {
     }
 
     if let Some(raw) = &r.raw_sqlite {
-        let _ = writeln!(
-            m,
-            "\n## Physical limit (rusqlite, WAL, synchronous=NORMAL; schema {})\n",
-            raw.schema_from
+        physical_limit(
+            &mut m,
+            raw,
+            "rusqlite, WAL, synchronous=NORMAL",
+            "single-row transactions",
+            "raw SQLite",
         );
-        let _ = writeln!(
-            m,
-            "- single-row transactions: {:.0}/s",
-            raw.single_row_tx_per_s
-        );
-        let _ = writeln!(
-            m,
-            "- batched inserts (1000 per transaction): {:.0} rows/s",
-            raw.batch_rows_per_s
-        );
-        if let Some(s) = raw.expiry_delete_s {
-            let _ = writeln!(
-                m,
-                "- expiry as one DELETE: {} rows in {:.2} s",
-                raw.expiry_deleted, s
-            );
-        }
-        let _ = writeln!(m, "- page reads: see the raw SQLite column above");
     }
+    if let Some(raw) = &r.raw_postgres {
+        physical_limit(
+            &mut m,
+            raw,
+            "postgres crate, the same PostgreSQL cluster and settings",
+            "single-message commits (one INSERT with its counter update, autocommit)",
+            "raw PostgreSQL",
+        );
+    }
+
+    native_pg_compared(&mut m, r, sizes);
 
     let _ = writeln!(
         m,
@@ -419,6 +458,115 @@ pub fn markdown(r: &Report, sizes: &[u64]) -> String {
     m
 }
 
+fn physical_limit(m: &mut String, raw: &RawResult, how: &str, single: &str, column: &str) {
+    let _ = writeln!(
+        m,
+        "\n## Physical limit ({how}; schema {})\n",
+        raw.schema_from
+    );
+    let _ = writeln!(m, "- {single}: {:.0}/s", raw.single_row_tx_per_s);
+    let _ = writeln!(
+        m,
+        "- batched inserts (1000 per transaction): {:.0} rows/s",
+        raw.batch_rows_per_s
+    );
+    if let Some(s) = raw.expiry_delete_s {
+        let _ = writeln!(
+            m,
+            "- expiry as one DELETE: {} rows in {:.2} s",
+            raw.expiry_deleted, s
+        );
+    }
+    let _ = writeln!(m, "- page reads: see the {column} column above");
+}
+
+/// `native-pg` against the ceiling, stock on SQLite and ours on SQLite, in one table.
+fn native_pg_compared(m: &mut String, r: &Report, sizes: &[u64]) {
+    let get = |n: &str| {
+        r.configs
+            .iter()
+            .find(|c| c.config == n && c.status == "ran")
+    };
+    let Some(pg) = get("native-pg") else { return };
+    let others: Vec<&ConfigResult> = ["nomam", "stock-sql", "native"]
+        .into_iter()
+        .filter_map(get)
+        .collect();
+    if others.is_empty() {
+        return;
+    }
+    let ratio_cell = |a: Option<f64>, b: Option<f64>| match ratio(a, b) {
+        Value::Number(n) => format!("{n}"),
+        _ => "-".into(),
+    };
+    let _ = writeln!(
+        m,
+        "\n## Ours on PostgreSQL compared (`native-pg` ÷ other)\n"
+    );
+    let mut head = String::from("| measure | native-pg |");
+    let mut sep = String::from("|---|---|");
+    for o in &others {
+        let _ = write!(head, " ÷ {} |", o.config);
+        sep.push_str("---|");
+    }
+    let _ = writeln!(m, "{head}\n{sep}");
+    /// A row: its label, the value read from a configuration, and its format.
+    type Measure = (
+        &'static str,
+        fn(&ConfigResult) -> Option<f64>,
+        fn(f64) -> String,
+    );
+    let rows: [Measure; 4] = [
+        (
+            "msgs/s, closed loop, empty store",
+            |c| c.throughput.as_ref().map(|t| t.delivered_per_s),
+            |v| format!("{v:.0}"),
+        ),
+        (
+            "msgs/s, closed loop, archives populated",
+            |c| c.throughput_populated.as_ref().map(|t| t.delivered_per_s),
+            |v| format!("{v:.0}"),
+        ),
+        (
+            "open loop p99 ms",
+            |c| c.open_loop.as_ref().map(|t| t.latency.p99_ms),
+            ms,
+        ),
+        (
+            "ping max during queries, ms",
+            |c| c.stall_queries.as_ref().map(|s| s.ping.max_ms),
+            ms,
+        ),
+    ];
+    for (name, f, fmt) in rows {
+        let _ = write!(m, "| {name} | {} |", f(pg).map(fmt).unwrap_or("-".into()));
+        for o in &others {
+            let _ = write!(m, " {} |", ratio_cell(f(pg), f(o)));
+        }
+        m.push('\n');
+    }
+    for &size in sizes {
+        for shape in SHAPES {
+            let p50 = |c: &ConfigResult| c.query(size, shape).map(|q| q.latency.p50_ms);
+            let _ = write!(
+                m,
+                "| {} {} p50 ms | {} |",
+                size_label(size),
+                shape,
+                p50(pg).map(ms).unwrap_or("-".into())
+            );
+            for o in &others {
+                let _ = write!(m, " {} |", ratio_cell(p50(pg), p50(o)));
+            }
+            m.push('\n');
+        }
+    }
+    let _ = writeln!(
+        m,
+        "\nThroughput ratios above 1 mean `native-pg` is faster; latency ratios below 1 mean it is faster."
+    );
+}
+
 /// A log-log SVG chart of `newest`-page p50 latency against archive size, one line per
 /// configuration (and raw SQLite).
 pub fn svg_chart(r: &Report, sizes: &[u64]) -> String {
@@ -444,6 +592,18 @@ pub fn svg_chart(r: &Report, sizes: &[u64]) -> String {
             })
             .collect();
         series.push(("raw SQLite".into(), pts));
+    }
+    if let Some(raw) = &r.raw_postgres {
+        let pts: Vec<(u64, f64)> = sizes
+            .iter()
+            .filter_map(|&s| {
+                raw.pages
+                    .iter()
+                    .find(|p| p.size == s && p.shape == shape)
+                    .map(|p| (s, p.latency.p50_ms))
+            })
+            .collect();
+        series.push(("raw PostgreSQL".into(), pts));
     }
     let (w, h, l, t, rgt, b) = (640.0, 400.0, 70.0, 30.0, 160.0, 50.0);
     let xs: Vec<f64> = sizes.iter().map(|&s| (s as f64).log10()).collect();

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
+use crate::pg::{PgTarget, PG_PASSWORD, PG_USER};
 use crate::xmpp::DOMAIN;
 
 /// PIDs of every Prosody this process has started and not yet reaped, so that a
@@ -21,7 +22,7 @@ static LIVE_PIDS: Mutex<Vec<u32>> = Mutex::new(Vec::new());
 
 pub const PASSWORD: &str = "pw";
 
-/// The four server configurations the benchmark compares.
+/// The server configurations the benchmark compares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum Kind {
     /// No MAM module at all: the ceiling.
@@ -30,16 +31,19 @@ pub enum Kind {
     StockInternal,
     /// Stock mod_mam with `mod_storage_sql` on SQLite3.
     StockSql,
-    /// prosody-mam-native (plugin folder replacing mod_mam).
+    /// prosody-mam-native (plugin folder replacing mod_mam) on its embedded SQLite file.
     Native,
+    /// prosody-mam-native on PostgreSQL (`mam_sql`), in the run's private cluster.
+    NativePg,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 4] = [
+    pub const ALL: [Kind; 5] = [
         Kind::NoMam,
         Kind::StockInternal,
         Kind::StockSql,
         Kind::Native,
+        Kind::NativePg,
     ];
 
     pub fn name(self) -> &'static str {
@@ -48,6 +52,7 @@ impl Kind {
             Kind::StockInternal => "stock-internal",
             Kind::StockSql => "stock-sql",
             Kind::Native => "native",
+            Kind::NativePg => "native-pg",
         }
     }
 
@@ -57,6 +62,11 @@ impl Kind {
 
     pub fn has_mam(self) -> bool {
         self != Kind::NoMam
+    }
+
+    /// Ours (the plugin folder), on either backend.
+    pub fn is_native(self) -> bool {
+        matches!(self, Kind::Native | Kind::NativePg)
     }
 }
 
@@ -78,6 +88,8 @@ pub struct ServerSpec {
     pub expiry: Option<Expiry>,
     /// Log at info (needed to see stock's "Deleted N expired messages") instead of warn.
     pub log_info: bool,
+    /// For `native-pg`: the database in the run's private PostgreSQL cluster.
+    pub pg: Option<PgTarget>,
 }
 
 impl ServerSpec {
@@ -138,9 +150,16 @@ impl ServerSpec {
                     "sql = {{ driver = \"SQLite3\", database = \"prosody.sqlite\" }}"
                 );
             }
-            Kind::Native => {
+            Kind::Native | Kind::NativePg => {
                 if let Some(p) = &self.plugin_dir {
                     let _ = writeln!(c, "plugin_paths = {{ \"{}\" }}", p.display());
+                }
+                if let Some(pg) = &self.pg {
+                    let _ = writeln!(
+                        c,
+                        "mam_sql = {{ driver = \"PostgreSQL\", database = \"{}\", host = \"127.0.0.1\", port = {}, username = \"{PG_USER}\", password = \"{PG_PASSWORD}\" }}",
+                        pg.database, pg.port
+                    );
                 }
             }
             _ => {}
@@ -189,6 +208,9 @@ pub struct Server {
     kind: Kind,
     child: Child,
     pub pid: u32,
+    /// The postmaster of the database server this Prosody archives into, if it is a
+    /// separate process (`native-pg`), so its CPU is reported next to Prosody's.
+    pub db_pid: Option<u32>,
 }
 
 impl Server {
@@ -217,6 +239,7 @@ impl Server {
             kind: spec.kind,
             child,
             pid,
+            db_pid: None,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -250,6 +273,11 @@ impl Server {
     /// CPU time (user + system) consumed so far, in seconds.
     pub fn cpu_seconds(&self) -> f64 {
         proc_cpu_seconds(self.pid)
+    }
+
+    /// CPU time of the database server's processes, when there is one.
+    pub fn db_cpu_seconds(&self) -> Option<f64> {
+        self.db_pid.map(proc_tree_cpu_seconds)
     }
 
     /// SIGTERM, then SIGKILL after 10 s; waits for the process.
@@ -320,19 +348,47 @@ pub fn proc_rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-pub fn proc_cpu_seconds(pid: u32) -> f64 {
+/// The fields of `/proc/<pid>/stat` after the command name (which is in parentheses
+/// and may contain spaces): index 0 is the state, 1 the parent PID, 11 and 12 utime and
+/// stime, 13 and 14 the reaped children's cutime and cstime.
+fn proc_stat_fields(pid: u32) -> Vec<u64> {
     let s = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name, which is in parentheses and may contain spaces.
     let rest = match s.rfind(')') {
-        Some(i) => &s[i + 2..],
-        None => return 0.0,
+        Some(i) => &s[i + 1..],
+        None => return Vec::new(),
     };
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of stat, i.e. 11 and 12 after the name.
-    let ticks: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
-        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+    rest.split_whitespace()
+        .map(|v| v.parse().unwrap_or(0))
+        .collect()
+}
+
+fn ticks_to_seconds(ticks: u64) -> f64 {
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     ticks as f64 / if hz > 0.0 { hz } else { 100.0 }
+}
+
+pub fn proc_cpu_seconds(pid: u32) -> f64 {
+    let f = proc_stat_fields(pid);
+    ticks_to_seconds(f.get(11).unwrap_or(&0) + f.get(12).unwrap_or(&0))
+}
+
+/// CPU time of `pid`, of its live children, and of the children it has reaped (for a
+/// server that forks a process per connection, such as PostgreSQL's postmaster).
+pub fn proc_tree_cpu_seconds(pid: u32) -> f64 {
+    let f = proc_stat_fields(pid);
+    let own: u64 = f.iter().skip(11).take(4).sum();
+    let mut total = ticks_to_seconds(own);
+    if let Ok(dir) = fs::read_dir("/proc") {
+        for e in dir.flatten() {
+            let Some(child) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                continue;
+            };
+            if proc_stat_fields(child).get(1) == Some(&u64::from(pid)) {
+                total += proc_cpu_seconds(child);
+            }
+        }
+    }
+    total
 }
 
 /// The plugin folder to use for `native`, or why it cannot be used.
