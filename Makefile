@@ -60,6 +60,6 @@ soak: plugin
 clean:
 	cargo clean
 
-# Side-by-side benchmark: no MAM, stock mod_mam (internal, SQLite), ours. See bench/README.md.
+# Side-by-side benchmark: no MAM, stock mod_mam (internal, SQLite), ours (SQLite, PostgreSQL). See bench/README.md.
 bench: plugin
 	bench/run.sh --plugin-dir $(CURDIR)/target/prosody-plugin $(BENCH_ARGS)

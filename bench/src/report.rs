@@ -239,7 +239,7 @@ pub fn markdown(r: &Report, sizes: &[u64]) -> String {
     let _ = writeln!(
         m,
         "\nFirst on an empty store; then again (half as long) after the big archives were pre-populated \
-         (for SQLite backends the database then holds every pre-populated archive).\n"
+         (for the SQLite and PostgreSQL backends the database then holds every pre-populated archive).\n"
     );
     let _ = writeln!(m, "\n## Delivery latency at a fixed rate (open loop)\n");
     let _ = writeln!(
