@@ -380,10 +380,12 @@ fn every_statement_comes_from_a_constant_or_the_fragment_builder() {
     assert!(postgres.contains("fn new(head: &'static str) -> Self"));
     assert!(postgres.contains("before: &'static str,\n        value: impl ToSql"));
     assert!(postgres.contains("after: &'static str,"));
-    // In bind(): the fragment before, the placeholder's number, the fragment after.
+    assert!(postgres.contains("fn push(&mut self, fragment: &'static str)"));
+    // push(): a constant fragment; bind(): the fragment before, the placeholder's
+    // number, the fragment after.
     assert_eq!(
         postgres.matches("self.text.push_str(").count(),
-        3,
-        "Sql text grows only in bind()"
+        4,
+        "Sql text grows only in push() and bind()"
     );
 }

@@ -389,13 +389,7 @@ impl PgStore {
         f: impl FnOnce(&mut Tx<'_>) -> Result<T>,
     ) -> Result<T> {
         let result = self.transaction_on_connection(read_only, context, f);
-        if let Err(MamError::Postgres { source, .. }) = &result {
-            if connection_lost(source) {
-                // The client may notice a dead socket only later; start afresh now.
-                self.conn = None;
-            }
-        }
-        result
+        self.forget_lost_connection(result)
     }
 
     fn transaction_on_connection<T>(
@@ -419,6 +413,64 @@ impl PgStore {
         let value = f(&mut tx)?;
         tx.commit(context)?;
         Ok(value)
+    }
+}
+
+impl PgStore {
+    fn find_in_one_statement(&mut self, owner: &Owner, req: &FindRequest) -> Result<Page> {
+        const CONTEXT: &str = "find";
+        let (sql, with_total, with_items) = match (req.total, req.limit > 0) {
+            (true, true) => (page_and_count_sql(owner, req), true, true),
+            (true, false) => (count_sql(owner, req), true, false),
+            (false, true) => (page_sql(owner, req, None, None), false, true),
+            (false, false) => return Ok(Page::default()),
+        };
+        let result = (|| {
+            let conn = self.connection()?;
+            let stmt = match conn.statements.get(&sql.text) {
+                Some(s) => s.clone(),
+                None => {
+                    let s = conn
+                        .client
+                        .prepare(&sql.text)
+                        .map_err(MamError::postgres(CONTEXT))?;
+                    conn.statements.insert(sql.text.clone(), s.clone());
+                    s
+                }
+            };
+            conn.client
+                .query(&stmt, &sql.params())
+                .map_err(MamError::postgres(CONTEXT))
+        })();
+        let rows = self.forget_lost_connection(result)?;
+        let mut page = Page::default();
+        if with_total {
+            page.total = Some(match rows.first() {
+                Some(row) => to_count(get(row, 0, "find: count matches")?),
+                None => 0,
+            });
+        }
+        if with_items {
+            let first = usize::from(with_total);
+            for row in &rows {
+                if let Some(item) = page_row(row, first)? {
+                    page.items.push(item);
+                }
+            }
+        }
+        Ok(page)
+    }
+
+    /// Drops the connection after an error that means it is gone (see
+    /// [`connection_lost`]), so the next operation reconnects.
+    fn forget_lost_connection<T>(&mut self, result: Result<T>) -> Result<T> {
+        if let Err(MamError::Postgres { source, .. }) = &result {
+            if connection_lost(source) {
+                // The client may notice a dead socket only later; start afresh now.
+                self.conn = None;
+            }
+        }
+        result
     }
 }
 
@@ -521,6 +573,11 @@ impl Sql {
         }
     }
 
+    /// Appends a constant fragment.
+    fn push(&mut self, fragment: &'static str) {
+        self.text.push_str(fragment);
+    }
+
     /// Appends `before`, a placeholder for `value`, then `after`.
     fn bind(
         &mut self,
@@ -572,8 +629,23 @@ fn page_sql(
     after: Option<Position>,
     before: Option<Position>,
 ) -> Sql {
-    let mut sql = Sql::new("SELECT id, when_us, with_bare, with_resource, stanza");
-    push_filters(&mut sql, owner, req);
+    let mut sql = Sql::new("");
+    push_page(&mut sql, owner, req, after, before);
+    sql
+}
+
+/// The page query: the filters, strictly after `after` and before `before`, in archive
+/// order (or reversed), at most `req.limit` rows of (id, when, with, resource, stanza,
+/// seq).
+fn push_page(
+    sql: &mut Sql,
+    owner: &Owner,
+    req: &FindRequest,
+    after: Option<Position>,
+    before: Option<Position>,
+) {
+    sql.push("SELECT id, when_us, with_bare, with_resource, stanza, seq");
+    push_filters(sql, owner, req);
     if let Some(p) = after {
         sql.bind(" AND (when_us, seq) > (", p.when_us, "");
         sql.bind(", ", p.seq, ")");
@@ -588,13 +660,63 @@ fn page_sql(
         " ORDER BY when_us ASC, seq ASC LIMIT "
     };
     sql.bind(order, to_sql_int(req.limit), "");
-    sql
 }
 
 fn count_sql(owner: &Owner, req: &FindRequest) -> Sql {
-    let mut sql = Sql::new("SELECT count(*)");
-    push_filters(&mut sql, owner, req);
+    let mut sql = Sql::new("");
+    push_count(&mut sql, owner, req);
     sql
+}
+
+/// The query counting the match set (RSM `<count>`): from the owner's counter when
+/// the set is the whole archive, else over the filters.
+fn push_count(sql: &mut Sql, owner: &Owner, req: &FindRequest) {
+    if is_unfiltered(req) {
+        sql.bind(
+            "SELECT coalesce((SELECT messages FROM mam_archive_counts WHERE host = ",
+            owner.host.clone(),
+            "",
+        );
+        sql.bind(" AND username = ", owner.user.clone(), "), 0)");
+    } else {
+        sql.push("SELECT count(*)");
+        push_filters(sql, owner, req);
+    }
+}
+
+/// A page and its count in one statement (one snapshot, one round trip, no explicit
+/// transaction): the count as a column of every row, the page joined laterally to a
+/// single row so an empty page still brings the count (with NULL message columns).
+fn page_and_count_sql(owner: &Owner, req: &FindRequest) -> Sql {
+    let mut sql = Sql::new("SELECT (");
+    push_count(&mut sql, owner, req);
+    sql.push(
+        ") AS total, p.id, p.when_us, p.with_bare, p.with_resource, p.stanza \
+         FROM (SELECT 1) AS one LEFT JOIN LATERAL (",
+    );
+    push_page(&mut sql, owner, req, None, None);
+    sql.push(if req.reverse {
+        ") AS p ON true ORDER BY p.when_us DESC, p.seq DESC"
+    } else {
+        ") AS p ON true ORDER BY p.when_us ASC, p.seq ASC"
+    });
+    sql
+}
+
+/// A page row (columns from `first`: id, when, with, resource, stanza); `None` for
+/// the NULL row of an empty page in [`page_and_count_sql`].
+fn page_row(row: &Row, first: usize) -> Result<Option<ArchivedMessage>> {
+    const CONTEXT: &str = "find: read page";
+    let Some(id) = get::<Option<String>>(row, first, CONTEXT)? else {
+        return Ok(None);
+    };
+    Ok(Some(ArchivedMessage {
+        id,
+        when: get(row, first + 1, CONTEXT)?,
+        with_bare: get(row, first + 2, CONTEXT)?,
+        with_resource: get(row, first + 3, CONTEXT)?,
+        xml: get(row, first + 4, CONTEXT)?,
+    }))
 }
 
 /// Resolves ids to the tightest bound (latest for `after`, earliest for `before`);
@@ -773,21 +895,26 @@ impl ArchiveStore for PgStore {
         })
     }
 
+    /// Without RSM ids to resolve, a find is one statement (page, count, or both
+    /// joined), which is one round trip and one snapshot without an explicit
+    /// transaction. With ids, a read-only repeatable-read transaction resolves them
+    /// and reads page and count from the same snapshot.
     fn find(&mut self, owner: &Owner, req: &FindRequest) -> Result<Page> {
+        if req.after.is_empty() && req.before.is_empty() {
+            return self.find_in_one_statement(owner, req);
+        }
         self.transaction(true, "find", |tx| {
             let after = resolve_bound(tx, owner, &req.after, true)?;
             let before = resolve_bound(tx, owner, &req.before, false)?;
-            let total = if !req.total {
-                None
-            } else if is_unfiltered(req) {
-                Some(tx.owner_count(owner)?)
-            } else {
+            let total = if req.total {
                 let sql = count_sql(owner, req);
                 let row = tx.query_opt("find: count matches", &sql.text, &sql.params())?;
                 Some(match row {
                     Some(row) => to_count(get(&row, 0, "find: count matches")?),
                     None => 0,
                 })
+            } else {
+                None
             };
             let items = if req.limit == 0 {
                 Vec::new()
@@ -795,15 +922,7 @@ impl ArchiveStore for PgStore {
                 let sql = page_sql(owner, req, after, before);
                 let rows = tx.query("find: read page", &sql.text, &sql.params())?;
                 rows.iter()
-                    .map(|row| {
-                        Ok(ArchivedMessage {
-                            id: get(row, 0, "find: read page")?,
-                            when: get(row, 1, "find: read page")?,
-                            with_bare: get(row, 2, "find: read page")?,
-                            with_resource: get(row, 3, "find: read page")?,
-                            xml: get(row, 4, "find: read page")?,
-                        })
-                    })
+                    .filter_map(|row| page_row(row, 0).transpose())
                     .collect::<Result<Vec<_>>>()?
             };
             Ok(Page { items, total })
@@ -1442,6 +1561,16 @@ mod tests {
             ("count with", count_sql(&owner, &with_newest), WITH),
             ("count window", count_sql(&owner, &window), WHEN),
             ("count ids", count_sql(&owner, &by_ids), KEY),
+            (
+                "with + newest, with count",
+                page_and_count_sql(&owner, &with_newest),
+                WITH,
+            ),
+            (
+                "newest, with count",
+                page_and_count_sql(&owner, &newest),
+                WHEN,
+            ),
         ];
         for (name, sql, index) in &shapes {
             let text = plan(&mut client, &sql.text, &sql.params());
