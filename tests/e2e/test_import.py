@@ -2,13 +2,18 @@
 its store with `prosodyctl mod_mam import`, and our module then answers the same MAM
 queries with the same ids, timestamps, order and content, with the prefs carried over.
 
-Once with mod_storage_internal, once with mod_storage_sql on SQLite3."""
+Once with mod_storage_internal, once with mod_storage_sql on SQLite3, and once with
+mod_storage_sql on PostgreSQL (`storage = "sql"`: accounts too; only in the
+MAM_TEST_BACKEND=postgres pass, which has a server). On that pass our module's archive
+is in PostgreSQL in every case: the first two import across backends, the third from
+Prosody's own table into ours in the same database (the `sql` table, no `mam_sql`)."""
 
 import pytest
 
+import conftest
 from conftest import (
-    HOST, PLUGIN_PATH, Prosody, canonical, chat_xml, get_prefs, mam_all, prosodyctl,
-    send_and_flush, set_prefs, use_module,
+    HOST, PLUGIN_PATH, Prosody, canonical, chat_xml, database_name, get_prefs, mam_all,
+    pg_archive, prosodyctl, send_and_flush, set_prefs, use_module,
 )
 
 pytestmark = pytest.mark.native_only
@@ -19,6 +24,8 @@ BACKENDS = {
         "storage": {"archive": "sql", "archive_prefs": "sql"},
         "sql": {"driver": "SQLite3", "database": "prosody.sqlite"},
     },
+    # "sql" filled in with a fresh database on the test's PostgreSQL server.
+    "sql-postgresql": {"storage": "sql"},
 }
 
 
@@ -29,11 +36,24 @@ def snapshot(results):
 
 @pytest.fixture(params=sorted(BACKENDS))
 def stock_server(request):
-    server = Prosody(f"import-{request.param}", BACKENDS[request.param], users=4)
-    use_module(server, None)  # stock mod_mam
-    server.start()
-    yield server
-    server.cleanup()
+    options = dict(BACKENDS[request.param])
+    database = None
+    if request.param == "sql-postgresql":
+        if not pg_archive():
+            pytest.skip("needs PostgreSQL: runs with MAM_TEST_BACKEND=postgres")
+        database = conftest.PG.create_database(database_name("import-sql-postgresql"))
+        options["sql"] = conftest.PG.connection(database)
+    server = None
+    try:
+        server = Prosody(f"import-{request.param}", options, users=4)
+        use_module(server, None)  # stock mod_mam
+        server.start()
+        yield server
+    finally:
+        if server is not None:
+            server.cleanup()
+        if database is not None:
+            conftest.PG.drop_database(database)
 
 
 async def test_stock_archives_come_along_with_ids_order_content_and_prefs(stock_server, connect):
