@@ -57,19 +57,35 @@ impl From<std::io::Error> for AdminError {
     }
 }
 
-/// Where `import` reads from: the stock storage driver to load.
+/// Where `import` reads from: stock mod_mam's store through one of Prosody's storage
+/// drivers, or another archive of this module (to move between SQLite and PostgreSQL).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
+    /// Stock's store through `mod_storage_internal`.
     Internal,
+    /// Stock's store through `mod_storage_sql`.
     Sql,
+    /// This module's SQLite archive file ([`crate::archive_copy`]).
+    MamSqlite,
+    /// This module's PostgreSQL archive ([`crate::archive_copy`]).
+    MamPostgres,
 }
 
 impl Source {
-    pub fn driver(self) -> &'static str {
+    /// The `--from` word: the storage driver's name for stock sources.
+    pub fn name(self) -> &'static str {
         match self {
             Source::Internal => "internal",
             Source::Sql => "sql",
+            Source::MamSqlite => "mam-sqlite",
+            Source::MamPostgres => "mam-postgres",
         }
+    }
+
+    /// Whether this is one of this module's own archives (read by the engine, not
+    /// through Prosody's storage drivers).
+    pub fn is_ours(self) -> bool {
+        matches!(self, Source::MamSqlite | Source::MamPostgres)
     }
 }
 
@@ -90,8 +106,11 @@ pub enum Command {
         host: Option<String>,
         /// `None`: the driver the host's `storage` option names for the store.
         from: Option<Source>,
-        /// `None`: the host's `archive_store` option.
+        /// `None`: the host's `archive_store` option (stock sources only).
         store: Option<String>,
+        /// `--source`, for this module's archives: the SQLite file (`None`: the
+        /// default file) or the PostgreSQL connection string (checked, never printed).
+        source: Option<String>,
     },
     Expire {
         host: Option<String>,
@@ -116,6 +135,9 @@ Commands:
   import [--host HOST] [--from internal|sql] [--store NAME]
                  Copy stock mod_mam archives and preferences into this module's
                  archive, keeping ids, times and order. Safe to re-run.
+  import --from mam-sqlite|mam-postgres [--source PATH|CONNINFO] [--host HOST]
+                 Copy another archive of this module (SQLite file or PostgreSQL
+                 database) into the archive configured now. Safe to re-run.
   expire [--host HOST]
                  Delete messages older than archive_expires_after now.
   delete USER@HOST [--with JID] [--before DATE]
@@ -130,6 +152,8 @@ Run `prosodyctl mod_mam <command> --help` for details. Exit codes: 0 done,
 
 const IMPORT_HELP: &str = "\
 Usage: prosodyctl mod_mam import [--host HOST] [--from internal|sql] [--store NAME]
+       prosodyctl mod_mam import --from mam-sqlite [--source PATH] [--host HOST]
+       prosodyctl mod_mam import --from mam-postgres --source CONNINFO [--host HOST]
 
 Reads stock mod_mam's archive store (through Prosody's own storage driver) and its
 preferences (<store>_prefs) for every user of HOST (default: every VirtualHost), and
@@ -141,6 +165,20 @@ nothing twice; preferences already set in this module are kept.
   --from DRIVER   read with mod_storage_internal or mod_storage_sql (default: the
                   driver the `storage` option names for the store)
   --store NAME    the stock store name, e.g. archive2 (default: archive_store)
+
+With --from mam-sqlite or mam-postgres it reads another archive of THIS module
+instead, to move between SQLite and PostgreSQL: every message of every user of HOST
+(ids, times, contacts with resources, order, content) and their preferences go into
+the archive the configuration names now (mam_sql, mam_database or the default file).
+
+  --source PATH      mam-sqlite: the archive file (default: mam_<archive_store>.sqlite
+                     in the data directory; a relative path is relative to it)
+  --source CONNINFO  mam-postgres: a libpq connection string, keywords
+                     (\"host=db port=5432 user=prosody dbname=prosody\") or a URL
+                     (postgresql://prosody@db/prosody); sslmode disable, prefer or
+                     require. The password may come from PGPASSWORD instead.
+
+A source that is the configured archive itself is refused (exit 2).
 
 Prosody may keep running: the import writes in short transactions. Ends with a
 per-user verification; exits 1 if any user's messages did not all arrive.";
@@ -281,7 +319,7 @@ pub fn parse(
     match name.as_str() {
         "help" | "--help" | "-h" => Ok(Command::Help(USAGE.to_owned())),
         "import" => {
-            let a = split_args(rest, &["host", "from", "store"], IMPORT_HELP)?;
+            let a = split_args(rest, &["host", "from", "store", "source"], IMPORT_HELP)?;
             if a.help {
                 return Ok(Command::Help(IMPORT_HELP.to_owned()));
             }
@@ -290,9 +328,14 @@ pub fn parse(
                 None => None,
                 Some("internal") => Some(Source::Internal),
                 Some("sql") => Some(Source::Sql),
+                Some("mam-sqlite") => Some(Source::MamSqlite),
+                Some("mam-postgres") => Some(Source::MamPostgres),
                 Some(other) => {
                     return Err(usage(
-                        format!("Unknown source '{other}' for --from: expected internal or sql"),
+                        format!(
+                            "Unknown source '{other}' for --from: expected internal, sql, \
+                             mam-sqlite or mam-postgres"
+                        ),
                         IMPORT_HELP,
                     ))
                 }
@@ -301,10 +344,13 @@ pub fn parse(
                 Some("") => return Err(usage("--store needs a store name", IMPORT_HELP)),
                 s => s.map(str::to_owned),
             };
+            let source = a.get("source").map(str::to_owned);
+            check_import_source(from, store.is_some(), source.as_deref())?;
             Ok(Command::Import {
                 host: host_option(&a, prep, IMPORT_HELP)?,
                 from,
                 store,
+                source,
             })
         }
         "expire" => {
@@ -367,6 +413,41 @@ pub fn parse(
         other => Err(AdminError::Usage(format!(
             "Unknown command '{other}'\n\n{USAGE}"
         ))),
+    }
+}
+
+/// The combinations of `--from`, `--store` and `--source` that mean something. A
+/// PostgreSQL connection string is checked here, so a typo is a usage error before
+/// anything is opened (the message never repeats the string: it may hold a password).
+fn check_import_source(
+    from: Option<Source>,
+    store_given: bool,
+    source: Option<&str>,
+) -> Result<(), AdminError> {
+    let ours = from.is_some_and(Source::is_ours);
+    if store_given && ours {
+        return Err(usage(
+            "--store names a stock store; with --from mam-sqlite name the file with --source",
+            IMPORT_HELP,
+        ));
+    }
+    match (from, source) {
+        (Some(Source::MamPostgres), None) => Err(usage(
+            "--from mam-postgres needs --source CONNINFO (e.g. \"host=db user=prosody dbname=prosody\")",
+            IMPORT_HELP,
+        )),
+        (_, Some("")) => Err(usage("--source needs a value", IMPORT_HELP)),
+        (Some(Source::MamPostgres), Some(conninfo)) => {
+            match crate::archive_copy::CopySource::postgres(conninfo, None) {
+                Ok(_) => Ok(()),
+                Err(e) => Err(usage(e.to_string(), IMPORT_HELP)),
+            }
+        }
+        (_, Some(_)) if !ours => Err(usage(
+            "--source is for --from mam-sqlite or mam-postgres",
+            IMPORT_HELP,
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -629,7 +710,33 @@ mod tests {
             Command::Import {
                 host: Some("capulet.lit".into()),
                 from: Some(Source::Sql),
-                store: Some("archive2".into())
+                store: Some("archive2".into()),
+                source: None
+            }
+        );
+        assert_eq!(
+            parse_str("import --from mam-sqlite").expect("import"),
+            Command::Import {
+                host: None,
+                from: Some(Source::MamSqlite),
+                store: None,
+                source: None
+            }
+        );
+        assert_eq!(
+            parse(
+                &args("import --from mam-postgres --host capulet.lit --source")
+                    .into_iter()
+                    .chain(["host=db user=prosody password=pw dbname=xmpp".to_owned()])
+                    .collect::<Vec<_>>(),
+                &prep
+            )
+            .expect("import"),
+            Command::Import {
+                host: Some("capulet.lit".into()),
+                from: Some(Source::MamPostgres),
+                store: None,
+                source: Some("host=db user=prosody password=pw dbname=xmpp".into())
             }
         );
         assert_eq!(
@@ -705,7 +812,28 @@ mod tests {
             ),
             (
                 "import --from mysql",
-                "Unknown source 'mysql' for --from: expected internal or sql",
+                "Unknown source 'mysql' for --from: expected internal, sql, mam-sqlite or mam-postgres",
+            ),
+            (
+                "import --from mam-postgres",
+                "--from mam-postgres needs --source CONNINFO (e.g. \"host=db user=prosody dbname=prosody\")",
+            ),
+            (
+                "import --from mam-postgres --source port=many",
+                "invalid PostgreSQL connection string for --source: invalid connection string: \
+                 invalid value for option `port`",
+            ),
+            (
+                "import --source /tmp/x.sqlite",
+                "--source is for --from mam-sqlite or mam-postgres",
+            ),
+            (
+                "import --from sql --source /tmp/x.sqlite",
+                "--source is for --from mam-sqlite or mam-postgres",
+            ),
+            (
+                "import --from mam-sqlite --store archive2",
+                "--store names a stock store; with --from mam-sqlite name the file with --source",
             ),
             ("import --hots x", "Unknown option --hots"),
             ("stats extra", "Unexpected argument 'extra'"),

@@ -5,7 +5,9 @@
 //! message that names the option and the forms it accepts, so a typo fails loudly at
 //! load instead of silently archiving forever (stock reads `"1h"` as one second).
 
-use std::path::PathBuf;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
 
 use crate::error::{MamError, Result};
 use crate::policy::DefaultPolicy;
@@ -18,6 +20,9 @@ pub enum RawValue {
     String(String),
     /// A Lua array (or set) of strings.
     List(Vec<String>),
+    /// A Lua table with named fields (`sql = { driver = …, database = … }`,
+    /// `storage = { archive = "sql" }`).
+    Table(BTreeMap<String, RawValue>),
 }
 
 const DAY: u64 = 86_400;
@@ -59,13 +64,103 @@ pub struct Config {
     pub archive_store: String,
     /// `storage_archive_item_limit`: per-user message quota, `None` for none.
     pub item_limit: Option<u64>,
-    /// `mam_database`: the SQLite file.
-    pub database_path: PathBuf,
-    /// `mam_max_db_pages`: the most pages the database may grow to (SQLite's
-    /// `max_page_count` on the writer's connection); `None` for SQLite's own limit.
-    /// Beyond it writes fail as on a full disk.
-    pub max_db_pages: Option<u64>,
+    /// Where the archive lives.
+    pub storage: Storage,
 }
+
+/// The archive's database.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Storage {
+    /// The embedded default: one SQLite file in Prosody's data directory.
+    Sqlite {
+        /// `mam_database` (or `mam_sql`'s `database` with driver SQLite3).
+        path: PathBuf,
+        /// `mam_max_db_pages`: the most pages the database may grow to (SQLite's
+        /// `max_page_count` on the writer's connection); `None` for SQLite's own
+        /// limit. Beyond it writes fail as on a full disk.
+        max_pages: Option<u64>,
+    },
+    /// A PostgreSQL server (`mam_sql`, or Prosody's `sql` when the archive store is
+    /// `"sql"` with driver PostgreSQL).
+    Postgres(PgSettings),
+}
+
+impl Storage {
+    /// Where the archive is, for logs: a path or a connection without its password.
+    pub fn describe(&self) -> String {
+        match self {
+            Storage::Sqlite { path, .. } => path.display().to_string(),
+            Storage::Postgres(pg) => pg.describe(),
+        }
+    }
+
+    /// The SQLite file, when the archive is one.
+    pub fn sqlite_path(&self) -> Option<&Path> {
+        match self {
+            Storage::Sqlite { path, .. } => Some(path),
+            Storage::Postgres(_) => None,
+        }
+    }
+}
+
+/// How to reach a PostgreSQL server: the fields of Prosody's `sql` table.
+///
+/// `Debug` leaves the password out, so no log line or error built from a config can
+/// show it.
+#[derive(Clone, PartialEq)]
+pub struct PgSettings {
+    pub database: String,
+    /// A host name or address, or a directory holding the server's Unix socket.
+    pub host: String,
+    pub port: u16,
+    pub username: String,
+    pub password: Option<String>,
+    /// `sslmode`, as libpq reads it (default `prefer`).
+    pub sslmode: SslMode,
+    /// `sslrootcert`: trusted roots (PEM) for the `verify-*` modes; `None` for the
+    /// system's store.
+    pub sslrootcert: Option<PathBuf>,
+}
+
+/// Whether and how the connection to PostgreSQL is encrypted; libpq's names and
+/// meanings (see [`crate::store::postgres`]'s `tls` module).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SslMode {
+    Disable,
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
+}
+
+impl fmt::Debug for PgSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PgSettings")
+            .field("database", &self.database)
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<hidden>"))
+            .field("sslmode", &self.sslmode)
+            .field("sslrootcert", &self.sslrootcert)
+            .finish()
+    }
+}
+
+impl PgSettings {
+    /// `postgresql://user@host:port/database`, never with the password.
+    pub fn describe(&self) -> String {
+        format!(
+            "postgresql://{}@{}:{}/{}",
+            self.username, self.host, self.port, self.database
+        )
+    }
+}
+
+/// libpq's default socket directory on Debian: where a `host`-less connection goes,
+/// as it does for Prosody's own LuaDBI PostgreSQL driver.
+pub(crate) const DEFAULT_PG_SOCKET_DIR: &str = "/var/run/postgresql";
+pub(crate) const DEFAULT_PG_PORT: u16 = 5432;
 
 /// Looks up raw option values by name (`None` when the admin did not set it).
 pub trait OptionSource {
@@ -84,6 +179,7 @@ fn invalid(option: &str, got: &RawValue, accepted: &str) -> MamError {
         RawValue::Number(n) => n.to_string(),
         RawValue::String(s) => format!("{s:?}"),
         RawValue::List(l) => format!("{l:?}"),
+        RawValue::Table(_) => "a table".to_owned(),
     };
     MamError::Config(format!(
         "invalid value {shown} for option '{option}': expected {accepted}"
@@ -187,6 +283,165 @@ fn parse_list(option: &str, value: &RawValue) -> Result<Vec<String>> {
     }
 }
 
+/// A path from the config: absolute as given, or relative to the data directory.
+pub(crate) fn data_file(data_path: &str, given: &str) -> PathBuf {
+    let p = PathBuf::from(given);
+    if p.is_absolute() {
+        p
+    } else {
+        PathBuf::from(data_path).join(p)
+    }
+}
+
+/// The archive file when `mam_database` does not name one: `mam_<archive_store>.sqlite`
+/// in the data directory (also where `import --from mam-sqlite` looks by default).
+pub(crate) fn default_sqlite_file(data_path: &str, archive_store: &str) -> PathBuf {
+    PathBuf::from(data_path).join(format!("mam_{archive_store}.sqlite"))
+}
+
+/// Whether Prosody's own storage options send the archive store to `"sql"`:
+/// `storage = "sql"`, `storage = { [archive_store] = "sql" }`, or `default_storage =
+/// "sql"` when `storage` does not name the store (Prosody's storagemanager rules).
+fn archive_store_is_sql(archive_store: &str, opts: &dyn OptionSource) -> bool {
+    let named = match opts.get("storage") {
+        Some(RawValue::String(s)) => Some(s),
+        Some(RawValue::Table(t)) => match t.get(archive_store) {
+            Some(RawValue::String(s)) => Some(s.clone()),
+            _ => None,
+        },
+        _ => None,
+    };
+    let backend = named.or_else(|| match opts.get("default_storage") {
+        Some(RawValue::String(s)) => Some(s),
+        _ => None,
+    });
+    backend.as_deref() == Some("sql")
+}
+
+/// A string field of an `sql`-style table; `None` when absent.
+fn table_string(
+    option: &str,
+    table: &BTreeMap<String, RawValue>,
+    key: &str,
+) -> Result<Option<String>> {
+    match table.get(key) {
+        None => Ok(None),
+        Some(RawValue::String(s)) if !s.is_empty() => Ok(Some(s.clone())),
+        Some(RawValue::Number(n)) if n.fract() == 0.0 => Ok(Some(format!("{n}"))),
+        Some(other) => Err(invalid(
+            &format!("{option}.{key}"),
+            other,
+            "a non-empty string",
+        )),
+    }
+}
+
+/// Reads an `sql`-style table (`mam_sql`, or Prosody's `sql`). `None` when its driver
+/// is one we do not serve and the table is Prosody's own (`strict = false`): then the
+/// archive stays in the embedded SQLite file.
+fn parse_sql_table(
+    option: &str,
+    value: &RawValue,
+    data_path: &str,
+    strict: bool,
+) -> Result<Option<Storage>> {
+    const DRIVERS: &str = "driver = \"PostgreSQL\" or \"SQLite3\"";
+    let RawValue::Table(t) = value else {
+        return Err(invalid(
+            option,
+            value,
+            "a table like { driver = \"PostgreSQL\", database = \"prosody\", host = \"localhost\", username = \"prosody\", password = \"…\" }",
+        ));
+    };
+    let driver = table_string(option, t, "driver")?.unwrap_or_default();
+    match driver.as_str() {
+        "PostgreSQL" => {}
+        "SQLite3" if strict => {
+            let path = table_string(option, t, "database")?
+                .unwrap_or_else(|| "mam_archive.sqlite".to_owned());
+            return Ok(Some(Storage::Sqlite {
+                path: data_file(data_path, &path),
+                max_pages: None,
+            }));
+        }
+        _ if strict => {
+            return Err(MamError::Config(format!(
+                "unsupported driver {driver:?} in option '{option}': expected {DRIVERS}"
+            )))
+        }
+        _ => return Ok(None),
+    }
+    let database = table_string(option, t, "database")?.ok_or_else(|| {
+        MamError::Config(format!(
+            "option '{option}' with driver PostgreSQL needs a 'database' name"
+        ))
+    })?;
+    let port = match t.get("port") {
+        None => DEFAULT_PG_PORT,
+        Some(v) => {
+            let n = parse_count(&format!("{option}.port"), v, 1)?;
+            u16::try_from(n)
+                .map_err(|_| invalid(&format!("{option}.port"), v, "a port number (1-65535)"))?
+        }
+    };
+    let username = match table_string(option, t, "username")? {
+        Some(u) => u,
+        // libpq's default: the operating-system user Prosody runs as.
+        None => std::env::var("USER").unwrap_or_else(|_| "prosody".to_owned()),
+    };
+    let sslmode = match table_string(option, t, "sslmode")?.as_deref() {
+        None | Some("prefer") => SslMode::Prefer,
+        Some("disable") => SslMode::Disable,
+        Some("require") => SslMode::Require,
+        Some("verify-ca") => SslMode::VerifyCa,
+        Some("verify-full") => SslMode::VerifyFull,
+        Some(other) => {
+            return Err(invalid(
+                &format!("{option}.sslmode"),
+                &RawValue::String(other.to_owned()),
+                "\"disable\", \"prefer\", \"require\", \"verify-ca\" or \"verify-full\"",
+            ))
+        }
+    };
+    Ok(Some(Storage::Postgres(PgSettings {
+        database,
+        host: table_string(option, t, "host")?.unwrap_or_else(|| DEFAULT_PG_SOCKET_DIR.to_owned()),
+        port,
+        username,
+        password: table_string(option, t, "password")?,
+        sslmode,
+        sslrootcert: table_string(option, t, "sslrootcert")?.map(|p| data_file(data_path, &p)),
+    })))
+}
+
+/// Where the archive lives: `mam_sql` if given; else Prosody's `sql` table when the
+/// archive store is configured as `"sql"` with PostgreSQL (so an admin who already
+/// keeps Prosody's data in PostgreSQL changes nothing); else the SQLite file
+/// (`mam_database`, default `mam_<archive_store>.sqlite` in the data directory).
+fn parse_storage(data_path: &str, archive_store: &str, opts: &dyn OptionSource) -> Result<Storage> {
+    if let Some(v) = opts.get("mam_sql") {
+        if let Some(storage) = parse_sql_table("mam_sql", &v, data_path, true)? {
+            return Ok(storage);
+        }
+    }
+    if archive_store_is_sql(archive_store, opts) {
+        if let Some(v) = opts.get("sql") {
+            if let Some(storage) = parse_sql_table("sql", &v, data_path, false)? {
+                return Ok(storage);
+            }
+        }
+    }
+    let path = match opts.get("mam_database") {
+        Some(v) => data_file(data_path, &parse_string("mam_database", &v)?),
+        None => default_sqlite_file(data_path, archive_store),
+    };
+    let max_pages = match opts.get("mam_max_db_pages") {
+        Some(v) => Some(parse_count("mam_max_db_pages", &v, 1)?),
+        None => None,
+    };
+    Ok(Storage::Sqlite { path, max_pages })
+}
+
 impl Config {
     /// Reads every option for `host`; `data_path` is Prosody's data directory.
     pub fn from_options(host: &str, data_path: &str, opts: &dyn OptionSource) -> Result<Config> {
@@ -228,21 +483,7 @@ impl Config {
             Some(v) => Some(parse_count("storage_archive_item_limit", &v, 1)?),
             None => None,
         };
-        let database_path = match opts.get("mam_database") {
-            Some(v) => {
-                let p = PathBuf::from(parse_string("mam_database", &v)?);
-                if p.is_absolute() {
-                    p
-                } else {
-                    PathBuf::from(data_path).join(p)
-                }
-            }
-            None => PathBuf::from(data_path).join(format!("mam_{archive_store}.sqlite")),
-        };
-        let max_db_pages = match opts.get("mam_max_db_pages") {
-            Some(v) => Some(parse_count("mam_max_db_pages", &v, 1)?),
-            None => None,
-        };
+        let storage = parse_storage(data_path, &archive_store, opts)?;
         Ok(Config {
             host: host.to_owned(),
             expires_after,
@@ -255,8 +496,7 @@ impl Config {
             include_total,
             archive_store,
             item_limit,
-            database_path,
-            max_db_pages,
+            storage,
         })
     }
 }
@@ -292,10 +532,12 @@ mod tests {
         assert!(c.include_total);
         assert_eq!(c.archive_store, "archive");
         assert_eq!(c.item_limit, None);
-        assert_eq!(c.max_db_pages, None);
         assert_eq!(
-            c.database_path,
-            PathBuf::from("/var/lib/prosody/mam_archive.sqlite")
+            c.storage,
+            Storage::Sqlite {
+                path: PathBuf::from("/var/lib/prosody/mam_archive.sqlite"),
+                max_pages: None
+            }
         );
     }
 
@@ -376,14 +618,24 @@ mod tests {
 
     #[test]
     fn database_path_is_relative_to_the_data_directory() {
-        let c = config_with(&[("mam_database", s("mam.db"))]).unwrap();
-        assert_eq!(c.database_path, PathBuf::from("/var/lib/prosody/mam.db"));
-        let c = config_with(&[("mam_database", s("/srv/mam.db"))]).unwrap();
-        assert_eq!(c.database_path, PathBuf::from("/srv/mam.db"));
-        let c = config_with(&[("archive_store", s("archive2"))]).unwrap();
+        let path = |pairs: &[(&str, RawValue)]| {
+            config_with(pairs)
+                .unwrap()
+                .storage
+                .sqlite_path()
+                .map(Path::to_path_buf)
+        };
         assert_eq!(
-            c.database_path,
-            PathBuf::from("/var/lib/prosody/mam_archive2.sqlite")
+            path(&[("mam_database", s("mam.db"))]),
+            Some(PathBuf::from("/var/lib/prosody/mam.db"))
+        );
+        assert_eq!(
+            path(&[("mam_database", s("/srv/mam.db"))]),
+            Some(PathBuf::from("/srv/mam.db"))
+        );
+        assert_eq!(
+            path(&[("archive_store", s("archive2"))]),
+            Some(PathBuf::from("/var/lib/prosody/mam_archive2.sqlite"))
         );
     }
 
@@ -400,5 +652,135 @@ mod tests {
             assert!(secs <= MAX_EXPIRY_SECONDS, "{v:?} -> {secs}");
             assert!(secs >= MAX_EXPIRY_SECONDS / 2, "{v:?} -> {secs}");
         }
+    }
+
+    fn table(pairs: &[(&str, RawValue)]) -> RawValue {
+        RawValue::Table(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+        )
+    }
+
+    fn pg_table() -> RawValue {
+        table(&[
+            ("driver", s("PostgreSQL")),
+            ("database", s("prosody")),
+            ("host", s("db.example.net")),
+            ("port", RawValue::Number(5433.0)),
+            ("username", s("prosody")),
+            ("password", s("s3cret-pass")),
+        ])
+    }
+
+    #[test]
+    fn mam_sql_with_postgresql_selects_postgresql() {
+        let c = config_with(&[("mam_sql", pg_table())]).unwrap();
+        let Storage::Postgres(pg) = &c.storage else {
+            panic!("expected PostgreSQL, got {:?}", c.storage);
+        };
+        assert_eq!(pg.database, "prosody");
+        assert_eq!(pg.host, "db.example.net");
+        assert_eq!(pg.port, 5433);
+        assert_eq!(pg.username, "prosody");
+        assert_eq!(pg.password.as_deref(), Some("s3cret-pass"));
+        assert_eq!(
+            c.storage.describe(),
+            "postgresql://prosody@db.example.net:5433/prosody"
+        );
+    }
+
+    #[test]
+    fn the_password_never_shows_in_debug_output_or_descriptions() {
+        let c = config_with(&[("mam_sql", pg_table())]).unwrap();
+        for text in [format!("{c:?}"), format!("{c:#?}"), c.storage.describe()] {
+            assert!(!text.contains("s3cret-pass"), "{text}");
+        }
+    }
+
+    #[test]
+    fn prosodys_sql_table_is_reused_when_the_archive_store_is_sql() {
+        for storage in [s("sql"), table(&[("archive", s("sql"))])] {
+            let c = config_with(&[("storage", storage.clone()), ("sql", pg_table())]).unwrap();
+            assert!(matches!(c.storage, Storage::Postgres(_)), "{storage:?}");
+        }
+        let c = config_with(&[("default_storage", s("sql")), ("sql", pg_table())]).unwrap();
+        assert!(matches!(c.storage, Storage::Postgres(_)));
+        // Only when the archive store itself goes to sql.
+        for pairs in [
+            vec![("sql", pg_table())],
+            vec![("storage", s("internal")), ("sql", pg_table())],
+            vec![
+                ("storage", table(&[("roster", s("sql"))])),
+                ("sql", pg_table()),
+            ],
+            vec![
+                ("storage", table(&[("archive", s("internal"))])),
+                ("default_storage", s("sql")),
+                ("sql", pg_table()),
+            ],
+        ] {
+            let c = config_with(&pairs).unwrap();
+            assert!(matches!(c.storage, Storage::Sqlite { .. }), "{pairs:?}");
+        }
+        // archive_store renames the store that must be mapped.
+        let c = config_with(&[
+            ("archive_store", s("archive2")),
+            ("storage", table(&[("archive2", s("sql"))])),
+            ("sql", pg_table()),
+        ])
+        .unwrap();
+        assert!(matches!(c.storage, Storage::Postgres(_)));
+    }
+
+    #[test]
+    fn prosodys_sql_with_another_driver_keeps_the_embedded_file() {
+        for driver in ["SQLite3", "MySQL"] {
+            let sql = table(&[("driver", s(driver)), ("database", s("prosody.sqlite"))]);
+            let c = config_with(&[("storage", s("sql")), ("sql", sql)]).unwrap();
+            assert_eq!(
+                c.storage.sqlite_path(),
+                Some(Path::new("/var/lib/prosody/mam_archive.sqlite"))
+            );
+        }
+    }
+
+    #[test]
+    fn mam_sql_is_checked_strictly_naming_the_option() {
+        let cases = [
+            table(&[("driver", s("MySQL")), ("database", s("x"))]),
+            table(&[("driver", s("PostgreSQL"))]),
+            table(&[
+                ("driver", s("PostgreSQL")),
+                ("database", s("x")),
+                ("port", RawValue::Number(70000.0)),
+            ]),
+            s("postgresql://somewhere"),
+        ];
+        for bad in cases {
+            let err = config_with(&[("mam_sql", bad.clone())])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("mam_sql"), "{bad:?}: {err}");
+        }
+        let sqlite = table(&[("driver", s("SQLite3")), ("database", s("a.sqlite"))]);
+        let c = config_with(&[("mam_sql", sqlite)]).unwrap();
+        assert_eq!(
+            c.storage.sqlite_path(),
+            Some(Path::new("/var/lib/prosody/a.sqlite"))
+        );
+    }
+
+    #[test]
+    fn a_postgresql_connection_without_host_or_port_takes_libpqs_defaults() {
+        let sql = table(&[("driver", s("PostgreSQL")), ("database", s("prosody"))]);
+        let c = config_with(&[("mam_sql", sql)]).unwrap();
+        let Storage::Postgres(pg) = c.storage else {
+            panic!("expected PostgreSQL");
+        };
+        assert_eq!(pg.host, "/var/run/postgresql");
+        assert_eq!(pg.port, 5432);
+        assert_eq!(pg.password, None);
     }
 }

@@ -35,6 +35,14 @@ pub enum MamError {
         #[source]
         source: rusqlite::Error,
     },
+    /// The PostgreSQL server failed or could not be reached; the string says which
+    /// operation. (Its messages name no password: connections are built from fields.)
+    #[error("{context}: {}", postgres_detail(source))]
+    Postgres {
+        context: &'static str,
+        #[source]
+        source: postgres::Error,
+    },
     /// The archive database could not be opened at load (missing directory, not a
     /// database, unreadable); names the file.
     #[error("cannot open the archive database {path}: {cause}")]
@@ -42,6 +50,22 @@ pub enum MamError {
     /// Stored data could not be read back (e.g. an archived stanza that is not XML).
     #[error("corrupt archive data: {0}")]
     Corrupt(String),
+}
+
+/// A PostgreSQL error as an admin needs to read it: the server's own message ("FATAL:
+/// password authentication failed for user …") or the I/O cause, not just "db error".
+fn postgres_detail(e: &postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!("{}: {} ({})", db.severity(), db.message(), db.code().code());
+    }
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }
 
 /// An XMPP stanza error as `util.stanza.error_reply` takes it.
@@ -61,6 +85,26 @@ impl MamError {
         move |source| MamError::Storage { context, source }
     }
 
+    /// Wraps a PostgreSQL error with the operation that failed.
+    pub fn postgres(context: &'static str) -> impl FnOnce(postgres::Error) -> MamError {
+        move |source| MamError::Postgres { context, source }
+    }
+
+    /// Whether the database refused a write for breaking a constraint (an archive id
+    /// already taken): one bad row, not a failing database, so retrying cannot help.
+    pub fn is_constraint(&self) -> bool {
+        match self {
+            MamError::Storage {
+                source: rusqlite::Error::SqliteFailure(e, _),
+                ..
+            } => e.code == rusqlite::ErrorCode::ConstraintViolation,
+            MamError::Postgres { source, .. } => {
+                source.code().is_some_and(|c| c.code().starts_with("23"))
+            }
+            _ => false,
+        }
+    }
+
     /// The XMPP error a client sees for this failure.
     pub fn to_xmpp(&self) -> XmppError {
         let (error_type, condition, text) = match self {
@@ -73,6 +117,7 @@ impl MamError {
             MamError::Overloaded(_) => ("wait", "resource-constraint", None),
             MamError::Config(_)
             | MamError::Storage { .. }
+            | MamError::Postgres { .. }
             | MamError::Open { .. }
             | MamError::Corrupt(_) => ("wait", "internal-server-error", None),
         };

@@ -173,13 +173,19 @@ impl Importer {
         self.expected = Some(total);
     }
 
-    /// Stores one batch of one user's messages (one transaction) and tallies it.
+    /// Stores one batch of one user's stock messages (one transaction) and tallies it.
     pub fn batch(&mut self, user: &str, batch: &[SourceMessage]) -> Result<()> {
         let items = batch
             .iter()
             .map(|m| to_imported(user, m))
             .collect::<Result<Vec<_>>>()?;
-        let report = self.store.import_batch(&self.host, &items)?;
+        self.store_batch(user, &items)
+    }
+
+    /// Stores one batch of one user's messages already in this module's form (read
+    /// from another of its archives, see [`crate::archive_copy`]) and tallies it.
+    pub fn store_batch(&mut self, user: &str, items: &[ImportedMessage]) -> Result<()> {
+        let report = self.store.import_batch(&self.host, items)?;
         let t = self.tallies.entry(user.to_owned()).or_default();
         t.source += items.len() as u64;
         t.inserted += report.inserted;

@@ -14,12 +14,15 @@
 //! - [`store`]: the backend boundary and the SQLite backend.
 //! - [`import`]: importing stock mod_mam archives under their own ids, with progress
 //!   and a per-user verification.
+//! - [`archive_copy`]: copying one of this module's archives into another (SQLite to
+//!   PostgreSQL and back), page by page, verified like an import.
 //! - [`admin`]: `prosodyctl mod_mam` commands: argument parsing, expiry now, targeted
 //!   deletes, export (XML or JSON lines), statistics.
 //! - [`id`], [`time`], [`ns`], [`error`]: archive ids, date-times, namespaces, errors.
 
 pub mod admin;
 pub mod archive;
+pub mod archive_copy;
 pub mod config;
 pub mod error;
 pub mod id;

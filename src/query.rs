@@ -516,6 +516,7 @@ mod tests {
             id: id.into(),
             when: 0,
             with_bare: "romeo@montague.lit".into(),
+            with_resource: None,
             xml: "<message><body>x</body></message>".into(),
         }
     }

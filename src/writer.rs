@@ -12,7 +12,7 @@
 //! (logging the cause once and the recovery once); while it cannot write, the queue
 //! fills and further messages are delivered but not archived, each one logged.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -112,6 +112,8 @@ pub struct Writer {
     /// Set by [`Writer::stop`] before it queues `Stop`: a writer stuck retrying a
     /// failing write never reads the queue, so it checks this between attempts.
     stop_requested: Arc<AtomicBool>,
+    /// The database size in bytes as the writer last measured it.
+    database_bytes: Arc<AtomicU64>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -130,6 +132,8 @@ impl Writer {
         let thread_progress = progress.clone();
         let stop_requested = Arc::new(AtomicBool::new(false));
         let thread_stop_requested = stop_requested.clone();
+        let database_bytes = Arc::new(AtomicU64::new(0));
+        let thread_database_bytes = database_bytes.clone();
         let thread = std::thread::Builder::new()
             .name("mam-writer".into())
             .spawn(move || {
@@ -141,6 +145,8 @@ impl Writer {
                     stop_requested: thread_stop_requested,
                     failing: false,
                     stopping: false,
+                    database_bytes: thread_database_bytes,
+                    size_measured: None,
                 }
                 .run(rx)
             })
@@ -150,6 +156,7 @@ impl Writer {
             queued: 0,
             progress,
             stop_requested,
+            database_bytes,
             thread: Some(thread),
         })
     }
@@ -176,6 +183,13 @@ impl Writer {
     /// queued so far waits for this one.
     pub fn queued(&self) -> u64 {
         self.queued
+    }
+
+    /// The database size as the writer thread last measured it (at most
+    /// [`SIZE_INTERVAL`] old while writes happen): for backends whose size cannot be
+    /// read without a round trip, which the event loop must not wait for.
+    pub fn database_bytes(&self) -> u64 {
+        self.database_bytes.load(Ordering::Relaxed)
     }
 
     pub fn progress(&self) -> Arc<Progress> {
@@ -228,20 +242,17 @@ struct WriterThread {
     failing: bool,
     /// `Stop` was received: drain, commit, return.
     stopping: bool,
+    database_bytes: Arc<AtomicU64>,
+    /// When the size was last measured; `None` before the first time.
+    size_measured: Option<Instant>,
 }
 
-fn is_constraint(err: &MamError) -> bool {
-    matches!(
-        err,
-        MamError::Storage {
-            source: rusqlite::Error::SqliteFailure(e, _),
-            ..
-        } if e.code == rusqlite::ErrorCode::ConstraintViolation
-    )
-}
+/// How often the writer measures the database size while it writes.
+pub const SIZE_INTERVAL: Duration = Duration::from_secs(10);
 
 impl WriterThread {
     fn run(mut self, rx: Receiver<Command>) {
+        self.measure_size();
         let mut pending: Vec<(u64, WriteOp)> = Vec::new();
         loop {
             if self.stopping {
@@ -275,6 +286,22 @@ impl WriterThread {
                 }
             }
             self.apply_with_retry(&mut pending);
+            self.measure_size();
+        }
+    }
+
+    /// Refreshes the size the metrics report, at most every [`SIZE_INTERVAL`]; a
+    /// failure keeps the last value (the write path logs storage trouble already).
+    fn measure_size(&mut self) {
+        if self
+            .size_measured
+            .is_some_and(|t| t.elapsed() < SIZE_INTERVAL)
+        {
+            return;
+        }
+        self.size_measured = Some(Instant::now());
+        if let Ok(Some(bytes)) = self.store.database_bytes() {
+            self.database_bytes.store(bytes, Ordering::Relaxed);
         }
     }
 
@@ -370,7 +397,7 @@ impl WriterThread {
                     .collect();
                 match self.store.append_many(&items, self.item_limit) {
                     Ok(_) => {}
-                    Err(e) if is_constraint(&e) => self.append_one_by_one(&items),
+                    Err(e) if e.is_constraint() => self.append_one_by_one(&items),
                     Err(e) => return Err(e),
                 }
                 let last = pending[run - 1].0;

@@ -209,6 +209,7 @@ fn message(i: usize) -> ArchivedMessage {
         id: format!("id{i}"),
         when: i as i64,
         with_bare: "romeo@montague.lit".into(),
+        with_resource: None,
         xml: "<message xmlns='jabber:client'><body>x</body></message>".into(),
     }
 }

@@ -225,28 +225,60 @@ fn a_hostile_host_is_its_own_namespace() {
 // --------------------------------------------------------------------------------
 
 fn store_sources() -> Vec<(String, String)> {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/store");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/store");
     let mut out = Vec::new();
-    for entry in std::fs::read_dir(&dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().is_some_and(|e| e == "rs") {
-            let text = std::fs::read_to_string(&path).unwrap();
-            // Only the code, not its unit tests (which build fixtures with format!).
-            let code = match text.find("#[cfg(test)]") {
-                Some(i) => text[..i].to_owned(),
-                None => text,
+    let mut dirs = vec![root.clone()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+                continue;
+            }
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            // Test-only files from their first line (their parent declares them
+            // `#[cfg(test)]`, so they hold no `#[cfg(test)]` of their own).
+            let test_only = match name.as_str() {
+                "contract.rs" => Some((
+                    root.join("mod.rs"),
+                    "#[cfg(test)]\npub(crate) mod contract;",
+                )),
+                "testdb.rs" => Some((root.join("postgres.rs"), "#[cfg(test)]\npub mod testdb;")),
+                _ => None,
             };
-            out.push((
-                path.file_name().unwrap().to_string_lossy().into_owned(),
-                code,
-            ));
+            if let Some((parent, declaration)) = test_only {
+                let module = std::fs::read_to_string(parent).unwrap();
+                assert!(module.contains(declaration), "{name} must stay test-only");
+                continue;
+            }
+            if path.extension().is_some_and(|e| e == "rs") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                // Only the code, not its unit tests (which build fixtures with format!).
+                let code = match text.find("#[cfg(test)]\nmod tests") {
+                    Some(i) => text[..i].to_owned(),
+                    None => text,
+                };
+                let relative = path
+                    .strip_prefix(&root)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
+                out.push((relative, code));
+            }
         }
     }
     out.sort();
-    assert!(
-        out.iter().any(|(f, _)| f == "sqlite.rs"),
-        "no store sources found"
-    );
+    for expected in [
+        "sqlite.rs",
+        "postgres.rs",
+        "sqlite/admin.rs",
+        "postgres/schema.rs",
+    ] {
+        assert!(
+            out.iter().any(|(f, _)| f == expected),
+            "store source {expected} not found"
+        );
+    }
     out
 }
 
@@ -260,6 +292,10 @@ fn the_store_formats_no_sql() {
         // Error messages.
         "MamError::ItemNotFound(format!(",
         "MamError::Corrupt(format!(",
+        "MamError::Config(format!(",
+        "tls_error(format!(",
+        // A connection option (startup packet), from a numeric constant.
+        r#".options(&format!("-c statement_timeout={STATEMENT_TIMEOUT_MS}"))"#,
     ];
     let mut unexpected = Vec::new();
     for (file, code) in store_sources() {
@@ -284,6 +320,7 @@ fn every_statement_comes_from_a_constant_or_the_fragment_builder() {
         "prepare_cached(",
         "prepare(",
         "execute_batch(",
+        "batch_execute(",
         ".execute(\"",
     ];
     let mut unexpected = Vec::new();
@@ -291,11 +328,27 @@ fn every_statement_comes_from_a_constant_or_the_fragment_builder() {
         for (n, line) in code.lines().enumerate() {
             for call in CALLS {
                 let Some(i) = line.find(call) else { continue };
-                let arg = line[i + call.len()..].trim_start_matches('&');
-                let ok = arg.starts_with(|c: char| c.is_ascii_uppercase()) // CONSTANT
-                    || arg.starts_with("sql.text)")
-                    || arg.starts_with("sql)") // a constant picked from a closed list
-                    || arg.starts_with('"'); // a literal (PRAGMAs)
+                // The argument starts after the call's parenthesis (a quote in the
+                // pattern belongs to the argument).
+                let start = i + call.len() - usize::from(call.ends_with('"'));
+                let arg = line[start..].trim_start_matches('&');
+                let from_constant = |arg: &str| {
+                    arg.starts_with(|c: char| c.is_ascii_uppercase()) // CONSTANT
+                        || arg.starts_with("sql.text")
+                        || arg.starts_with("sql)") // a constant picked from a closed list
+                };
+                let ok = from_constant(arg)
+                    || match arg.strip_prefix('"').and_then(|rest| rest.split_once('"')) {
+                        // PostgreSQL's wrappers take (context, statement, params): the
+                        // literal is the context when a statement follows it.
+                        Some((_, after)) => match after.strip_prefix(", ") {
+                            Some(second) if !second.starts_with("&[") => {
+                                from_constant(second.trim_start_matches('&'))
+                            }
+                            _ => true, // a literal statement (PRAGMAs, fixed SQL)
+                        },
+                        None => false,
+                    };
                 if !ok {
                     unexpected.push(format!("{file}:{}: {}", n + 1, line.trim()));
                 }
@@ -318,5 +371,19 @@ fn every_statement_comes_from_a_constant_or_the_fragment_builder() {
         sqlite.matches("text.push_str(").count(),
         1,
         "Sql text grows only in push()"
+    );
+    let postgres = store_sources()
+        .into_iter()
+        .find(|(f, _)| f == "postgres.rs")
+        .unwrap()
+        .1;
+    assert!(postgres.contains("fn new(head: &'static str) -> Self"));
+    assert!(postgres.contains("before: &'static str,\n        value: impl ToSql"));
+    assert!(postgres.contains("after: &'static str,"));
+    // In bind(): the fragment before, the placeholder's number, the fragment after.
+    assert_eq!(
+        postgres.matches("self.text.push_str(").count(),
+        3,
+        "Sql text grows only in bind()"
     );
 }

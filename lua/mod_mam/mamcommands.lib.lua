@@ -5,13 +5,16 @@
 -- This file does the Prosody-side work only: which hosts, their options, reading the
 -- stock archive through Prosody's own storage drivers. Parsing, storage, progress,
 -- verification and formatting live in the native library (src/admin.rs,
--- src/import.rs). Exit codes: 0 done, 1 failed, 2 usage error.
+-- src/import.rs; src/archive_copy.rs reads this module's own archives for
+-- `import --from mam-sqlite|mam-postgres`). Exit codes: 0 done, 1 failed, 2 usage
+-- error.
 
 local configmanager = require "core.configmanager";
 local modulemanager = require "core.modulemanager";
 local jid_prep = require "util.jid".prep;
 local time_now = require "util.time".now;
 local resolve_relative_path = require "util.paths".resolve_relative_path;
+local math_max = math.max;
 
 local import_batch_size = 500;
 local progress_every = 2; -- seconds between progress lines
@@ -156,7 +159,7 @@ return function (native)
 			expected = expected + (tonumber(total) or 0);
 		end
 		say("Importing %d messages of %d users on %s from %s store '%s' into %s",
-			expected, #users, host, driver_name, store, archive:config().database_path);
+			expected, #users, host, driver_name, store, archive:config().storage);
 		assert(archive:import_begin(expected));
 
 		local last_progress = time_now();
@@ -208,14 +211,35 @@ return function (native)
 		return 0;
 	end
 
+	-- import --from mam-sqlite|mam-postgres: another archive of this module, read and
+	-- written by the engine; this only prints what it says.
+	local function copy_host(host, cmd)
+		local archive, err = open_archive(host);
+		if not archive then complain("%s", err); return 1; end
+		local verified, cerr, code = archive:copy_from(cmd.from, cmd.source, function (line)
+			say("%s", line);
+		end);
+		if verified == nil then
+			complain("%s: %s", host, cerr);
+			return code or 1;
+		end
+		if not verified then
+			complain("%s: some messages were not imported (see MISMATCH above)", host);
+			return 1;
+		end
+		return 0;
+	end
+
 	local commands = {};
 
 	function commands.import(cmd)
 		local hosts, err = target_hosts(cmd.host);
 		if not hosts then complain("%s", err); return 1; end
+		local import = cmd.ours and copy_host or import_host;
 		local status = 0;
 		for _, host in ipairs(hosts) do
-			if import_host(host, cmd) ~= 0 then status = 1; end
+			-- A usage error (2) outranks a failure (1).
+			status = math_max(status, import(host, cmd));
 		end
 		return status;
 	end

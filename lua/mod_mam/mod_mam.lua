@@ -47,13 +47,16 @@ end
 -- The archive handle; nil while the database cannot be opened (see open_archive).
 local archive, config;
 
-local function open_handle()
+-- background: connect on a native thread and return an object to poll, so retries
+-- against an unreachable database server never hold the event loop.
+local function open_handle(background)
 	return native.open {
 		host = host;
 		data_path = prosody.paths.data;
 		options = options;
 		stanza_mt = st.stanza_mt;
 		jid_prep = jid_prep;
+		background = background;
 	};
 end
 
@@ -434,37 +437,51 @@ local function start_expiry()
 	end);
 end
 
+-- Set once the module is unloading or Prosody is stopping.
+local closed = false;
+
 -- Takes an open handle into use.
 local function adopt(handle)
 	archive, config = handle, handle:config();
 	completion_watch = server.watchfd(archive:notify_fd(), on_completions);
-	module:log("debug", "Archive at %s, expiry %s", config.database_path,
+	module:log("debug", "Archive at %s, expiry %s", config.storage,
 		config.expires_after and (config.expires_after .. "s") or "never");
 	start_expiry();
 end
 
--- A database that cannot be opened (corrupt, read-only, missing directory) leaves the
--- module loaded, answering MAM with a temporary error and trying again every few
--- seconds, so service comes back by itself when the fault is cleared.
+-- A database that cannot be opened (corrupt, read-only, missing directory, server
+-- down) leaves the module loaded, answering MAM with a temporary error and trying
+-- again every few seconds in the background, so service comes back by itself when
+-- the fault is cleared.
 local open_retry_interval = 5;
 if first_handle then
 	adopt(first_handle);
 else
 	module:log("error", "%s; MAM answers with a temporary error and the database is tried again every %d s",
 		first_err.log, open_retry_interval);
-	module:add_timer(open_retry_interval, function ()
-		local handle = open_handle();
-		if not handle then
-			return open_retry_interval;
+	local opening, next_attempt = nil, time_now() + open_retry_interval;
+	module:add_timer(1, function ()
+		if closed then return; end
+		if opening then
+			local handle = opening:poll();
+			if handle == false then return 1; end -- still connecting
+			opening = nil;
+			if handle then
+				adopt(handle);
+				module:log("info", "Archive database opened; archiving resumed");
+				return;
+			end
 		end
-		adopt(handle);
-		module:log("info", "Archive database opened; archiving resumed");
+		if time_now() >= next_attempt then
+			next_attempt = time_now() + open_retry_interval;
+			opening = open_handle(true);
+		end
+		return 1;
 	end);
 end
 first_handle, first_err = nil, nil;
 
 -- Unload and shutdown commit every queued write before the database closes.
-local closed = false;
 local function close_archive()
 	if closed then return; end
 	closed = true;

@@ -1,7 +1,7 @@
 //! Lua bindings for `prosodyctl mod_mam <command>`: `native.admin.parse` and
 //! `native.admin.open`. The shim (`mamcommands.lib.lua`) does the Prosody-side work:
 //! which hosts, their options, reading stock stores; the logic is in
-//! [`crate::admin`] and [`crate::import`].
+//! [`crate::admin`], [`crate::import`] and [`crate::archive_copy`].
 //!
 //! Conventions: expected failures return `nil, message` (and `code` for usage errors
 //! from `parse`); bugs raise Lua errors.
@@ -15,9 +15,10 @@ use mlua::{
 
 use super::stanza_lua::element_from_lua;
 use crate::admin::{self, AdminError, Command, ExportFormat};
+use crate::archive_copy::{self, CopySource};
 use crate::config::Config;
 use crate::import::{prefs_from_stock, Importer, SourceMessage, StockDefault};
-use crate::store::sqlite::SqliteStore;
+use crate::store::{self, ArchiveStore};
 use crate::store::{DeleteFilter, Owner};
 use crate::time::SystemClock;
 
@@ -27,6 +28,15 @@ fn fail(lua: &Lua, message: &str) -> LuaResult<MultiValue> {
     Ok(MultiValue::from_iter([
         Value::Nil,
         Value::String(lua.create_string(message)?),
+    ]))
+}
+
+/// `nil, message, exit code`: a failure whose exit code the command must use.
+fn fail_with_code(lua: &Lua, message: &str, code: i32) -> LuaResult<MultiValue> {
+    Ok(MultiValue::from_iter([
+        Value::Nil,
+        Value::String(lua.create_string(message)?),
+        Value::Integer(code.into()),
     ]))
 }
 
@@ -61,11 +71,18 @@ fn parse(lua: &Lua, (argv, jid_prep): (Table, Function)) -> LuaResult<MultiValue
             t.raw_set("command", "help")?;
             t.raw_set("text", text)?;
         }
-        Command::Import { host, from, store } => {
+        Command::Import {
+            host,
+            from,
+            store,
+            source,
+        } => {
             t.raw_set("command", "import")?;
             t.raw_set("host", host)?;
-            t.raw_set("from", from.map(|f| f.driver()))?;
+            t.raw_set("from", from.map(|f| f.name()))?;
+            t.raw_set("ours", from.is_some_and(|f| f.is_ours()))?;
             t.raw_set("store", store)?;
+            t.raw_set("source", source)?;
         }
         Command::Expire { host } => {
             t.raw_set("command", "expire")?;
@@ -105,7 +122,9 @@ fn parse(lua: &Lua, (argv, jid_prep): (Table, Function)) -> LuaResult<MultiValue
 /// One host's archive, opened for a command.
 struct AdminHandle {
     config: Config,
-    store: SqliteStore,
+    /// Prosody's data directory: where a relative `--source` file is.
+    data_path: String,
+    store: Box<dyn ArchiveStore>,
     /// The import run in progress (its own connection), between `import_begin` and
     /// the end of the command.
     importer: Option<Importer>,
@@ -129,17 +148,18 @@ fn open(lua: &Lua, args: Table) -> LuaResult<MultiValue> {
         Ok(c) => c,
         Err(e) => return fail(lua, &format!("{host}: {e}")),
     };
-    let store = match SqliteStore::open(&config.database_path) {
+    let store = match store::open(&config.storage, true) {
         Ok(s) => s,
         Err(e) => {
             return fail(
                 lua,
-                &format!("{host}: {} ({})", e, config.database_path.display()),
+                &format!("{host}: {} ({})", e, config.storage.describe()),
             )
         }
     };
     let handle = AdminHandle {
         config,
+        data_path,
         store,
         importer: None,
     };
@@ -194,13 +214,10 @@ fn stock_prefs(t: &Table) -> LuaResult<StockPrefs> {
 
 impl UserData for AdminHandle {
     fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
-        // config() -> { database_path =, expires_after =, archive_store = }
+        // config() -> { storage =, expires_after =, archive_store = }
         methods.add_method("config", |lua, this, ()| {
             let t = lua.create_table()?;
-            t.raw_set(
-                "database_path",
-                this.config.database_path.to_string_lossy().into_owned(),
-            )?;
+            t.raw_set("storage", this.config.storage.describe())?;
             t.raw_set("expires_after", this.config.expires_after)?;
             t.raw_set("archive_store", this.config.archive_store.as_str())?;
             Ok(t)
@@ -208,12 +225,11 @@ impl UserData for AdminHandle {
 
         // import_begin(expected_total_or_nil) -> true | nil, message
         methods.add_method_mut("import_begin", |lua, this, expected: Option<u64>| {
-            let store = match SqliteStore::open(&this.config.database_path) {
+            let store = match store::open(&this.config.storage, true) {
                 Ok(s) => s,
                 Err(e) => return fail(lua, &e.to_string()),
             };
-            let mut importer =
-                Importer::new(&this.config.host, Box::new(store), Arc::new(SystemClock));
+            let mut importer = Importer::new(&this.config.host, store, Arc::new(SystemClock));
             if let Some(n) = expected {
                 importer.expect(n);
             }
@@ -280,10 +296,60 @@ impl UserData for AdminHandle {
             }
         });
 
+        // copy_from("mam-sqlite"|"mam-postgres", source_or_nil, say)
+        //   -> verified | nil, message, exit code
+        // Copies another archive of this module into this host's configured one,
+        // calling say(line) for each line of output (progress, verification).
+        methods.add_method(
+            "copy_from",
+            |lua, this, (from, source, say): (String, Option<String>, Function)| {
+                let copy_source = match (from.as_str(), source.as_deref()) {
+                    ("mam-sqlite", path) => {
+                        CopySource::sqlite(path, &this.data_path, &this.config.archive_store)
+                    }
+                    ("mam-postgres", Some(conninfo)) => {
+                        match CopySource::postgres(conninfo, std::env::var("PGPASSWORD").ok()) {
+                            Ok(s) => s,
+                            Err(e) => return fail_with_code(lua, &e.to_string(), e.exit_code()),
+                        }
+                    }
+                    _ => {
+                        return Err(mlua::Error::runtime(format!(
+                            "mam_native: copy_from({from:?}) without a usable source"
+                        )))
+                    }
+                };
+                // The first error printing a line (a bug in the shim) is raised once
+                // the copy has stopped, not lost.
+                let mut say_failed: Option<mlua::Error> = None;
+                let mut say_line = |line: &str| {
+                    if say_failed.is_none() {
+                        if let Err(e) = say.call::<()>(line) {
+                            say_failed = Some(e);
+                        }
+                    }
+                };
+                let result = archive_copy::copy(
+                    &copy_source,
+                    &this.config.storage,
+                    &this.config.host,
+                    Arc::new(SystemClock),
+                    &mut say_line,
+                );
+                if let Some(e) = say_failed {
+                    return Err(e);
+                }
+                match result {
+                    Ok(verified) => Ok(ok_values([Value::Boolean(verified)])),
+                    Err(e) => fail_with_code(lua, &e.to_string(), e.exit_code()),
+                }
+            },
+        );
+
         // expire() -> deleted | nil, message
         methods.add_method_mut("expire", |lua, this, ()| {
             let r = admin::expire_now(
-                &mut this.store,
+                &mut *this.store,
                 &this.config.host,
                 this.config.expires_after,
                 &SystemClock,
@@ -303,7 +369,7 @@ impl UserData for AdminHandle {
                         resource: resource.map(str::to_owned),
                     }
                 });
-                let r = admin::delete(&mut this.store, &owner, &DeleteFilter { with, before });
+                let r = admin::delete(&mut *this.store, &owner, &DeleteFilter { with, before });
                 admin_result(lua, r)
             },
         );
@@ -319,15 +385,15 @@ impl UserData for AdminHandle {
                 };
                 let owner = Owner::new(&this.config.host, &user);
                 let mut out = BufWriter::with_capacity(64 * 1024, LuaSink(write));
-                let r = admin::export(&mut this.store, &owner, format, &mut out);
+                let r = admin::export(&mut *this.store, &owner, format, &mut out);
                 admin_result(lua, r)
             },
         );
 
         // stats() -> report text | nil, message
         methods.add_method_mut("stats", |lua, this, ()| {
-            let db = this.config.database_path.to_string_lossy().into_owned();
-            match admin::stats_report(&mut this.store, &this.config.host, &db) {
+            let db = this.config.storage.describe();
+            match admin::stats_report(&mut *this.store, &this.config.host, &db) {
                 Ok(text) => Ok(ok_values([Value::String(lua.create_string(&text)?)])),
                 Err(e) => fail(lua, e.message()),
             }

@@ -37,6 +37,11 @@ pub const OPTION_NAMES: &[&str] = &[
     "storage_archive_item_limit",
     "mam_database",
     "mam_max_db_pages",
+    // Where the archive lives (PostgreSQL): ours, then Prosody's own storage options.
+    "mam_sql",
+    "sql",
+    "storage",
+    "default_storage",
 ];
 
 /// Why a message Prosody accepted cannot be archived: deeper than we represent.
@@ -97,25 +102,39 @@ fn raw_value(v: Value) -> Option<RawValue> {
         Value::Integer(i) => Some(RawValue::Number(i as f64)),
         Value::Number(n) => Some(RawValue::Number(n)),
         Value::String(s) => Some(RawValue::String(s.to_string_lossy())),
-        Value::Table(t) => {
-            // A Lua array of strings, or a set (string keys mapping to true), or a
-            // Prosody util.set (its items live in the `_items` table).
-            let source = match t.raw_get::<Value>("_items") {
-                Ok(Value::Table(items)) => items,
-                _ => t,
-            };
-            let mut out = Vec::new();
-            for pair in source.pairs::<Value, Value>() {
-                match pair {
-                    Ok((Value::Integer(_), Value::String(s))) => out.push(s.to_string_lossy()),
-                    Ok((Value::String(s), Value::Boolean(true))) => out.push(s.to_string_lossy()),
-                    _ => {}
+        Value::Table(t) => Some(raw_table(t)),
+        _ => Some(RawValue::String(format!("<{}>", v.type_name()))),
+    }
+}
+
+/// A Lua table as an option value: a list of strings (a Lua array, a set of string
+/// keys mapping to true, or a Prosody `util.set`, whose items live in `_items`), or,
+/// when any named field holds something other than `true`, a table of named fields
+/// (`sql = { driver = "PostgreSQL", … }`).
+fn raw_table(t: Table) -> RawValue {
+    let source = match t.raw_get::<Value>("_items") {
+        Ok(Value::Table(items)) => items,
+        _ => t,
+    };
+    let mut list = Vec::new();
+    let mut fields = std::collections::BTreeMap::new();
+    for (key, value) in source.pairs::<Value, Value>().flatten() {
+        match (key, value) {
+            (Value::Integer(_), Value::String(s)) => list.push(s.to_string_lossy()),
+            (Value::String(k), Value::Boolean(true)) => list.push(k.to_string_lossy()),
+            (Value::String(k), value) => {
+                if let Some(v) = raw_value(value) {
+                    fields.insert(k.to_string_lossy(), v);
                 }
             }
-            out.sort();
-            Some(RawValue::List(out))
+            _ => {}
         }
-        _ => Some(RawValue::String(format!("<{}>", v.type_name()))),
+    }
+    if fields.is_empty() {
+        list.sort();
+        RawValue::List(list)
+    } else {
+        RawValue::Table(fields)
     }
 }
 
@@ -125,13 +144,20 @@ fn delivered_copy(lua: &Lua, stanza: &Table, stanza_id: &Element) -> LuaResult<T
         .ok_or_else(|| mlua::Error::runtime("stanza copy failed"))
 }
 
-/// `native.open{ host =, data_path =, options = {…}, stanza_mt =, jid_prep = }`
+/// `native.open{ host =, data_path =, options = {…}, stanza_mt =, jid_prep =,
+/// background = bool }` -> handle | opening | nil, err
+///
+/// A bad option fails at once (marked `config`), whatever `background` says. With
+/// `background`, connecting to the database and loading preferences happen on a new
+/// thread and the caller gets an [`Opening`] to poll: the shim's retries while the
+/// database is unreachable must not hold the event loop for a connect timeout.
 fn open(lua: &Lua, args: Table) -> LuaResult<MultiValue> {
     let host: String = args.get("host")?;
     let data_path: String = args.get("data_path")?;
     let options: Table = args.get("options")?;
     let stanza_mt: Table = args.get("stanza_mt")?;
     let jid_prep: Function = args.get("jid_prep")?;
+    let background: bool = args.get::<Option<bool>>("background")?.unwrap_or(false);
     let source = |name: &str| raw_value(options.get::<Value>(name).unwrap_or(Value::Nil));
     let config = match Config::from_options(&host, &data_path, &source) {
         Ok(c) => c,
@@ -144,16 +170,66 @@ fn open(lua: &Lua, args: Table) -> LuaResult<MultiValue> {
             return Ok(mv);
         }
     };
-    let archive = match Archive::open(config) {
-        Ok(a) => a,
-        Err(e) => return failure(lua, &e),
-    };
+    if background {
+        let (done, result) = std::sync::mpsc::sync_channel(1);
+        std::thread::Builder::new()
+            .name("mam-open".into())
+            .spawn(move || {
+                let _ = done.send(Archive::open(config));
+            })
+            .map_err(|e| mlua::Error::runtime(format!("cannot start a thread: {e}")))?;
+        let opening = Opening {
+            result,
+            stanza_mt,
+            jid_prep,
+        };
+        return Ok(values([Value::UserData(lua.create_userdata(opening)?)]));
+    }
+    match Archive::open(config) {
+        Ok(archive) => handle_values(lua, archive, stanza_mt, jid_prep),
+        Err(e) => failure(lua, &e),
+    }
+}
+
+fn handle_values(
+    lua: &Lua,
+    archive: Archive,
+    stanza_mt: Table,
+    jid_prep: Function,
+) -> LuaResult<MultiValue> {
     let handle = ArchiveHandle {
         archive: Some(archive),
         stanza_mt,
         jid_prep,
     };
     Ok(values([Value::UserData(lua.create_userdata(handle)?)]))
+}
+
+/// An archive being opened on a background thread.
+struct Opening {
+    result: std::sync::mpsc::Receiver<crate::error::Result<Archive>>,
+    stanza_mt: Table,
+    jid_prep: Function,
+}
+
+impl UserData for Opening {
+    fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
+        // poll() -> false (still opening) | handle | nil, err
+        methods.add_method("poll", |lua, this, ()| {
+            use std::sync::mpsc::TryRecvError;
+            match this.result.try_recv() {
+                Err(TryRecvError::Empty) => Ok(values([Value::Boolean(false)])),
+                Ok(Ok(archive)) => {
+                    handle_values(lua, archive, this.stanza_mt.clone(), this.jid_prep.clone())
+                }
+                Ok(Err(e)) => failure(lua, &e),
+                Err(TryRecvError::Disconnected) => failure(
+                    lua,
+                    &MamError::Corrupt("the archive opening thread ended without a result".into()),
+                ),
+            }
+        });
+    }
 }
 
 /// The validated configuration as a Lua table, for the shim's timers and logs.
@@ -167,10 +243,7 @@ fn config_table(lua: &Lua, c: &Config) -> LuaResult<Table> {
     t.raw_set("default_policy", c.default_policy.as_str())?;
     t.raw_set("smart_enable", c.smart_enable)?;
     t.raw_set("include_total", c.include_total)?;
-    t.raw_set(
-        "database_path",
-        c.database_path.to_string_lossy().into_owned(),
-    )?;
+    t.raw_set("storage", c.storage.describe())?;
     if let Some(limit) = c.item_limit {
         t.raw_set("item_limit", limit)?;
     }

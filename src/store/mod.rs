@@ -1,16 +1,36 @@
 //! The archive backend boundary.
 //!
 //! Everything above this module speaks in owners, messages, find requests and pages;
-//! nothing above it knows SQL. A backend (SQLite today, PostgreSQL next) implements
+//! nothing above it knows SQL. A backend (SQLite, PostgreSQL) implements
 //! [`ArchiveStore`]. Every operation is scoped by [`Owner`] (host, user) and every
 //! index a backend builds leads with it, so an archive shards cleanly by owner.
 
+/// The behaviour every backend must share, as tests each backend runs on itself.
+#[cfg(test)]
+pub(crate) mod contract;
+pub mod postgres;
 pub mod schema;
 pub mod sqlite;
 
+use crate::config::Storage;
 use crate::error::Result;
 use crate::policy::Prefs;
 use crate::time::Micros;
+
+/// Opens the configured backend, migrating its schema. `writer`: this is the one
+/// connection that writes (SQLite's page cap, `mam_max_db_pages`, applies to it).
+pub fn open(storage: &Storage, writer: bool) -> Result<Box<dyn ArchiveStore>> {
+    match storage {
+        Storage::Sqlite { path, max_pages } => {
+            let mut store = sqlite::SqliteStore::open(path)?;
+            if let (true, Some(pages)) = (writer, max_pages) {
+                store.set_max_pages(*pages)?;
+            }
+            Ok(Box::new(store))
+        }
+        Storage::Postgres(settings) => Ok(Box::new(postgres::PgStore::connect(settings)?)),
+    }
+}
 
 /// Whose archive: a local account on a virtual host.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -51,6 +71,9 @@ pub struct ArchivedMessage {
     pub id: String,
     pub when: Micros,
     pub with_bare: String,
+    /// The other party's resource, as stored: copying an archive to another backend
+    /// must keep it, or full-JID `with` queries would stop matching afterwards.
+    pub with_resource: Option<String>,
     pub xml: String,
 }
 
@@ -218,4 +241,61 @@ pub trait ArchiveStore: Send {
 
     /// The size of the whole database in bytes (all hosts), when the backend knows.
     fn database_bytes(&mut self) -> Result<Option<u64>>;
+}
+
+/// The two per-owner steps of an expiry batch, on one backend's open transaction;
+/// [`expire_round_robin`] decides the order.
+pub(crate) trait ExpirySteps {
+    /// Up to one chunk of the host's owners that have messages, in name order, after
+    /// `after` (from the first when `None`).
+    fn owners_after(&mut self, after: Option<&str>) -> Result<Vec<String>>;
+    /// Deletes up to `max` of `user`'s messages older than the cut-off, oldest first;
+    /// returns how many.
+    fn expire_owner(&mut self, user: &str, max: i64) -> Result<i64>;
+}
+
+/// One expiry batch of at most `want` deletions, walking the host's owners in name
+/// order from `resume` (the owner at which the previous batch filled up) and wrapping
+/// round once, so repeated small batches go round every owner instead of re-checking
+/// the first ones, and a batch that removes less than `want` really checked everyone.
+/// `chunk` is how many owners [`ExpirySteps::owners_after`] returns at most.
+/// Returns how many it removed and where the next batch should resume.
+pub(crate) fn expire_round_robin(
+    steps: &mut dyn ExpirySteps,
+    resume: Option<String>,
+    want: i64,
+    chunk: usize,
+) -> Result<(i64, Option<String>)> {
+    let mut removed: i64 = 0;
+    // The owner the last batch stopped at may still have old messages.
+    if let Some(user) = &resume {
+        removed += steps.expire_owner(user, want - removed)?;
+        if removed >= want {
+            return Ok((removed, Some(user.clone())));
+        }
+    }
+    // Then the owners after it, then (wrapping) the owners before it.
+    for wrapped in [false, true] {
+        if wrapped && resume.is_none() {
+            break;
+        }
+        let mut cursor = if wrapped { None } else { resume.clone() };
+        loop {
+            let owners = steps.owners_after(cursor.as_deref())?;
+            for user in &owners {
+                if wrapped && resume.as_deref().is_some_and(|r| user.as_str() >= r) {
+                    return Ok((removed, None));
+                }
+                removed += steps.expire_owner(user, want - removed)?;
+                if removed >= want {
+                    return Ok((removed, Some(user.clone())));
+                }
+            }
+            if owners.len() < chunk {
+                break;
+            }
+            cursor = owners.last().cloned();
+        }
+    }
+    Ok((removed, None))
 }

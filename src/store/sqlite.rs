@@ -15,7 +15,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use rusqlite::types::Value;
-use rusqlite::{params, params_from_iter, Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::{
+    params, params_from_iter, Connection, OpenFlags, OptionalExtension, TransactionBehavior,
+};
 
 mod admin;
 
@@ -127,6 +129,40 @@ impl SqliteStore {
             .map_err(MamError::storage("set journal_mode=WAL"))?;
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(MamError::storage("set synchronous=NORMAL"))?;
+        Self::with_connection(conn)
+    }
+
+    /// Opens an archive file this module wrote, for reading it as the source of a copy
+    /// (`import --from mam-sqlite`): unlike [`SqliteStore::open`] it never creates a
+    /// file, and it refuses a database without this module's schema (Prosody's own
+    /// `prosody.sqlite`, a mistyped path) instead of adding our tables to it.
+    pub fn open_existing(path: &Path) -> Result<SqliteStore> {
+        let refuse = |cause: &str| MamError::Open {
+            path: path.display().to_string(),
+            cause: cause.to_owned(),
+        };
+        if !path.is_file() {
+            return Err(refuse("no such file"));
+        }
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(path, flags).map_err(|e| refuse(&e.to_string()))?;
+        conn.busy_timeout(BUSY_TIMEOUT)
+            .map_err(MamError::storage("set busy_timeout"))?;
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |row| row.get(0))
+            .map_err(|e| refuse(&e.to_string()))?;
+        let has_archive: bool = conn
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'archive')",
+                [],
+                |row| row.get(0),
+            )
+            .map_err(|e| refuse(&e.to_string()))?;
+        if version < 1 || !has_archive {
+            return Err(refuse(
+                "not an archive of this module (no mam_native schema)",
+            ));
+        }
         Self::with_connection(conn)
     }
 
@@ -273,7 +309,7 @@ fn page_sql(
     after: Option<Position>,
     before: Option<Position>,
 ) -> Sql {
-    let mut sql = Sql::new("SELECT id, when_us, with_bare, stanza");
+    let mut sql = Sql::new("SELECT id, when_us, with_bare, with_resource, stanza");
     sql.push(from_archive(req), []);
     push_filters(&mut sql, owner, req);
     if let Some(p) = after {
@@ -343,35 +379,36 @@ fn resolve_bound(
     Ok(bound)
 }
 
-/// Deletes up to `max` of one owner's messages older than `cutoff`, oldest first.
-fn expire_owner(
-    conn: &Connection,
-    host: &str,
-    user: &str,
+/// Expiry's per-owner steps inside one SQLite transaction.
+struct SqliteExpiry<'a> {
+    tx: &'a rusqlite::Transaction<'a>,
+    host: &'a str,
     cutoff: Micros,
-    max: i64,
-) -> Result<i64> {
-    let n = conn
-        .prepare_cached(EXPIRE_OWNER)
-        .and_then(|mut stmt| stmt.execute(params![host, user, cutoff, max]))
-        .map_err(MamError::storage("expire: delete old messages"))?;
-    Ok(to_sql_int(n))
 }
 
-/// Up to [`OWNER_CHUNK`] owners on `host` with messages, in name order, after `after`
-/// (from the first when `None`).
-fn owners_after(conn: &Connection, host: &str, after: Option<&str>) -> Result<Vec<String>> {
-    let rows = match after {
-        None => conn.prepare_cached(OWNERS_FIRST).and_then(|mut stmt| {
-            stmt.query_map(params![host, OWNER_CHUNK], |row| row.get(0))?
-                .collect::<rusqlite::Result<Vec<String>>>()
-        }),
-        Some(user) => conn.prepare_cached(OWNERS_AFTER).and_then(|mut stmt| {
-            stmt.query_map(params![host, user, OWNER_CHUNK], |row| row.get(0))?
-                .collect::<rusqlite::Result<Vec<String>>>()
-        }),
-    };
-    rows.map_err(MamError::storage("expire: list owners"))
+impl super::ExpirySteps for SqliteExpiry<'_> {
+    fn owners_after(&mut self, after: Option<&str>) -> Result<Vec<String>> {
+        let rows = match after {
+            None => self.tx.prepare_cached(OWNERS_FIRST).and_then(|mut stmt| {
+                stmt.query_map(params![self.host, OWNER_CHUNK], |row| row.get(0))?
+                    .collect::<rusqlite::Result<Vec<String>>>()
+            }),
+            Some(user) => self.tx.prepare_cached(OWNERS_AFTER).and_then(|mut stmt| {
+                stmt.query_map(params![self.host, user, OWNER_CHUNK], |row| row.get(0))?
+                    .collect::<rusqlite::Result<Vec<String>>>()
+            }),
+        };
+        rows.map_err(MamError::storage("expire: list owners"))
+    }
+
+    fn expire_owner(&mut self, user: &str, max: i64) -> Result<i64> {
+        let n = self
+            .tx
+            .prepare_cached(EXPIRE_OWNER)
+            .and_then(|mut stmt| stmt.execute(params![self.host, user, self.cutoff, max]))
+            .map_err(MamError::storage("expire: delete old messages"))?;
+        Ok(to_sql_int(n))
+    }
 }
 
 /// Inserts one message inside `tx`, then trims the owner to the quota from the exact
@@ -503,7 +540,8 @@ impl ArchiveStore for SqliteStore {
                             id: row.get(0)?,
                             when: row.get(1)?,
                             with_bare: row.get(2)?,
-                            xml: row.get(3)?,
+                            with_resource: row.get(3)?,
+                            xml: row.get(4)?,
                         })
                     })?
                     .collect::<rusqlite::Result<Vec<_>>>()
@@ -640,9 +678,7 @@ impl ArchiveStore for SqliteStore {
 
     /// Walks the host's owners (from the counter table, which lists exactly the owners
     /// with messages) and deletes per owner through the owner index, so no statement
-    /// touches rows of an owner it does not name. The walk starts where the previous
-    /// batch filled up and wraps round once, so returning less than `batch` really
-    /// means every owner was checked.
+    /// touches rows of an owner it does not name; see [`super::expire_round_robin`].
     fn expire_batch(&mut self, host: &str, cutoff: Micros, batch: usize) -> Result<u64> {
         let want = to_sql_int(batch);
         if want == 0 {
@@ -657,42 +693,13 @@ impl ArchiveStore for SqliteStore {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(MamError::storage("expire: begin"))?;
-        let mut removed: i64 = 0;
-        let mut filled_at: Option<String> = None;
-        'walk: {
-            // The owner the last batch stopped at may still have old messages.
-            if let Some(user) = &resume {
-                removed += expire_owner(&tx, host, user, cutoff, want - removed)?;
-                if removed >= want {
-                    filled_at = Some(user.clone());
-                    break 'walk;
-                }
-            }
-            // Then the owners after it, then (wrapping) the owners before it.
-            for wrapped in [false, true] {
-                if wrapped && resume.is_none() {
-                    break;
-                }
-                let mut cursor = if wrapped { None } else { resume.clone() };
-                loop {
-                    let owners = owners_after(&tx, host, cursor.as_deref())?;
-                    for user in &owners {
-                        if wrapped && resume.as_deref().is_some_and(|r| user.as_str() >= r) {
-                            break 'walk;
-                        }
-                        removed += expire_owner(&tx, host, user, cutoff, want - removed)?;
-                        if removed >= want {
-                            filled_at = Some(user.clone());
-                            break 'walk;
-                        }
-                    }
-                    if owners.len() < OWNER_CHUNK as usize {
-                        break;
-                    }
-                    cursor = owners.last().cloned();
-                }
-            }
-        }
+        let mut steps = SqliteExpiry {
+            tx: &tx,
+            host,
+            cutoff,
+        };
+        let (removed, filled_at) =
+            super::expire_round_robin(&mut steps, resume, want, OWNER_CHUNK as usize)?;
         tx.commit().map_err(MamError::storage("expire: commit"))?;
         self.expire_resume = filled_at.map(|user| (host.to_owned(), user));
         Ok(to_count(removed))
@@ -727,71 +734,46 @@ impl ArchiveStore for SqliteStore {
 
 #[cfg(test)]
 mod tests {
+    //! What only SQLite has: its counter table and triggers, schema migrations, WAL,
+    //! the JSON array that carries `ids`, statement shapes and query plans. Everything
+    //! a backend must do through [`ArchiveStore`] is in the shared contract
+    //! ([`crate::store::contract`]), run here against a database file per test.
+
     use super::*;
+    use crate::store::contract::{
+        add_ten_messages, ids, juliet, msg, nurse, req, romeo, store_contract_tests, with,
+        ContractDb, MANY_OWNERS, T0,
+    };
     use crate::store::WithFilter;
-    use std::collections::BTreeSet;
 
-    const T0: Micros = 1_275_868_800_000_000; // 2010-06-07T00:00:00Z
-
-    fn juliet() -> Owner {
-        Owner::new("capulet.lit", "juliet")
+    /// A fresh database file in its own temporary directory; each `open` is another
+    /// connection to it, as Prosody's writer and readers each have their own.
+    struct SqliteTestDb {
+        dir: tempfile::TempDir,
     }
 
-    fn romeo() -> Owner {
-        Owner::new("montague.lit", "romeo")
-    }
-
-    fn msg(id: &str, when: Micros, with: &str) -> NewMessage {
-        let (bare, resource) = match with.split_once('/') {
-            Some((bare, resource)) => (bare.to_owned(), Some(resource.to_owned())),
-            None => (with.to_owned(), None),
-        };
-        NewMessage {
-            id: id.to_owned(),
-            when,
-            with_bare: bare,
-            with_resource: resource,
-            xml: format!("<message xmlns='jabber:client' id='{id}'><body>{id}</body></message>"),
+    impl SqliteTestDb {
+        fn new() -> Self {
+            SqliteTestDb {
+                dir: tempfile::tempdir().expect("tempdir"),
+            }
         }
     }
 
-    /// A store where juliet has m0..m9, one second apart, alternating between romeo
-    /// (even) and the nurse (odd).
+    impl ContractDb for SqliteTestDb {
+        fn open(&self) -> Box<dyn ArchiveStore> {
+            let path = self.dir.path().join("archive.sqlite");
+            Box::new(SqliteStore::open(&path).expect("open"))
+        }
+    }
+
+    store_contract_tests!(|| Some(SqliteTestDb::new()));
+
+    /// A private in-memory store after [`add_ten_messages`].
     fn ten_messages() -> SqliteStore {
         let mut store = SqliteStore::open_in_memory().expect("open");
-        for i in 0..10 {
-            let with = if i % 2 == 0 {
-                "romeo@montague.lit/orchard"
-            } else {
-                "nurse@capulet.lit/chamber"
-            };
-            store
-                .append(
-                    &juliet(),
-                    &msg(&format!("m{i}"), T0 + i * 1_000_000, with),
-                    None,
-                )
-                .expect("append");
-        }
+        add_ten_messages(&mut store);
         store
-    }
-
-    fn ids(page: &Page) -> Vec<&str> {
-        page.items.iter().map(|m| m.id.as_str()).collect()
-    }
-
-    fn req(limit: usize) -> FindRequest {
-        FindRequest {
-            limit,
-            ..FindRequest::default()
-        }
-    }
-
-    fn with(bare: &str, resource: Option<&str>) -> Option<WithFilter> {
-        Some(WithFilter {
-            bare: bare.to_owned(),
-            resource: resource.map(str::to_owned),
-        })
     }
 
     fn owner_count(store: &SqliteStore, owner: &Owner) -> Option<i64> {
@@ -811,538 +793,6 @@ mod tests {
                 |r| r.get(0),
             )
             .expect("count")
-    }
-
-    #[test]
-    fn forward_find_returns_the_oldest_page_and_after_continues_it() {
-        let mut store = ten_messages();
-        let page = store.find(&juliet(), &req(3)).expect("find");
-        assert_eq!(ids(&page), ["m0", "m1", "m2"]);
-        assert_eq!(page.total, None);
-        let next = FindRequest {
-            after: vec!["m2".to_owned()],
-            ..req(3)
-        };
-        assert_eq!(
-            ids(&store.find(&juliet(), &next).expect("find")),
-            ["m3", "m4", "m5"]
-        );
-        // The stored fields come back as they went in.
-        let m0 = &page.items[0];
-        assert_eq!(m0.when, T0);
-        assert_eq!(m0.with_bare, "romeo@montague.lit");
-        assert_eq!(m0.xml, msg("m0", T0, "x").xml);
-    }
-
-    #[test]
-    fn reverse_find_returns_the_newest_page() {
-        let mut store = ten_messages();
-        let page = store
-            .find(
-                &juliet(),
-                &FindRequest {
-                    reverse: true,
-                    total: true,
-                    ..req(3)
-                },
-            )
-            .expect("find");
-        assert_eq!(ids(&page), ["m9", "m8", "m7"]);
-        assert_eq!(page.total, Some(10));
-    }
-
-    #[test]
-    fn reverse_find_before_an_id_pages_backwards() {
-        let mut store = ten_messages();
-        let page = store
-            .find(
-                &juliet(),
-                &FindRequest {
-                    reverse: true,
-                    before: vec!["m7".to_owned()],
-                    ..req(3)
-                },
-            )
-            .expect("find");
-        assert_eq!(ids(&page), ["m6", "m5", "m4"]);
-    }
-
-    #[test]
-    fn after_and_before_together_give_the_window_between() {
-        let mut store = ten_messages();
-        let page = store
-            .find(
-                &juliet(),
-                &FindRequest {
-                    after: vec!["m2".to_owned(), "m1".to_owned()],
-                    before: vec!["m6".to_owned(), "m8".to_owned()],
-                    ..req(100)
-                },
-            )
-            .expect("find");
-        // Strictly after every `after` id and strictly before every `before` id.
-        assert_eq!(ids(&page), ["m3", "m4", "m5"]);
-    }
-
-    #[test]
-    fn a_page_after_an_unknown_id_is_item_not_found() {
-        let mut store = ten_messages();
-        for request in [
-            FindRequest {
-                after: vec!["nope".to_owned()],
-                ..req(10)
-            },
-            FindRequest {
-                before: vec!["m1".to_owned(), "nope".to_owned()],
-                ..req(10)
-            },
-        ] {
-            match store.find(&juliet(), &request) {
-                Err(MamError::ItemNotFound(text)) => {
-                    assert_eq!(text, "No message with id 'nope' in this archive")
-                }
-                other => panic!("expected item-not-found, got {other:?}"),
-            }
-        }
-    }
-
-    #[test]
-    fn another_owners_id_is_unknown() {
-        let mut store = ten_messages();
-        store
-            .append(&romeo(), &msg("r1", T0, "juliet@capulet.lit"), None)
-            .expect("append");
-        let request = FindRequest {
-            after: vec!["r1".to_owned()],
-            ..req(10)
-        };
-        assert!(matches!(
-            store.find(&juliet(), &request),
-            Err(MamError::ItemNotFound(_))
-        ));
-        // Nor does `ids` reach into another archive.
-        let request = FindRequest {
-            ids: Some(vec!["r1".to_owned(), "m1".to_owned()]),
-            ..req(10)
-        };
-        assert_eq!(ids(&store.find(&juliet(), &request).expect("find")), ["m1"]);
-        // The same id may exist in two archives.
-        store
-            .append(&romeo(), &msg("m1", T0, "juliet@capulet.lit"), None)
-            .expect("same id, other owner");
-    }
-
-    #[test]
-    fn a_duplicate_id_in_one_archive_is_a_storage_error() {
-        let mut store = ten_messages();
-        let err = store
-            .append(&juliet(), &msg("m1", T0, "romeo@montague.lit"), None)
-            .expect_err("duplicate");
-        assert!(matches!(
-            err,
-            MamError::Storage {
-                context: "append: insert message",
-                ..
-            }
-        ));
-        assert_eq!(owner_count(&store, &juliet()), Some(10));
-    }
-
-    #[test]
-    fn total_ignores_after_and_limit() {
-        let mut store = ten_messages();
-        let page = store
-            .find(
-                &juliet(),
-                &FindRequest {
-                    with: with("romeo@montague.lit", None),
-                    after: vec!["m4".to_owned()],
-                    before: vec!["m9".to_owned()],
-                    total: true,
-                    ..req(1)
-                },
-            )
-            .expect("find");
-        assert_eq!(ids(&page), ["m6"]);
-        assert_eq!(page.total, Some(5));
-    }
-
-    #[test]
-    fn limit_zero_returns_no_items_but_still_counts() {
-        let mut store = ten_messages();
-        for request in [
-            FindRequest {
-                total: true,
-                ..req(0)
-            },
-            FindRequest {
-                total: true,
-                start: Some(T0 + 5_000_000),
-                ..req(0)
-            },
-        ] {
-            let page = store.find(&juliet(), &request).expect("find");
-            assert!(page.items.is_empty());
-            assert!(page.total.is_some());
-        }
-        let page = store
-            .find(
-                &juliet(),
-                &FindRequest {
-                    total: true,
-                    start: Some(T0 + 5_000_000),
-                    ..req(0)
-                },
-            )
-            .expect("find");
-        assert_eq!(page.total, Some(5));
-    }
-
-    #[test]
-    fn an_empty_archive_counts_zero_and_has_no_bounds() {
-        let mut store = SqliteStore::open_in_memory().expect("open");
-        let page = store
-            .find(
-                &juliet(),
-                &FindRequest {
-                    total: true,
-                    ..req(10)
-                },
-            )
-            .expect("find");
-        assert_eq!(
-            page,
-            Page {
-                items: vec![],
-                total: Some(0)
-            }
-        );
-        assert_eq!(store.bounds(&juliet()).expect("bounds"), None);
-    }
-
-    #[test]
-    fn start_and_end_are_inclusive() {
-        let mut store = ten_messages();
-        let page = store
-            .find(
-                &juliet(),
-                &FindRequest {
-                    start: Some(T0 + 2_000_000),
-                    end: Some(T0 + 4_000_000),
-                    total: true,
-                    ..req(10)
-                },
-            )
-            .expect("find");
-        assert_eq!(ids(&page), ["m2", "m3", "m4"]);
-        assert_eq!(page.total, Some(3));
-    }
-
-    #[test]
-    fn bare_jid_with_matches_every_resource() {
-        let mut store = ten_messages();
-        store
-            .append(
-                &juliet(),
-                &msg("m10", T0 + 10_000_000, "romeo@montague.lit/balcony"),
-                None,
-            )
-            .expect("append");
-        store
-            .append(
-                &juliet(),
-                &msg("m11", T0 + 11_000_000, "romeo@montague.lit"),
-                None,
-            )
-            .expect("append");
-        let page = store
-            .find(
-                &juliet(),
-                &FindRequest {
-                    with: with("romeo@montague.lit", None),
-                    ..req(100)
-                },
-            )
-            .expect("find");
-        assert_eq!(ids(&page), ["m0", "m2", "m4", "m6", "m8", "m10", "m11"]);
-    }
-
-    #[test]
-    fn full_jid_with_matches_only_that_resource() {
-        let mut store = ten_messages();
-        store
-            .append(
-                &juliet(),
-                &msg("m10", T0 + 10_000_000, "romeo@montague.lit/balcony"),
-                None,
-            )
-            .expect("append");
-        store
-            .append(
-                &juliet(),
-                &msg("m11", T0 + 11_000_000, "romeo@montague.lit"),
-                None,
-            )
-            .expect("append");
-        let page = store
-            .find(
-                &juliet(),
-                &FindRequest {
-                    with: with("romeo@montague.lit", Some("balcony")),
-                    total: true,
-                    ..req(100)
-                },
-            )
-            .expect("find");
-        assert_eq!(ids(&page), ["m10"]);
-        assert_eq!(page.total, Some(1));
-    }
-
-    #[test]
-    fn ids_return_only_those_present_in_archive_order() {
-        let mut store = ten_messages();
-        let page = store
-            .find(
-                &juliet(),
-                &FindRequest {
-                    ids: Some(vec![
-                        "m7".into(),
-                        "unknown".into(),
-                        "m2".into(),
-                        "m7".into(),
-                    ]),
-                    total: true,
-                    ..req(10)
-                },
-            )
-            .expect("find");
-        assert_eq!(ids(&page), ["m2", "m7"]);
-        assert_eq!(page.total, Some(2));
-        let none = FindRequest {
-            ids: Some(vec![]),
-            total: true,
-            ..req(10)
-        };
-        assert_eq!(
-            store.find(&juliet(), &none).expect("find"),
-            Page {
-                items: vec![],
-                total: Some(0)
-            }
-        );
-    }
-
-    #[test]
-    fn ids_with_quotes_backslashes_and_control_characters_match_exactly() {
-        let mut store = SqliteStore::open_in_memory().expect("open");
-        let odd = ["a\"b", "c\\d", "e\nf\u{1}", "ünï'çødé", "\\\"", "[\"x\"]"];
-        for (i, id) in odd.iter().enumerate() {
-            store
-                .append(
-                    &juliet(),
-                    &msg(id, T0 + i as i64, "romeo@montague.lit"),
-                    None,
-                )
-                .expect("append");
-        }
-        let page = store
-            .find(
-                &juliet(),
-                &FindRequest {
-                    ids: Some(odd.iter().map(|s| s.to_string()).collect()),
-                    ..req(100)
-                },
-            )
-            .expect("find");
-        assert_eq!(ids(&page), odd);
-        // Near misses do not match.
-        let page = store
-            .find(
-                &juliet(),
-                &FindRequest {
-                    ids: Some(vec!["ab".into(), "a\\\"b".into(), "\"x\"".into()]),
-                    ..req(100)
-                },
-            )
-            .expect("find");
-        assert!(page.items.is_empty());
-    }
-
-    #[test]
-    fn ids_beyond_sqlite_variable_limit_work() {
-        let mut store = SqliteStore::open_in_memory().expect("open");
-        let owner = juliet();
-        {
-            let tx = store.conn.transaction().expect("tx");
-            let mut insert = tx.prepare_cached(INSERT_MESSAGE).expect("prepare");
-            for i in 0..50_000i64 {
-                insert
-                    .execute(params![
-                        owner.host,
-                        owner.user,
-                        format!("id{i}"),
-                        T0 + i,
-                        "romeo@montague.lit",
-                        None::<String>,
-                        "<message/>"
-                    ])
-                    .expect("insert");
-            }
-            drop(insert);
-            tx.commit().expect("commit");
-        }
-        // 40 000 ids (more than SQLite's 32 766 variables), every fourth one unknown.
-        let wanted: Vec<String> = (0..40_000)
-            .map(|i| {
-                if i % 4 == 3 {
-                    format!("missing{i}")
-                } else {
-                    format!("id{i}")
-                }
-            })
-            .collect();
-        let page = store
-            .find(
-                &owner,
-                &FindRequest {
-                    ids: Some(wanted),
-                    total: true,
-                    reverse: true,
-                    ..req(5)
-                },
-            )
-            .expect("find");
-        assert_eq!(page.total, Some(30_000));
-        assert_eq!(
-            ids(&page),
-            ["id39998", "id39997", "id39996", "id39994", "id39993"]
-        );
-    }
-
-    #[test]
-    fn messages_with_equal_timestamps_keep_insertion_order() {
-        let mut store = SqliteStore::open_in_memory().expect("open");
-        // Ids deliberately not in string order: insertion order must win.
-        for id in ["z", "a", "m", "b"] {
-            store
-                .append(&juliet(), &msg(id, T0, "romeo@montague.lit"), None)
-                .expect("append");
-        }
-        assert_eq!(
-            ids(&store.find(&juliet(), &req(10)).expect("find")),
-            ["z", "a", "m", "b"]
-        );
-        let after_a = FindRequest {
-            after: vec!["a".into()],
-            ..req(10)
-        };
-        assert_eq!(
-            ids(&store.find(&juliet(), &after_a).expect("find")),
-            ["m", "b"]
-        );
-        let before_m = FindRequest {
-            before: vec!["m".into()],
-            reverse: true,
-            ..req(10)
-        };
-        assert_eq!(
-            ids(&store.find(&juliet(), &before_m).expect("find")),
-            ["a", "z"]
-        );
-        let bounds = store.bounds(&juliet()).expect("bounds").expect("some");
-        assert_eq!(
-            (bounds.first.id.as_str(), bounds.last.id.as_str()),
-            ("z", "b")
-        );
-    }
-
-    #[test]
-    fn bounds_are_first_and_last_in_archive_order() {
-        let mut store = ten_messages();
-        // Stored last but stamped earliest: archive order is by time first.
-        store
-            .append(&juliet(), &msg("early", T0 - 1, "romeo@montague.lit"), None)
-            .expect("append");
-        let bounds = store.bounds(&juliet()).expect("bounds").expect("some");
-        assert_eq!(
-            bounds,
-            ArchiveBounds {
-                first: ArchiveEnd {
-                    id: "early".into(),
-                    when: T0 - 1
-                },
-                last: ArchiveEnd {
-                    id: "m9".into(),
-                    when: T0 + 9_000_000
-                },
-            }
-        );
-        assert_eq!(store.bounds(&romeo()).expect("bounds"), None);
-    }
-
-    #[test]
-    fn quota_trims_oldest_and_keeps_newest() {
-        let mut store = ten_messages();
-        store
-            .append(&romeo(), &msg("r1", T0, "juliet@capulet.lit"), None)
-            .expect("append");
-        let removed = store
-            .append(
-                &juliet(),
-                &msg("m10", T0 + 10_000_000, "romeo@montague.lit"),
-                Some(4),
-            )
-            .expect("append");
-        assert_eq!(removed, 7);
-        assert_eq!(
-            ids(&store.find(&juliet(), &req(100)).expect("find")),
-            ["m7", "m8", "m9", "m10"]
-        );
-        assert_eq!(owner_count(&store, &juliet()), Some(4));
-        // Under quota: nothing removed. Other owners untouched.
-        let removed = store
-            .append(
-                &juliet(),
-                &msg("m11", T0 + 11_000_000, "romeo@montague.lit"),
-                Some(10),
-            )
-            .expect("append");
-        assert_eq!(removed, 0);
-        assert_eq!(ids(&store.find(&romeo(), &req(10)).expect("find")), ["r1"]);
-    }
-
-    #[test]
-    fn quota_of_zero_keeps_only_the_new_message() {
-        let mut store = ten_messages();
-        let removed = store
-            .append(
-                &juliet(),
-                &msg("m10", T0 + 10_000_000, "romeo@montague.lit"),
-                Some(0),
-            )
-            .expect("append");
-        assert_eq!(removed, 10);
-        assert_eq!(
-            ids(&store.find(&juliet(), &req(100)).expect("find")),
-            ["m10"]
-        );
-    }
-
-    #[test]
-    fn a_backdated_message_survives_its_own_quota_trim() {
-        let mut store = ten_messages();
-        let removed = store
-            .append(
-                &juliet(),
-                &msg("old", T0 - 1_000_000, "romeo@montague.lit"),
-                Some(3),
-            )
-            .expect("append");
-        assert_eq!(removed, 8);
-        assert_eq!(
-            ids(&store.find(&juliet(), &req(100)).expect("find")),
-            ["old", "m8", "m9"]
-        );
     }
 
     #[test]
@@ -1375,200 +825,104 @@ mod tests {
     }
 
     #[test]
-    fn prefs_round_trip_including_never_list() {
-        let mut store = SqliteStore::open_in_memory().expect("open");
-        assert_eq!(store.get_prefs(&juliet()).expect("get"), None);
-        let mut prefs = Prefs::with_default(DefaultPolicy::Roster);
-        prefs.always.insert("romeo@montague.lit".into());
-        prefs.never.insert("montague@montague.lit".into());
-        prefs.never.insert("tybalt@capulet.lit".into());
-        store.set_prefs(&juliet(), &prefs).expect("set");
-        assert_eq!(store.get_prefs(&juliet()).expect("get"), Some(prefs));
-        // Setting replaces everything.
-        let only_default = Prefs::with_default(DefaultPolicy::Never);
-        store.set_prefs(&juliet(), &only_default).expect("set");
-        assert_eq!(store.get_prefs(&juliet()).expect("get"), Some(only_default));
-        assert_eq!(store.get_prefs(&romeo()).expect("get"), None);
-    }
-
-    #[test]
-    fn a_jid_on_both_lists_reads_back_as_never() {
-        let mut store = SqliteStore::open_in_memory().expect("open");
+    fn delete_user_leaves_no_row_of_the_owner_in_any_table() {
+        let mut store = ten_messages();
         let mut prefs = Prefs::with_default(DefaultPolicy::Always);
-        prefs.always.insert("tybalt@capulet.lit".into());
-        prefs.never.insert("tybalt@capulet.lit".into());
+        prefs.never.insert("romeo@montague.lit".into());
+        prefs.always.insert("nurse@capulet.lit".into());
         store.set_prefs(&juliet(), &prefs).expect("set");
-        let back = store.get_prefs(&juliet()).expect("get").expect("some");
-        assert_eq!(back.always, BTreeSet::new());
-        assert_eq!(
-            back.never,
-            BTreeSet::from(["tybalt@capulet.lit".to_owned()])
-        );
-    }
-
-    #[test]
-    fn delete_user_removes_archive_and_prefs_only_for_that_user() {
-        let mut store = ten_messages();
-        let nurse = Owner::new("capulet.lit", "nurse");
         store
-            .append(&nurse, &msg("n1", T0, "juliet@capulet.lit"), None)
+            .append(&nurse(), &msg("n1", T0, "juliet@capulet.lit"), None)
             .expect("append");
-        let prefs = Prefs::with_default(DefaultPolicy::Never);
-        let mut with_list = Prefs::with_default(DefaultPolicy::Always);
-        with_list.never.insert("romeo@montague.lit".into());
-        store.set_prefs(&juliet(), &with_list).expect("set");
-        store.set_prefs(&nurse, &prefs).expect("set");
-
-        assert_eq!(store.delete_user(&juliet()).expect("delete"), 10);
-        let page = store
-            .find(
-                &juliet(),
-                &FindRequest {
-                    total: true,
-                    ..req(10)
-                },
-            )
-            .expect("find");
-        assert_eq!(
-            page,
-            Page {
-                items: vec![],
-                total: Some(0)
-            }
-        );
-        assert_eq!(store.get_prefs(&juliet()).expect("get"), None);
-        let jid_rules: i64 = store
-            .conn
-            .query_row(
-                "SELECT count(*) FROM archive_prefs_jid WHERE host = ?1 AND user = ?2",
-                params!["capulet.lit", "juliet"],
-                |r| r.get(0),
-            )
-            .expect("count");
-        assert_eq!(jid_rules, 0);
-        // The nurse keeps everything.
-        assert_eq!(ids(&store.find(&nurse, &req(10)).expect("find")), ["n1"]);
-        assert_eq!(store.get_prefs(&nurse).expect("get"), Some(prefs));
-        // Deleting again is harmless.
-        assert_eq!(store.delete_user(&juliet()).expect("delete"), 0);
-    }
-
-    #[test]
-    fn expire_batch_deletes_only_older_and_is_bounded() {
-        let mut store = ten_messages();
-        let nurse = Owner::new("capulet.lit", "nurse");
-        for i in 0..4 {
-            store
-                .append(
-                    &nurse,
-                    &msg(&format!("n{i}"), T0 + i * 1_000_000, "juliet@capulet.lit"),
-                    None,
+        store.delete_user(&juliet()).expect("delete");
+        for table in [
+            "archive",
+            "archive_counts",
+            "archive_prefs",
+            "archive_prefs_jid",
+        ] {
+            let rows: i64 = store
+                .conn
+                .query_row(
+                    &format!("SELECT count(*) FROM {table} WHERE host = ?1 AND user = ?2"),
+                    params!["capulet.lit", "juliet"],
+                    |r| r.get(0),
                 )
-                .expect("append");
+                .expect("count");
+            assert_eq!(rows, 0, "{table}");
         }
-        // Another host's old messages are not this host's business.
-        store
-            .append(&romeo(), &msg("r1", T0, "juliet@capulet.lit"), None)
-            .expect("append");
-        let cutoff = T0 + 3_000_000; // strictly before: m0..m2 and n0..n2, six in all.
-        assert_eq!(
-            store
-                .expire_batch("capulet.lit", cutoff, 4)
-                .expect("expire"),
-            4
-        );
-        assert_eq!(
-            store
-                .expire_batch("capulet.lit", cutoff, 4)
-                .expect("expire"),
-            2
-        );
-        assert_eq!(
-            store
-                .expire_batch("capulet.lit", cutoff, 4)
-                .expect("expire"),
-            0
-        );
-        assert_eq!(
-            ids(&store.find(&juliet(), &req(100)).expect("find")),
-            ["m3", "m4", "m5", "m6", "m7", "m8", "m9"]
-        );
-        assert_eq!(ids(&store.find(&nurse, &req(100)).expect("find")), ["n3"]);
-        assert_eq!(ids(&store.find(&romeo(), &req(100)).expect("find")), ["r1"]);
-        assert_eq!(
-            store
-                .expire_batch("capulet.lit", cutoff, 0)
-                .expect("expire"),
-            0
-        );
+        assert_eq!(owner_count(&store, &nurse()), Some(1));
     }
 
     #[test]
-    fn expire_batch_goes_round_all_owners_before_reporting_done() {
-        let mut store = SqliteStore::open_in_memory().expect("open");
-        let users = ["a", "b", "c", "d"];
-        for user in users {
-            for i in 0..3 {
-                store
-                    .append(
-                        &Owner::new("capulet.lit", user),
-                        &msg(&format!("{user}{i}"), T0 + i, "x@y"),
-                        None,
-                    )
-                    .expect("append");
-            }
-        }
-        // Batches of 5 over 12 old messages: 5, 5, 2 and then nothing; every batch
-        // starts where the last one stopped and wraps to the owners before it.
-        let mut got = Vec::new();
-        loop {
-            let n = store
-                .expire_batch("capulet.lit", T0 + 10, 5)
-                .expect("expire");
-            got.push(n);
-            if n < 5 {
-                break;
-            }
-        }
-        assert_eq!(got, [5, 5, 2]);
-        for user in users {
-            let page = store
-                .find(
-                    &Owner::new("capulet.lit", user),
-                    &FindRequest {
-                        total: true,
-                        ..req(0)
+    fn a_duplicate_id_fails_the_insert_as_a_constraint_violation() {
+        // The writer's group commit falls back to one-by-one appends on exactly this
+        // error, so a duplicate must surface as SQLite's constraint code.
+        let mut store = ten_messages();
+        let err = store
+            .append(&juliet(), &msg("m1", T0, "romeo@montague.lit"), None)
+            .expect_err("duplicate");
+        assert!(matches!(
+            err,
+            MamError::Storage {
+                context: "append: insert message",
+                source: rusqlite::Error::SqliteFailure(
+                    rusqlite::ffi::Error {
+                        code: rusqlite::ErrorCode::ConstraintViolation,
+                        ..
                     },
-                )
-                .expect("find");
-            assert_eq!(page.total, Some(0), "{user}");
-        }
+                    _
+                ),
+            }
+        ));
+        assert_eq!(owner_count(&store, &juliet()), Some(10));
     }
 
     #[test]
-    fn expire_batch_walks_more_owners_than_one_chunk() {
-        let mut store = SqliteStore::open_in_memory().expect("open");
-        let owners = OWNER_CHUNK as usize * 2 + 3;
-        for i in 0..owners {
-            let owner = Owner::new("capulet.lit", &format!("user{i:04}"));
-            store
-                .append(&owner, &msg("old", T0, "x@y"), None)
-                .expect("append");
-            store
-                .append(&owner, &msg("new", T0 + 100, "x@y"), None)
-                .expect("append");
-        }
-        let n = store
-            .expire_batch("capulet.lit", T0 + 1, owners + 10)
-            .expect("expire");
-        assert_eq!(n, owners as u64);
-        let left: i64 = store
+    fn the_ids_json_array_round_trips_through_json_each() {
+        let store = SqliteStore::open_in_memory().expect("open");
+        let odd: Vec<String> = [
+            "a\"b",
+            "c\\d",
+            "e\nf\u{1}\u{1f}",
+            "ünï'çødé",
+            "\\\"",
+            "[\"x\"]",
+            "😀",
+            "\u{7f}",
+            "",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let back: Vec<String> = store
             .conn
-            .query_row("SELECT count(*) FROM archive WHERE id = 'old'", [], |r| {
-                r.get(0)
-            })
-            .expect("count");
-        assert_eq!(left, 0);
+            .prepare("SELECT value FROM json_each(?1) ORDER BY key")
+            .expect("prepare")
+            .query_map([json_string_array(&odd)], |r| r.get(0))
+            .expect("query")
+            .collect::<rusqlite::Result<_>>()
+            .expect("rows");
+        assert_eq!(back, odd);
+        assert_eq!(json_string_array(&[]), "[]");
+        assert_eq!(
+            json_string_array(&["\"".into(), "\n".into()]),
+            "[\"\\\"\",\"\\u000a\"]"
+        );
+    }
+
+    #[test]
+    fn the_contract_walks_more_owners_than_two_expiry_chunks() {
+        // `expire_batch_walks_many_owners` must cross a chunk boundary twice here.
+        assert!(MANY_OWNERS > 2 * OWNER_CHUNK as usize);
+    }
+
+    #[test]
+    fn database_bytes_is_always_known_and_positive() {
+        let mut store = SqliteStore::open_in_memory().expect("open");
+        assert!(store.database_bytes().expect("size").unwrap_or(0) > 0);
+        add_ten_messages(&mut store);
+        assert!(store.database_bytes().expect("size").unwrap_or(0) > 0);
     }
 
     #[test]

@@ -84,7 +84,7 @@ check("config reports the validated options", function ()
 	local c = archive:config();
 	eq(c.expires_after, 7 * 86400, "expires_after");
 	eq(c.max_results, 50, "max_results");
-	eq(c.database_path, tmp .. "/mam_archive.sqlite", "database_path");
+	eq(c.storage, tmp .. "/mam_archive.sqlite", "storage");
 end);
 
 local msg = st.message({ to = "juliet@localhost", from = "romeo@montague.lit/orchard", type = "chat", id = "m1" })

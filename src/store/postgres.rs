@@ -1,0 +1,1495 @@
+//! The PostgreSQL backend.
+//!
+//! One [`postgres::Client`] per store, used only from the thread that owns the store
+//! (the writer or one reader), never from Prosody's event loop. Every public operation
+//! is one transaction: reads run `REPEATABLE READ, READ ONLY` so a page and its
+//! `<count>` describe the same archive; writes batch a whole group commit into one
+//! multi-row `INSERT … SELECT FROM unnest(…)`, so a batch costs a few round trips
+//! whatever its size and the network round trip stops mattering.
+//!
+//! A lost connection is not fatal: the operation fails (the writer retries it with
+//! backoff, a query answers `internal-server-error`) and the next operation connects
+//! again. Statements are prepared once per connection and cached by their text; the
+//! only SQL assembled at run time is the `find` query, from constant fragments chosen
+//! by which filters are present, with every value bound as a parameter.
+//!
+//! Archive order is `(when_us, seq)`. Every statement names the owner `(host,
+//! username)` first, so it runs on an index that leads with it (see [`schema`]).
+//! The per-owner counter table is kept in the same transaction as every insert and
+//! delete, here rather than in triggers, so the schema also runs on PostgreSQL-
+//! compatible engines without trigger support.
+
+pub mod schema;
+#[cfg(test)]
+pub mod testdb;
+mod tls;
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use postgres::types::ToSql;
+use postgres::{Client, IsolationLevel, NoTls, Row, Statement, Transaction};
+
+use super::{
+    ArchiveBounds, ArchiveEnd, ArchiveStore, ArchivedMessage, DeleteFilter, FindRequest,
+    ImportReport, ImportedMessage, NewMessage, Owner, OwnerStats, Page,
+};
+use crate::config::{PgSettings, SslMode};
+use crate::error::{MamError, Result};
+use crate::policy::{DefaultPolicy, Prefs};
+use crate::time::Micros;
+
+/// How long a connection attempt may take before it counts as failed.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long unacknowledged data may sit on a dead connection before the kernel gives
+/// up on it: a server that vanished without a reset fails the operation instead of
+/// blocking a reader or the writer for the kernel's default of many minutes.
+const TCP_USER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Server-side cap on any one statement: every statement here is a bounded, indexed
+/// operation on one owner (or a bounded batch), so one that runs this long is stuck.
+const STATEMENT_TIMEOUT_MS: u32 = 30_000;
+
+/// How many owners expiry reads at a time while walking a host's owners.
+const OWNER_CHUNK: i64 = 256;
+
+/// The whole group commit as one statement: parallel arrays, unpacked in order (their
+/// order is the insertion order, so `seq` follows it).
+const INSERT_MESSAGES: &str = "INSERT INTO mam_archive \
+     (host, username, id, when_us, with_bare, with_resource, stanza) \
+     SELECT h, u, i, w, wb, wr, s FROM unnest($1::text[], $2::text[], $3::text[], \
+     $4::int8[], $5::text[], $6::text[], $7::text[]) WITH ORDINALITY \
+     AS t(h, u, i, w, wb, wr, s, n) ORDER BY n";
+
+/// Adds to per-owner counters (arrays sorted by owner, so concurrent writers lock the
+/// counter rows in the same order and cannot deadlock); returns the new counts.
+const COUNT_ADD: &str = "INSERT INTO mam_archive_counts (host, username, messages) \
+     SELECT * FROM unnest($1::text[], $2::text[], $3::int8[]) \
+     ON CONFLICT (host, username) DO UPDATE \
+     SET messages = mam_archive_counts.messages + EXCLUDED.messages \
+     RETURNING host, username, messages";
+
+const COUNT_SUBTRACT: &str = "UPDATE mam_archive_counts SET messages = messages - $3 \
+     WHERE host = $1 AND username = $2";
+
+/// A counter row lives only while the owner has messages (expiry walks the table).
+const COUNT_DROP_EMPTY: &str =
+    "DELETE FROM mam_archive_counts WHERE host = $1 AND username = $2 AND messages <= 0";
+
+const OWNER_COUNT: &str =
+    "SELECT messages FROM mam_archive_counts WHERE host = $1 AND username = $2";
+
+/// Removes an owner's oldest messages except `$3` (the one just stored).
+const TRIM_OLDEST: &str = "DELETE FROM mam_archive WHERE host = $1 AND username = $2 \
+     AND id IN (SELECT id FROM mam_archive WHERE host = $1 AND username = $2 AND id <> $3 \
+     ORDER BY when_us, seq LIMIT $4)";
+
+const POSITION_OF_ID: &str =
+    "SELECT when_us, seq FROM mam_archive WHERE host = $1 AND username = $2 AND id = $3";
+
+const FIRST_MESSAGE: &str = "SELECT id, when_us FROM mam_archive \
+     WHERE host = $1 AND username = $2 ORDER BY when_us ASC, seq ASC LIMIT 1";
+
+const LAST_MESSAGE: &str = "SELECT id, when_us FROM mam_archive \
+     WHERE host = $1 AND username = $2 ORDER BY when_us DESC, seq DESC LIMIT 1";
+
+const GET_DEFAULT_POLICY: &str =
+    "SELECT default_policy FROM mam_prefs WHERE host = $1 AND username = $2";
+
+const ALL_DEFAULT_POLICIES: &str =
+    "SELECT username, default_policy FROM mam_prefs WHERE host = $1 ORDER BY username";
+
+const ALL_JID_RULES: &str =
+    "SELECT username, jid, rule FROM mam_prefs_jid WHERE host = $1 ORDER BY username, jid";
+
+const GET_JID_RULES: &str =
+    "SELECT jid, rule FROM mam_prefs_jid WHERE host = $1 AND username = $2 ORDER BY jid";
+
+const SET_DEFAULT_POLICY: &str = "INSERT INTO mam_prefs (host, username, default_policy) \
+     VALUES ($1, $2, $3) ON CONFLICT (host, username) DO UPDATE \
+     SET default_policy = EXCLUDED.default_policy";
+
+const ADD_DEFAULT_POLICY_IF_ABSENT: &str = "INSERT INTO mam_prefs \
+     (host, username, default_policy) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING";
+
+const CLEAR_JID_RULES: &str = "DELETE FROM mam_prefs_jid WHERE host = $1 AND username = $2";
+
+const ADD_JID_RULES: &str = "INSERT INTO mam_prefs_jid (host, username, jid, rule) \
+     SELECT $1, $2, j, r FROM unnest($3::text[], $4::text[]) AS t(j, r)";
+
+const DELETE_OWNER_ARCHIVE: &str = "DELETE FROM mam_archive WHERE host = $1 AND username = $2";
+const DELETE_OWNER_COUNT: &str = "DELETE FROM mam_archive_counts WHERE host = $1 AND username = $2";
+const DELETE_OWNER_PREFS: &str = "DELETE FROM mam_prefs WHERE host = $1 AND username = $2";
+
+const OWNERS_FIRST: &str = "SELECT username FROM mam_archive_counts WHERE host = $1 \
+     ORDER BY username LIMIT $2";
+
+const OWNERS_AFTER: &str = "SELECT username FROM mam_archive_counts \
+     WHERE host = $1 AND username > $2 ORDER BY username LIMIT $3";
+
+const EXPIRE_OWNER: &str = "DELETE FROM mam_archive WHERE host = $1 AND username = $2 \
+     AND id IN (SELECT id FROM mam_archive WHERE host = $1 AND username = $2 \
+     AND when_us < $3 ORDER BY when_us, seq LIMIT $4)";
+
+const IMPORT_MESSAGE: &str = "INSERT INTO mam_archive \
+     (host, username, id, when_us, with_bare, with_resource, stanza) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (host, username, id) DO NOTHING";
+
+const EXISTING_MESSAGE: &str = "SELECT when_us, with_bare FROM mam_archive \
+     WHERE host = $1 AND username = $2 AND id = $3";
+
+const HOST_OWNERS: &str = "SELECT username, messages FROM mam_archive_counts \
+     WHERE host = $1 ORDER BY username";
+
+const OWNER_SUMMARY: &str = "SELECT min(when_us), max(when_us), \
+     coalesce(sum(octet_length(stanza)), 0)::int8 FROM mam_archive \
+     WHERE host = $1 AND username = $2";
+
+const DELETE_MATCHING: &str = "DELETE FROM mam_archive WHERE host = $1 AND username = $2 \
+     AND id IN (SELECT id FROM mam_archive WHERE host = $1 AND username = $2 \
+     AND ($3::text IS NULL OR with_bare = $3) \
+     AND ($4::text IS NULL OR with_resource = $4) \
+     AND ($5::int8 IS NULL OR when_us < $5) \
+     ORDER BY when_us, seq LIMIT $6)";
+
+/// Bytes used by this module's tables and their indexes (not the rest of a database
+/// Prosody may share with us).
+const TABLE_BYTES: &str = "SELECT coalesce(sum(pg_total_relation_size(c)), 0)::int8 \
+     FROM unnest(ARRAY['mam_archive', 'mam_archive_counts', 'mam_prefs', \
+     'mam_prefs_jid']::regclass[]) AS c";
+
+/// Whether this database holds our schema (without creating it).
+const HAS_SCHEMA: &str = "SELECT to_regclass('mam_schema') IS NOT NULL";
+
+/// See [`PgStore::database_identity`]. Every function here is open to any role.
+const DATABASE_IDENTITY: &str = "SELECT pg_postmaster_start_time()::text || ' ' || \
+     d.oid::text || ' ' || d.datname FROM pg_database d WHERE d.datname = current_database()";
+
+/// A live connection and the statements prepared on it.
+struct Connection {
+    client: Client,
+    statements: HashMap<String, Statement>,
+}
+
+/// A message archive in a PostgreSQL database.
+pub struct PgStore {
+    settings: PgSettings,
+    /// `None` after a failure closed the connection; the next operation reconnects.
+    conn: Option<Connection>,
+    /// Where the next expiry batch starts (see [`super::expire_round_robin`]).
+    expire_resume: Option<(String, String)>,
+}
+
+/// A message's place in archive order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Position {
+    when_us: i64,
+    seq: i64,
+}
+
+/// A transaction with the connection's statement cache.
+struct Tx<'a> {
+    tx: Transaction<'a>,
+    statements: &'a mut HashMap<String, Statement>,
+}
+
+type Params<'p> = [&'p (dyn ToSql + Sync)];
+
+impl Tx<'_> {
+    fn statement(&mut self, sql: &str) -> std::result::Result<Statement, postgres::Error> {
+        if let Some(s) = self.statements.get(sql) {
+            return Ok(s.clone());
+        }
+        let s = self.tx.prepare(sql)?;
+        self.statements.insert(sql.to_owned(), s.clone());
+        Ok(s)
+    }
+
+    fn query(&mut self, context: &'static str, sql: &str, params: &Params) -> Result<Vec<Row>> {
+        let stmt = self.statement(sql).map_err(MamError::postgres(context))?;
+        self.tx
+            .query(&stmt, params)
+            .map_err(MamError::postgres(context))
+    }
+
+    fn query_opt(
+        &mut self,
+        context: &'static str,
+        sql: &str,
+        params: &Params,
+    ) -> Result<Option<Row>> {
+        let stmt = self.statement(sql).map_err(MamError::postgres(context))?;
+        self.tx
+            .query_opt(&stmt, params)
+            .map_err(MamError::postgres(context))
+    }
+
+    fn execute(&mut self, context: &'static str, sql: &str, params: &Params) -> Result<u64> {
+        let stmt = self.statement(sql).map_err(MamError::postgres(context))?;
+        self.tx
+            .execute(&stmt, params)
+            .map_err(MamError::postgres(context))
+    }
+
+    fn commit(self, context: &'static str) -> Result<()> {
+        self.tx.commit().map_err(MamError::postgres(context))
+    }
+
+    /// Takes `n` messages off an owner's counter, dropping the row at zero.
+    fn uncount(&mut self, host: &str, user: &str, n: u64) -> Result<()> {
+        if n == 0 {
+            return Ok(());
+        }
+        let n = to_sql_int(n);
+        self.execute("update message count", COUNT_SUBTRACT, &[&host, &user, &n])?;
+        self.execute("update message count", COUNT_DROP_EMPTY, &[&host, &user])?;
+        Ok(())
+    }
+
+    fn owner_count(&mut self, owner: &Owner) -> Result<u64> {
+        let row = self.query_opt(
+            "read message count",
+            OWNER_COUNT,
+            &[&owner.host, &owner.user],
+        )?;
+        Ok(match row {
+            Some(row) => to_count(get(&row, 0, "read message count")?),
+            None => 0,
+        })
+    }
+}
+
+/// A column of a row, with a type mismatch (a schema we do not know) as an error
+/// rather than a panic.
+fn get<'r, T: postgres::types::FromSql<'r>>(
+    row: &'r Row,
+    index: usize,
+    context: &'static str,
+) -> Result<T> {
+    row.try_get(index).map_err(MamError::postgres(context))
+}
+
+/// Converts a count or limit from the API to PostgreSQL's `int8`, saturating.
+fn to_sql_int<T: TryInto<i64>>(n: T) -> i64 {
+    n.try_into().unwrap_or(i64::MAX)
+}
+
+/// A row count back to the API's unsigned count (negative would be a broken counter,
+/// reported as zero).
+fn to_count(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
+}
+
+impl PgStore {
+    /// Connects and brings the schema up to date.
+    pub fn connect(settings: &PgSettings) -> Result<PgStore> {
+        let mut store = PgStore {
+            settings: settings.clone(),
+            conn: None,
+            expire_resume: None,
+        };
+        let conn = store.connection()?;
+        schema::migrate(&mut conn.client)?;
+        Ok(store)
+    }
+
+    /// Connects to a database that already holds this module's archive, for reading
+    /// it as the source of a copy (`import --from mam-postgres`): unlike
+    /// [`PgStore::connect`] it refuses a database without our schema (a mistyped
+    /// database name) instead of creating our tables there.
+    pub fn connect_existing(settings: &PgSettings) -> Result<PgStore> {
+        let mut store = PgStore {
+            settings: settings.clone(),
+            conn: None,
+            expire_resume: None,
+        };
+        let conn = store.connection()?;
+        let row = conn
+            .client
+            .query_one(HAS_SCHEMA, &[])
+            .map_err(MamError::postgres("look for the archive schema"))?;
+        let present: bool = get(&row, 0, "look for the archive schema")?;
+        if !present {
+            return Err(MamError::Open {
+                path: settings.describe(),
+                cause: "no archive of this module in this database (no mam_schema table)"
+                    .to_owned(),
+            });
+        }
+        schema::migrate(&mut conn.client)?;
+        Ok(store)
+    }
+
+    /// What tells this database apart from every other one: the server's start time,
+    /// the database's oid and its name. Two connections that answer the same are to
+    /// the same database, however differently they spell the host (a copy must not
+    /// read and write one archive).
+    pub fn database_identity(&mut self) -> Result<String> {
+        self.transaction(true, "identify the database", |tx| {
+            let row = tx.query_opt("identify the database", DATABASE_IDENTITY, &[])?;
+            match row {
+                Some(row) => get(&row, 0, "identify the database"),
+                None => Err(MamError::Corrupt(
+                    "the server does not list its own database".into(),
+                )),
+            }
+        })
+    }
+
+    /// The live connection, connecting first if there is none (or the last one died).
+    fn connection(&mut self) -> Result<&mut Connection> {
+        if self.conn.as_ref().is_some_and(|c| c.client.is_closed()) {
+            self.conn = None;
+        }
+        if self.conn.is_none() {
+            let s = &self.settings;
+            let mut config = postgres::Config::new();
+            config
+                .host(&s.host)
+                .port(s.port)
+                .user(&s.username)
+                .dbname(&s.database)
+                .application_name("prosody-mam-native")
+                .connect_timeout(CONNECT_TIMEOUT)
+                .tcp_user_timeout(TCP_USER_TIMEOUT)
+                .keepalives(true)
+                .keepalives_idle(Duration::from_secs(30))
+                .options(&format!("-c statement_timeout={STATEMENT_TIMEOUT_MS}"));
+            if let Some(password) = &s.password {
+                config.password(password);
+            }
+            config.ssl_mode(match s.sslmode {
+                SslMode::Disable => postgres::config::SslMode::Disable,
+                SslMode::Prefer => postgres::config::SslMode::Prefer,
+                SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => {
+                    postgres::config::SslMode::Require
+                }
+            });
+            let client = match tls::connector(s)? {
+                Some(tls) => config.connect(tls),
+                None => config.connect(NoTls),
+            }
+            .map_err(MamError::postgres("connect to PostgreSQL"))?;
+            self.conn = Some(Connection {
+                client,
+                statements: HashMap::new(),
+            });
+        }
+        self.conn
+            .as_mut()
+            .ok_or_else(|| MamError::Corrupt("no PostgreSQL connection".into()))
+    }
+
+    /// Runs `f` in a transaction of the given kind and commits it. Any failure rolls
+    /// back (the transaction is dropped); a failure that closed the connection makes
+    /// the next call reconnect.
+    fn transaction<T>(
+        &mut self,
+        read_only: bool,
+        context: &'static str,
+        f: impl FnOnce(&mut Tx<'_>) -> Result<T>,
+    ) -> Result<T> {
+        let result = self.transaction_on_connection(read_only, context, f);
+        if let Err(MamError::Postgres { source, .. }) = &result {
+            if connection_lost(source) {
+                // The client may notice a dead socket only later; start afresh now.
+                self.conn = None;
+            }
+        }
+        result
+    }
+
+    fn transaction_on_connection<T>(
+        &mut self,
+        read_only: bool,
+        context: &'static str,
+        f: impl FnOnce(&mut Tx<'_>) -> Result<T>,
+    ) -> Result<T> {
+        let conn = self.connection()?;
+        let mut builder = conn.client.build_transaction();
+        if read_only {
+            builder = builder
+                .isolation_level(IsolationLevel::RepeatableRead)
+                .read_only(true);
+        }
+        let tx = builder.start().map_err(MamError::postgres(context))?;
+        let mut tx = Tx {
+            tx,
+            statements: &mut conn.statements,
+        };
+        let value = f(&mut tx)?;
+        tx.commit(context)?;
+        Ok(value)
+    }
+}
+
+/// Whether an error means the connection is gone or unusable (I/O failure, server
+/// shutting down or terminating us, a fatal error), as opposed to one statement
+/// failing on a healthy connection.
+fn connection_lost(e: &postgres::Error) -> bool {
+    match e.as_db_error() {
+        None => true,
+        Some(db) => {
+            let class = db.code().code().get(..2).unwrap_or("");
+            matches!(class, "08" | "57") || matches!(db.severity(), "FATAL" | "PANIC")
+        }
+    }
+}
+
+/// Inserts a run of messages and counts them; with a quota, trims each owner that is
+/// over it, keeping the owner's last message of the run whatever its timestamp.
+fn append_in(
+    tx: &mut Tx<'_>,
+    items: &[(&Owner, &NewMessage)],
+    item_limit: Option<u64>,
+) -> Result<u64> {
+    let n = items.len();
+    let mut hosts = Vec::with_capacity(n);
+    let mut users = Vec::with_capacity(n);
+    let mut ids = Vec::with_capacity(n);
+    let mut whens = Vec::with_capacity(n);
+    let mut withs = Vec::with_capacity(n);
+    let mut resources = Vec::with_capacity(n);
+    let mut stanzas = Vec::with_capacity(n);
+    // Per owner: how many this run adds, and the id of the last one.
+    let mut per_owner: BTreeMap<(&str, &str), (i64, &str)> = BTreeMap::new();
+    for (owner, msg) in items {
+        hosts.push(owner.host.as_str());
+        users.push(owner.user.as_str());
+        ids.push(msg.id.as_str());
+        whens.push(msg.when);
+        withs.push(msg.with_bare.as_str());
+        resources.push(msg.with_resource.as_deref());
+        stanzas.push(msg.xml.as_str());
+        let entry = per_owner
+            .entry((owner.host.as_str(), owner.user.as_str()))
+            .or_insert((0, ""));
+        entry.0 += 1;
+        entry.1 = msg.id.as_str();
+    }
+    tx.execute(
+        "append: insert messages",
+        INSERT_MESSAGES,
+        &[&hosts, &users, &ids, &whens, &withs, &resources, &stanzas],
+    )?;
+    let count_hosts: Vec<&str> = per_owner.keys().map(|(h, _)| *h).collect();
+    let count_users: Vec<&str> = per_owner.keys().map(|(_, u)| *u).collect();
+    let added: Vec<i64> = per_owner.values().map(|(n, _)| *n).collect();
+    let counts = tx.query(
+        "append: count messages",
+        COUNT_ADD,
+        &[&count_hosts, &count_users, &added],
+    )?;
+    let Some(limit) = item_limit else {
+        return Ok(0);
+    };
+    let keep = to_sql_int(limit.max(1));
+    let mut removed = 0;
+    for row in counts {
+        let host: String = get(&row, 0, "append: read message count")?;
+        let user: String = get(&row, 1, "append: read message count")?;
+        let count: i64 = get(&row, 2, "append: read message count")?;
+        if count <= keep {
+            continue;
+        }
+        let Some((_, last_id)) = per_owner.get(&(host.as_str(), user.as_str())) else {
+            continue;
+        };
+        let over = count - keep;
+        let n = tx.execute(
+            "append: trim to quota",
+            TRIM_OLDEST,
+            &[&host, &user, last_id, &over],
+        )?;
+        tx.uncount(&host, &user, n)?;
+        removed += n;
+    }
+    Ok(removed)
+}
+
+/// A statement's text and its parameters, assembled from constant fragments; each
+/// value becomes the next `$n`.
+struct Sql {
+    text: String,
+    params: Vec<Box<dyn ToSql + Sync>>,
+}
+
+impl Sql {
+    fn new(head: &'static str) -> Self {
+        Sql {
+            text: head.to_owned(),
+            params: Vec::new(),
+        }
+    }
+
+    /// Appends `before`, a placeholder for `value`, then `after`.
+    fn bind(
+        &mut self,
+        before: &'static str,
+        value: impl ToSql + Sync + 'static,
+        after: &'static str,
+    ) {
+        self.params.push(Box::new(value));
+        self.text.push_str(before);
+        self.text.push('$');
+        self.text.push_str(&self.params.len().to_string());
+        self.text.push_str(after);
+    }
+
+    fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+        self.params.iter().map(|p| p.as_ref() as _).collect()
+    }
+}
+
+fn is_unfiltered(req: &FindRequest) -> bool {
+    req.with.is_none() && req.start.is_none() && req.end.is_none() && req.ids.is_none()
+}
+
+/// The WHERE clause shared by a page and its total: owner first, then `with`, `start`,
+/// `end` and `ids`.
+fn push_filters(sql: &mut Sql, owner: &Owner, req: &FindRequest) {
+    sql.bind(" FROM mam_archive WHERE host = ", owner.host.clone(), "");
+    sql.bind(" AND username = ", owner.user.clone(), "");
+    if let Some(with) = &req.with {
+        sql.bind(" AND with_bare = ", with.bare.clone(), "");
+        if let Some(resource) = &with.resource {
+            sql.bind(" AND with_resource = ", resource.clone(), "");
+        }
+    }
+    if let Some(start) = req.start {
+        sql.bind(" AND when_us >= ", start, "");
+    }
+    if let Some(end) = req.end {
+        sql.bind(" AND when_us <= ", end, "");
+    }
+    if let Some(ids) = &req.ids {
+        sql.bind(" AND id = ANY(", ids.clone(), "::text[])");
+    }
+}
+
+fn page_sql(
+    owner: &Owner,
+    req: &FindRequest,
+    after: Option<Position>,
+    before: Option<Position>,
+) -> Sql {
+    let mut sql = Sql::new("SELECT id, when_us, with_bare, with_resource, stanza");
+    push_filters(&mut sql, owner, req);
+    if let Some(p) = after {
+        sql.bind(" AND (when_us, seq) > (", p.when_us, "");
+        sql.bind(", ", p.seq, ")");
+    }
+    if let Some(p) = before {
+        sql.bind(" AND (when_us, seq) < (", p.when_us, "");
+        sql.bind(", ", p.seq, ")");
+    }
+    let order = if req.reverse {
+        " ORDER BY when_us DESC, seq DESC LIMIT "
+    } else {
+        " ORDER BY when_us ASC, seq ASC LIMIT "
+    };
+    sql.bind(order, to_sql_int(req.limit), "");
+    sql
+}
+
+fn count_sql(owner: &Owner, req: &FindRequest) -> Sql {
+    let mut sql = Sql::new("SELECT count(*)");
+    push_filters(&mut sql, owner, req);
+    sql
+}
+
+/// Resolves ids to the tightest bound (latest for `after`, earliest for `before`);
+/// an id this owner does not have is item-not-found.
+fn resolve_bound(
+    tx: &mut Tx<'_>,
+    owner: &Owner,
+    ids: &[String],
+    latest: bool,
+) -> Result<Option<Position>> {
+    let mut bound: Option<Position> = None;
+    for id in ids {
+        let row = tx.query_opt(
+            "find: look up id",
+            POSITION_OF_ID,
+            &[&owner.host, &owner.user, id],
+        )?;
+        let Some(row) = row else {
+            return Err(MamError::ItemNotFound(format!(
+                "No message with id '{id}' in this archive"
+            )));
+        };
+        let p = Position {
+            when_us: get(&row, 0, "find: look up id")?,
+            seq: get(&row, 1, "find: look up id")?,
+        };
+        bound = Some(match bound {
+            None => p,
+            Some(b) if latest => b.max(p),
+            Some(b) => b.min(p),
+        });
+    }
+    Ok(bound)
+}
+
+fn read_prefs(tx: &mut Tx<'_>, owner: &Owner) -> Result<Option<Prefs>> {
+    let row = tx.query_opt(
+        "get_prefs: read default",
+        GET_DEFAULT_POLICY,
+        &[&owner.host, &owner.user],
+    )?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let mut prefs = Prefs::with_default(parse_policy(&get::<String>(
+        &row,
+        0,
+        "get_prefs: read default",
+    )?)?);
+    let rows = tx.query(
+        "get_prefs: read jid rules",
+        GET_JID_RULES,
+        &[&owner.host, &owner.user],
+    )?;
+    for row in rows {
+        let jid: String = get(&row, 0, "get_prefs: read jid rules")?;
+        let rule: String = get(&row, 1, "get_prefs: read jid rules")?;
+        add_rule(&mut prefs, jid, &rule)?;
+    }
+    Ok(Some(prefs))
+}
+
+fn parse_policy(value: &str) -> Result<DefaultPolicy> {
+    DefaultPolicy::parse(value)
+        .ok_or_else(|| MamError::Corrupt(format!("unknown default policy '{value}'")))
+}
+
+fn add_rule(prefs: &mut Prefs, jid: String, rule: &str) -> Result<()> {
+    match rule {
+        "always" => prefs.always.insert(jid),
+        "never" => prefs.never.insert(jid),
+        _ => return Err(MamError::Corrupt(format!("unknown prefs rule '{rule}'"))),
+    };
+    Ok(())
+}
+
+/// Writes the always/never lists (a JID on both is stored as `never`, which wins).
+fn write_rules(tx: &mut Tx<'_>, owner: &Owner, prefs: &Prefs) -> Result<()> {
+    let mut jids: Vec<&str> = Vec::new();
+    let mut rules: Vec<&str> = Vec::new();
+    for jid in &prefs.never {
+        jids.push(jid);
+        rules.push("never");
+    }
+    for jid in prefs.always.difference(&prefs.never) {
+        jids.push(jid);
+        rules.push("always");
+    }
+    if !jids.is_empty() {
+        tx.execute(
+            "set_prefs: write jid rules",
+            ADD_JID_RULES,
+            &[&owner.host, &owner.user, &jids, &rules],
+        )?;
+    }
+    Ok(())
+}
+
+/// Expiry's per-owner steps inside one PostgreSQL transaction.
+struct PgExpiry<'t, 'a> {
+    tx: &'t mut Tx<'a>,
+    host: &'t str,
+    cutoff: Micros,
+}
+
+impl super::ExpirySteps for PgExpiry<'_, '_> {
+    fn owners_after(&mut self, after: Option<&str>) -> Result<Vec<String>> {
+        let rows = match after {
+            None => self.tx.query(
+                "expire: list owners",
+                OWNERS_FIRST,
+                &[&self.host, &OWNER_CHUNK],
+            )?,
+            Some(user) => self.tx.query(
+                "expire: list owners",
+                OWNERS_AFTER,
+                &[&self.host, &user, &OWNER_CHUNK],
+            )?,
+        };
+        rows.iter()
+            .map(|r| get(r, 0, "expire: list owners"))
+            .collect()
+    }
+
+    fn expire_owner(&mut self, user: &str, max: i64) -> Result<i64> {
+        let n = self.tx.execute(
+            "expire: delete old messages",
+            EXPIRE_OWNER,
+            &[&self.host, &user, &self.cutoff, &max],
+        )?;
+        self.tx.uncount(self.host, user, n)?;
+        Ok(to_sql_int(n))
+    }
+}
+
+impl ArchiveStore for PgStore {
+    fn append(&mut self, owner: &Owner, msg: &NewMessage, item_limit: Option<u64>) -> Result<u64> {
+        self.transaction(false, "append", |tx| {
+            append_in(tx, &[(owner, msg)], item_limit)
+        })
+    }
+
+    fn append_many(
+        &mut self,
+        items: &[(Owner, NewMessage)],
+        item_limit: Option<u64>,
+    ) -> Result<u64> {
+        if items.is_empty() {
+            return Ok(0);
+        }
+        let refs: Vec<(&Owner, &NewMessage)> = items.iter().map(|(o, m)| (o, m)).collect();
+        self.transaction(false, "append_many", |tx| append_in(tx, &refs, item_limit))
+    }
+
+    /// Two statements for the whole host, not two per user: at module load this is
+    /// what stands between Prosody and serving.
+    fn all_prefs(&mut self, host: &str) -> Result<Vec<(String, Prefs)>> {
+        self.transaction(true, "all_prefs", |tx| {
+            let mut out: BTreeMap<String, Prefs> = BTreeMap::new();
+            for row in tx.query("all_prefs: read defaults", ALL_DEFAULT_POLICIES, &[&host])? {
+                let user: String = get(&row, 0, "all_prefs: read defaults")?;
+                let policy: String = get(&row, 1, "all_prefs: read defaults")?;
+                out.insert(user, Prefs::with_default(parse_policy(&policy)?));
+            }
+            for row in tx.query("all_prefs: read jid rules", ALL_JID_RULES, &[&host])? {
+                let user: String = get(&row, 0, "all_prefs: read jid rules")?;
+                let jid: String = get(&row, 1, "all_prefs: read jid rules")?;
+                let rule: String = get(&row, 2, "all_prefs: read jid rules")?;
+                // Rules without a default row (never written by us) are ignored, as
+                // reading one owner's prefs would.
+                if let Some(prefs) = out.get_mut(&user) {
+                    add_rule(prefs, jid, &rule)?;
+                }
+            }
+            Ok(out.into_iter().collect())
+        })
+    }
+
+    fn find(&mut self, owner: &Owner, req: &FindRequest) -> Result<Page> {
+        self.transaction(true, "find", |tx| {
+            let after = resolve_bound(tx, owner, &req.after, true)?;
+            let before = resolve_bound(tx, owner, &req.before, false)?;
+            let total = if !req.total {
+                None
+            } else if is_unfiltered(req) {
+                Some(tx.owner_count(owner)?)
+            } else {
+                let sql = count_sql(owner, req);
+                let row = tx.query_opt("find: count matches", &sql.text, &sql.params())?;
+                Some(match row {
+                    Some(row) => to_count(get(&row, 0, "find: count matches")?),
+                    None => 0,
+                })
+            };
+            let items = if req.limit == 0 {
+                Vec::new()
+            } else {
+                let sql = page_sql(owner, req, after, before);
+                let rows = tx.query("find: read page", &sql.text, &sql.params())?;
+                rows.iter()
+                    .map(|row| {
+                        Ok(ArchivedMessage {
+                            id: get(row, 0, "find: read page")?,
+                            when: get(row, 1, "find: read page")?,
+                            with_bare: get(row, 2, "find: read page")?,
+                            with_resource: get(row, 3, "find: read page")?,
+                            xml: get(row, 4, "find: read page")?,
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()?
+            };
+            Ok(Page { items, total })
+        })
+    }
+
+    fn bounds(&mut self, owner: &Owner) -> Result<Option<ArchiveBounds>> {
+        self.transaction(true, "bounds", |tx| {
+            let mut end = |sql: &str| -> Result<Option<ArchiveEnd>> {
+                let row = tx.query_opt("bounds: read", sql, &[&owner.host, &owner.user])?;
+                row.map(|row| {
+                    Ok(ArchiveEnd {
+                        id: get(&row, 0, "bounds: read")?,
+                        when: get(&row, 1, "bounds: read")?,
+                    })
+                })
+                .transpose()
+            };
+            let first = end(FIRST_MESSAGE)?;
+            let last = end(LAST_MESSAGE)?;
+            Ok(match (first, last) {
+                (Some(first), Some(last)) => Some(ArchiveBounds { first, last }),
+                _ => None,
+            })
+        })
+    }
+
+    fn get_prefs(&mut self, owner: &Owner) -> Result<Option<Prefs>> {
+        self.transaction(true, "get_prefs", |tx| read_prefs(tx, owner))
+    }
+
+    fn set_prefs(&mut self, owner: &Owner, prefs: &Prefs) -> Result<()> {
+        self.transaction(false, "set_prefs", |tx| {
+            tx.execute(
+                "set_prefs: write default",
+                SET_DEFAULT_POLICY,
+                &[&owner.host, &owner.user, &prefs.default.as_str()],
+            )?;
+            tx.execute(
+                "set_prefs: clear jid rules",
+                CLEAR_JID_RULES,
+                &[&owner.host, &owner.user],
+            )?;
+            write_rules(tx, owner, prefs)
+        })
+    }
+
+    fn delete_user(&mut self, owner: &Owner) -> Result<u64> {
+        self.transaction(false, "delete_user", |tx| {
+            let removed = tx.execute(
+                "delete_user: delete archive",
+                DELETE_OWNER_ARCHIVE,
+                &[&owner.host, &owner.user],
+            )?;
+            for (sql, context) in [
+                (DELETE_OWNER_COUNT, "delete_user: delete count"),
+                (DELETE_OWNER_PREFS, "delete_user: delete prefs"),
+                (CLEAR_JID_RULES, "delete_user: delete jid rules"),
+            ] {
+                tx.execute(context, sql, &[&owner.host, &owner.user])?;
+            }
+            Ok(removed)
+        })
+    }
+
+    fn expire_batch(&mut self, host: &str, cutoff: Micros, batch: usize) -> Result<u64> {
+        let want = to_sql_int(batch);
+        if want == 0 {
+            return Ok(0);
+        }
+        let resume = self
+            .expire_resume
+            .take()
+            .filter(|(h, _)| h == host)
+            .map(|(_, user)| user);
+        let (removed, filled_at) = self.transaction(false, "expire", |tx| {
+            let mut steps = PgExpiry { tx, host, cutoff };
+            super::expire_round_robin(&mut steps, resume, want, OWNER_CHUNK as usize)
+        })?;
+        self.expire_resume = filled_at.map(|user| (host.to_owned(), user));
+        Ok(to_count(removed))
+    }
+
+    fn import_batch(&mut self, host: &str, batch: &[ImportedMessage]) -> Result<ImportReport> {
+        self.transaction(false, "import", |tx| {
+            let mut report = ImportReport::default();
+            let mut added: BTreeMap<&str, i64> = BTreeMap::new();
+            for item in batch {
+                let m = &item.msg;
+                let inserted = tx.execute(
+                    "import: insert message",
+                    IMPORT_MESSAGE,
+                    &[
+                        &host,
+                        &item.user,
+                        &m.id,
+                        &m.when,
+                        &m.with_bare,
+                        &m.with_resource,
+                        &m.xml,
+                    ],
+                )?;
+                if inserted > 0 {
+                    report.inserted += 1;
+                    *added.entry(item.user.as_str()).or_insert(0) += 1;
+                    continue;
+                }
+                let row = tx.query_opt(
+                    "import: look up existing id",
+                    EXISTING_MESSAGE,
+                    &[&host, &item.user, &m.id],
+                )?;
+                let same = match row {
+                    Some(row) => {
+                        let when: i64 = get(&row, 0, "import: look up existing id")?;
+                        let with: String = get(&row, 1, "import: look up existing id")?;
+                        when == m.when && with == m.with_bare
+                    }
+                    None => false,
+                };
+                if same {
+                    report.already_present += 1;
+                } else {
+                    report.conflicts.push((item.user.clone(), m.id.clone()));
+                }
+            }
+            if !added.is_empty() {
+                let hosts: Vec<&str> = added.keys().map(|_| host).collect();
+                let users: Vec<&str> = added.keys().copied().collect();
+                let counts: Vec<i64> = added.values().copied().collect();
+                tx.query(
+                    "import: count messages",
+                    COUNT_ADD,
+                    &[&hosts, &users, &counts],
+                )?;
+            }
+            Ok(report)
+        })
+    }
+
+    fn set_prefs_if_absent(&mut self, owner: &Owner, prefs: &Prefs) -> Result<bool> {
+        self.transaction(false, "import prefs", |tx| {
+            let stored = tx.execute(
+                "import prefs: write default",
+                ADD_DEFAULT_POLICY_IF_ABSENT,
+                &[&owner.host, &owner.user, &prefs.default.as_str()],
+            )?;
+            if stored == 0 {
+                return Ok(false);
+            }
+            write_rules(tx, owner, prefs)?;
+            Ok(true)
+        })
+    }
+
+    fn owner_stats(&mut self, host: &str) -> Result<Vec<OwnerStats>> {
+        self.transaction(true, "stats", |tx| {
+            let owners = tx.query("stats: list owners", HOST_OWNERS, &[&host])?;
+            let mut out = Vec::with_capacity(owners.len());
+            for row in owners {
+                let user: String = get(&row, 0, "stats: list owners")?;
+                let messages: i64 = get(&row, 1, "stats: list owners")?;
+                let summary =
+                    tx.query_opt("stats: summarise owner", OWNER_SUMMARY, &[&host, &user])?;
+                let (oldest, newest, bytes) = match summary {
+                    Some(r) => (
+                        get::<Option<i64>>(&r, 0, "stats: summarise owner")?,
+                        get::<Option<i64>>(&r, 1, "stats: summarise owner")?,
+                        get::<i64>(&r, 2, "stats: summarise owner")?,
+                    ),
+                    None => (None, None, 0),
+                };
+                out.push(OwnerStats {
+                    user,
+                    messages: to_count(messages),
+                    bytes: to_count(bytes),
+                    oldest: oldest.unwrap_or(0),
+                    newest: newest.unwrap_or(0),
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    fn message_count(&mut self, owner: &Owner) -> Result<u64> {
+        self.transaction(true, "count", |tx| tx.owner_count(owner))
+    }
+
+    fn delete_batch(&mut self, owner: &Owner, filter: &DeleteFilter, batch: usize) -> Result<u64> {
+        let with_bare = filter.with.as_ref().map(|w| w.bare.as_str());
+        let with_resource = filter.with.as_ref().and_then(|w| w.resource.as_deref());
+        let limit = to_sql_int(batch);
+        self.transaction(false, "delete", |tx| {
+            let n = tx.execute(
+                "delete: delete messages",
+                DELETE_MATCHING,
+                &[
+                    &owner.host,
+                    &owner.user,
+                    &with_bare,
+                    &with_resource,
+                    &filter.before,
+                    &limit,
+                ],
+            )?;
+            tx.uncount(&owner.host, &owner.user, n)?;
+            Ok(n)
+        })
+    }
+
+    fn database_bytes(&mut self) -> Result<Option<u64>> {
+        self.transaction(true, "database size", |tx| {
+            let row = tx.query_opt("database size", TABLE_BYTES, &[])?;
+            Ok(match row {
+                Some(row) => Some(to_count(get(&row, 0, "database size")?)),
+                None => None,
+            })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testdb::TestDb;
+    use super::*;
+    use crate::store::contract::{store_contract_tests, ContractDb};
+
+    impl ContractDb for TestDb {
+        fn open(&self) -> Box<dyn ArchiveStore> {
+            Box::new(PgStore::connect(&self.settings).expect("connect"))
+        }
+    }
+
+    store_contract_tests!(TestDb::create);
+    use crate::store::WithFilter;
+
+    const T0: Micros = 1_275_868_800_000_000;
+
+    fn juliet() -> Owner {
+        Owner::new("capulet.lit", "juliet")
+    }
+
+    fn msg(id: &str, when: Micros, with: &str) -> NewMessage {
+        NewMessage {
+            id: id.to_owned(),
+            when,
+            with_bare: with.to_owned(),
+            with_resource: None,
+            xml: format!("<message xmlns='jabber:client'><body>{id}</body></message>"),
+        }
+    }
+
+    fn ids(page: &Page) -> Vec<&str> {
+        page.items.iter().map(|m| m.id.as_str()).collect()
+    }
+
+    fn all(limit: usize) -> FindRequest {
+        FindRequest {
+            limit,
+            total: true,
+            ..FindRequest::default()
+        }
+    }
+
+    #[test]
+    fn a_batch_comes_back_in_archive_order_with_counts() {
+        let Some(db) = TestDb::create() else { return };
+        let mut store = PgStore::connect(&db.settings).expect("connect");
+        let items: Vec<(Owner, NewMessage)> = (0..5)
+            .map(|i| {
+                (
+                    juliet(),
+                    msg(&format!("m{i}"), T0 + (i % 2), "romeo@montague.lit"),
+                )
+            })
+            .collect();
+        store.append_many(&items, None).expect("append");
+        let page = store.find(&juliet(), &all(10)).expect("find");
+        // Equal timestamps keep insertion order.
+        assert_eq!(ids(&page), ["m0", "m2", "m4", "m1", "m3"]);
+        assert_eq!(page.total, Some(5));
+        let with = FindRequest {
+            with: Some(WithFilter {
+                bare: "nurse@capulet.lit".into(),
+                resource: None,
+            }),
+            ..all(10)
+        };
+        assert_eq!(store.find(&juliet(), &with).expect("find").total, Some(0));
+    }
+
+    #[test]
+    fn migrating_twice_and_from_two_connections_at_once_is_harmless() {
+        let Some(db) = TestDb::create() else { return };
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let settings = db.settings.clone();
+                std::thread::spawn(move || PgStore::connect(&settings).map(|_| ()))
+            })
+            .collect();
+        for t in threads {
+            t.join().expect("thread").expect("connect and migrate");
+        }
+        let mut client = db.client();
+        let version: i32 = client
+            .query_one("SELECT version FROM mam_schema", &[])
+            .expect("version")
+            .get(0);
+        assert_eq!(version, schema::current_version());
+        let rows: i64 = client
+            .query_one("SELECT count(*) FROM mam_schema", &[])
+            .expect("rows")
+            .get(0);
+        assert_eq!(rows, 1);
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused_not_guessed_at() {
+        let Some(db) = TestDb::create() else { return };
+        PgStore::connect(&db.settings).expect("connect");
+        db.client()
+            .execute("UPDATE mam_schema SET version = 999", &[])
+            .expect("bump");
+        let err = PgStore::connect(&db.settings).err().expect("refused");
+        assert!(err.to_string().contains("newer"), "{err}");
+    }
+
+    #[test]
+    fn a_killed_connection_fails_one_operation_and_the_next_reconnects() {
+        let Some(db) = TestDb::create() else { return };
+        let mut store = PgStore::connect(&db.settings).expect("connect");
+        store
+            .append(&juliet(), &msg("a", T0, "romeo@montague.lit"), None)
+            .expect("append");
+        db.client()
+            .execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND pid <> pg_backend_pid()",
+                &[],
+            )
+            .expect("terminate");
+        // The store learns of the loss on its next operation, which fails...
+        let mut failures = 0;
+        let mut page = None;
+        for _ in 0..3 {
+            match store.find(&juliet(), &all(10)) {
+                Ok(p) => {
+                    page = Some(p);
+                    break;
+                }
+                Err(e) => {
+                    assert!(matches!(e, MamError::Postgres { .. }), "{e}");
+                    failures += 1;
+                }
+            }
+        }
+        // ...and the one after that works on a new connection.
+        assert!(failures <= 1, "{failures} failures");
+        assert_eq!(ids(&page.expect("a page after reconnecting")), ["a"]);
+    }
+
+    #[test]
+    fn a_wrong_password_fails_without_showing_it() {
+        let Some(db) = TestDb::create() else { return };
+        let mut settings = db.settings.clone();
+        settings.password = Some("not-the-password-XYZZY".into());
+        let err = PgStore::connect(&settings).err().expect("refused");
+        let text = format!("{err} {err:?}");
+        assert!(!text.contains("XYZZY"), "{text}");
+    }
+
+    #[test]
+    fn quota_trims_the_oldest_and_keeps_the_newest_of_a_batch() {
+        let Some(db) = TestDb::create() else { return };
+        let mut store = PgStore::connect(&db.settings).expect("connect");
+        let items: Vec<(Owner, NewMessage)> = (0..6)
+            .map(|i| {
+                (
+                    juliet(),
+                    msg(&format!("m{i}"), T0 + i, "romeo@montague.lit"),
+                )
+            })
+            .collect();
+        let removed = store.append_many(&items, Some(4)).expect("append");
+        assert_eq!(removed, 2);
+        let page = store.find(&juliet(), &all(10)).expect("find");
+        assert_eq!(ids(&page), ["m2", "m3", "m4", "m5"]);
+        assert_eq!(page.total, Some(4));
+        // A message stamped older than the rest still survives its own quota check.
+        store
+            .append(
+                &juliet(),
+                &msg("old", T0 - 10, "romeo@montague.lit"),
+                Some(4),
+            )
+            .expect("append");
+        let page = store.find(&juliet(), &all(10)).expect("find");
+        assert_eq!(ids(&page), ["old", "m3", "m4", "m5"]);
+    }
+
+    #[test]
+    fn counters_follow_every_delete_and_vanish_at_zero() {
+        let Some(db) = TestDb::create() else { return };
+        let mut store = PgStore::connect(&db.settings).expect("connect");
+        for (i, user) in ["a", "b"].iter().enumerate() {
+            let owner = Owner::new("capulet.lit", user);
+            let items: Vec<(Owner, NewMessage)> = (0..3)
+                .map(|j| {
+                    (
+                        owner.clone(),
+                        msg(&format!("{user}{j}"), T0 + j + i as i64, "x@y"),
+                    )
+                })
+                .collect();
+            store.append_many(&items, None).expect("append");
+        }
+        assert_eq!(
+            store
+                .expire_batch("capulet.lit", T0 + 2, 100)
+                .expect("expire"),
+            3
+        );
+        let a = Owner::new("capulet.lit", "a");
+        assert_eq!(store.message_count(&a).expect("count"), 1);
+        let filter = DeleteFilter::default();
+        assert_eq!(store.delete_batch(&a, &filter, 10).expect("delete"), 1);
+        let counters: i64 = db
+            .client()
+            .query_one(
+                "SELECT count(*) FROM mam_archive_counts WHERE username = 'a'",
+                &[],
+            )
+            .expect("count rows")
+            .get(0);
+        assert_eq!(counters, 0);
+        let b = Owner::new("capulet.lit", "b");
+        assert_eq!(store.delete_user(&b).expect("delete user"), 2);
+        assert!(store.owner_stats("capulet.lit").expect("stats").is_empty());
+        assert!(store.database_bytes().expect("size").unwrap_or(0) > 0);
+    }
+
+    /// Whether the store's own connection is encrypted, as the server sees it.
+    fn encrypted(store: &mut PgStore) -> bool {
+        let conn = store.connection().expect("connect");
+        conn.client
+            .query_one(
+                "SELECT coalesce((SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()), false)",
+                &[],
+            )
+            .expect("pg_stat_ssl")
+            .get(0)
+    }
+
+    /// The test server's certificate when it speaks TLS (`MAM_TEST_PG_SSLROOTCERT`,
+    /// set by `scripts/pg-cluster.sh`); TLS tests say why and pass without it.
+    fn server_certificate() -> Option<std::path::PathBuf> {
+        match std::env::var("MAM_TEST_PG_SSLROOTCERT") {
+            Ok(path) if !path.is_empty() => Some(path.into()),
+            _ => {
+                eprintln!("MAM_TEST_PG_SSLROOTCERT not set: skipping a TLS test");
+                None
+            }
+        }
+    }
+
+    #[test]
+    fn each_sslmode_encrypts_or_not_as_libpq_would() {
+        let Some(db) = TestDb::create() else { return };
+        let Some(cert) = server_certificate() else {
+            return;
+        };
+        for (mode, expected) in [
+            (SslMode::Disable, false),
+            (SslMode::Prefer, true),
+            (SslMode::Require, true),
+            (SslMode::VerifyCa, true),
+            (SslMode::VerifyFull, true),
+        ] {
+            let mut settings = db.settings.clone();
+            settings.sslmode = mode;
+            settings.sslrootcert = Some(cert.clone());
+            let mut store = PgStore::connect(&settings).expect("connect");
+            assert_eq!(encrypted(&mut store), expected, "{mode:?}");
+            store
+                .append(&juliet(), &msg(&format!("{mode:?}"), T0, "x@y"), None)
+                .expect("append over the connection");
+        }
+    }
+
+    #[test]
+    fn verification_refuses_a_certificate_from_untrusted_roots_or_another_name() {
+        let Some(db) = TestDb::create() else { return };
+        let Some(cert) = server_certificate() else {
+            return;
+        };
+        // The test server's self-signed certificate is in no system store.
+        let mut settings = db.settings.clone();
+        settings.sslmode = SslMode::VerifyFull;
+        settings.sslrootcert = None;
+        let err = PgStore::connect(&settings).err().expect("untrusted");
+        assert!(matches!(err, MamError::Postgres { .. }), "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains("certificate") || text.contains("Certificate"),
+            "{text}"
+        );
+        if let Some(password) = &settings.password {
+            assert!(!text.contains(password.as_str()), "{text}");
+        }
+        // A name the certificate does not carry: verify-full refuses, verify-ca does not.
+        settings.sslrootcert = Some(cert);
+        settings.host = "127.0.0.2".into();
+        if std::net::TcpStream::connect(("127.0.0.2", settings.port)).is_err() {
+            eprintln!("server not reachable on 127.0.0.2: name check not exercised");
+            return;
+        }
+        assert!(
+            PgStore::connect(&settings).is_err(),
+            "verify-full, wrong name"
+        );
+        settings.sslmode = SslMode::VerifyCa;
+        PgStore::connect(&settings).expect("verify-ca ignores the name");
+    }
+
+    #[test]
+    fn a_missing_root_file_is_a_clear_configuration_error() {
+        let Some(db) = TestDb::create() else { return };
+        let mut settings = db.settings.clone();
+        settings.sslmode = SslMode::VerifyFull;
+        settings.sslrootcert = Some("/nonexistent/root.crt".into());
+        let err = PgStore::connect(&settings).err().expect("refused");
+        assert!(matches!(err, MamError::Config(_)), "{err}");
+        assert!(err.to_string().contains("/nonexistent/root.crt"), "{err}");
+    }
+
+    /// The plan PostgreSQL picks for `sql`, as text.
+    fn plan(client: &mut Client, sql: &str, params: &Params) -> String {
+        client
+            .query(&format!("EXPLAIN {sql}"), params)
+            .expect("explain")
+            .iter()
+            .map(|r| r.get::<_, String>(0))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Every query shape runs on an index that leads with the owner, on an archive
+    /// big enough (100 owners, 200,000 messages, analysed) that the planner would
+    /// rather scan the table if no such index fitted.
+    #[test]
+    fn every_query_shape_is_served_by_an_owner_leading_index() {
+        let Some(db) = TestDb::create() else { return };
+        PgStore::connect(&db.settings).expect("connect");
+        let mut client = db.client();
+        client
+            .batch_execute(
+                "INSERT INTO mam_archive (host, username, id, when_us, with_bare, with_resource, stanza)
+                 SELECT 'capulet.lit', 'user' || (i % 100), 'id' || i, 1000000::int8 * i,
+                        'contact' || (i % 37) || '@montague.lit', 'res' || (i % 3),
+                        '<message xmlns=''jabber:client''><body>' || i || '</body></message>'
+                 FROM generate_series(1, 200000) AS i;
+                 INSERT INTO mam_archive_counts (host, username, messages)
+                 SELECT host, username, count(*) FROM mam_archive GROUP BY host, username;
+                 -- Owners on other hosts, so the counter table is too big to scan.
+                 INSERT INTO mam_archive_counts (host, username, messages)
+                 SELECT 'host' || (i % 50) || '.lit', 'user' || i, 1
+                 FROM generate_series(1, 50000) AS i;",
+            )
+            .expect("populate");
+        // One statement each: VACUUM refuses to run inside a multi-statement batch.
+        for sql in ["VACUUM ANALYZE mam_archive", "ANALYZE mam_archive_counts"] {
+            client.batch_execute(sql).expect(sql);
+        }
+        let owner = Owner::new("capulet.lit", "user7");
+        let at = Some(Position {
+            when_us: 1_000_000 * 50_007,
+            seq: 50_007,
+        });
+        let newest = FindRequest {
+            reverse: true,
+            limit: 50,
+            ..FindRequest::default()
+        };
+        let with = |resource: Option<&str>| WithFilter {
+            bare: "contact7@montague.lit".into(),
+            resource: resource.map(str::to_owned),
+        };
+        let with_newest = FindRequest {
+            with: Some(with(None)),
+            ..newest.clone()
+        };
+        let with_resource = FindRequest {
+            with: Some(with(Some("res1"))),
+            ..newest.clone()
+        };
+        let window = FindRequest {
+            start: Some(1_000_000 * 10_000),
+            end: Some(1_000_000 * 20_000),
+            limit: 50,
+            ..FindRequest::default()
+        };
+        let by_ids = FindRequest {
+            ids: Some(vec!["id7".into(), "id107".into(), "id207".into()]),
+            limit: 50,
+            ..FindRequest::default()
+        };
+        const WHEN: &str = "mam_archive_owner_when";
+        const WITH: &str = "mam_archive_owner_with_when";
+        const KEY: &str = "mam_archive_pkey";
+        let shapes = [
+            ("newest page", page_sql(&owner, &newest, None, None), WHEN),
+            ("oldest page", page_sql(&owner, &all(50), None, None), WHEN),
+            (
+                "with + newest",
+                page_sql(&owner, &with_newest, None, None),
+                WITH,
+            ),
+            (
+                "full jid + newest",
+                page_sql(&owner, &with_resource, None, None),
+                WITH,
+            ),
+            ("after id", page_sql(&owner, &all(50), at, None), WHEN),
+            (
+                "before id, reversed",
+                page_sql(&owner, &newest, None, at),
+                WHEN,
+            ),
+            (
+                "with + after id",
+                page_sql(&owner, &with_newest, at, None),
+                WITH,
+            ),
+            ("time window", page_sql(&owner, &window, None, None), WHEN),
+            ("ids", page_sql(&owner, &by_ids, None, None), KEY),
+            ("count with", count_sql(&owner, &with_newest), WITH),
+            ("count window", count_sql(&owner, &window), WHEN),
+            ("count ids", count_sql(&owner, &by_ids), KEY),
+        ];
+        for (name, sql, index) in &shapes {
+            let text = plan(&mut client, &sql.text, &sql.params());
+            assert!(text.contains(index), "{name}: expected {index}:\n{text}");
+            assert!(!text.contains("Seq Scan"), "{name}:\n{text}");
+        }
+        let user = owner.user.as_str();
+        let host = owner.host.as_str();
+        let id = "id7";
+        let cutoff: i64 = 1_000_000 * 100_000;
+        let limit: i64 = 500;
+        let fixed: [(&str, &str, Vec<&(dyn ToSql + Sync)>, &str); 8] = [
+            ("id position", POSITION_OF_ID, vec![&host, &user, &id], KEY),
+            ("first", FIRST_MESSAGE, vec![&host, &user], WHEN),
+            ("last", LAST_MESSAGE, vec![&host, &user], WHEN),
+            (
+                "count",
+                OWNER_COUNT,
+                vec![&host, &user],
+                "mam_archive_counts_pkey",
+            ),
+            (
+                "expire owner",
+                EXPIRE_OWNER,
+                vec![&host, &user, &cutoff, &limit],
+                WHEN,
+            ),
+            ("trim", TRIM_OLDEST, vec![&host, &user, &id, &limit], WHEN),
+            (
+                "delete user",
+                DELETE_OWNER_ARCHIVE,
+                vec![&host, &user],
+                "mam_archive_",
+            ),
+            (
+                "owners",
+                OWNERS_FIRST,
+                vec![&host, &limit],
+                "mam_archive_counts_pkey",
+            ),
+        ];
+        for (name, sql, params, index) in &fixed {
+            let text = plan(&mut client, sql, params);
+            assert!(text.contains(index), "{name}: expected {index}:\n{text}");
+            assert!(
+                !text.contains("Seq Scan on mam_archive "),
+                "{name}:\n{text}"
+            );
+        }
+    }
+}
