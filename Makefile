@@ -32,9 +32,10 @@ run: plugin
 	prosody-test-env/run.sh
 
 # The Rust unit tests link their own Lua (the `module` build cannot link a test binary).
-# MAM_TEST_PG (set by with-postgres.sh) lets the PostgreSQL store's tests run.
+# MAM_TEST_PG (set by with-postgres.sh) lets the PostgreSQL store's tests run, and
+# MAM_REQUIRE_PG=1 makes them fail rather than skip should it ever be missing.
 unit-test: deps
-	scripts/with-postgres.sh cargo test --no-default-features --features vendored
+	MAM_REQUIRE_PG=1 scripts/with-postgres.sh cargo test --no-default-features --features vendored
 
 lint:
 	cargo fmt --check
