@@ -46,6 +46,7 @@ def stock_server(request):
     server = None
     try:
         server = Prosody(f"import-{request.param}", options, users=4)
+        server.sql_database = database  # where stock's tables, and then ours, are
         use_module(server, None)  # stock mod_mam
         server.start()
         yield server
@@ -87,12 +88,18 @@ async def test_stock_archives_come_along_with_ids_order_content_and_prefs(stock_
 
     # Switch to our module and import.
     use_module(server, PLUGIN_PATH)
-    first = prosodyctl(server, "mod_mam", "import")
+    # The source is the driver `storage` gives the store unless --from names one.
+    source = ["--from", "sql"] if server.sql_database is not None else []
+    first = prosodyctl(server, "mod_mam", "import", *source)
     assert first.returncode == 0, first.stdout + first.stderr
     assert f"Importing 16 messages of 3 users on {HOST}" in first.stdout, first.stdout
     assert f"{juliet.user}: source 7, archive 7 (7 new, 0 already there) ok" in first.stdout
     assert f"{nurse.user}: source 2, archive 2 (2 new, 0 already there) ok" in first.stdout
     assert "Preferences: 1 imported" in first.stdout, first.stdout
+    if server.sql_database is not None:  # from Prosody's table into ours, one database
+        rows = conftest.PG.psql("SELECT count(*) FROM mam_archive", server.sql_database)
+        assert rows == [("16",)], rows
+        assert not (server.dir / "data" / "mam_archive.sqlite").exists()
 
     server.start()
     juliet = await connect(server, juliet_user, "after")
@@ -108,7 +115,7 @@ async def test_stock_archives_come_along_with_ids_order_content_and_prefs(stock_
     after = {c.user: snapshot(await mam_all(c)) for c in (juliet, romeo, nurse)}
 
     # While the server runs, a second import (to catch the gap) adds nothing.
-    second = prosodyctl(server, "mod_mam", "import")
+    second = prosodyctl(server, "mod_mam", "import", *source)
     assert second.returncode == 0, second.stdout + second.stderr
     assert f"{juliet.user}: source 7, archive 7 (0 new, 7 already there) ok" in second.stdout
     assert "Preferences: 0 imported" in second.stdout
