@@ -2,7 +2,11 @@
 #
 #   make plugin   -> target/prosody-plugin/mod_mam/ (mod_mam.lua + mam_native.so)
 #   make run      -> a loopback Prosody with the module and two demo accounts
-#   make test     -> the whole suite (Rust unit tests, Lua load test, end-to-end)
+#   make test     -> the whole suite (Rust unit tests, Lua load test, end-to-end on
+#                    both archive backends: embedded SQLite and PostgreSQL)
+#
+# Tests that need PostgreSQL run under scripts/with-postgres.sh, which starts a private
+# loopback cluster for them and stops it afterwards (or uses the one MAM_TEST_PG names).
 
 PLUGIN_DIR := target/prosody-plugin/mod_mam
 LIB := target/release/libmam_native.so
@@ -28,8 +32,10 @@ run: plugin
 	prosody-test-env/run.sh
 
 # The Rust unit tests link their own Lua (the `module` build cannot link a test binary).
+# MAM_TEST_PG (set by with-postgres.sh) lets the PostgreSQL store's tests run, and
+# MAM_REQUIRE_PG=1 makes them fail rather than skip should it ever be missing.
 unit-test: deps
-	cargo test --no-default-features --features vendored
+	MAM_REQUIRE_PG=1 scripts/with-postgres.sh cargo test --no-default-features --features vendored
 
 lint:
 	cargo fmt --check
@@ -39,8 +45,10 @@ lint:
 lua-test: plugin
 	lua5.4 tests/lua/load_test.lua $(PLUGIN_DIR)
 
+# The whole end-to-end suite once per archive backend; one cluster for the PostgreSQL run.
 e2e-test: plugin
-	python3 -m pytest tests/e2e -q
+	MAM_TEST_BACKEND=sqlite python3 -m pytest tests/e2e -q
+	MAM_TEST_BACKEND=postgres scripts/with-postgres.sh python3 -m pytest tests/e2e -q
 
 test: deps lint unit-test lua-test e2e-test
 

@@ -1,11 +1,19 @@
 #!/usr/bin/env bash
 # Installs what building, running and testing need, only when it is missing:
-# Debian's prosody (0.12, Lua 5.4), lua5.4, lua-dbi-sqlite3 and sqlite3 via apt-get,
-# and the Python test client (slixmpp, pytest) via pip. Crates come via cargo.
+# Debian's prosody (0.12, Lua 5.4), lua5.4, lua-dbi-sqlite3, sqlite3, postgresql
+# (server and client, for the tests' private clusters: scripts/pg-cluster.sh) and
+# lua-dbi-postgresql (stock Prosody's SQL storage on PostgreSQL) via apt-get, and the
+# Python test client (slixmpp, pytest) via pip. Crates come via cargo.
 set -euo pipefail
 
+# version:name of every running system PostgreSQL cluster (postgresql-common's list).
+online_pg_clusters() {
+	command -v pg_lsclusters >/dev/null 2>&1 || return 0
+	pg_lsclusters -h 2>/dev/null | awk '$4 == "online" { print $1 ":" $2 }'
+}
+
 need=()
-for pkg in prosody lua5.4 lua-dbi-sqlite3 sqlite3 python3-pip; do
+for pkg in prosody lua5.4 lua-dbi-sqlite3 sqlite3 postgresql lua-dbi-postgresql python3-pip; do
 	if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
 		need+=("$pkg")
 	fi
@@ -20,17 +28,28 @@ if [ "${#need[@]}" -gt 0 ]; then
 	echo "Installing Debian packages: ${need[*]}"
 	SUDO=""
 	[ "$(id -u)" -ne 0 ] && SUDO="sudo"
-	# Keep the package's own system service from starting (it would listen on
-	# every interface with /etc/prosody's config): we only run private instances.
+	# Keep the packages' own system services from starting (prosody would listen on
+	# every interface with /etc/prosody's config; postgresql would start the cluster
+	# `main` its postinst creates): we only run private instances.
 	policy_created=""
 	if [ ! -e /usr/sbin/policy-rc.d ]; then
 		printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
 		$SUDO chmod +x /usr/sbin/policy-rc.d
 		policy_created=1
 	fi
+	online_before=$(online_pg_clusters)
 	$SUDO apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
 	[ -n "$policy_created" ] && $SUDO rm -f /usr/sbin/policy-rc.d
+	# Should a system cluster have started anyway (a policy-rc.d that allows it), stop
+	# the ones this install started; a cluster that ran before is the admin's.
+	# The tests never use them: scripts/pg-cluster.sh makes its own.
+	for cluster in $(online_pg_clusters); do
+		if ! grep -qx "$cluster" <<<"$online_before"; then
+			echo "Stopping PostgreSQL cluster ${cluster/:/ } started by the package install"
+			$SUDO pg_ctlcluster "${cluster%%:*}" "${cluster#*:}" stop
+		fi
+	done
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then

@@ -13,6 +13,12 @@ Layout:
 `MAM_MODULE=stock` runs Prosody's own mod_mam. Tests marked `native_only` cover
 deliberate differences from stock and are skipped under stock.
 
+`MAM_TEST_BACKEND=sqlite` (default) keeps each native archive in the embedded SQLite
+file; `MAM_TEST_BACKEND=postgres` gives every Prosody its own fresh PostgreSQL
+database (`mam_sql`) on the server named by `MAM_TEST_PG_HOST/PORT/USER/PASSWORD`
+(what `scripts/with-postgres.sh` exports). Tests marked `sqlite_only` are about the
+SQLite file itself and are skipped there; tests marked `postgres_only` run only there.
+
 Async tests (`async def test_...`) run on one event loop owned by this file.
 """
 
@@ -25,6 +31,7 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -47,6 +54,7 @@ import prosody_config  # noqa: E402
 
 HOST = prosody_config.HOST
 MAM_MODULE = os.environ.get("MAM_MODULE", "native")
+BACKEND = os.environ.get("MAM_TEST_BACKEND", "sqlite")
 PLUGIN_PATH = REPO / "target" / "prosody-plugin"
 WAIT = 10.0  # upper bound (seconds) for every bounded wait in the suite
 TEST_TIMEOUT = 120.0
@@ -101,6 +109,48 @@ def pytest_configure(config):
         "markers",
         "native_only: deliberate difference from stock mod_mam; skipped with MAM_MODULE=stock",
     )
+    config.addinivalue_line(
+        "markers",
+        "sqlite_only(reason): about the SQLite file itself; skipped with MAM_TEST_BACKEND=postgres",
+    )
+    config.addinivalue_line(
+        "markers",
+        "postgres_only: needs the PostgreSQL backend; runs only with MAM_TEST_BACKEND=postgres",
+    )
+    global PG
+    if BACKEND not in ("sqlite", "postgres"):
+        pytest.exit(f"MAM_TEST_BACKEND must be 'sqlite' or 'postgres', not {BACKEND!r}", returncode=2)
+    if BACKEND == "postgres":
+        PG = PgServer.from_env()
+        if PG is None:
+            pytest.exit(
+                "MAM_TEST_BACKEND=postgres needs a PostgreSQL server: run under "
+                "scripts/with-postgres.sh, or set MAM_TEST_PG_HOST, MAM_TEST_PG_PORT, "
+                "MAM_TEST_PG_USER and MAM_TEST_PG_PASSWORD (a role with CREATEDB)",
+                returncode=2,
+            )
+        try:
+            PG.version = PG.psql("SHOW server_version")[0][0]
+        except (RuntimeError, subprocess.TimeoutExpired) as e:
+            pytest.exit(f"MAM_TEST_BACKEND=postgres: cannot reach {PG}: {e}", returncode=2)
+
+
+def backend_description():
+    if BACKEND == "postgres":
+        where = f"PostgreSQL {PG.version} at {PG}"
+        if MAM_MODULE != "native":
+            return f"postgres ({where}; unused: MAM_MODULE={MAM_MODULE})"
+        return f"postgres ({where}, a fresh database per Prosody)"
+    return "sqlite (embedded, mam_archive.sqlite in each Prosody's data dir)"
+
+
+def pytest_report_header(config):
+    return [f"mam archive backend: {backend_description()}, module: {MAM_MODULE}"]
+
+
+def pytest_terminal_summary(terminalreporter):
+    # Also under -q, where pytest prints no header.
+    terminalreporter.write_line(f"mam archive backend: {backend_description()}, module: {MAM_MODULE}")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -111,11 +161,22 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if "native_only" in item.keywords:
                 item.add_marker(skip)
+    for item in items:
+        marker = item.get_closest_marker("sqlite_only")
+        if marker is not None and BACKEND != "sqlite":
+            why = marker.kwargs.get("reason") or (marker.args[0] if marker.args else "")
+            item.add_marker(pytest.mark.skip(reason=f"sqlite_only: {why}".rstrip(": ")))
+        if item.get_closest_marker("postgres_only") is not None and not pg_archive():
+            item.add_marker(pytest.mark.skip(
+                reason="postgres_only: runs with MAM_TEST_BACKEND=postgres and MAM_MODULE=native"))
 
 
 def pytest_sessionfinish(session, exitstatus):
     for server in list(Prosody.running):
         server.stop()
+    if PG is not None and os.environ.get("E2E_KEEP") != "1":
+        for name in list(PG.created):
+            PG.drop_database(name)
     pending = [t for t in asyncio.all_tasks(LOOP) if not t.done()]
     for task in pending:
         task.cancel()
@@ -142,12 +203,120 @@ def password_for(user):
     return f"pw-{user}"
 
 
+# --------------------------------------------------------------------------- PostgreSQL
+
+def sql_literal(text):
+    """A SQL string literal (for psql, which takes no bound parameters on -c)."""
+    return "'" + str(text).replace("'", "''") + "'"
+
+
+class PgServer:
+    """A PostgreSQL server reached over loopback with a password, as a role that may
+    create databases: the tests' own cluster (scripts/pg-cluster.sh)."""
+
+    def __init__(self, host, port, user, password, cluster_dir=None):
+        self.host, self.port, self.user, self.password = host, int(port), user, password
+        self.cluster_dir = cluster_dir
+        self.version = None
+        self.created = set()  # databases made by create_database and not dropped yet
+
+    @classmethod
+    def from_env(cls, env=os.environ):
+        """From MAM_TEST_PG_HOST/PORT/USER/PASSWORD, else from the keywords of MAM_TEST_PG."""
+        keys = ("HOST", "PORT", "USER", "PASSWORD")
+        values = {k: env.get(f"MAM_TEST_PG_{k}") for k in keys}
+        if not all(values.values()) and env.get("MAM_TEST_PG"):
+            words = dict(w.split("=", 1) for w in env["MAM_TEST_PG"].split() if "=" in w)
+            values = {k: values[k] or words.get(k.lower()) for k in keys}
+            values["HOST"] = values["HOST"] or words.get("hostaddr")
+        if not all(values.values()):
+            return None
+        return cls(values["HOST"], values["PORT"], values["USER"], values["PASSWORD"],
+                   env.get("MAM_TEST_PG_DIR"))
+
+    def __str__(self):  # never the password
+        return f"{self.host}:{self.port} as {self.user}"
+
+    def psql(self, sql, database="postgres", timeout=WAIT):
+        """Run one SQL command with psql over TCP; return the rows as tuples of strings."""
+        env = {**os.environ, "PGPASSWORD": self.password, "PGCONNECT_TIMEOUT": "5"}
+        done = subprocess.run(
+            ["psql", "-X", "-q", "-A", "-t", "-F", "\t", "-v", "ON_ERROR_STOP=1",
+             "-h", self.host, "-p", str(self.port), "-U", self.user, "-d", database, "-c", sql],
+            capture_output=True, text=True, timeout=timeout, env=env, stdin=subprocess.DEVNULL,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"psql on {self}/{database} failed: {done.stderr.strip()}\n  {sql}")
+        return [tuple(line.split("\t")) for line in done.stdout.splitlines() if line]
+
+    def create_database(self, name):
+        """A new, empty database owned by our role (the name must be a plain identifier)."""
+        assert name.replace("_", "").isalnum() and name.islower() and len(name) <= 63, name
+        self.psql(f"CREATE DATABASE {name}")
+        self.created.add(name)
+        return name
+
+    def drop_database(self, name):
+        """Drop it, closing any connection still open to it."""
+        self.psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        self.created.discard(name)
+
+    def databases(self):
+        return {row[0] for row in self.psql("SELECT datname FROM pg_database")}
+
+    def connection(self, database):
+        """The option table for `mam_sql` or Prosody's `sql` (mod_storage_sql's keys)."""
+        return {"driver": "PostgreSQL", "database": database, "host": self.host,
+                "port": self.port, "username": self.user, "password": self.password}
+
+
+PG = None  # the PgServer of MAM_TEST_BACKEND=postgres (set in pytest_configure)
+
+
+def pg_archive():
+    """Do native archives of this run live in PostgreSQL?"""
+    return BACKEND == "postgres" and MAM_MODULE == "native"
+
+
+def database_name(label):
+    """A PostgreSQL database name from a label: lower case, [a-z0-9_], unique."""
+    clean = "".join(c if c.isalnum() else "_" for c in label.lower())
+    return f"e2e_{clean[:44]}_{uuid.uuid4().hex[:8]}"
+
+
+def configures_archive_database(options):
+    """Does a test's option table choose the archive's database itself? (its own
+    `mam_sql`, a PostgreSQL `sql` table, or a SQLite file by `mam_database`)."""
+    sql = options.get("sql")
+    return ("mam_sql" in options or "mam_database" in options
+            or (isinstance(sql, dict) and str(sql.get("driver", "")).lower() == "postgresql"))
+
+
+def archive_count(server):
+    """Rows in the server's archive table, read straight from its database (SQLite's
+    `archive` or PostgreSQL's `mam_archive`): every user's messages, both directions."""
+    if server.pg_database is not None:
+        return int(PG.psql("SELECT count(*) FROM mam_archive", server.pg_database)[0][0])
+    path = Path(server.options.get("mam_database") or server.dir / "data" / "mam_archive.sqlite")
+    if not path.is_absolute():
+        path = server.dir / "data" / path
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=WAIT)
+    try:
+        return conn.execute("SELECT count(*) FROM archive").fetchone()[0]
+    finally:
+        conn.close()
+
+
 class Prosody:
-    """A private Prosody on 127.0.0.1 in a temp dir. Stopped by PID."""
+    """A private Prosody on 127.0.0.1 in a temp dir, serving one VirtualHost. Stopped by PID.
+
+    On the PostgreSQL backend it gets a fresh database of its own (`pg_database`, kept
+    across restarts, dropped at cleanup) as `mam_sql`, unless `options` choose the
+    archive's database themselves."""
 
     running = set()
 
-    def __init__(self, name, options=None, users=40):
+    def __init__(self, name, options=None, users=40, host=HOST):
         if MAM_MODULE not in ("native", "stock"):
             pytest.exit(f"MAM_MODULE must be 'native' or 'stock', not {MAM_MODULE!r}", returncode=2)
         plugin = None
@@ -160,22 +329,34 @@ class Prosody:
                 )
             plugin = PLUGIN_PATH
         self.name = name
+        self.host = host
         self.options = dict(options or {})
         self.dir = Path(tempfile.mkdtemp(prefix=f"mam-e2e-{name}-"))
         self.port = free_port()
         self.cfg = self.dir / "prosody.cfg.lua"
         self.log_path = self.dir / "prosody.log"
-        self.cfg.write_text(prosody_config.render(self.dir, self.port, plugin, self.options))
+        self.pg_database = None
+        if pg_archive() and not configures_archive_database(self.options):
+            self.pg_database = PG.create_database(database_name(name))
+            self.options["mam_sql"] = PG.connection(self.pg_database)
+        self.cfg.write_text(self.render(plugin))
         self.proc = None
         self._pool = [f"u{i:02d}" for i in range(users)]
         self._next = 0
+        # With accounts in SQL storage, the first use creates the tables: not concurrently.
+        first = 1 if self.options.get("storage", "internal") != "internal" else 0
+        for user in self._pool[:first]:
+            self.register(user)
         with concurrent.futures.ThreadPoolExecutor(8) as ex:
-            list(ex.map(self.register, self._pool))
+            list(ex.map(self.register, self._pool[first:]))
+
+    def render(self, plugin):
+        return prosody_config.render(self.dir, self.port, plugin, self.options, host=self.host)
 
     # accounts
     def register(self, user):
         subprocess.run(
-            ["prosodyctl", "--config", str(self.cfg), "register", user, HOST, password_for(user)],
+            ["prosodyctl", "--config", str(self.cfg), "register", user, self.host, password_for(user)],
             check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=WAIT,
         )
 
@@ -229,6 +410,8 @@ class Prosody:
         self.stop()
         if os.environ.get("E2E_KEEP") != "1":
             shutil.rmtree(self.dir, ignore_errors=True)
+            if self.pg_database is not None:
+                PG.drop_database(self.pg_database)
 
     def log_text(self):
         try:
@@ -292,7 +475,7 @@ class Client:
     def __init__(self, server, user, resource):
         self.server = server
         self.user = user
-        self.bare = f"{user}@{HOST}"
+        self.bare = f"{user}@{server.host}"
         self.full = f"{self.bare}/{resource}"
         self.xmpp = slixmpp.ClientXMPP(
             self.full, password_for(user),
@@ -362,7 +545,7 @@ class Client:
 
     async def roundtrip(self):
         """An XEP-0199 ping to our server: everything the server sent before it has arrived."""
-        await self.iq("get", f"<ping xmlns='{NS_PING}'/>", to=HOST)
+        await self.iq("get", f"<ping xmlns='{NS_PING}'/>", to=self.server.host)
 
     async def wait_for_message(self, predicate, timeout=WAIT):
         """First recorded message satisfying predicate; bounded poll."""
@@ -579,7 +762,7 @@ def use_module(server, plugin):
     """Rewrite a stopped server's config for `plugin` (a plugin path, or None for stock
     mod_mam), keeping its data directory, port and options."""
     assert server.proc is None, "stop the server before switching modules"
-    server.cfg.write_text(prosody_config.render(server.dir, server.port, plugin, server.options))
+    server.cfg.write_text(server.render(plugin))
 
 
 def prosodyctl(server, *args, timeout=60):

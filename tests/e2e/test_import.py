@@ -2,13 +2,18 @@
 its store with `prosodyctl mod_mam import`, and our module then answers the same MAM
 queries with the same ids, timestamps, order and content, with the prefs carried over.
 
-Once with mod_storage_internal, once with mod_storage_sql on SQLite3."""
+Once with mod_storage_internal, once with mod_storage_sql on SQLite3, and once with
+mod_storage_sql on PostgreSQL (`storage = "sql"`: accounts too; only in the
+MAM_TEST_BACKEND=postgres pass, which has a server). On that pass our module's archive
+is in PostgreSQL in every case: the first two import across backends, the third from
+Prosody's own table into ours in the same database (the `sql` table, no `mam_sql`)."""
 
 import pytest
 
+import conftest
 from conftest import (
-    HOST, PLUGIN_PATH, Prosody, canonical, chat_xml, get_prefs, mam_all, prosodyctl,
-    send_and_flush, set_prefs, use_module,
+    HOST, PLUGIN_PATH, Prosody, canonical, chat_xml, database_name, get_prefs, mam_all,
+    pg_archive, prosodyctl, send_and_flush, set_prefs, use_module,
 )
 
 pytestmark = pytest.mark.native_only
@@ -19,6 +24,8 @@ BACKENDS = {
         "storage": {"archive": "sql", "archive_prefs": "sql"},
         "sql": {"driver": "SQLite3", "database": "prosody.sqlite"},
     },
+    # "sql" filled in with a fresh database on the test's PostgreSQL server.
+    "sql-postgresql": {"storage": "sql"},
 }
 
 
@@ -29,11 +36,25 @@ def snapshot(results):
 
 @pytest.fixture(params=sorted(BACKENDS))
 def stock_server(request):
-    server = Prosody(f"import-{request.param}", BACKENDS[request.param], users=4)
-    use_module(server, None)  # stock mod_mam
-    server.start()
-    yield server
-    server.cleanup()
+    options = dict(BACKENDS[request.param])
+    database = None
+    if request.param == "sql-postgresql":
+        if not pg_archive():
+            pytest.skip("needs PostgreSQL: runs with MAM_TEST_BACKEND=postgres")
+        database = conftest.PG.create_database(database_name("import-sql-postgresql"))
+        options["sql"] = conftest.PG.connection(database)
+    server = None
+    try:
+        server = Prosody(f"import-{request.param}", options, users=4)
+        server.sql_database = database  # where stock's tables, and then ours, are
+        use_module(server, None)  # stock mod_mam
+        server.start()
+        yield server
+    finally:
+        if server is not None:
+            server.cleanup()
+        if database is not None:
+            conftest.PG.drop_database(database)
 
 
 async def test_stock_archives_come_along_with_ids_order_content_and_prefs(stock_server, connect):
@@ -67,12 +88,18 @@ async def test_stock_archives_come_along_with_ids_order_content_and_prefs(stock_
 
     # Switch to our module and import.
     use_module(server, PLUGIN_PATH)
-    first = prosodyctl(server, "mod_mam", "import")
+    # The source is the driver `storage` gives the store unless --from names one.
+    source = ["--from", "sql"] if server.sql_database is not None else []
+    first = prosodyctl(server, "mod_mam", "import", *source)
     assert first.returncode == 0, first.stdout + first.stderr
     assert f"Importing 16 messages of 3 users on {HOST}" in first.stdout, first.stdout
     assert f"{juliet.user}: source 7, archive 7 (7 new, 0 already there) ok" in first.stdout
     assert f"{nurse.user}: source 2, archive 2 (2 new, 0 already there) ok" in first.stdout
     assert "Preferences: 1 imported" in first.stdout, first.stdout
+    if server.sql_database is not None:  # from Prosody's table into ours, one database
+        rows = conftest.PG.psql("SELECT count(*) FROM mam_archive", server.sql_database)
+        assert rows == [("16",)], rows
+        assert not (server.dir / "data" / "mam_archive.sqlite").exists()
 
     server.start()
     juliet = await connect(server, juliet_user, "after")
@@ -88,7 +115,7 @@ async def test_stock_archives_come_along_with_ids_order_content_and_prefs(stock_
     after = {c.user: snapshot(await mam_all(c)) for c in (juliet, romeo, nurse)}
 
     # While the server runs, a second import (to catch the gap) adds nothing.
-    second = prosodyctl(server, "mod_mam", "import")
+    second = prosodyctl(server, "mod_mam", "import", *source)
     assert second.returncode == 0, second.stdout + second.stderr
     assert f"{juliet.user}: source 7, archive 7 (0 new, 7 already there) ok" in second.stdout
     assert "Preferences: 0 imported" in second.stdout
