@@ -13,7 +13,7 @@ online_pg_clusters() {
 }
 
 need=()
-for pkg in prosody lua5.4 lua-dbi-sqlite3 sqlite3 postgresql lua-dbi-postgresql python3-pip; do
+for pkg in prosody lua5.4 lua-dbi-sqlite3 sqlite3 postgresql lua-dbi-postgresql openssl python3-pip; do
 	if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
 		need+=("$pkg")
 	fi

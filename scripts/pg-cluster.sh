@@ -9,10 +9,13 @@
 # The server listens only on 127.0.0.1, on a free port, with its unix socket inside
 # DIR; durability settings (fsync, synchronous_commit) stay at PostgreSQL's defaults.
 # TCP connections need a password (scram-sha-256); the role `mam` (LOGIN, CREATEDB)
-# gets a random one. The unix socket (mode 0700 in a 0700 DIR) is only for the
+# gets a random one. TLS is on, with a certificate for 127.0.0.1 from a CA made for the
+# cluster (DIR/ca.crt; the server also listens on 127.0.0.2, a name the certificate
+# does not carry, for the host-name check). The unix socket (mode 0700 in a 0700 DIR) is only for the
 # cluster's owner, who creates the role. `start` writes DIR/env, sourceable by sh:
 #   MAM_TEST_PG='host=127.0.0.1 port=P user=mam password=W dbname=postgres'
-#   MAM_TEST_PG_HOST, MAM_TEST_PG_PORT, MAM_TEST_PG_USER, MAM_TEST_PG_PASSWORD
+#   MAM_TEST_PG_HOST, MAM_TEST_PG_PORT, MAM_TEST_PG_USER, MAM_TEST_PG_PASSWORD,
+#   MAM_TEST_PG_DIR, MAM_TEST_PG_SSLROOTCERT
 #
 # initdb refuses to run as root: as root, everything runs as the `postgres` OS user
 # (Debian's postgresql package creates it), and DIR is chowned to it. The binaries
@@ -134,22 +137,43 @@ start() {
 		cat "$dir/initdb.log" >&2
 		exit 1
 	}
+	# TLS with a certificate from a throw-away CA (DIR/ca.crt, for the clients' verify
+	# modes), naming 127.0.0.1 and localhost only: a connection to 127.0.0.2, where the
+	# server also listens, is the "wrong host name" case.
+	openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=mam-test-ca \
+		-keyout "$dir/ca.key" -out "$dir/ca.crt" 2>/dev/null
+	openssl req -newkey rsa:2048 -nodes -subj /CN=localhost \
+		-keyout "$dir/server.key" -out "$dir/server.csr" 2>/dev/null
+	printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n' >"$dir/server.ext"
+	openssl x509 -req -in "$dir/server.csr" -CA "$dir/ca.crt" -CAkey "$dir/ca.key" \
+		-CAcreateserial -days 2 -extfile "$dir/server.ext" -out "$dir/server.crt" 2>/dev/null
+	rm -f "$dir/ca.key" "$dir/server.csr" "$dir/server.ext"
+	chmod 0600 "$dir/server.key"
+	chmod 0644 "$dir/ca.crt"
+	if [ "$(id -u)" -eq 0 ]; then
+		chown postgres: "$dir/server.key" "$dir/server.crt" "$dir/ca.crt"
+	fi
+
 	# Only loopback TCP (IPv4) and a socket nobody else can reach; the rest of
 	# postgresql.conf, fsync and synchronous_commit included, stays as initdb wrote it.
 	as_owner tee -a "$data/postgresql.conf" >/dev/null <<-EOF
 
 		# scripts/pg-cluster.sh: a private test cluster
-		listen_addresses = '127.0.0.1'
+		listen_addresses = '127.0.0.1,127.0.0.2'
 		unix_socket_directories = '$dir'
 		unix_socket_permissions = 0700
 		max_connections = 200
 		password_encryption = 'scram-sha-256'
+		ssl = on
+		ssl_cert_file = '$dir/server.crt'
+		ssl_key_file = '$dir/server.key'
 	EOF
 	# Replace initdb's host lines: IPv4 loopback only, password always.
 	as_owner tee "$data/pg_hba.conf" >/dev/null <<-EOF
-		# scripts/pg-cluster.sh: owner over the socket; everyone else over 127.0.0.1 with a password
+		# scripts/pg-cluster.sh: owner over the socket; everyone else over loopback with a password
 		local all $owner trust
 		host all all 127.0.0.1/32 scram-sha-256
+		host all all 127.0.0.2/32 scram-sha-256
 	EOF
 
 	# A free port can be taken between the check and the bind: try a few.
@@ -181,6 +205,7 @@ start() {
 		MAM_TEST_PG_USER=mam
 		MAM_TEST_PG_PASSWORD=$password
 		MAM_TEST_PG_DIR='$dir'
+		MAM_TEST_PG_SSLROOTCERT='$dir/ca.crt'
 	EOF
 	echo "PostgreSQL $("$bin/postgres" -V | awk '{print $3}') on 127.0.0.1:$port (PID $(server_pid)), cluster in $dir"
 }

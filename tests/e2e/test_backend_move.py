@@ -19,7 +19,7 @@ import uuid
 import pytest
 
 from conftest import (
-    HOST, WAIT, Prosody, canonical, chat_xml, get_prefs, mam_all, prosodyctl,
+    HOST, WAIT, PgServer, Prosody, canonical, chat_xml, get_prefs, mam_all, prosodyctl,
     send_and_flush, set_prefs,
 )
 
@@ -30,55 +30,22 @@ ARCHIVE_FILE = "mam_archive.sqlite"  # what the module uses when nothing else is
 
 # --------------------------------------------------------------------------- PostgreSQL
 
-def pg_server():
-    """(host, port, user, password) from MAM_TEST_PG_*, else from the keywords of
-    MAM_TEST_PG; None when incomplete."""
-    keys = ("HOST", "PORT", "USER", "PASSWORD")
-    values = {k: os.environ.get(f"MAM_TEST_PG_{k}") for k in keys}
-    if not all(values.values()) and os.environ.get("MAM_TEST_PG"):
-        words = dict(w.split("=", 1) for w in os.environ["MAM_TEST_PG"].split() if "=" in w)
-        values = {k: values[k] or words.get(k.lower()) for k in keys}
-    if not all(values.values()):
-        return None
-    return values["HOST"], int(values["PORT"]), values["USER"], values["PASSWORD"]
-
-
-def psql(pg, sql, database="postgres"):
-    """One SQL command through psql over TCP; the rows as tuples of strings."""
-    host, port, user, password = pg
-    done = subprocess.run(
-        ["psql", "-X", "-q", "-A", "-t", "-F", "\t", "-v", "ON_ERROR_STOP=1",
-         "-h", host, "-p", str(port), "-U", user, "-d", database, "-c", sql],
-        capture_output=True, text=True, timeout=WAIT, stdin=subprocess.DEVNULL,
-        env={**os.environ, "PGPASSWORD": password, "PGCONNECT_TIMEOUT": "5"},
-    )
-    assert done.returncode == 0, f"psql failed: {done.stderr.strip()}\n  {sql}"
-    return [tuple(line.split("\t")) for line in done.stdout.splitlines() if line]
-
-
 @pytest.fixture
 def pg_database():
-    """A fresh, empty database of our own: (pg, name); dropped afterwards."""
-    pg = pg_server()
+    """A fresh, empty database of our own: (server, name); dropped afterwards."""
+    pg = PgServer.from_env()
     if pg is None:
         pytest.skip("needs a PostgreSQL server: set MAM_TEST_PG_HOST, MAM_TEST_PG_PORT, "
                     "MAM_TEST_PG_USER and MAM_TEST_PG_PASSWORD (a role with CREATEDB), "
                     "e.g. by running under scripts/with-postgres.sh")
     if shutil.which("psql") is None:
         pytest.skip("needs psql (postgresql-client) to create and inspect the test database")
-    name = f"e2e_backend_move_{uuid.uuid4().hex[:12]}"
-    psql(pg, f"CREATE DATABASE {name}")
+    name = pg.create_database(f"e2e_backend_move_{uuid.uuid4().hex[:12]}")
     try:
         yield pg, name
     finally:
         if os.environ.get("E2E_KEEP") != "1":
-            psql(pg, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-
-
-def mam_sql(pg, database):
-    host, port, user, password = pg
-    return {"driver": "PostgreSQL", "database": database, "host": host, "port": port,
-            "username": user, "password": password}
+            pg.drop_database(name)
 
 
 # --------------------------------------------------------------------------- servers
@@ -195,13 +162,13 @@ async def test_an_archive_moves_to_another_sqlite_file_and_the_configured_one_is
 
 async def test_an_archive_moves_from_sqlite_to_postgresql_and_back(servers, connect, pg_database):
     pg, database = pg_database
-    host, port, user, password = pg
     old = servers("sqlite", {"mam_database": ARCHIVE_FILE}).start()
     users, before = await converse(old, connect)
     old_file = old.dir / "data" / ARCHIVE_FILE
 
     # SQLite -> PostgreSQL, while the old server runs.
-    in_pg = servers("postgres", {"mam_sql": mam_sql(pg, database)})
+    in_pg = servers("postgres", {"mam_sql": pg.connection(database)})
+    host, port, user, password = pg.host, pg.port, pg.user, pg.password
     described = f"postgresql://{user}@{host}:{port}/{database}"
     first = prosodyctl(in_pg, "mod_mam", "import", "--from", "mam-sqlite", "--source", str(old_file))
     assert_imported(first, old_file, described)
@@ -214,7 +181,7 @@ async def test_an_archive_moves_from_sqlite_to_postgresql_and_back(servers, conn
     with sqlite3.connect(f"file:{old_file}?mode=ro", uri=True) as db:
         in_file = db.execute(counted.format("archive")).fetchone()
     assert in_file[0] == 18 and in_file[1] > 0, in_file
-    assert psql(pg, counted.format("mam_archive"), database) == [tuple(map(str, in_file))]
+    assert pg.psql(counted.format("mam_archive"), database) == [tuple(map(str, in_file))]
     assert not (in_pg.dir / "data" / ARCHIVE_FILE).exists(), "the archive went to PostgreSQL"
 
     in_pg.start()
