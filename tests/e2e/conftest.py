@@ -423,6 +423,19 @@ class Prosody:
         return "\n".join(self.log_text().splitlines()[-n:])
 
 
+def log_lines(server, needle):
+    """The lines of a server's log that contain `needle`."""
+    return [line for line in server.log_text().splitlines() if needle in line]
+
+
+async def wait_log(server, needle, timeout=WAIT):
+    """Waits (bounded) until a line containing `needle` is in the server's log."""
+    deadline = time.monotonic() + timeout
+    while not log_lines(server, needle):
+        assert time.monotonic() < deadline, f"no log line with {needle!r}:\n{server.log_tail()}"
+        await asyncio.sleep(0.05)
+
+
 @pytest.fixture(scope="module")
 def prosody_factory(request):
     """prosody_factory(name, options=None, users=40) -> started Prosody (module-scoped)."""

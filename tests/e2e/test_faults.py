@@ -37,6 +37,7 @@ import uuid
 import pytest
 
 from conftest import (
+    log_lines, wait_log,
     BACKEND, HOST, NS_CLIENT, PLUGIN_PATH, WAIT, Prosody, StanzaError, archive_count, chat_xml,
     mam_all, mam_query, prosody_config, prosodyctl, q, stanza_ids, use_module,
 )
@@ -93,17 +94,6 @@ async def wait_delivered(client, bodies, timeout=WAIT):
     while not want <= {body(m) for m in client.delivered()}:
         assert time.monotonic() < deadline, f"{len(want - {body(m) for m in client.delivered()})} not delivered"
         await asyncio.sleep(0.02)
-
-
-def log_lines(server, needle):
-    return [line for line in server.log_text().splitlines() if needle in line]
-
-
-async def wait_log(server, needle, timeout=WAIT):
-    deadline = time.monotonic() + timeout
-    while not log_lines(server, needle):
-        assert time.monotonic() < deadline, f"no log line with {needle!r}:\n{server.log_tail()}"
-        await asyncio.sleep(0.05)
 
 
 async def timed_ping(client):

@@ -25,6 +25,7 @@ import pytest
 
 import conftest
 from conftest import (
+    log_lines, wait_log,
     HOST, NS_CLIENT, REPO, WAIT, PgServer, Prosody, StanzaError, chat_xml, database_name,
     get_prefs, mam_all, mam_query, prosodyctl, q, send_and_flush, set_prefs, stanza_ids,
     token,
@@ -41,17 +42,6 @@ TEMPORARY_ERROR = ("wait", "internal-server-error")
 
 def body(m):
     return m.findtext(q(NS_CLIENT, "body"))
-
-
-def log_lines(server, needle):
-    return [line for line in server.log_text().splitlines() if needle in line]
-
-
-async def wait_log(server, needle, timeout=WAIT):
-    deadline = time.monotonic() + timeout
-    while not log_lines(server, needle):
-        assert time.monotonic() < deadline, f"no log line with {needle!r}:\n{server.log_tail()}"
-        await asyncio.sleep(0.05)
 
 
 def everything_logged(server):
