@@ -11,7 +11,9 @@
 //! - [`policy`]: what to archive and why; archiving preferences.
 //! - [`query`]: XEP-0313 queries (form, RSM) and their answers.
 //! - [`stanza`]: XML in Prosody's stanza model; parse and serialise.
-//! - [`store`]: the backend boundary and the SQLite backend.
+//! - [`store`]: the backend boundary (`ArchiveStore`), the SQLite backend (the
+//!   embedded default), the PostgreSQL backend (`store::postgres`: schema, TLS), and
+//!   the behavioural contract both run in their tests (`store::contract`).
 //! - [`import`]: importing stock mod_mam archives under their own ids, with progress
 //!   and a per-user verification.
 //! - [`archive_copy`]: copying one of this module's archives into another (SQLite to
