@@ -678,7 +678,7 @@ impl ArchiveStore for SqliteStore {
 
     /// Walks the host's owners (from the counter table, which lists exactly the owners
     /// with messages) and deletes per owner through the owner index, so no statement
-    /// touches rows of an owner it does not name; see [`super::expire_round_robin`].
+    /// touches rows of an owner it does not name; see `store::expire_round_robin`.
     fn expire_batch(&mut self, host: &str, cutoff: Micros, batch: usize) -> Result<u64> {
         let want = to_sql_int(batch);
         if want == 0 {
