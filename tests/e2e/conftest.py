@@ -278,6 +278,118 @@ def pg_archive():
     return BACKEND == "postgres" and MAM_MODULE == "native"
 
 
+# --------------------------------------------------------------------------- MySQL/MariaDB
+
+class MySqlServer:
+    """A private MariaDB server on loopback (scripts/mysql-server.sh), started for the
+    tests that ask for the session fixture `mysql_server` and stopped by PID after them.
+    Its account may create databases; there is no Python driver: SQL goes through the
+    `mariadb` client over TCP, the password in the environment (never on a command line)."""
+
+    SCRIPT = REPO / "scripts" / "mysql-server.sh"
+
+    def __init__(self):
+        self.dir = Path(tempfile.mkdtemp(prefix="mam-e2e-mysql-"))
+        self.started = False
+        self.created = set()
+        self.host = self.port = self.user = self.password = None
+        self.version = None
+
+    @staticmethod
+    def missing():
+        """Why no server can run here (a missing program), or None."""
+        for names in (("mariadbd", "mysqld"), ("mariadb-install-db", "mysql_install_db"),
+                      ("mariadb", "mysql")):
+            if not any(shutil.which(n) or Path("/usr/sbin", n).exists() for n in names):
+                return f"no {names[0]} (Debian's mariadb-server; scripts/ensure-deps.sh installs it)"
+        return None
+
+    def start(self):
+        self.started = True  # stop() runs whatever start managed
+        done = subprocess.run([str(self.SCRIPT), "start", str(self.dir)], capture_output=True,
+                              text=True, timeout=120, stdin=subprocess.DEVNULL)
+        if done.returncode != 0:
+            raise RuntimeError(f"scripts/mysql-server.sh start failed:\n{done.stdout}{done.stderr}")
+        env = {}
+        for line in (self.dir / "env").read_text().splitlines():
+            key, _, value = line.partition("=")
+            env[key.strip()] = value.strip().strip("'")
+        self.host = env["MAM_TEST_MYSQL_HOST"]
+        self.port = int(env["MAM_TEST_MYSQL_PORT"])
+        self.user = env["MAM_TEST_MYSQL_USER"]
+        self.password = env["MAM_TEST_MYSQL_PASSWORD"]
+        self.version = self.sql("SELECT VERSION()")[0][0]
+        return self
+
+    def stop(self):
+        """scripts/mysql-server.sh stop: SIGTERM to the server's PID, wait, remove the dir."""
+        if not self.started:
+            return
+        self.started = False
+        subprocess.run([str(self.SCRIPT), "stop", str(self.dir)], timeout=120,
+                       stdin=subprocess.DEVNULL, check=False)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __str__(self):  # never the password
+        return f"{self.host}:{self.port} as {self.user}"
+
+    def sql(self, statement, database=None, timeout=WAIT):
+        """Run SQL with the mariadb client over TCP; return the rows as tuples of strings."""
+        env = {**os.environ, "MYSQL_PWD": self.password}
+        client = shutil.which("mariadb") or shutil.which("mysql")
+        argv = [client, "--no-defaults", "--batch", "--skip-column-names", "--connect-timeout=5",
+                "--protocol=tcp", "-h", self.host, "-P", str(self.port), "-u", self.user]
+        if database:
+            argv.append(database)
+        done = subprocess.run(argv + ["-e", statement], capture_output=True, text=True,
+                              timeout=timeout, env=env, stdin=subprocess.DEVNULL)
+        if done.returncode != 0:
+            raise RuntimeError(f"mariadb on {self}/{database} failed: {done.stderr.strip()}\n  {statement}")
+        return [tuple(line.split("\t")) for line in done.stdout.splitlines() if line]
+
+    def create_database(self, name):
+        assert name.replace("_", "").isalnum() and name.islower() and len(name) <= 64, name
+        self.sql(f"CREATE DATABASE {name} CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci")
+        self.created.add(name)
+        return name
+
+    def drop_database(self, name):
+        self.sql(f"DROP DATABASE IF EXISTS {name}")
+        self.created.discard(name)
+
+    def connection(self, database):
+        """Prosody's `sql` option table for this database (mod_storage_sql's keys)."""
+        return {"driver": "MySQL", "database": database, "host": self.host,
+                "port": self.port, "username": self.user, "password": self.password}
+
+
+_MYSQL_SERVERS = []
+
+
+@atexit.register
+def _stop_leftover_mysql():
+    """Last resort (e.g. an interrupted run): stop the MariaDB server we started, by PID."""
+    for server in list(_MYSQL_SERVERS):
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def mysql_server():
+    """A private MariaDB server for the whole session, started on first use only;
+    skips the test when the mariadb binaries are missing."""
+    why = MySqlServer.missing()
+    if why:
+        pytest.skip(f"needs MariaDB: {why}")
+    server = MySqlServer()
+    _MYSQL_SERVERS.append(server)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        _MYSQL_SERVERS.remove(server)
+
+
 def database_name(label):
     """A PostgreSQL database name from a label: lower case, [a-z0-9_], unique."""
     clean = "".join(c if c.isalnum() else "_" for c in label.lower())
@@ -344,7 +456,12 @@ class Prosody:
         self._pool = [f"u{i:02d}" for i in range(users)]
         self._next = 0
         # With accounts in SQL storage, the first use creates the tables: not concurrently.
+        # On MySQL, not at all: concurrent account writes (mod_storage_sql's delete and
+        # insert in one transaction) can deadlock in InnoDB, failing a `register`.
         first = 1 if self.options.get("storage", "internal") != "internal" else 0
+        sql = self.options.get("sql")
+        if isinstance(sql, dict) and str(sql.get("driver", "")).lower() == "mysql":
+            first = len(self._pool)
         for user in self._pool[:first]:
             self.register(user)
         with concurrent.futures.ThreadPoolExecutor(8) as ex:

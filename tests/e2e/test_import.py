@@ -2,11 +2,15 @@
 its store with `prosodyctl mod_mam import`, and our module then answers the same MAM
 queries with the same ids, timestamps, order and content, with the prefs carried over.
 
-Once with mod_storage_internal, once with mod_storage_sql on SQLite3, and once with
+Once with mod_storage_internal, once with mod_storage_sql on SQLite3, once with
 mod_storage_sql on PostgreSQL (`storage = "sql"`: accounts too; only in the
-MAM_TEST_BACKEND=postgres pass, which has a server). On that pass our module's archive
-is in PostgreSQL in every case: the first two import across backends, the third from
-Prosody's own table into ours in the same database (the `sql` table, no `mam_sql`)."""
+MAM_TEST_BACKEND=postgres pass, which has a server), and once with mod_storage_sql on
+MySQL/MariaDB (`storage = "sql"`, on a private MariaDB server the session starts for
+this case only, scripts/mysql-server.sh; only in the sqlite pass, so it runs once per
+`make e2e-test`). On the postgres pass our module's archive is in PostgreSQL in every
+case: the first two import across backends, the third from Prosody's own table into
+ours in the same database (the `sql` table, no `mam_sql`). From MySQL the archive
+goes into the embedded SQLite file (MySQL is not an archive database of ours)."""
 
 import pytest
 
@@ -26,6 +30,8 @@ BACKENDS = {
     },
     # "sql" filled in with a fresh database on the test's PostgreSQL server.
     "sql-postgresql": {"storage": "sql"},
+    # "sql" filled in with a fresh database on the session's MariaDB server.
+    "sql-mysql": {"storage": "sql"},
 }
 
 
@@ -37,16 +43,25 @@ def snapshot(results):
 @pytest.fixture(params=sorted(BACKENDS))
 def stock_server(request):
     options = dict(BACKENDS[request.param])
-    database = None
+    database = db_server = None
     if request.param == "sql-postgresql":
         if not pg_archive():
             pytest.skip("needs PostgreSQL: runs with MAM_TEST_BACKEND=postgres")
-        database = conftest.PG.create_database(database_name("import-sql-postgresql"))
-        options["sql"] = conftest.PG.connection(database)
+        db_server = conftest.PG
+    elif request.param == "sql-mysql":
+        if conftest.BACKEND != "sqlite":
+            pytest.skip("MySQL source: runs in the MAM_TEST_BACKEND=sqlite pass only")
+        db_server = request.getfixturevalue("mysql_server")  # skips without MariaDB
+    if db_server is not None:
+        database = db_server.create_database(database_name(f"import-{request.param}"))
+        options["sql"] = db_server.connection(database)
     server = None
     try:
         server = Prosody(f"import-{request.param}", options, users=4)
-        server.sql_database = database  # where stock's tables, and then ours, are
+        # Where stock's tables are (on PostgreSQL, ours then too), and on which server.
+        server.sql_database = database
+        server.sql_server = db_server
+        server.sql_kind = request.param.removeprefix("sql-") if database else None
         use_module(server, None)  # stock mod_mam
         server.start()
         yield server
@@ -54,7 +69,7 @@ def stock_server(request):
         if server is not None:
             server.cleanup()
         if database is not None:
-            conftest.PG.drop_database(database)
+            db_server.drop_database(database)
 
 
 async def test_stock_archives_come_along_with_ids_order_content_and_prefs(stock_server, connect):
@@ -90,16 +105,27 @@ async def test_stock_archives_come_along_with_ids_order_content_and_prefs(stock_
     use_module(server, PLUGIN_PATH)
     # The source is the driver `storage` gives the store unless --from names one.
     source = ["--from", "sql"] if server.sql_database is not None else []
+    if server.sql_kind == "mysql":
+        # Everything of stock's was in MySQL, so nothing has made the data directory
+        # yet; an installed Prosody has one (Debian's /var/lib/prosody), and our
+        # archive file goes there.
+        (server.dir / "data").mkdir(exist_ok=True)
+    if server.sql_kind == "mysql":  # the source really is Prosody's table there
+        rows = server.sql_server.sql(
+            "SELECT count(*) FROM prosodyarchive WHERE store = 'archive'", server.sql_database)
+        assert rows == [("16",)], rows
     first = prosodyctl(server, "mod_mam", "import", *source)
     assert first.returncode == 0, first.stdout + first.stderr
     assert f"Importing 16 messages of 3 users on {HOST}" in first.stdout, first.stdout
     assert f"{juliet.user}: source 7, archive 7 (7 new, 0 already there) ok" in first.stdout
     assert f"{nurse.user}: source 2, archive 2 (2 new, 0 already there) ok" in first.stdout
     assert "Preferences: 1 imported" in first.stdout, first.stdout
-    if server.sql_database is not None:  # from Prosody's table into ours, one database
+    if server.sql_kind == "postgresql":  # from Prosody's table into ours, one database
         rows = conftest.PG.psql("SELECT count(*) FROM mam_archive", server.sql_database)
         assert rows == [("16",)], rows
         assert not (server.dir / "data" / "mam_archive.sqlite").exists()
+    elif server.sql_kind == "mysql":  # from MySQL into the embedded SQLite file
+        assert conftest.archive_count(server) == 16
 
     server.start()
     juliet = await connect(server, juliet_user, "after")
