@@ -43,6 +43,10 @@ pub enum MamError {
         #[source]
         source: postgres::Error,
     },
+    /// A write used an archive id the owner already has for another message (the
+    /// backend checked; ids are random, so practically never).
+    #[error("{0}")]
+    Duplicate(String),
     /// The archive database could not be opened at load (missing directory, not a
     /// database, unreadable); names the file.
     #[error("cannot open the archive database {path}: {cause}")]
@@ -101,6 +105,7 @@ impl MamError {
             MamError::Postgres { source, .. } => {
                 source.code().is_some_and(|c| c.code().starts_with("23"))
             }
+            MamError::Duplicate(_) => true,
             _ => false,
         }
     }
@@ -118,6 +123,7 @@ impl MamError {
             MamError::Config(_)
             | MamError::Storage { .. }
             | MamError::Postgres { .. }
+            | MamError::Duplicate(_)
             | MamError::Open { .. }
             | MamError::Corrupt(_) => ("wait", "internal-server-error", None),
         };

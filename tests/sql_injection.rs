@@ -293,6 +293,7 @@ fn the_store_formats_no_sql() {
         "MamError::ItemNotFound(format!(",
         "MamError::Corrupt(format!(",
         "MamError::Config(format!(",
+        "MamError::Duplicate(format!(",
         "tls_error(format!(",
         // A connection option (startup packet), from a numeric constant.
         r#".options(&format!("-c statement_timeout={STATEMENT_TIMEOUT_MS}"))"#,

@@ -53,12 +53,20 @@ const STATEMENT_TIMEOUT_MS: u32 = 30_000;
 const OWNER_CHUNK: i64 = 256;
 
 /// The whole group commit as one statement: parallel arrays, unpacked in order (their
-/// order is the insertion order, so `seq` follows it).
+/// order is the insertion order, so `seq` follows it). A row whose id the owner already
+/// has is skipped and not returned: after a commit whose outcome was lost with the
+/// connection, the writer's retry must neither fail nor count the message twice
+/// (see [`append_in`] for telling that apart from a real duplicate).
 const INSERT_MESSAGES: &str = "INSERT INTO mam_archive \
      (host, username, id, when_us, with_bare, with_resource, stanza) \
      SELECT h, u, i, w, wb, wr, s FROM unnest($1::text[], $2::text[], $3::text[], \
      $4::int8[], $5::text[], $6::text[], $7::text[]) WITH ORDINALITY \
-     AS t(h, u, i, w, wb, wr, s, n) ORDER BY n";
+     AS t(h, u, i, w, wb, wr, s, n) ORDER BY n \
+     ON CONFLICT (host, username, id) DO NOTHING RETURNING host, username, id";
+
+/// What is stored under an id, to tell a retried message from a different one.
+const STORED_UNDER_ID: &str = "SELECT when_us, stanza FROM mam_archive \
+     WHERE host = $1 AND username = $2 AND id = $3";
 
 /// Adds to per-owner counters (arrays sorted by owner, so concurrent writers lock the
 /// counter rows in the same order and cannot deadlock); returns the new counts.
@@ -518,11 +526,49 @@ fn append_in(
         entry.0 += 1;
         entry.1 = msg.id.as_str();
     }
-    tx.execute(
+    let inserted = tx.query(
         "append: insert messages",
         INSERT_MESSAGES,
         &[&hosts, &users, &ids, &whens, &withs, &resources, &stanzas],
     )?;
+    if inserted.len() < n {
+        let mut stored: std::collections::HashSet<(String, String, String)> =
+            std::collections::HashSet::with_capacity(inserted.len());
+        for row in &inserted {
+            stored.insert((
+                get(row, 0, "append: insert messages")?,
+                get(row, 1, "append: insert messages")?,
+                get(row, 2, "append: insert messages")?,
+            ));
+        }
+        for (owner, msg) in items {
+            let key = (owner.host.clone(), owner.user.clone(), msg.id.clone());
+            if stored.contains(&key) {
+                continue;
+            }
+            // Skipped: the same message from an earlier attempt is fine (and was
+            // counted then); anything else under its id is a real duplicate.
+            entry_already_counted(&mut per_owner, owner);
+            let row = tx.query_opt(
+                "append: look up a skipped id",
+                STORED_UNDER_ID,
+                &[&owner.host, &owner.user, &msg.id],
+            )?;
+            let same = match row {
+                Some(row) => {
+                    get::<i64>(&row, 0, "append: look up a skipped id")? == msg.when
+                        && get::<String>(&row, 1, "append: look up a skipped id")? == msg.xml
+                }
+                None => false,
+            };
+            if !same {
+                return Err(MamError::Duplicate(format!(
+                    "archive id {} is already used by another message of {}",
+                    msg.id, owner.user
+                )));
+            }
+        }
+    }
     let count_hosts: Vec<&str> = per_owner.keys().map(|(h, _)| *h).collect();
     let count_users: Vec<&str> = per_owner.keys().map(|(_, u)| *u).collect();
     let added: Vec<i64> = per_owner.values().map(|(n, _)| *n).collect();
@@ -556,6 +602,17 @@ fn append_in(
         removed += n;
     }
     Ok(removed)
+}
+
+/// One message of the run was already stored (by an earlier attempt of the same
+/// write): it does not add to the owner's counter again.
+fn entry_already_counted<'a>(
+    per_owner: &mut BTreeMap<(&'a str, &'a str), (i64, &'a str)>,
+    owner: &'a Owner,
+) {
+    if let Some(entry) = per_owner.get_mut(&(owner.host.as_str(), owner.user.as_str())) {
+        entry.0 -= 1;
+    }
 }
 
 /// A statement's text and its parameters, assembled from constant fragments; each
@@ -1212,6 +1269,37 @@ mod tests {
             ..all(10)
         };
         assert_eq!(store.find(&juliet(), &with).expect("find").total, Some(0));
+    }
+
+    /// A commit whose answer was lost with the connection is retried by the writer:
+    /// the same batch again must neither fail nor count anything twice, while one new
+    /// message in it is stored and counted.
+    #[test]
+    fn retrying_a_batch_that_was_committed_stores_and_counts_it_once() {
+        let Some(db) = TestDb::create() else { return };
+        let mut store = PgStore::connect(&db.settings).expect("connect");
+        let mut items: Vec<(Owner, NewMessage)> = (0..5)
+            .map(|i| {
+                (
+                    juliet(),
+                    msg(&format!("m{i}"), T0 + i, "romeo@montague.lit"),
+                )
+            })
+            .collect();
+        store.append_many(&items, None).expect("first attempt");
+        items.push((juliet(), msg("m5", T0 + 5, "romeo@montague.lit")));
+        store.append_many(&items, Some(100)).expect("the retry");
+        let page = store.find(&juliet(), &all(10)).expect("find");
+        assert_eq!(ids(&page), ["m0", "m1", "m2", "m3", "m4", "m5"]);
+        assert_eq!(page.total, Some(6));
+        assert_eq!(store.message_count(&juliet()).expect("count"), 6);
+        // The same id for a different message is still refused, and changes nothing.
+        let other = vec![(juliet(), msg("m2", T0 + 99, "nurse@capulet.lit"))];
+        let err = store
+            .append_many(&other, None)
+            .expect_err("a real duplicate");
+        assert!(err.is_constraint(), "{err}");
+        assert_eq!(store.message_count(&juliet()).expect("count"), 6);
     }
 
     #[test]
