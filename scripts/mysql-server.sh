@@ -33,6 +33,11 @@ esac
 data=$dir/data
 cnf=$dir/my.cnf
 pidfile=$dir/mysqld.pid
+SERVER_OWNER=mysql
+SERVER_PIDFILE=$pidfile
+SERVER_LOG=$dir/mysqld.log
+# shellcheck source=server-lib.sh
+. "$(dirname "$(readlink -f "$0")")/server-lib.sh"
 sock=$dir/mysqld.sock
 marker=$dir/.mam-test-mysql
 
@@ -53,37 +58,6 @@ find_bin() {
 	done
 	echo "none of $* found: install Debian's mariadb-server (scripts/ensure-deps.sh does)" >&2
 	exit 1
-}
-
-# Runs a command as the server's owner: `mysql` when we are root, else ourselves.
-as_owner() {
-	if [ "$(id -u)" -eq 0 ]; then
-		runuser -u mysql -- "$@"
-	else
-		"$@"
-	fi
-}
-
-free_port() {
-	python3 -c 'import socket
-s = socket.socket()
-s.bind(("127.0.0.1", 0))
-print(s.getsockname()[1])'
-}
-
-# The server's PID, or nothing when it is not running.
-server_pid() {
-	local pid
-	[ -r "$pidfile" ] || return 0
-	pid=$(head -n 1 "$pidfile")
-	if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
-		echo "$pid"
-	fi
-}
-
-show_log() {
-	echo "--- $dir/mysqld.log (last lines)" >&2
-	tail -n 20 "$dir/mysqld.log" >&2 2>/dev/null || true
 }
 
 # SQL as the local administrator, over the unix socket (unix_socket authentication:

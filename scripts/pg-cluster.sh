@@ -35,6 +35,11 @@ case "$2" in
 esac
 data=$dir/data
 marker=$dir/.mam-test-cluster
+SERVER_OWNER=postgres
+SERVER_PIDFILE=$data/postmaster.pid
+SERVER_LOG=$dir/postgresql.log
+# shellcheck source=server-lib.sh
+. "$(dirname "$(readlink -f "$0")")/server-lib.sh"
 
 pg_bin() {
 	if [ -n "${PG_BIN:-}" ]; then
@@ -49,37 +54,6 @@ pg_bin() {
 		exit 1
 	fi
 	echo "$newest"
-}
-
-# Runs a command as the cluster's owner: `postgres` when we are root, else ourselves.
-as_owner() {
-	if [ "$(id -u)" -eq 0 ]; then
-		runuser -u postgres -- "$@"
-	else
-		"$@"
-	fi
-}
-
-free_port() {
-	python3 -c 'import socket
-s = socket.socket()
-s.bind(("127.0.0.1", 0))
-print(s.getsockname()[1])'
-}
-
-# The postmaster's PID, or nothing when it is not running.
-server_pid() {
-	local pid
-	[ -r "$data/postmaster.pid" ] || return 0
-	pid=$(head -n 1 "$data/postmaster.pid")
-	if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
-		echo "$pid"
-	fi
-}
-
-show_log() {
-	echo "--- $dir/postgresql.log (last lines)" >&2
-	tail -n 20 "$dir/postgresql.log" >&2 2>/dev/null || true
 }
 
 # Starts the server on the port written in DIR/port; waits until it accepts connections.
