@@ -15,7 +15,7 @@ use std::time::Duration;
 use crate::config::Config;
 use crate::error::Result;
 use crate::id::new_archive_id;
-use crate::mailbox::{Completion, JobId, Level, Mailbox};
+use crate::mailbox::{Completion, JobId, Level, Mailbox, Reply};
 use crate::ns;
 use crate::policy::{self, DefaultPolicy, Prefs, Rule};
 use crate::query::{self, split_resource, JidPrep};
@@ -260,8 +260,7 @@ impl Archive {
         user: &str,
         query_el: &Element,
         jid_prep: JidPrep,
-        reply_to: Option<&str>,
-        reply_from: Option<&str>,
+        reply: Reply,
     ) -> Result<JobId> {
         self.prefs(user, true)?;
         let q = query::parse_query(query_el, jid_prep)?;
@@ -274,8 +273,7 @@ impl Archive {
             op: ReadOp::Query {
                 plan: Box::new(plan),
                 query_id: q.query_id,
-                reply_to: reply_to.map(str::to_owned),
-                reply_from: reply_from.map(str::to_owned),
+                reply,
             },
         })?;
         Ok(job)
@@ -409,8 +407,8 @@ fn database_bytes(path: &std::path::Path) -> u64 {
 mod tests {
     use super::*;
     use crate::config::RawValue;
-    use crate::mailbox::Outcome;
-    use crate::stanza::parse_xml;
+    use crate::mailbox::{Outcome, QueryResults, ResultStanzas};
+    use crate::stanza::{parse_xml, to_wire_xml};
     use crate::store::sqlite::SqliteStore;
     use std::sync::atomic::{AtomicI64, Ordering};
 
@@ -462,10 +460,12 @@ mod tests {
 
     fn query_all(a: &mut Archive, user: &str) -> Vec<String> {
         let q = parse_xml("<query xmlns='urn:xmpp:mam:2'/>").unwrap();
-        let job = a.start_query(user, &q, &prep, None, None).unwrap();
+        let job = a.start_query(user, &q, &prep, Reply::default()).unwrap();
         match wait(a, job) {
-            Outcome::Query(Ok(r)) => r
-                .messages
+            Outcome::Query(Ok(QueryResults {
+                messages: ResultStanzas::Elements(messages),
+                ..
+            })) => messages
                 .iter()
                 .map(|m| {
                     let result = m.get_child("result", Some(ns::MAM)).unwrap();
@@ -481,6 +481,51 @@ mod tests {
             Outcome::Removed(Ok(n)) => n,
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_serialised_answer_is_the_stanza_answer_written_out() {
+        let (mut a, _clock, _dir) = archive_with(&[]);
+        for body in ["one", "two &amp; &lt;three&gt;"] {
+            a.append("juliet", "romeo@montague.lit/orchard", chat(body))
+                .unwrap()
+                .unwrap();
+        }
+        let q = parse_xml("<query xmlns='urn:xmpp:mam:2' queryid='q'/>").unwrap();
+        let mut answers = Vec::new();
+        for serialised in [false, true] {
+            let reply = Reply {
+                to: Some("juliet@localhost/balcony".into()),
+                from: Some("juliet@localhost".into()),
+                iq_id: Some("iq1".into()),
+                serialised,
+            };
+            let job = a.start_query("juliet", &q, &prep, reply).unwrap();
+            match wait(&a, job) {
+                Outcome::Query(Ok(r)) => answers.push(r),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        let (stanzas, xml) = match (&answers[0].messages, &answers[1].messages) {
+            (ResultStanzas::Elements(e), ResultStanzas::Xml(x)) => (e, x),
+            other => panic!("forms not as asked: {other:?}"),
+        };
+        assert_eq!(stanzas.len(), 2);
+        let written: Vec<String> = stanzas.iter().map(to_wire_xml).collect();
+        assert_eq!(&written, xml);
+        assert!(xml[1].contains("two &amp; &lt;three&gt;"), "{}", xml[1]);
+        assert!(
+            xml[0].starts_with("<message to='juliet@localhost/balcony' from='juliet@localhost'>")
+        );
+        // The iq reply: st.reply's addressing, the fin inside.
+        let reply = &answers[1].reply;
+        assert_eq!(reply, &answers[0].reply);
+        assert_eq!(reply.name, "iq");
+        assert_eq!(reply.attr("type"), Some("result"));
+        assert_eq!(reply.attr("id"), Some("iq1"));
+        assert_eq!(reply.attr("to"), Some("juliet@localhost/balcony"));
+        assert_eq!(reply.attr("from"), Some("juliet@localhost"));
+        assert_eq!(reply.get_child("fin", Some(ns::MAM)), Some(&answers[1].fin));
     }
 
     #[test]

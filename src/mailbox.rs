@@ -18,11 +18,53 @@ use crate::stanza::Element;
 /// Identifies one asynchronous request from the shim.
 pub type JobId = u64;
 
-/// A finished query: the `<message>` stanzas to send, in order, and the `<fin>`.
+/// Whom a query's answer goes to, and in which form.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reply {
+    /// The requesting session's JID (`to` of every result and of the `<iq>` reply).
+    pub to: Option<String>,
+    /// The archive's JID as the request addressed it (`from` of the replies).
+    pub from: Option<String>,
+    /// The request's `id`, repeated on the `<iq type='result'>`.
+    pub iq_id: Option<String>,
+    /// Serialise on the reader thread: the session writes strings as they are.
+    pub serialised: bool,
+}
+
+/// The `<message>` results of a query, in order, in the form the session needs.
+///
+/// A session whose outgoing stanzas pass through filters (stream management,
+/// websocket framing, CSI) needs Prosody stanza objects, built on the event loop from
+/// [`ResultStanzas::Elements`]. Every other session is sent the XML Prosody's own
+/// `tostring` would write, produced on the reader thread: building stanza tables and
+/// serialising them in Lua was most of a page's cost on the event loop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResultStanzas {
+    Elements(Vec<Element>),
+    Xml(Vec<String>),
+}
+
+impl ResultStanzas {
+    pub fn len(&self) -> usize {
+        match self {
+            ResultStanzas::Elements(v) => v.len(),
+            ResultStanzas::Xml(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A finished query: the `<message>` stanzas to send, the `<fin>` and the `<iq>`
+/// reply carrying it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueryResults {
-    pub messages: Vec<Element>,
+    pub messages: ResultStanzas,
     pub fin: Element,
+    /// `<iq type='result'>` with the `<fin>`, addressed as [`Reply`] says.
+    pub reply: Element,
 }
 
 /// What a job produced.

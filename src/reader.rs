@@ -11,10 +11,10 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::error::{MamError, Result};
-use crate::mailbox::{Completion, JobId, Mailbox, Outcome, QueryResults};
+use crate::mailbox::{Completion, JobId, Mailbox, Outcome, QueryResults, Reply, ResultStanzas};
 use crate::ns;
 use crate::query::{self, Plan};
-use crate::stanza::Element;
+use crate::stanza::{to_wire_xml, Element};
 use crate::store::{ArchiveStore, Owner};
 use crate::time::format_datetime;
 use crate::writer::Progress;
@@ -36,8 +36,7 @@ pub enum ReadOp {
     Query {
         plan: Box<Plan>,
         query_id: Option<String>,
-        reply_to: Option<String>,
-        reply_from: Option<String>,
+        reply: Reply,
     },
     Metadata,
 }
@@ -116,15 +115,13 @@ fn reader_loop(
             ReadOp::Query {
                 plan,
                 query_id,
-                reply_to,
-                reply_from,
+                reply,
             } => Outcome::Query(run_query(
                 store.as_mut(),
                 &job.owner,
                 &plan,
                 query_id.as_deref(),
-                reply_to.as_deref(),
-                reply_from.as_deref(),
+                &reply,
             )),
             ReadOp::Metadata => Outcome::Metadata(metadata(store.as_mut(), &job.owner)),
         };
@@ -141,26 +138,47 @@ pub fn run_query(
     owner: &Owner,
     plan: &Plan,
     query_id: Option<&str>,
-    reply_to: Option<&str>,
-    reply_from: Option<&str>,
+    reply: &Reply,
 ) -> Result<QueryResults> {
     let page = store.find(owner, &plan.find)?;
     let answer = query::answer(plan, page);
     let mut messages = Vec::with_capacity(answer.items.len());
+    let mut messages_xml = Vec::new();
     for item in &answer.items {
         let mut wrapper = Element::new("message");
-        if let Some(to) = reply_to {
+        if let Some(to) = &reply.to {
             wrapper.set_attr("to", to);
         }
-        if let Some(from) = reply_from {
+        if let Some(from) = &reply.from {
             wrapper.set_attr("from", from);
         }
         wrapper.push(query::result_element(query_id, item)?);
-        messages.push(wrapper);
+        if reply.serialised {
+            messages_xml.push(to_wire_xml(&wrapper));
+        } else {
+            messages.push(wrapper);
+        }
     }
+    // As `st.reply` addresses it: to the requester, from whom it addressed.
+    let mut iq = Element::new("iq").with_attr("type", "result");
+    for (key, value) in [
+        ("id", &reply.iq_id),
+        ("to", &reply.to),
+        ("from", &reply.from),
+    ] {
+        if let Some(v) = value {
+            iq.set_attr(key, v);
+        }
+    }
+    iq.push(answer.fin.clone());
     Ok(QueryResults {
-        messages,
+        messages: if reply.serialised {
+            ResultStanzas::Xml(messages_xml)
+        } else {
+            ResultStanzas::Elements(messages)
+        },
         fin: answer.fin,
+        reply: iq,
     })
 }
 

@@ -254,11 +254,30 @@ impl Element {
 /// byte for byte (Prosody's `tostring` writes them raw and a re-parse loses them).
 pub fn to_xml(el: &Element) -> String {
     let mut out = String::with_capacity(256);
-    write_element(el, None, &mut out);
+    write_element(el, None, Escaping::Storage, &mut out);
     out
 }
 
-fn write_element(el: &Element, parent_ns: Option<&str>, out: &mut String) {
+/// The XML Prosody's `tostring(stanza)` writes for `el`, for sending to a client:
+/// as [`to_xml`] but with `\r`, tab and newline written raw, as Prosody writes them,
+/// so a client reads a result exactly as it read the live message (its parser
+/// normalises them the same way both times).
+pub fn to_wire_xml(el: &Element) -> String {
+    let mut out = String::with_capacity(256);
+    write_element(el, None, Escaping::Prosody, &mut out);
+    out
+}
+
+/// Which characters besides the five XML specials are written as references.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Escaping {
+    /// Also those a parser would normalise, so stored XML reads back byte for byte.
+    Storage,
+    /// Only the five, as Prosody's `xml_escape`.
+    Prosody,
+}
+
+fn write_element(el: &Element, parent_ns: Option<&str>, esc: Escaping, out: &mut String) {
     out.push('<');
     out.push_str(&el.name);
     let mut nsid = 0u32;
@@ -268,7 +287,7 @@ fn write_element(el: &Element, parent_ns: Option<&str>, out: &mut String) {
             out.push_str(" xmlns:ns");
             push_u32(out, nsid);
             out.push_str("='");
-            escape_into(ns, true, out);
+            escape_into(ns, true, esc, out);
             out.push_str("' ns");
             push_u32(out, nsid);
             out.push(':');
@@ -280,7 +299,7 @@ fn write_element(el: &Element, parent_ns: Option<&str>, out: &mut String) {
             out.push_str(key);
         }
         out.push_str("='");
-        escape_into(value, true, out);
+        escape_into(value, true, esc, out);
         out.push('\'');
     }
     if el.children.is_empty() {
@@ -291,8 +310,8 @@ fn write_element(el: &Element, parent_ns: Option<&str>, out: &mut String) {
     let own_ns = el.xmlns();
     for child in &el.children {
         match child {
-            Node::Element(c) => write_element(c, own_ns, out),
-            Node::Text(t) => escape_into(t, false, out),
+            Node::Element(c) => write_element(c, own_ns, esc, out),
+            Node::Text(t) => escape_into(t, false, esc, out),
         }
     }
     out.push_str("</");
@@ -306,14 +325,17 @@ fn push_u32(out: &mut String, n: u32) {
     let _ = write!(out, "{n}");
 }
 
-/// Prosody's `xml_escape` (the five XML specials), plus the characters XML parsers
-/// normalise: `\r` (line-end normalisation, XML 1.0 §2.11) and, in attribute values
-/// (`in_attr`), tab and newline too (attribute-value normalisation, §3.3.3).
-fn escape_into(s: &str, in_attr: bool, out: &mut String) {
+/// Prosody's `xml_escape` (the five XML specials), plus, for storage, the characters
+/// XML parsers normalise: `\r` (line-end normalisation, XML 1.0 §2.11) and, in
+/// attribute values (`in_attr`), tab and newline too (attribute-value normalisation,
+/// §3.3.3).
+fn escape_into(s: &str, in_attr: bool, esc: Escaping, out: &mut String) {
     let mut rest = s;
+    let storage = esc == Escaping::Storage;
     let special = |c: char| match c {
-        '\'' | '"' | '<' | '>' | '&' | '\r' => true,
-        '\t' | '\n' => in_attr,
+        '\'' | '"' | '<' | '>' | '&' => true,
+        '\r' => storage,
+        '\t' | '\n' => storage && in_attr,
         _ => false,
     };
     while let Some(i) = rest.find(special) {
@@ -753,6 +775,21 @@ fn check_qname(name: &str, position: u64) -> Result<(), StanzaError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wire_xml_writes_what_prosody_writes_and_storage_keeps_what_parsers_drop() {
+        let el = Element::new("message")
+            .with_attr("note", "a\tb\nc\r'")
+            .with_child(Element::new("body").with_text("x\r\ny\t<&>\""));
+        assert_eq!(
+            to_wire_xml(&el),
+            "<message note='a\tb\nc\r&apos;'><body>x\r\ny\t&lt;&amp;&gt;&quot;</body></message>"
+        );
+        assert_eq!(
+            to_xml(&el),
+            "<message note='a&#9;b&#10;c&#13;&apos;'><body>x&#13;\ny\t&lt;&amp;&gt;&quot;</body></message>"
+        );
+    }
 
     /// XEP-0313 §4.2 (and RFC 6121's balcony scene): the archived message.
     const XEP_MESSAGE: &str = "<message to='juliet@capulet.lit/balcony' from='romeo@montague.lit/orchard' type='chat'><body>Call me but love, and I'll be married ere the morning light.</body></message>";

@@ -183,6 +183,16 @@ module:hook("iq-get/self/" .. xmlns_mam .. ":query", function (event)
 	return true;
 end);
 
+-- Whether a session's outgoing stanzas reach the wire untouched: no stanzas/out filter
+-- (stream management, websocket framing, CSI buffering add one). Such a session is
+-- sent each result as the XML tostring() would give, serialised on a reader thread;
+-- the others get stanza objects, which their filters need.
+local function takes_serialised(session)
+	local filters = session.filters;
+	local out = filters and filters["stanzas/out"];
+	return out == nil or out[1] == nil;
+end
+
 -- Archive queries (XEP-0313 §4): validated at once, run on a reader thread.
 module:hook("iq-set/self/" .. xmlns_mam .. ":query", function (event)
 	local started = time_now();
@@ -192,7 +202,8 @@ module:hook("iq-set/self/" .. xmlns_mam .. ":query", function (event)
 		m_queries["internal-server-error"]:add(1);
 		return true;
 	end
-	local job, err = archive:query(origin.username, stanza.tags[1], stanza.attr.from, stanza.attr.to);
+	local job, err = archive:query(origin.username, stanza.tags[1], stanza.attr.from, stanza.attr.to,
+		stanza.attr.id, takes_serialised(origin));
 	if not job then
 		m_queries[err.condition or "internal-server-error"]:add(1);
 		return fail(origin, stanza, "Archive query", err);
@@ -202,11 +213,11 @@ module:hook("iq-set/self/" .. xmlns_mam .. ":query", function (event)
 			m_queries[c.err.condition or "internal-server-error"]:add(1);
 			return fail(origin, stanza, "Archive query", c.err);
 		end
-		local results = c.results;
-		for i = 1, #results do
-			origin.send(results[i]);
+		-- The results, then the iq reply with the fin.
+		local replies = takes_serialised(origin) and c.page:xml() or c.page:stanzas();
+		for i = 1, #replies do
+			origin.send(replies[i]);
 		end
-		origin.send(st.reply(stanza):add_child(c.fin));
 		m_queries.ok:add(1);
 		m_query_latency:sample(time_now() - started);
 	end);

@@ -18,11 +18,11 @@ use mlua::{
 use crate::archive::{Archive, NotStored, Stats};
 use crate::config::{Config, RawValue};
 use crate::error::MamError;
-use crate::mailbox::{Completion, Outcome};
+use crate::mailbox::{Completion, Outcome, QueryResults, Reply, ResultStanzas};
 use crate::policy::{self, Rule};
-use crate::stanza::Element;
+use crate::stanza::{parse_xml, to_wire_xml, Element};
 
-use stanza_lua::{copy_without, element_from_lua, element_to_lua, ChildTag};
+use stanza_lua::{copy_without, element_from_lua, element_to_lua, string_array, ChildTag};
 
 /// Every option name the module reads, so the shim can pass them all at once.
 pub const OPTION_NAMES: &[&str] = &[
@@ -371,15 +371,31 @@ impl UserData for ArchiveHandle {
             }
         });
 
-        // query(user, query_el, reply_to, reply_from) -> job | nil, err
-        // Validation errors come back at once; the page arrives via completions().
+        // query(user, query_el, reply_to, reply_from, iq_id, serialised) -> job | nil, err
+        // Validation errors come back at once; the answer arrives via completions() as
+        // { job =, count =, page = Page }, serialised on the reader thread if asked.
         methods.add_method_mut(
             "query",
-            |lua, this, (user, query_el, to, from): (String, Table, Option<String>, Option<String>)| {
+            |lua,
+             this,
+             (user, query_el, to, from, iq_id, serialised): (
+                String,
+                Table,
+                Option<String>,
+                Option<String>,
+                Option<String>,
+                Option<bool>,
+            )| {
                 let el = element_from_lua(lua, &query_el)?;
                 let jid_prep = this.jid_prep.clone();
                 let prep = prep_with(&jid_prep);
-                match this.archive()?.start_query(&user, &el, &prep, to.as_deref(), from.as_deref()) {
+                let reply = Reply {
+                    to,
+                    from,
+                    iq_id,
+                    serialised: serialised.unwrap_or(false),
+                };
+                match this.archive()?.start_query(&user, &el, &prep, reply) {
                     Ok(job) => Ok(values([Value::Integer(job as i64)])),
                     Err(e) => failure(lua, &e),
                 }
@@ -482,18 +498,74 @@ impl UserData for ArchiveHandle {
     }
 }
 
+/// A query's answer, taken once, in the form the session needs: the `<message>`
+/// results in order, then the `<iq type='result'>` carrying the `<fin>`.
+/// `page:xml()` gives them serialised (strings `session.send` writes as they are),
+/// `page:stanzas()` as Prosody stanza tables, for sessions whose outgoing stanzas
+/// pass through filters. The reader thread already produced the form the shim asked
+/// for; the other one is still available (converted here, on the loop) because a
+/// session's filters can change while its query runs.
+struct Page {
+    results: Option<QueryResults>,
+    stanza_mt: Table,
+}
+
+impl Page {
+    fn take(&mut self) -> LuaResult<QueryResults> {
+        self.results
+            .take()
+            .ok_or_else(|| mlua::Error::runtime("mam_native: query results already taken"))
+    }
+}
+
+impl UserData for Page {
+    fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
+        methods.add_method_mut("xml", |lua, this, ()| {
+            let results = this.take()?;
+            let mut xml = match results.messages {
+                ResultStanzas::Xml(xml) => xml,
+                ResultStanzas::Elements(elements) => elements.iter().map(to_wire_xml).collect(),
+            };
+            xml.push(to_wire_xml(&results.reply));
+            string_array(lua, &xml)
+        });
+        methods.add_method_mut("stanzas", |lua, this, ()| {
+            let results = this.take()?;
+            let t = lua.create_table_with_capacity(results.messages.len() + 1, 0)?;
+            match &results.messages {
+                ResultStanzas::Elements(elements) => {
+                    for el in elements {
+                        t.raw_push(element_to_lua(lua, el, &this.stanza_mt)?)?;
+                    }
+                }
+                ResultStanzas::Xml(xml) => {
+                    for x in xml {
+                        // Our own serialisation of a moment ago: it parses.
+                        let el = parse_xml(x).map_err(|e| {
+                            mlua::Error::runtime(format!("mam_native: result re-parse: {e}"))
+                        })?;
+                        t.raw_push(element_to_lua(lua, &el, &this.stanza_mt)?)?;
+                    }
+                }
+            }
+            t.raw_push(element_to_lua(lua, &results.reply, &this.stanza_mt)?)?;
+            Ok(t)
+        });
+    }
+}
+
 impl ArchiveHandle {
     fn completion_to_lua(&self, lua: &Lua, c: Completion) -> LuaResult<Table> {
         let t = lua.create_table()?;
         t.raw_set("job", c.job as i64)?;
         let err = match c.outcome {
             Outcome::Query(Ok(results)) => {
-                let msgs = lua.create_table_with_capacity(results.messages.len(), 0)?;
-                for m in &results.messages {
-                    msgs.raw_push(self.to_lua(lua, m)?)?;
-                }
-                t.raw_set("results", msgs)?;
-                t.raw_set("fin", self.to_lua(lua, &results.fin)?)?;
+                t.raw_set("count", results.messages.len() as i64)?;
+                let page = Page {
+                    results: Some(results),
+                    stanza_mt: self.stanza_mt.clone(),
+                };
+                t.raw_set("page", lua.create_userdata(page)?)?;
                 None
             }
             Outcome::Metadata(Ok(el)) => {

@@ -347,6 +347,25 @@ pub fn element_to_lua(lua: &Lua, el: &Element, stanza_mt: &Table) -> mlua::Resul
     }
 }
 
+/// A Lua array of the given strings, built in one protected call: a page's results
+/// cross here, and mlua's per-string protection cost more than the copies.
+pub fn string_array<S: AsRef<str>>(lua: &Lua, items: &[S]) -> mlua::Result<Table> {
+    let narr = c_int::try_from(items.len()).unwrap_or(c_int::MAX);
+    // SAFETY: pushes one table, fills its array part with raw sets (no metamethods)
+    // and leaves exactly that table on the stack; an allocation failure raises inside
+    // the protected call.
+    unsafe {
+        lua.exec_raw::<Table>((), |state| {
+            ffi::luaL_checkstack(state, 3, std::ptr::null());
+            ffi::lua_createtable(state, narr, 0);
+            for (i, item) in items.iter().enumerate() {
+                push_str(state, item.as_ref());
+                ffi::lua_rawseti(state, -2, (i + 1) as ffi::lua_Integer);
+            }
+        })
+    }
+}
+
 /// Nesting depth of `el` (1 for a leaf), counted without recursion.
 fn depth_of(el: &Element) -> usize {
     let mut deepest = 0;

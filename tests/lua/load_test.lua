@@ -151,9 +151,16 @@ end);
 check("a query returns result messages as Prosody stanzas and a fin", function ()
 	local q = st.stanza("query", { xmlns = "urn:xmpp:mam:2", queryid = "q1" });
 	local c = wait_job(archive:query("juliet", q, "juliet@localhost/balcony", "juliet@localhost"));
-	local results, fin = c.results, c.fin;
-	assert(results, c.err and c.err.log);
-	eq(#results, 2, "result count");
+	assert(c.page, c.err and c.err.log);
+	eq(c.count, 2, "result count");
+	local results = c.page:stanzas();
+	eq(#results, 3, "two results and the iq reply");
+	local reply = table.remove(results);
+	eq(getmetatable(reply), st.stanza_mt);
+	eq(reply.name, "iq"); eq(reply.attr.type, "result");
+	eq(reply.attr.to, "juliet@localhost/balcony"); eq(reply.attr.from, "juliet@localhost");
+	local fin = reply.tags[1];
+	assert(not pcall(c.page.xml, c.page), "a page is taken once");
 	local r = results[1];
 	eq(getmetatable(r), st.stanza_mt);
 	eq(r.attr.to, "juliet@localhost/balcony");
@@ -166,6 +173,44 @@ check("a query returns result messages as Prosody stanzas and a fin", function (
 	eq(fin:find("{http://jabber.org/protocol/rsm}set/count#"), "2");
 	-- Prosody can serialise what we built.
 	assert(tostring(r):find("Wherefore art thou?", 1, true));
+end);
+
+-- Same element tree: names, namespaces (declared or inherited), other attributes in
+-- any order, children in order.
+local function same_tree(a, b, where, parent_ns)
+	eq(type(a), type(b), where .. ": kind");
+	if type(a) == "string" then eq(a, b, where .. ": text"); return; end
+	eq(a.name, b.name, where .. ": name");
+	local a_ns, b_ns = a.attr.xmlns or parent_ns, b.attr.xmlns or parent_ns;
+	eq(a_ns, b_ns, where .. ": namespace");
+	for k, v in pairs(a.attr) do if k ~= "xmlns" then eq(b.attr[k], v, where .. ": attribute " .. k); end end
+	for k, v in pairs(b.attr) do if k ~= "xmlns" then eq(a.attr[k], v, where .. ": attribute " .. k); end end
+	eq(#a, #b, where .. ": child count");
+	for i = 1, #a do same_tree(a[i], b[i], where .. "/" .. i, a_ns); end
+end
+
+check("the serialised results are the stanzas as Prosody writes and reads them", function ()
+	local q = st.stanza("query", { xmlns = "urn:xmpp:mam:2", queryid = "q2" });
+	local function ask(serialised)
+		return wait_job(archive:query("juliet", q, "juliet@localhost/balcony", "juliet@localhost", "iq7", serialised)).page;
+	end
+	-- Each form as asked, and each page also in the other form (a session's filters
+	-- can change while its query runs).
+	local forms = { ask(false):stanzas(), ask(true):xml(), ask(true):stanzas(), ask(false):xml() };
+	local stanzas, xml = forms[1], forms[2];
+	eq(#stanzas, 3, "two results and the reply");
+	for f = 3, 4 do eq(#forms[f], 3, "form " .. f); end
+	for i = 1, #xml do
+		eq(type(xml[i]), "string");
+		eq(forms[4][i], xml[i], "converted on the loop, result " .. i);
+		local parsed = assert(require "util.xml".parse(xml[i]));
+		same_tree(parsed, stanzas[i], "result " .. i);
+		same_tree(forms[3][i], stanzas[i], "re-parsed result " .. i);
+		-- Each a single stanza, ready for session.send (no declaration, no stream).
+		eq(xml[i]:sub(1, #(i < 3 and "<message " or "<iq ")), i < 3 and "<message " or "<iq ");
+		eq(#xml[i], #tostring(stanzas[i]), "same length as tostring");
+	end
+	eq(stanzas[3].attr.id, "iq7", "the reply repeats the request's id");
 end);
 
 check("a query with an unknown field is feature-not-implemented", function ()
@@ -181,7 +226,7 @@ check("an unknown after-id is item-not-found", function ()
 	local q = st.stanza("query", { xmlns = "urn:xmpp:mam:2" })
 		:tag("set", { xmlns = "http://jabber.org/protocol/rsm" }):text_tag("after", "nope");
 	local c = wait_job(archive:query("juliet", q));
-	eq(c.results, nil); eq(c.err.condition, "item-not-found");
+	eq(c.page, nil); eq(c.err.condition, "item-not-found");
 end);
 
 check("metadata names the first and last message", function ()

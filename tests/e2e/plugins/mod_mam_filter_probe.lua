@@ -1,0 +1,25 @@
+-- Test probe: an outgoing-stanza filter on the sessions of resource "filtered", as
+-- stream management, websocket framing or CSI add one. Logs each MAM result it is
+-- handed and whether it is a stanza object (what such filters need).
+
+local filters = require "util.filters";
+local st = require "util.stanza";
+
+local function probe(stanza, session)
+	if type(stanza) == "table" and stanza.name == "message" then
+		local result = st.is_stanza(stanza) and stanza:get_child("result", "urn:xmpp:mam:2");
+		if result then
+			module:log("info", "probe: filter saw result %s for %s", result.attr.id, session.full_jid);
+		end
+	elseif type(stanza) == "string" and stanza:find("urn:xmpp:mam:2", 1, true) then
+		module:log("info", "probe: filter saw a string for %s", session.full_jid);
+	end
+	return stanza;
+end
+
+module:hook("resource-bind", function (event)
+	local session = event.session;
+	if session.resource == "filtered" then
+		filters.add_filter(session, "stanzas/out", probe);
+	end
+end);
