@@ -13,7 +13,7 @@
 //! fills and further messages are delivered but not archived, each one logged.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -273,16 +273,26 @@ impl WriterThread {
                     }
                 }
             }
+            // Let writes gather by sleeping, not by waiting on the queue: a receiver
+            // parked in the queue turns every send into a wake-up (a futex syscall on
+            // Prosody's thread and a context switch here, per message); a sleeping
+            // one costs the sender nothing, and the queue is drained when it wakes.
             let linger_until = Instant::now() + LINGER;
             while pending.len() < MAX_GROUP && !self.stopping {
-                let now = Instant::now();
-                if now >= linger_until {
-                    break;
-                }
-                match rx.recv_timeout(linger_until - now) {
-                    Ok(Command::Write(seq, op)) => pending.push((seq, op)),
+                match rx.try_recv() {
+                    Ok(Command::Write(seq, op)) => {
+                        pending.push((seq, op));
+                        continue;
+                    }
                     Ok(Command::Stop) => self.stopping = true,
-                    Err(_) => break,
+                    Err(TryRecvError::Disconnected) => break,
+                    Err(TryRecvError::Empty) => {
+                        let now = Instant::now();
+                        if now >= linger_until {
+                            break;
+                        }
+                        std::thread::sleep(linger_until - now);
+                    }
                 }
             }
             self.apply_with_retry(&mut pending);
