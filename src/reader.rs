@@ -197,3 +197,60 @@ pub fn metadata(store: &mut dyn ArchiveStore, owner: &Owner) -> Result<Element> 
     }
     Ok(el)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stanza::parse_xml;
+    use crate::store::ArchivedMessage;
+
+    fn stored(i: usize) -> ArchivedMessage {
+        ArchivedMessage {
+            id: format!("01HZX{i:021}"),
+            when: 1_700_000_000_000_000 + i as i64,
+            with_bare: "romeo@montague.lit".into(),
+            with_resource: Some("orchard".into()),
+            xml: format!(
+                "<message xmlns='jabber:client' from='romeo@montague.lit/orchard' id='m{i}' \
+                 to='juliet@capulet.lit' type='chat'><body>{}</body>\
+                 <active xmlns='http://jabber.org/protocol/chatstates'/>\
+                 <origin-id xmlns='urn:xmpp:sid:0' id='o{i}'/></message>",
+                "x".repeat(100)
+            ),
+        }
+    }
+
+    /// Where a page's time goes on the reader thread (run with --ignored --nocapture).
+    #[test]
+    #[ignore]
+    fn result_building_speed() {
+        use std::time::Instant;
+        let msgs: Vec<ArchivedMessage> = (0..50)
+            .collect::<Vec<_>>()
+            .iter()
+            .map(|i| stored(*i))
+            .collect();
+        let rounds = 2000;
+        let t = Instant::now();
+        for _ in 0..rounds {
+            for m in &msgs {
+                std::hint::black_box(parse_xml(&m.xml).unwrap());
+            }
+        }
+        let parse = t.elapsed().as_secs_f64() / (rounds * 50) as f64 * 1e6;
+        let t = Instant::now();
+        for _ in 0..rounds {
+            for m in &msgs {
+                std::hint::black_box(query::result_element(Some("q1"), m).unwrap());
+            }
+        }
+        let result = t.elapsed().as_secs_f64() / (rounds * 50) as f64 * 1e6;
+        let el = query::result_element(Some("q1"), &msgs[0]).unwrap();
+        let t = Instant::now();
+        for _ in 0..rounds * 50 {
+            std::hint::black_box(to_wire_xml(&el));
+        }
+        let ser = t.elapsed().as_secs_f64() / (rounds * 50) as f64 * 1e6;
+        println!("per result: parse {parse:.2} us, result_element {result:.2} us, to_wire_xml {ser:.2} us");
+    }
+}
