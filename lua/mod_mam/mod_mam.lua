@@ -183,14 +183,18 @@ module:hook("iq-get/self/" .. xmlns_mam .. ":query", function (event)
 	return true;
 end);
 
--- Whether a session's outgoing stanzas reach the wire untouched: no stanzas/out filter
--- (stream management, websocket framing, CSI buffering add one). Such a session is
--- sent each result as the XML tostring() would give, serialised on a reader thread;
--- the others get stanza objects, which their filters need.
-local function takes_serialised(session)
+-- How a session's outgoing stanzas reach the wire. A stanzas/out filter (stream
+-- management, websocket framing, CSI buffering add one) needs stanza objects; a
+-- bytes/out filter sees each send, so it gets one stanza per send; a session with
+-- neither can be given a whole page in one send. The strings are what tostring()
+-- would write, serialised on a reader thread.
+local function output_form(session)
 	local filters = session.filters;
-	local out = filters and filters["stanzas/out"];
-	return out == nil or out[1] == nil;
+	if not filters then return "joined"; end
+	local stanzas_out, bytes_out = filters["stanzas/out"], filters["bytes/out"];
+	if stanzas_out and stanzas_out[1] then return "stanzas"; end
+	if bytes_out and bytes_out[1] then return "strings"; end
+	return "joined";
 end
 
 -- Archive queries (XEP-0313 §4): validated at once, run on a reader thread.
@@ -203,7 +207,7 @@ module:hook("iq-set/self/" .. xmlns_mam .. ":query", function (event)
 		return true;
 	end
 	local job, err = archive:query(origin.username, stanza.tags[1], stanza.attr.from, stanza.attr.to,
-		stanza.attr.id, takes_serialised(origin));
+		stanza.attr.id, output_form(origin) ~= "stanzas");
 	if not job then
 		m_queries[err.condition or "internal-server-error"]:add(1);
 		return fail(origin, stanza, "Archive query", err);
@@ -214,9 +218,14 @@ module:hook("iq-set/self/" .. xmlns_mam .. ":query", function (event)
 			return fail(origin, stanza, "Archive query", c.err);
 		end
 		-- The results, then the iq reply with the fin.
-		local replies = takes_serialised(origin) and c.page:xml() or c.page:stanzas();
-		for i = 1, #replies do
-			origin.send(replies[i]);
+		local form = output_form(origin);
+		if form == "joined" then
+			origin.send(c.page:xml(true));
+		else
+			local replies = form == "strings" and c.page:xml() or c.page:stanzas();
+			for i = 1, #replies do
+				origin.send(replies[i]);
+			end
 		end
 		m_queries.ok:add(1);
 		m_query_latency:sample(time_now() - started);

@@ -500,7 +500,8 @@ impl UserData for ArchiveHandle {
 
 /// A query's answer, taken once, in the form the session needs: the `<message>`
 /// results in order, then the `<iq type='result'>` carrying the `<fin>`.
-/// `page:xml()` gives them serialised (strings `session.send` writes as they are),
+/// `page:xml()` gives them serialised (strings `session.send` writes as they are;
+/// `page:xml(true)` all in one string),
 /// `page:stanzas()` as Prosody stanza tables, for sessions whose outgoing stanzas
 /// pass through filters. The reader thread already produced the form the shim asked
 /// for; the other one is still available (converted here, on the loop) because a
@@ -520,14 +521,21 @@ impl Page {
 
 impl UserData for Page {
     fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
-        methods.add_method_mut("xml", |lua, this, ()| {
+        // xml(joined) -> { string, … } | string: with `joined`, everything in one
+        // string, so the session writes the page with one send (each send costs
+        // Prosody a log call, a filter pass and an epoll_ctl).
+        methods.add_method_mut("xml", |lua, this, joined: Option<bool>| {
             let results = this.take()?;
             let mut xml = match results.messages {
                 ResultStanzas::Xml(xml) => xml,
                 ResultStanzas::Elements(elements) => elements.iter().map(to_wire_xml).collect(),
             };
             xml.push(to_wire_xml(&results.reply));
-            string_array(lua, &xml)
+            if joined.unwrap_or(false) {
+                Ok(Value::String(lua.create_string(xml.concat())?))
+            } else {
+                Ok(Value::Table(string_array(lua, &xml)?))
+            }
         });
         methods.add_method_mut("stanzas", |lua, this, ()| {
             let results = this.take()?;

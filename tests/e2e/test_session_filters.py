@@ -1,6 +1,7 @@
 """Query results reach every kind of session: those whose outgoing stanzas pass
 through filters (stream management, websocket framing, CSI) get stanza objects the
-filters can inspect and queue; the others get the same XML, serialised off the loop."""
+filters can inspect and queue; sessions with an outgoing-bytes filter get one stanza
+per send; the others get the same XML, serialised off the loop, in one send."""
 
 import asyncio
 import pathlib
@@ -56,6 +57,20 @@ async def test_a_filtered_session_gets_stanza_objects_and_the_same_results(filte
     assert not log_lines(server, "probe: filter saw a string")
     # The unfiltered session's results were not seen by any filter.
     assert not [line for line in lines if plain.full in line]
+
+
+async def test_a_bytes_filter_sees_one_stanza_per_send(filter_server, connect):
+    server = filter_server
+    _, b, bodies = await archive_of(server, connect)
+    plain = await connect(server, b, resource="plain")
+    bytes_ = await connect(server, b, resource="bytes")
+    seen_bytes = await mam_all(bytes_, page=50)
+    assert as_seen(seen_bytes) == as_seen(await mam_all(plain, page=50))
+    assert [r.body for r in seen_bytes] == bodies
+    lines = [line for line in log_lines(server, "probe: bytes filter saw") if bytes_.full in line]
+    assert len(lines) == N + 1, lines  # every result, then the iq with the fin
+    assert all("saw 1 results and 0 fins" in line for line in lines[:-1]), lines
+    assert "saw 0 results and 1 fins" in lines[-1]
 
 
 async def test_stream_management_counts_every_result(filter_server, connect):

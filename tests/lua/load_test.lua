@@ -197,6 +197,7 @@ check("the serialised results are the stanzas as Prosody writes and reads them",
 	-- Each form as asked, and each page also in the other form (a session's filters
 	-- can change while its query runs).
 	local forms = { ask(false):stanzas(), ask(true):xml(), ask(true):stanzas(), ask(false):xml() };
+	eq(ask(true):xml(true), table.concat(forms[2]), "joined: the same strings in one");
 	local stanzas, xml = forms[1], forms[2];
 	eq(#stanzas, 3, "two results and the reply");
 	for f = 3, 4 do eq(#forms[f], 3, "form " .. f); end

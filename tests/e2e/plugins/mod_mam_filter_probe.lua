@@ -1,6 +1,8 @@
 -- Test probe: an outgoing-stanza filter on the sessions of resource "filtered", as
--- stream management, websocket framing or CSI add one. Logs each MAM result it is
--- handed and whether it is a stanza object (what such filters need).
+-- stream management, websocket framing or CSI add one, logging each MAM result it is
+-- handed and whether it is a stanza object (what such filters need); and an
+-- outgoing-bytes filter on resource "bytes", logging how many MAM results each write
+-- carries (a byte filter must see one stanza per send).
 
 local filters = require "util.filters";
 local st = require "util.stanza";
@@ -17,9 +19,21 @@ local function probe(stanza, session)
 	return stanza;
 end
 
+local function bytes_probe(data, session)
+	local _, results = data:gsub("<result xmlns='urn:xmpp:mam:2'", "");
+	local _, fins = data:gsub("<fin xmlns='urn:xmpp:mam:2'", "");
+	if results + fins > 0 then
+		module:log("info", "probe: bytes filter saw %d results and %d fins in one send for %s",
+			results, fins, session.full_jid);
+	end
+	return data;
+end
+
 module:hook("resource-bind", function (event)
 	local session = event.session;
 	if session.resource == "filtered" then
 		filters.add_filter(session, "stanzas/out", probe);
+	elseif session.resource == "bytes" then
+		filters.add_filter(session, "bytes/out", bytes_probe);
 	end
 end);
