@@ -7,7 +7,9 @@ use std::collections::HashSet;
 use crate::config::Config;
 use crate::error::{MamError, Result};
 use crate::ns;
-use crate::stanza::{parse_xml, Element};
+use crate::stanza::{
+    append_canonical_message_wire, parse_xml, push_wire_escaped, to_wire_xml, Element,
+};
 use crate::store::{ArchivedMessage, FindRequest, Page, WithFilter};
 use crate::time::{format_datetime, parse_datetime, Micros};
 
@@ -350,6 +352,57 @@ pub fn result_element(query_id: Option<&str>, msg: &ArchivedMessage) -> Result<E
             .with_child(stored),
     );
     Ok(result)
+}
+
+/// One result as the session receives it: what [`to_wire_xml`] writes for a
+/// `<message to from>` around [`result_element`]. A stored message in the canonical
+/// form ([`append_canonical_message_wire`]) is written straight into the wrapper;
+/// anything else is parsed and written out again.
+pub fn wire_result(
+    query_id: Option<&str>,
+    msg: &ArchivedMessage,
+    to: Option<&str>,
+    from: Option<&str>,
+) -> Result<String> {
+    let mut out = String::with_capacity(msg.xml.len() + 320);
+    out.push_str("<message");
+    for (key, value) in [("to", to), ("from", from)] {
+        if let Some(v) = value {
+            push_attr(&mut out, key, v);
+        }
+    }
+    out.push_str("><result");
+    push_attr(&mut out, "xmlns", ns::MAM);
+    if let Some(qid) = query_id {
+        push_attr(&mut out, "queryid", qid);
+    }
+    push_attr(&mut out, "id", &msg.id);
+    out.push_str("><forwarded");
+    push_attr(&mut out, "xmlns", ns::FORWARD);
+    out.push_str("><delay");
+    push_attr(&mut out, "xmlns", ns::DELAY);
+    push_attr(&mut out, "stamp", &format_datetime(msg.when));
+    out.push_str("/>");
+    if append_canonical_message_wire(&msg.xml, &mut out) {
+        out.push_str("</forwarded></result></message>");
+        return Ok(out);
+    }
+    let mut wrapper = Element::new("message");
+    for (key, value) in [("to", to), ("from", from)] {
+        if let Some(v) = value {
+            wrapper.set_attr(key, v);
+        }
+    }
+    wrapper.push(result_element(query_id, msg)?);
+    Ok(to_wire_xml(&wrapper))
+}
+
+fn push_attr(out: &mut String, key: &str, value: &str) {
+    out.push(' ');
+    out.push_str(key);
+    out.push_str("='");
+    push_wire_escaped(value, out);
+    out.push('\'');
 }
 
 #[cfg(test)]

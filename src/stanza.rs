@@ -355,6 +355,227 @@ fn escape_into(s: &str, in_attr: bool, esc: Escaping, out: &mut String) {
     out.push_str(rest);
 }
 
+/// Appends `value` escaped for an attribute on the wire (Prosody's `xml_escape`).
+pub fn push_wire_escaped(value: &str, out: &mut String) {
+    escape_into(value, true, Escaping::Prosody, out);
+}
+
+// ---------------------------------------------------------------------------
+// Stored messages straight to the wire
+// ---------------------------------------------------------------------------
+
+/// Writes the wire form ([`to_wire_xml`]) of a stored `<message>` that is in the canonical
+/// form [`to_xml`] writes with `xmlns='jabber:client'` (or no `xmlns`) on the root,
+/// without building
+/// a tree: the text is checked (one non-allocating pass) and returned with the three
+/// character references storage adds (`&#13;`, `&#9;`, `&#10;`) turned back into the
+/// characters Prosody writes raw. Refused for anything else — a prefixed element,
+/// CDATA, a comment, another reference, an undeclared prefix, a raw carriage return —
+/// which the caller then parses properly. Sending a page of stored messages this way
+/// skips most of a page's work on the reader thread: parsing each one into a tree
+/// only to write it out again.
+///
+/// What passes is well-formed and self-contained (every prefix declared where used,
+/// the default namespace declared on the root), so it can sit inside the result
+/// wrapper and reads as the parsed-and-written form would.
+///
+/// Appends to `out` and returns `true`, or returns `false` with `out` untouched.
+pub fn append_canonical_message_wire(xml: &str, out: &mut String) -> bool {
+    let Some(root_ns) = canonical_message_check(xml) else {
+        return false;
+    };
+    match root_ns {
+        RootNamespace::Declared => append_unescaping_storage_refs(xml, out),
+        RootNamespace::Absent => {
+            // `<message` then the rest: declare the namespace the parse path gives
+            // the root (its children, unqualified, are in it either way).
+            let start = out.len();
+            out.push_str("<message xmlns='jabber:client'");
+            if append_unescaping_storage_refs(&xml["<message".len()..], out) {
+                true
+            } else {
+                out.truncate(start);
+                false
+            }
+        }
+    }
+}
+
+/// The root of a stored message: `xmlns='jabber:client'` on it, or no `xmlns` at all
+/// (rows written by other tools; the parse path puts the root in `jabber:client`).
+enum RootNamespace {
+    Declared,
+    Absent,
+}
+
+fn canonical_message_check(xml: &str) -> Option<RootNamespace> {
+    if !xml.starts_with("<message") {
+        return None;
+    }
+    if xml.chars().any(|c| c == '\r' || !is_xml_char(c)) {
+        return None;
+    }
+    let mut reader = quick_xml::Reader::from_str(xml);
+    let mut depth = 0usize;
+    let mut root_ns = None;
+    loop {
+        match reader.read_event().ok()? {
+            Event::Start(start) => {
+                let ns = canonical_start(&start, depth == 0, root_ns.is_some())?;
+                root_ns = root_ns.or(ns);
+                depth += 1;
+            }
+            Event::Empty(start) => {
+                let ns = canonical_start(&start, depth == 0, root_ns.is_some())?;
+                root_ns = root_ns.or(ns);
+            }
+            Event::End(_) => depth = depth.checked_sub(1)?,
+            Event::Text(text) => {
+                if depth == 0 || text.xml10_content().contains("]]>") {
+                    return None;
+                }
+            }
+            Event::GeneralRef(reference) => {
+                if depth == 0 || !allowed_stored_ref(&reference) {
+                    return None;
+                }
+            }
+            Event::Eof => break,
+            // CDATA, comments, processing instructions, declarations.
+            _ => return None,
+        }
+    }
+    if depth != 0 {
+        return None;
+    }
+    root_ns
+}
+
+/// Appends `xml` with `&#13;`, `&#9;` and `&#10;` as the raw characters; `false`
+/// (nothing appended) if any other character reference is there.
+fn append_unescaping_storage_refs(xml: &str, out: &mut String) -> bool {
+    let start = out.len();
+    out.reserve(xml.len());
+    let mut rest = xml;
+    while let Some(i) = rest.find("&#") {
+        out.push_str(&rest[..i]);
+        let tail = &rest[i..];
+        let (raw, len) = if tail.starts_with("&#13;") {
+            ('\r', 5)
+        } else if tail.starts_with("&#9;") {
+            ('\t', 4)
+        } else if tail.starts_with("&#10;") {
+            ('\n', 5)
+        } else {
+            out.truncate(start);
+            return false;
+        };
+        out.push(raw);
+        rest = &tail[len..];
+    }
+    out.push_str(rest);
+    true
+}
+
+/// The references [`to_xml`] writes: the five predefined entities and the three
+/// character references for what a parser would normalise.
+fn allowed_stored_ref(name: &str) -> bool {
+    matches!(
+        name,
+        "amp" | "lt" | "gt" | "apos" | "quot" | "#13" | "#9" | "#10"
+    )
+}
+
+/// Checks one start tag of a stored message for [`append_canonical_message_wire`]: an
+/// unprefixed NCName (`message` at the root, in `jabber:client` or with no `xmlns`,
+/// and only one root),
+/// attributes that are NCNames, `xml:` ones, `xmlns`, `xmlns:nsN` declarations, or
+/// `nsN:` ones declared on the same element; values without `<`, raw tab or newline,
+/// or references other than [`allowed_stored_ref`].
+///
+/// For the root, says how its namespace is given; `Some(None)` for any other element.
+fn canonical_start(
+    start: &BytesStart<'_>,
+    at_top: bool,
+    seen_root: bool,
+) -> Option<Option<RootNamespace>> {
+    if at_top && seen_root {
+        return None;
+    }
+    let name = start.name().0;
+    if !is_ncname(name) || (at_top && name != "message") {
+        return None;
+    }
+    check_attribute_separation(start.attributes_raw(), 0).ok()?;
+    let mut declared: Vec<&str> = Vec::new();
+    let mut prefixed: Vec<&str> = Vec::new();
+    let mut default_ns: Option<&str> = None;
+    let mut attrs = start.attributes();
+    attrs.with_checks(true);
+    for attr in attrs {
+        let attr = attr.ok()?;
+        let key: &str = attr.key.0;
+        let value: &str = match &attr.value {
+            Cow::Borrowed(v) => v,
+            Cow::Owned(_) => return None,
+        };
+        if !canonical_attr_value(value) {
+            return None;
+        }
+        match key.split_once(':') {
+            None if key == "xmlns" => default_ns = Some(value),
+            None if is_ncname(key) => {}
+            Some(("xmlns", prefix))
+                if prefix.len() > 2
+                    && prefix.starts_with("ns")
+                    && prefix[2..].bytes().all(|b| b.is_ascii_digit())
+                    && !value.is_empty() =>
+            {
+                namespace_name(value, 0).ok()?;
+                declared.push(prefix);
+            }
+            Some(("xml", local)) if is_ncname(local) => {}
+            Some((prefix, local)) if is_ncname(prefix) && is_ncname(local) => {
+                prefixed.push(prefix);
+            }
+            _ => return None,
+        }
+    }
+    if !prefixed.iter().all(|p| declared.contains(p)) {
+        return None;
+    }
+    if !at_top {
+        return Some(None);
+    }
+    match default_ns {
+        None => Some(Some(RootNamespace::Absent)),
+        Some(crate::ns::JABBER_CLIENT) => Some(Some(RootNamespace::Declared)),
+        Some(_) => None,
+    }
+}
+
+/// An attribute value as [`to_xml`] writes it.
+fn canonical_attr_value(value: &str) -> bool {
+    let bytes = value.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'<' | b'\t' | b'\n' | b'\r' => return false,
+            b'&' => {
+                let Some(end) = value[i..].find(';') else {
+                    return false;
+                };
+                if !allowed_stored_ref(&value[i + 1..i + end]) {
+                    return false;
+                }
+                i += end + 1;
+            }
+            _ => i += 1,
+        }
+    }
+    true
+}
+
 // ---------------------------------------------------------------------------
 // Parsing: Prosody's `util.xml`
 // ---------------------------------------------------------------------------
