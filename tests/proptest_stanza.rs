@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{cases, element_tree, normalise, xml_string};
+use common::{cases, concat_of, element_tree, normalise, xml_string};
 use mam_native::stanza::{parse_xml, to_xml, StanzaError, MAX_DEPTH};
 use proptest::prelude::*;
 
@@ -34,8 +34,8 @@ fn check_round_trip(xml: &str) -> Result<(), TestCaseError> {
 /// parser (tags, attributes, references, CDATA, declarations) far more often than
 /// arbitrary strings do.
 fn xmlish() -> impl Strategy<Value = String> {
-    prop::collection::vec(
-        prop::sample::select(vec![
+    concat_of(
+        vec![
             "<",
             ">",
             "</",
@@ -81,10 +81,9 @@ fn xmlish() -> impl Strategy<Value = String> {
             "\"",
             "=",
             ":",
-        ]),
-        0..24,
+        ],
+        24,
     )
-    .prop_map(|parts| parts.concat())
 }
 
 proptest! {

@@ -169,3 +169,9 @@ pub fn normalise(el: &Element, inherited: Option<&str>) -> Element {
 pub fn depth(el: &Element) -> usize {
     1 + el.tags().map(depth).max().unwrap_or(0)
 }
+
+/// Strings made by concatenating up to `max` of `parts` (repeats allowed): inputs that
+/// reach into an XML reader's corners far more often than arbitrary strings do.
+pub fn concat_of(parts: Vec<&'static str>, max: usize) -> impl Strategy<Value = String> {
+    prop::collection::vec(prop::sample::select(parts), 0..max).prop_map(|parts| parts.concat())
+}

@@ -41,15 +41,22 @@ def as_seen(results):
     return [(r.body, r.id) for r in results]
 
 
-async def test_a_filtered_session_gets_stanza_objects_and_the_same_results(filter_server, connect):
-    server = filter_server
+async def query_both(server, connect, resource):
+    """bob's archive queried from an unfiltered session and from `resource`: both
+    see every message, in order, with the same ids. Returns (plain, other, results)."""
     _, b, bodies = await archive_of(server, connect)
     plain = await connect(server, b, resource="plain")
-    filtered = await connect(server, b, resource="filtered")
+    other = await connect(server, b, resource=resource)
     seen_plain = await mam_all(plain, page=50)
-    seen_filtered = await mam_all(filtered, page=50)
+    seen_other = await mam_all(other, page=50)
     assert [r.body for r in seen_plain] == bodies
-    assert as_seen(seen_filtered) == as_seen(seen_plain)
+    assert as_seen(seen_other) == as_seen(seen_plain)
+    return plain, other, seen_other
+
+
+async def test_a_filtered_session_gets_stanza_objects_and_the_same_results(filter_server, connect):
+    server = filter_server
+    plain, filtered, seen_filtered = await query_both(server, connect, "filtered")
     # The filter was handed every result, as a stanza object, never as a string.
     lines = log_lines(server, "probe: filter saw result")
     ids = [line.split("saw result ")[1].split(" ")[0] for line in lines if filtered.full in line]
@@ -61,12 +68,7 @@ async def test_a_filtered_session_gets_stanza_objects_and_the_same_results(filte
 
 async def test_a_bytes_filter_sees_one_stanza_per_send(filter_server, connect):
     server = filter_server
-    _, b, bodies = await archive_of(server, connect)
-    plain = await connect(server, b, resource="plain")
-    bytes_ = await connect(server, b, resource="bytes")
-    seen_bytes = await mam_all(bytes_, page=50)
-    assert as_seen(seen_bytes) == as_seen(await mam_all(plain, page=50))
-    assert [r.body for r in seen_bytes] == bodies
+    _, bytes_, _ = await query_both(server, connect, "bytes")
     lines = [line for line in log_lines(server, "probe: bytes filter saw") if bytes_.full in line]
     assert len(lines) == N + 1, lines  # every result, then the iq with the fin
     assert all("saw 1 results and 0 fins" in line for line in lines[:-1]), lines
