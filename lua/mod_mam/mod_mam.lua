@@ -265,6 +265,14 @@ local function user_exists(user)
 	return host_sessions[user] ~= nil or um.user_exists(user, host);
 end
 
+-- The opening tag of a stanza for a log line, built only if the line is written:
+-- Prosody formats a line only when a sink takes its level, and skipped messages
+-- (chat states without a body, the most common ones) are logged at debug.
+local lazy_top_tag_mt = { __tostring = function (self) return self[1]:top_tag(); end };
+local function lazy_top_tag(stanza)
+	return setmetatable({ stanza }, lazy_top_tag_mt);
+end
+
 local function message_handler(event, c2s)
 	if not archive then
 		m_skipped["unavailable"]:add(1);
@@ -296,7 +304,7 @@ local function message_handler(event, c2s)
 	if not check_in_append then
 		payload = { stanza = stanza; session = origin };
 		if not module:fire_event("archive-should-store", payload) then
-			log("debug", "Not archiving stanza: %s (%s)", stanza:top_tag(), payload.reason);
+			log("debug", "Not archiving stanza: %s (%s)", lazy_top_tag(stanza), payload.reason);
 			m_skipped[payload.reason or "vetoed"]:add(1);
 			return;
 		end
@@ -312,12 +320,12 @@ local function message_handler(event, c2s)
 		rule = has_in_roster(store_user, jid_bare(with)) and "store" or "skip";
 	end
 	if rule ~= "store" then
-		log("debug", "Not archiving stanza: %s (prefs)", stanza:top_tag());
+		log("debug", "Not archiving stanza: %s (prefs)", lazy_top_tag(stanza));
 		m_skipped.prefs:add(1);
 		return;
 	end
 	if not user_exists(store_user) then
-		log("debug", "Not archiving stanza: %s (no such user)", stanza:top_tag());
+		log("debug", "Not archiving stanza: %s (no such user)", lazy_top_tag(stanza));
 		m_skipped["no user"]:add(1);
 		return;
 	end
@@ -328,7 +336,7 @@ local function message_handler(event, c2s)
 	if not id then
 		local err = delivered;
 		if err.reason then
-			log("debug", "Not archiving stanza: %s (%s)", stanza:top_tag(), err.log);
+			log("debug", "Not archiving stanza: %s (%s)", lazy_top_tag(stanza), err.log);
 			m_skipped[err.reason]:add(1);
 		else
 			log("error", "Could not archive stanza: %s", err.log);

@@ -3,7 +3,7 @@
 import pytest
 
 from conftest import (
-    NS_CLIENT, chat_xml, mam_all, q, send_and_flush, token,
+    NS_CLIENT, chat_xml, log_lines, mam_all, q, send_and_flush, token,
 )
 
 NS_CHATSTATES = "http://jabber.org/protocol/chatstates"
@@ -119,6 +119,10 @@ async def test_a_chat_state_only_message_is_not_archived_and_chat_states_are_str
         assert ids_of(archive) == ["body"]
         assert archive[0].body == "with-state"
         assert [c for c in archive[0].message if c.tag.startswith(f"{{{NS_CHATSTATES}}}")] == []
+    # The debug log names the skipped message by its opening tag (built only when the
+    # line is written).
+    lines = [l for l in log_lines(server, "Not archiving stanza: <message") if "id='state'" in l]
+    assert lines and all(f"to='{bob.bare}'" in l and "<composing" not in l for l in lines), lines
 
 
 @pytest.fixture(scope="module")
