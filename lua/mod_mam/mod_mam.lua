@@ -265,6 +265,10 @@ local function user_exists(user)
 	return host_sessions[user] ~= nil or um.user_exists(user, host);
 end
 
+-- Sender's messages -> the <stanza-id> added to them, until it is taken off before
+-- routing (weak keys: a message whose event stopped early does not stay here).
+local senders_ids = setmetatable({}, { __mode = "k" });
+
 -- The opening tag of a stanza for a log line, built only if the line is written:
 -- Prosody formats a line only when a sink takes its level, and skipped messages
 -- (chat states without a body, the most common ones) are logged at debug.
@@ -332,7 +336,10 @@ local function message_handler(event, c2s)
 
 	-- Building the stored copy for listeners costs time: only when someone listens.
 	local announce = host_events.get_handlers("archive-message-added") ~= nil;
-	local id, delivered, stored = archive:append(store_user, with, stanza, announce, check_in_append);
+	-- The stanza-id goes onto the stanza itself (no copy: copies were most of the
+	-- garbage this module made, and Prosody's collector is where its time goes under
+	-- load). The sender's is taken off again before routing, below.
+	local id, delivered, stored, stanza_id = archive:append(store_user, with, stanza, announce, check_in_append, true);
 	if not id then
 		local err = delivered;
 		if err.reason then
@@ -346,6 +353,9 @@ local function message_handler(event, c2s)
 	end
 	m_archived:add(1);
 	log("debug", "Archived message %s as %s", stanza.attr.id, id);
+	if c2s then
+		senders_ids[delivered] = stanza_id;
+	end
 	event.stanza = delivered;
 	if announce then
 		module:fire_event("archive-message-added", { origin = origin, stanza = stored, for_user = store_user, id = id });
@@ -358,9 +368,21 @@ end
 
 -- The sender's stanza-id (added above at priority 0) is for their carbons (-0.5) only:
 -- strip stanza-ids naming our accounts before the message is routed (stock's -1).
+-- Ours is taken off the stanza it was put on (the last child, unless someone added
+-- after it); any other goes with a copy.
 local function strip_outgoing_stanza_id(event)
 	if not archive then return; end
-	local stripped = archive:strip_forged_ids(event.stanza);
+	local stanza = event.stanza;
+	local ours = senders_ids[stanza];
+	if ours then
+		senders_ids[stanza] = nil;
+		local n, tags = #stanza, stanza.tags;
+		local ntags = #tags;
+		if stanza[n] == ours and tags[ntags] == ours then
+			stanza[n], tags[ntags] = nil, nil;
+		end
+	end
+	local stripped = archive:strip_forged_ids(stanza);
 	if stripped then
 		event.stanza = stripped;
 	end

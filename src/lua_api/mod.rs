@@ -22,7 +22,9 @@ use crate::mailbox::{Completion, Outcome, QueryResults, Reply, ResultStanzas};
 use crate::policy::{self, Rule};
 use crate::stanza::{parse_xml, to_wire_xml, Element};
 
-use stanza_lua::{copy_without, element_from_lua, element_to_lua, string_array, ChildTag};
+use stanza_lua::{
+    append_child, copy_without, element_from_lua, element_to_lua, string_array, ChildTag,
+};
 
 /// Every option name the module reads, so the shim can pass them all at once.
 pub const OPTION_NAMES: &[&str] = &[
@@ -303,20 +305,24 @@ impl UserData for ArchiveHandle {
             },
         );
 
-        // append(user, with_jid, stanza, want_stored, check) -> id, delivered, stored
+        // append(user, with_jid, stanza, want_stored, check, in_place)
+        //   -> id, delivered, stored, stanza_id
         //   | nil, { log =, reason = "empty", empty = true } | nil, { log =, reason = }
         //   | nil, err
         // The stored copy is only built when someone listens for archive-message-added;
         // `check` applies stock's selection rules in the same call (one conversion of
-        // the stanza) when no other module needs the archive-should-store event.
+        // the stanza) when no other module needs the archive-should-store event. With
+        // `in_place` the <stanza-id> is added to `stanza` itself (delivered is stanza,
+        // stanza_id the child added); without, delivered is a copy with it.
         methods.add_method_mut(
             "append",
             |lua,
              this,
-             (user, with, stanza, want_stored, check): (
+             (user, with, stanza, want_stored, check, in_place): (
                 String,
                 String,
                 Table,
+                Option<bool>,
                 Option<bool>,
                 Option<bool>,
             )| {
@@ -334,15 +340,27 @@ impl UserData for ArchiveHandle {
                     archive.append(&user, &with, el)
                 };
                 match result {
-                    Ok(Ok(appended)) => Ok(values([
-                        Value::String(lua.create_string(&appended.id)?),
-                        Value::Table(delivered_copy(lua, &stanza, &appended.stanza_id)?),
-                        if want_stored.unwrap_or(false) {
-                            Value::Table(this.to_lua(lua, &appended.stored)?)
+                    Ok(Ok(appended)) => {
+                        let (delivered, sid) = if in_place.unwrap_or(false) {
+                            let sid = append_child(lua, &stanza, &appended.stanza_id)?;
+                            (stanza, Value::Table(sid))
                         } else {
-                            Value::Nil
-                        },
-                    ])),
+                            (
+                                delivered_copy(lua, &stanza, &appended.stanza_id)?,
+                                Value::Nil,
+                            )
+                        };
+                        Ok(values([
+                            Value::String(lua.create_string(&appended.id)?),
+                            Value::Table(delivered),
+                            if want_stored.unwrap_or(false) {
+                                Value::Table(this.to_lua(lua, &appended.stored)?)
+                            } else {
+                                Value::Nil
+                            },
+                            sid,
+                        ]))
+                    }
                     Ok(Err(not_stored)) => {
                         let t = lua.create_table()?;
                         match not_stored {

@@ -135,6 +135,28 @@ check("the delivered copy shares children with the original, which stays untouch
 	eq(getmetatable(delivered.tags[#delivered.tags]), st.stanza_mt);
 end);
 
+check("in place, the stanza-id is added to the stanza itself and returned", function ()
+	local m = st.message({ to = "juliet@localhost", from = "romeo@montague.lit/orchard", type = "chat" })
+		:text_tag("body", "In place");
+	m:text(" ");
+	local n, ntags = #m, #m.tags;
+	local id, delivered, stored, sid = archive:append("nurse", "romeo@montague.lit/orchard", m, false, true, true);
+	assert(id, "appended");
+	assert(rawequal(delivered, m), "delivered is the stanza itself");
+	eq(stored, nil);
+	eq(#m, n + 1); eq(#m.tags, ntags + 1);
+	assert(rawequal(m[#m], sid) and rawequal(m.tags[#m.tags], sid), "last child and last tag");
+	eq(getmetatable(sid), st.stanza_mt);
+	eq(sid.name, "stanza-id"); eq(sid.attr.xmlns, "urn:xmpp:sid:0");
+	eq(sid.attr.by, "nurse@localhost"); eq(sid.attr.id, id);
+	eq(m:get_child("stanza-id", "urn:xmpp:sid:0"), sid, "util.stanza finds it");
+	assert(tostring(m):find("<stanza-id xmlns='urn:xmpp:sid:0'", 1, true) or tostring(m):find("<stanza-id ", 1, true));
+	-- Without in_place: a copy, and no stanza-id table returned.
+	local id2, copy, _, sid2 = archive:append("nurse", "romeo@montague.lit/orchard", m, false, true);
+	assert(id2 and copy ~= m and sid2 == nil, "copy when not in place");
+	eq(archive:flush(10), true);
+end);
+
 check("forged stanza-ids are stripped even from a stanza too deep to convert", function ()
 	local deep = st.message({ to = "juliet@localhost" }):text_tag("body", "deep");
 	deep:tag("x", { xmlns = "urn:example:deep" });
