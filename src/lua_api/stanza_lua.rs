@@ -331,11 +331,7 @@ unsafe fn child_dropped(
 /// (nested ones too) gets `stanza_mt`, which the caller passes in from
 /// `require "util.stanza".stanza_mt`.
 pub fn element_to_lua(lua: &Lua, el: &Element, stanza_mt: &Table) -> mlua::Result<Table> {
-    if depth_of(el) > MAX_DEPTH {
-        return Err(mlua::Error::runtime(format!(
-            "stanza nested deeper than {MAX_DEPTH} levels"
-        )));
-    }
+    check_depth(el)?;
     // SAFETY: argument 1 is the metatable; the closure pushes exactly one table (the
     // stanza) after removing it. Allocation failures raise a Lua error inside the
     // protected call, which mlua turns into an Err (what was built is garbage).
@@ -354,11 +350,7 @@ pub fn element_to_lua(lua: &Lua, el: &Element, stanza_mt: &Table) -> mlua::Resul
 /// and a copy per archived message (two per message on the sender's side, with the
 /// strip before routing) was most of the garbage this module made.
 pub fn append_child(lua: &Lua, t: &Table, el: &Element) -> mlua::Result<Table> {
-    if depth_of(el) > MAX_DEPTH {
-        return Err(mlua::Error::runtime(format!(
-            "stanza nested deeper than {MAX_DEPTH} levels"
-        )));
-    }
+    check_depth(el)?;
     // SAFETY: argument 1 is the stanza. Raw gets/sets only; `tags` is created if the
     // table has none (as util.stanza always gives one); exactly the child is left.
     unsafe {
@@ -408,6 +400,17 @@ pub fn string_array<S: AsRef<str>>(lua: &Lua, items: &[S]) -> mlua::Result<Table
             }
         })
     }
+}
+
+/// Refuses an element nested deeper than [`MAX_DEPTH`] before any Lua table is built
+/// (the builder recurses once per level).
+fn check_depth(el: &Element) -> mlua::Result<()> {
+    if depth_of(el) > MAX_DEPTH {
+        return Err(mlua::Error::runtime(format!(
+            "stanza nested deeper than {MAX_DEPTH} levels"
+        )));
+    }
+    Ok(())
 }
 
 /// Nesting depth of `el` (1 for a leaf), counted without recursion.
