@@ -57,12 +57,10 @@ impl ResultStanzas {
     }
 }
 
-/// A finished query: the `<message>` stanzas to send, the `<fin>` and the `<iq>`
-/// reply carrying it.
+/// A finished query: the `<message>` stanzas to send and the `<iq>` reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueryResults {
     pub messages: ResultStanzas,
-    pub fin: Element,
     /// `<iq type='result'>` with the `<fin>`, addressed as [`Reply`] says.
     pub reply: Element,
 }

@@ -175,14 +175,13 @@ pub fn run_query(
             iq.set_attr(key, v);
         }
     }
-    iq.push(answer.fin.clone());
+    iq.push(answer.fin);
     Ok(QueryResults {
         messages: if reply.serialised {
             ResultStanzas::Xml(messages_xml)
         } else {
             ResultStanzas::Elements(messages)
         },
-        fin: answer.fin,
         reply: iq,
     })
 }
