@@ -132,12 +132,7 @@ server_down() {
 	pid=$(server_pid)
 	[ -n "$pid" ] || return 0
 	kill -TERM "$pid" 2>/dev/null || true
-	for _ in $(seq 1 300); do
-		kill -0 "$pid" 2>/dev/null || return 0
-		sleep 0.1
-	done
-	echo "MariaDB (PID $pid) did not stop within 30 s; killing it" >&2
-	kill -KILL "$pid" 2>/dev/null || true
+	wait_gone_or_kill "$pid" 30 MariaDB
 }
 
 start() {
@@ -211,20 +206,8 @@ start() {
 	echo "MariaDB $version on 127.0.0.1:$port (PID $(server_pid)), data in $dir"
 }
 
-stop() {
-	if [ ! -e "$dir" ]; then
-		return 0
-	fi
-	if [ ! -e "$marker" ]; then
-		echo "$dir is not a server made by $0 (no $marker): not touching it" >&2
-		exit 1
-	fi
-	server_down
-	rm -rf "$dir"
-}
-
 case "$cmd" in
 	start) start ;;
-	stop) stop ;;
+	stop) stop_and_remove server ;;
 	*) usage ;;
 esac

@@ -77,12 +77,7 @@ server_down() {
 	pid=$(server_pid)
 	[ -n "$pid" ] || return 0
 	as_owner "$bin/pg_ctl" stop -D "$data" -m fast -w -t 30 >/dev/null || true
-	for _ in $(seq 1 100); do
-		kill -0 "$pid" 2>/dev/null || return 0
-		sleep 0.1
-	done
-	echo "PostgreSQL (PID $pid) did not stop within 40 s; killing it" >&2
-	kill -KILL "$pid" 2>/dev/null || true
+	wait_gone_or_kill "$pid" 10 PostgreSQL
 }
 
 start() {
@@ -184,21 +179,9 @@ start() {
 	echo "PostgreSQL $("$bin/postgres" -V | awk '{print $3}') on 127.0.0.1:$port (PID $(server_pid)), cluster in $dir"
 }
 
-stop() {
-	if [ ! -e "$dir" ]; then
-		return 0
-	fi
-	if [ ! -e "$marker" ]; then
-		echo "$dir is not a cluster made by $0 (no $marker): not touching it" >&2
-		exit 1
-	fi
-	server_down
-	rm -rf "$dir"
-}
-
 case "$cmd" in
 	start) start ;;
-	stop) stop ;;
+	stop) stop_and_remove cluster ;;
 	down)
 		[ -e "$marker" ] || { echo "no cluster in $dir" >&2; exit 1; }
 		server_down
