@@ -76,6 +76,20 @@ async def temporary_error(client):
     return info.value.type, info.value.condition
 
 
+async def unavailable_but_delivering(server, connect, text):
+    """With the archive database unreachable since start-up: the module says so in the
+    log, a message is still delivered, MAM answers the temporary error, Prosody runs.
+    Returns the two connected clients (alice sent `text` to bob)."""
+    await wait_log(server, "cannot open the archive database")
+    a, b = server.take_users(2)
+    alice, bob = await connect(server, a), await connect(server, b)
+    await send_and_flush(alice, chat_xml(bob.bare, text))
+    await bob.wait_for_message(lambda m: body(m) == text)
+    assert await temporary_error(bob) == TEMPORARY_ERROR
+    assert server.proc.poll() is None
+    return alice, bob
+
+
 async def mam_all_once_available(client, timeout=2 * WAIT):
     """The whole archive, retrying (bounded) while MAM answers "wait, try again later"."""
     deadline = time.monotonic() + timeout
@@ -202,13 +216,7 @@ async def test_a_wrong_password_leaves_the_module_loaded_and_is_logged_without_t
     name = database("wrong-password")
     wrong = f"Wr0ng-{token()}"
     server = servers("wrong-password", {"mam_sql": {**pg.connection(name), "password": wrong}}).start()
-    await wait_log(server, "cannot open the archive database")
-    a, b = server.take_users(2)
-    alice, bob = await connect(server, a), await connect(server, b)
-    await send_and_flush(alice, chat_xml(bob.bare, "still delivered"))
-    await bob.wait_for_message(lambda m: body(m) == "still delivered")
-    assert await temporary_error(bob) == TEMPORARY_ERROR
-    assert server.proc.poll() is None
+    await unavailable_but_delivering(server, connect, "still delivered")
     stats = prosodyctl(server, "mod_mam", "stats")
     assert stats.returncode == 1, stats.stdout + stats.stderr
     server.stop()
@@ -439,13 +447,7 @@ async def test_postgresql_down_at_start_then_up_archives_without_a_restart(
     name = pg.create_database(database_name("down-at-start"))
     private_cluster.down()
     server = servers("down-at-start", {"mam_sql": pg.connection(name)}, users=2).start()
-    await wait_log(server, "cannot open the archive database")
-    a, b = server.take_users(2)
-    alice, bob = await connect(server, a), await connect(server, b)
-    await send_and_flush(alice, chat_xml(bob.bare, "while down"))
-    await bob.wait_for_message(lambda m: body(m) == "while down")
-    assert await temporary_error(bob) == TEMPORARY_ERROR
-    assert server.proc.poll() is None
+    alice, bob = await unavailable_but_delivering(server, connect, "while down")
 
     await asyncio.get_running_loop().run_in_executor(None, private_cluster.up)
     await wait_log(server, "Archive database opened", timeout=3 * WAIT)
