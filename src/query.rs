@@ -387,6 +387,16 @@ pub fn wire_result(
         out.push_str("</forwarded></result></message>");
         return Ok(out);
     }
+    Ok(to_wire_xml(&result_message(query_id, msg, to, from)?))
+}
+
+/// One result as a stanza: `<message to from>` around [`result_element`].
+pub fn result_message(
+    query_id: Option<&str>,
+    msg: &ArchivedMessage,
+    to: Option<&str>,
+    from: Option<&str>,
+) -> Result<Element> {
     let mut wrapper = Element::new("message");
     for (key, value) in [("to", to), ("from", from)] {
         if let Some(v) = value {
@@ -394,7 +404,7 @@ pub fn wire_result(
         }
     }
     wrapper.push(result_element(query_id, msg)?);
-    Ok(to_wire_xml(&wrapper))
+    Ok(wrapper)
 }
 
 fn push_attr(out: &mut String, key: &str, value: &str) {

@@ -142,28 +142,21 @@ pub fn run_query(
 ) -> Result<QueryResults> {
     let page = store.find(owner, &plan.find)?;
     let answer = query::answer(plan, page);
-    let mut messages = Vec::with_capacity(answer.items.len());
-    let mut messages_xml = Vec::new();
-    for item in &answer.items {
-        if reply.serialised {
-            messages_xml.push(query::wire_result(
-                query_id,
-                item,
-                reply.to.as_deref(),
-                reply.from.as_deref(),
-            )?);
-            continue;
-        }
-        let mut wrapper = Element::new("message");
-        if let Some(to) = &reply.to {
-            wrapper.set_attr("to", to);
-        }
-        if let Some(from) = &reply.from {
-            wrapper.set_attr("from", from);
-        }
-        wrapper.push(query::result_element(query_id, item)?);
-        messages.push(wrapper);
-    }
+    let (to, from) = (reply.to.as_deref(), reply.from.as_deref());
+    let items = answer.items.iter();
+    let messages = if reply.serialised {
+        ResultStanzas::Xml(
+            items
+                .map(|item| query::wire_result(query_id, item, to, from))
+                .collect::<Result<_>>()?,
+        )
+    } else {
+        ResultStanzas::Elements(
+            items
+                .map(|item| query::result_message(query_id, item, to, from))
+                .collect::<Result<_>>()?,
+        )
+    };
     // As `st.reply` addresses it: to the requester, from whom it addressed.
     let mut iq = Element::new("iq").with_attr("type", "result");
     for (key, value) in [
@@ -177,11 +170,7 @@ pub fn run_query(
     }
     iq.push(answer.fin);
     Ok(QueryResults {
-        messages: if reply.serialised {
-            ResultStanzas::Xml(messages_xml)
-        } else {
-            ResultStanzas::Elements(messages)
-        },
+        messages,
         reply: iq,
     })
 }

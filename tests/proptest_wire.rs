@@ -11,7 +11,7 @@ mod common;
 
 use common::{cases, concat_of, element_tree, xml_string};
 use mam_native::ns;
-use mam_native::query::{result_element, wire_result};
+use mam_native::query::{result_message, wire_result};
 use mam_native::stanza::{
     append_canonical_message_wire, parse_xml, to_wire_xml, to_xml, Element, Node,
 };
@@ -30,9 +30,8 @@ fn stored(xml: String) -> ArchivedMessage {
 
 /// The parse path's output for a stored message (what `wire_result` falls back to).
 fn slow(msg: &ArchivedMessage) -> Option<String> {
-    let mut wrapper = Element::new("message").with_attr("to", "juliet@capulet.lit/balcony");
-    wrapper.push(result_element(Some("q'1"), msg).ok()?);
-    Some(to_wire_xml(&wrapper))
+    let wrapper = result_message(Some("q'1"), msg, Some("juliet@capulet.lit/balcony"), None);
+    Some(to_wire_xml(&wrapper.ok()?))
 }
 
 /// An element with its attributes sorted, recursively: attribute order carries no
