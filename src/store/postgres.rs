@@ -202,14 +202,25 @@ struct Tx<'a> {
 
 type Params<'p> = [&'p (dyn ToSql + Sync)];
 
+/// The prepared statement for `sql` from `cache`, preparing it (with `prepare`) the
+/// first time: a connection prepares each statement text once.
+fn cached_statement(
+    cache: &mut HashMap<String, Statement>,
+    sql: &str,
+    prepare: impl FnOnce(&str) -> std::result::Result<Statement, postgres::Error>,
+) -> std::result::Result<Statement, postgres::Error> {
+    if let Some(s) = cache.get(sql) {
+        return Ok(s.clone());
+    }
+    let s = prepare(sql)?;
+    cache.insert(sql.to_owned(), s.clone());
+    Ok(s)
+}
+
 impl Tx<'_> {
     fn statement(&mut self, sql: &str) -> std::result::Result<Statement, postgres::Error> {
-        if let Some(s) = self.statements.get(sql) {
-            return Ok(s.clone());
-        }
-        let s = self.tx.prepare(sql)?;
-        self.statements.insert(sql.to_owned(), s.clone());
-        Ok(s)
+        let tx = &mut self.tx;
+        cached_statement(self.statements, sql, |sql| tx.prepare(sql))
     }
 
     fn query(&mut self, context: &'static str, sql: &str, params: &Params) -> Result<Vec<Row>> {
@@ -435,17 +446,9 @@ impl PgStore {
         };
         let result = (|| {
             let conn = self.connection()?;
-            let stmt = match conn.statements.get(&sql.text) {
-                Some(s) => s.clone(),
-                None => {
-                    let s = conn
-                        .client
-                        .prepare(&sql.text)
-                        .map_err(MamError::postgres(CONTEXT))?;
-                    conn.statements.insert(sql.text.clone(), s.clone());
-                    s
-                }
-            };
+            let client = &mut conn.client;
+            let stmt = cached_statement(&mut conn.statements, &sql.text, |sql| client.prepare(sql))
+                .map_err(MamError::postgres(CONTEXT))?;
             conn.client
                 .query(&stmt, &sql.params())
                 .map_err(MamError::postgres(CONTEXT))
