@@ -389,16 +389,11 @@ pub fn append_canonical_message_wire(xml: &str, out: &mut String) -> bool {
         RootNamespace::Absent => {
             // `<message` then the rest: declare the namespace the parse path gives
             // the root (its children, unqualified, are in it either way).
-            let start = out.len();
             out.push_str("<message xmlns='jabber:client'");
-            if append_unescaping_storage_refs(&xml["<message".len()..], out) {
-                true
-            } else {
-                out.truncate(start);
-                false
-            }
+            append_unescaping_storage_refs(&xml["<message".len()..], out);
         }
     }
+    true
 }
 
 /// The root of a stored message: `xmlns='jabber:client'` on it, or no `xmlns` at all
@@ -451,30 +446,27 @@ fn canonical_message_check(xml: &str) -> Option<RootNamespace> {
     root_ns
 }
 
-/// Appends `xml` with `&#13;`, `&#9;` and `&#10;` as the raw characters; `false`
-/// (nothing appended) if any other character reference is there.
-fn append_unescaping_storage_refs(xml: &str, out: &mut String) -> bool {
-    let start = out.len();
+/// Appends `xml` with `&#13;`, `&#9;` and `&#10;` as the raw characters (the only
+/// character references [`canonical_message_check`] lets through).
+fn append_unescaping_storage_refs(xml: &str, out: &mut String) {
     out.reserve(xml.len());
     let mut rest = xml;
     while let Some(i) = rest.find("&#") {
         out.push_str(&rest[..i]);
         let tail = &rest[i..];
         let (raw, len) = if tail.starts_with("&#13;") {
-            ('\r', 5)
+            ("\r", 5)
         } else if tail.starts_with("&#9;") {
-            ('\t', 4)
+            ("\t", 4)
         } else if tail.starts_with("&#10;") {
-            ('\n', 5)
+            ("\n", 5)
         } else {
-            out.truncate(start);
-            return false;
+            ("&#", 2)
         };
-        out.push(raw);
+        out.push_str(raw);
         rest = &tail[len..];
     }
     out.push_str(rest);
-    true
 }
 
 /// The references [`to_xml`] writes: the five predefined entities and the three
