@@ -63,7 +63,7 @@ struct Opts {
 }
 
 const USAGE: &str =
-    "mam-bench [--quick] [--configs nomam,stock-internal,stock-sql,native,native-pg]
+    "mam-bench [--quick] [--configs nomam,nomam-sid,stock-internal,stock-sql,native,native-pg]
   [--sizes 10000,100000,1000000] [--pairs 20] [--window 32] [--duration S] [--warmup S]
   [--open-rate MSGS_PER_S] [--open-duration S] [--query-iters N] [--query-budget S]
   [--query-timeout S] [--internal-max N] [--stall-duration S] [--no-expiry]
@@ -342,7 +342,7 @@ async fn run_config(
                     populate::populate_native_pg(&mut client, ds)
                 })?
             }
-            Kind::NoMam => 0.0,
+            Kind::NoMam | Kind::NoMamStanzaId => 0.0,
         };
         res.populated.push(Populated {
             owner: ds.owner.clone(),

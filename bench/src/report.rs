@@ -95,8 +95,11 @@ fn ratio(a: Option<f64>, b: Option<f64>) -> Value {
 
 /// Each of ours and what it is compared with.
 const COMPARISONS: [(&str, &[&str]); 2] = [
-    ("native", &["stock-internal", "stock-sql", "nomam"]),
-    ("native-pg", &["stock-sql", "nomam", "native"]),
+    (
+        "native",
+        &["stock-internal", "stock-sql", "nomam", "nomam-sid"],
+    ),
+    ("native-pg", &["stock-sql", "nomam", "nomam-sid", "native"]),
 ];
 
 /// Ratios of ours (`native`, `native-pg`) to other configurations (`"native/stock-sql"`,
@@ -488,7 +491,7 @@ fn native_pg_compared(m: &mut String, r: &Report, sizes: &[u64]) {
             .find(|c| c.config == n && c.status == "ran")
     };
     let Some(pg) = get("native-pg") else { return };
-    let others: Vec<&ConfigResult> = ["nomam", "stock-sql", "native"]
+    let others: Vec<&ConfigResult> = ["nomam", "nomam-sid", "stock-sql", "native"]
         .into_iter()
         .filter_map(get)
         .collect();

@@ -22,11 +22,18 @@ static LIVE_PIDS: Mutex<Vec<u32>> = Mutex::new(Vec::new());
 
 pub const PASSWORD: &str = "pw";
 
+/// The benchmark's own Prosody plugins (`nomam-sid`'s module).
+const BENCH_PLUGINS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/plugins");
+
 /// The server configurations the benchmark compares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum Kind {
     /// No MAM module at all: the ceiling.
     NoMam,
+    /// No MAM module, only a `<stanza-id/>` added to each delivered message
+    /// (`bench/plugins/mod_bench_stanza_id.lua`): the ceiling for any XEP-0313 module,
+    /// since every one must add that element and Prosody builds and serialises it.
+    NoMamStanzaId,
     /// Stock mod_mam with the default file store (`mod_storage_internal`).
     StockInternal,
     /// Stock mod_mam with `mod_storage_sql` on SQLite3.
@@ -38,8 +45,9 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 6] = [
         Kind::NoMam,
+        Kind::NoMamStanzaId,
         Kind::StockInternal,
         Kind::StockSql,
         Kind::Native,
@@ -49,6 +57,7 @@ impl Kind {
     pub fn name(self) -> &'static str {
         match self {
             Kind::NoMam => "nomam",
+            Kind::NoMamStanzaId => "nomam-sid",
             Kind::StockInternal => "stock-internal",
             Kind::StockSql => "stock-sql",
             Kind::Native => "native",
@@ -61,7 +70,7 @@ impl Kind {
     }
 
     pub fn has_mam(self) -> bool {
-        self != Kind::NoMam
+        !matches!(self, Kind::NoMam | Kind::NoMamStanzaId)
     }
 
     /// Ours (the plugin folder), on either backend.
@@ -137,7 +146,11 @@ impl ServerSpec {
                 let _ = writeln!(c, "archive_cleanup_interval = {}", e.cleanup_interval);
             }
         }
-        let mam = if self.kind.has_mam() { " \"mam\";" } else { "" };
+        let mam = match self.kind {
+            Kind::NoMam => "",
+            Kind::NoMamStanzaId => " \"bench_stanza_id\";",
+            _ => " \"mam\";",
+        };
         let _ = writeln!(
             c,
             "modules_enabled = {{ \"roster\"; \"saslauth\"; \"disco\"; \"ping\";{mam} }}"
@@ -149,6 +162,9 @@ impl ServerSpec {
                     c,
                     "sql = {{ driver = \"SQLite3\", database = \"prosody.sqlite\" }}"
                 );
+            }
+            Kind::NoMamStanzaId => {
+                let _ = writeln!(c, "plugin_paths = {{ \"{BENCH_PLUGINS}\" }}");
             }
             Kind::Native | Kind::NativePg => {
                 if let Some(p) = &self.plugin_dir {
