@@ -55,6 +55,9 @@ struct Opts {
     stall_duration: Duration,
     expiry: bool,
     expiry_limit: Duration,
+    /// Interleaved closed-loop rounds after every configuration has run (0: none).
+    rounds: usize,
+    round_duration: Duration,
     raw: bool,
     plugin_dir: PathBuf,
     out_dir: PathBuf,
@@ -67,7 +70,7 @@ const USAGE: &str =
   [--sizes 10000,100000,1000000] [--pairs 20] [--window 32] [--duration S] [--warmup S]
   [--open-rate MSGS_PER_S] [--open-duration S] [--query-iters N] [--query-budget S]
   [--query-timeout S] [--internal-max N] [--stall-duration S] [--no-expiry]
-  [--expiry-limit S] [--no-raw] [--plugin-dir DIR] [--out DIR] [--work-dir DIR] [--keep]
+  [--expiry-limit S] [--rounds N] [--round-duration S] [--no-raw] [--plugin-dir DIR] [--out DIR] [--work-dir DIR] [--keep]
 mam-bench --render bench/results/<run>.json   (rewrite that run's .md and .svg)";
 
 fn repo_root() -> PathBuf {
@@ -102,6 +105,8 @@ fn parse_opts() -> Result<Opts> {
         stall_duration: secs(if quick { 2.0 } else { 6.0 }),
         expiry: true,
         expiry_limit: secs(if quick { 60.0 } else { 180.0 }),
+        rounds: if quick { 0 } else { 3 },
+        round_duration: secs(5.0),
         raw: true,
         plugin_dir: repo_root().join("target/prosody-plugin"),
         out_dir: Path::new(env!("CARGO_MANIFEST_DIR")).join("results"),
@@ -147,6 +152,8 @@ fn parse_opts() -> Result<Opts> {
             "--stall-duration" => o.stall_duration = secs(val()?.parse()?),
             "--no-expiry" => o.expiry = false,
             "--expiry-limit" => o.expiry_limit = secs(val()?.parse()?),
+            "--rounds" => o.rounds = val()?.parse()?,
+            "--round-duration" => o.round_duration = secs(val()?.parse()?),
             "--no-raw" => o.raw = false,
             "--plugin-dir" => o.plugin_dir = PathBuf::from(val()?),
             "--out" => o.out_dir = PathBuf::from(val()?),
@@ -204,7 +211,7 @@ async fn run_config(
     o: &Opts,
     pg: Option<&PgCluster>,
     res: &mut ConfigResult,
-) -> Result<()> {
+) -> Result<ServerSpec> {
     let dir = o.work_dir.join(kind.name());
     let _ = std::fs::remove_dir_all(&dir);
     let pg = if kind == Kind::NativePg {
@@ -319,7 +326,7 @@ async fn run_config(
     }
     srv.stop()?;
     if !kind.has_mam() {
-        return Ok(());
+        return Ok(spec);
     }
 
     // Pre-populate through the fast path, server stopped.
@@ -468,7 +475,59 @@ async fn run_config(
             how,
         });
     }
-    Ok(())
+    // Back to the messaging phases' config, for the interleaved rounds.
+    spec.expiry = None;
+    spec.log_info = false;
+    spec.write()?;
+    Ok(spec)
+}
+
+/// Interleaved closed-loop rounds: every configuration that ran, one after another,
+/// `o.rounds` times, each on the store its own phases left. Run-to-run noise on a
+/// shared machine (±20%) moves whole stretches of time; interleaving spreads it over
+/// every configuration, so the medians compare better than single runs do.
+async fn throughput_rounds(
+    specs: &[(usize, ServerSpec)],
+    o: &Opts,
+    pg_pid: Option<u32>,
+    configs: &mut [ConfigResult],
+) {
+    for round in 1..=o.rounds {
+        for (idx, spec) in specs {
+            let name = spec.kind.name();
+            log(format!("round {round}/{}: {name}", o.rounds));
+            let r: Result<f64> = async {
+                let mut srv = Server::start(spec)?;
+                if spec.kind == Kind::NativePg {
+                    srv.db_pid = pg_pid;
+                }
+                let mut pairs = phases::login_pairs(spec.port, o.pairs).await?;
+                let t = phases::messaging(
+                    &srv,
+                    &mut pairs,
+                    Load::Closed { window: o.window },
+                    o.warmup,
+                    o.round_duration,
+                )
+                .await?;
+                for s in pairs.senders.into_iter().chain(pairs.receivers) {
+                    s.close().await;
+                }
+                srv.stop()?;
+                Ok(t.delivered_per_s)
+            }
+            .await;
+            match r {
+                Ok(rate) => {
+                    log(format!("round {round}: {name} {rate:.0} msgs/s"));
+                    configs[*idx].throughput_rounds.push(rate);
+                }
+                Err(e) => configs[*idx]
+                    .errors
+                    .push(format!("throughput round {round}: {e:#}")),
+            }
+        }
+    }
 }
 
 /// The native module's database file in a data directory (`mam_archive.sqlite` by
@@ -527,6 +586,8 @@ async fn run(o: Opts) -> Result<()> {
     // needs it and stopped (by PID) when this function returns, whichever way.
     let mut pg: Option<PgCluster> = None;
     let mut pg_failed: Option<String> = None;
+    // (index in `configs`, its server spec) of every configuration that ran.
+    let mut ran: Vec<(usize, ServerSpec)> = Vec::new();
     for &kind in &o.configs {
         let mut res = ConfigResult {
             config: kind.name().into(),
@@ -561,7 +622,10 @@ async fn run(o: Opts) -> Result<()> {
         }
         log(format!("=== {} ===", kind.name()));
         match run_config(kind, &o, pg.as_ref(), &mut res).await {
-            Ok(()) => res.status = "ran".into(),
+            Ok(spec) => {
+                res.status = "ran".into();
+                ran.push((configs.len(), spec));
+            }
             Err(e) => {
                 log(format!("{}: failed: {e:#}", kind.name()));
                 res.status = "failed".into();
@@ -569,6 +633,10 @@ async fn run(o: Opts) -> Result<()> {
             }
         }
         configs.push(res);
+    }
+
+    if o.rounds > 0 && !ran.is_empty() {
+        throughput_rounds(&ran, &o, pg.as_ref().map(|c| c.pid), &mut configs).await;
     }
 
     let raw = if o.raw {
@@ -646,6 +714,7 @@ async fn run(o: Opts) -> Result<()> {
             "open_rate_cap": o.open_rate, "open_loop_s": o.open_duration.as_secs_f64(),
             "query_iters": o.query_iters, "query_budget_s": o.query_budget.as_secs_f64(),
             "internal_max": o.internal_max, "body_bytes": populate::BODY_LEN,
+            "rounds": o.rounds, "round_s": o.round_duration.as_secs_f64(),
             "plugin_dir": o.plugin_dir.display().to_string(),
         }),
         ratios: report::ratios(&configs, &o.sizes),

@@ -37,6 +37,9 @@ pub struct ConfigResult {
     #[serde(default)]
     pub throughput_populated: Option<MessagingResult>,
     pub open_loop: Option<MessagingResult>,
+    /// Closed-loop msgs/s of each interleaved round (after every configuration ran).
+    #[serde(default)]
+    pub throughput_rounds: Vec<f64>,
     pub idle_ping: Option<Summary>,
     pub queries: Vec<QueryResult>,
     pub stall_queries: Option<StallResult>,
@@ -140,6 +143,7 @@ fn ratios_of(ours: &ConfigResult, o: &ConfigResult, sizes: &[u64]) -> Value {
     json!({
         "throughput_msgs_per_s": ratio(rate(ours), rate(o)),
         "throughput_populated_msgs_per_s": ratio(rate_populated(ours), rate_populated(o)),
+        "throughput_rounds_median_msgs_per_s": ratio(median(&ours.throughput_rounds), median(&o.throughput_rounds)),
         "closed_loop_latency_p50": ratio(ours.throughput.as_ref().map(|t| t.latency.p50_ms), o.throughput.as_ref().map(|t| t.latency.p50_ms)),
         "open_loop_latency_p99": ratio(ours.open_loop.as_ref().map(|t| t.latency.p99_ms), o.open_loop.as_ref().map(|t| t.latency.p99_ms)),
         "query_p50": Value::Object(q),
@@ -244,6 +248,7 @@ pub fn markdown(r: &Report, sizes: &[u64]) -> String {
         "\nFirst on an empty store; then again (half as long) after the big archives were pre-populated \
          (for the SQLite and PostgreSQL backends the database then holds every pre-populated archive).\n"
     );
+    rounds_table(&mut m, r);
     let _ = writeln!(m, "\n## Delivery latency at a fixed rate (open loop)\n");
     let _ = writeln!(
         m,
@@ -694,4 +699,82 @@ pub fn svg_chart(r: &Report, sizes: &[u64]) -> String {
     }
     s.push_str("</svg>\n");
     s
+}
+
+/// The median of some measurements (`None` when there are none).
+fn median(values: &[f64]) -> Option<f64> {
+    let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    Some(if v.len() % 2 == 1 {
+        v[mid]
+    } else {
+        (v[mid - 1] + v[mid]) / 2.0
+    })
+}
+
+/// The interleaved closed-loop rounds: each configuration's median, range, and its
+/// median against the two ceilings' medians.
+fn rounds_table(m: &mut String, r: &Report) {
+    let with_rounds: Vec<&ConfigResult> = r
+        .configs
+        .iter()
+        .filter(|c| !c.throughput_rounds.is_empty())
+        .collect();
+    if with_rounds.is_empty() {
+        return;
+    }
+    let ceiling = |name: &str| {
+        with_rounds
+            .iter()
+            .find(|c| c.config == name)
+            .and_then(|c| median(&c.throughput_rounds))
+    };
+    let (nomam, nomam_sid) = (ceiling("nomam"), ceiling("nomam-sid"));
+    let cell = |x: Option<f64>, base: Option<f64>| match ratio(x, base) {
+        Value::Number(n) => format!("{n}"),
+        _ => "-".into(),
+    };
+    let _ = writeln!(
+        m,
+        "\n## Archiving throughput, interleaved rounds (closed loop, msgs/s)\n"
+    );
+    let _ = writeln!(
+        m,
+        "| config | rounds | median | min | max | median ÷ nomam | median ÷ nomam-sid |"
+    );
+    let _ = writeln!(m, "|---|---|---|---|---|---|---|");
+    for c in with_rounds.iter().copied() {
+        let med = median(&c.throughput_rounds);
+        let min = c
+            .throughput_rounds
+            .iter()
+            .copied()
+            .fold(f64::INFINITY, f64::min);
+        let max = c
+            .throughput_rounds
+            .iter()
+            .copied()
+            .fold(f64::NEG_INFINITY, f64::max);
+        let _ = writeln!(
+            m,
+            "| {} | {} | {:.0} | {:.0} | {:.0} | {} | {} |",
+            c.config,
+            c.throughput_rounds.len(),
+            med.unwrap_or(0.0),
+            min,
+            max,
+            cell(med, nomam),
+            cell(med, nomam_sid)
+        );
+    }
+    let _ = writeln!(
+        m,
+        "\nRun after every configuration's own phases: each configuration in turn, round \
+         after round, each on the store its own phases left, so that a slow stretch of the \
+         shared machine is spread over all of them. Compare these medians for throughput.\n"
+    );
 }
