@@ -321,9 +321,7 @@ async fn run_config(
     res.open_loop = Some(ol);
     res.rss_kib.push(("open-loop".into(), srv.rss_kib()));
     let delivered_so_far = pairs.delivered_total.clone();
-    for s in pairs.senders.into_iter().chain(pairs.receivers) {
-        s.close().await;
-    }
+    pairs.close().await;
     srv.stop()?;
     if !kind.has_mam() {
         return Ok(spec);
@@ -397,9 +395,7 @@ async fn run_config(
         t.latency.p50_ms
     ));
     res.throughput_populated = Some(t);
-    for s in pairs.senders.into_iter().chain(pairs.receivers) {
-        s.close().await;
-    }
+    pairs.close().await;
 
     if kind.has_mam() {
         let budget = QueryBudget {
@@ -510,9 +506,7 @@ async fn throughput_rounds(
                     o.round_duration,
                 )
                 .await?;
-                for s in pairs.senders.into_iter().chain(pairs.receivers) {
-                    s.close().await;
-                }
+                pairs.close().await;
                 srv.stop()?;
                 Ok(t.delivered_per_s)
             }

@@ -47,6 +47,15 @@ pub struct Pairs {
     pub delivered_total: Vec<u64>,
 }
 
+impl Pairs {
+    /// Closes every sender's and receiver's stream.
+    pub async fn close(self) {
+        for s in self.senders.into_iter().chain(self.receivers) {
+            s.close().await;
+        }
+    }
+}
+
 pub async fn login_pairs(port: u16, n: usize) -> Result<Pairs> {
     let mut senders = Vec::new();
     let mut receivers = Vec::new();
