@@ -203,6 +203,23 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
     tokio::task::block_in_place(f)
 }
 
+/// The closed loop (`--window` in flight per pair, after `--warmup`) for `measure`.
+async fn closed_loop(
+    srv: &Server,
+    pairs: &mut phases::Pairs,
+    o: &Opts,
+    measure: Duration,
+) -> Result<phases::MessagingResult> {
+    phases::messaging(
+        srv,
+        pairs,
+        Load::Closed { window: o.window },
+        o.warmup,
+        measure,
+    )
+    .await
+}
+
 /// The database `native-pg` archives into, in the run's private cluster.
 const NATIVE_PG_DB: &str = "mam_native_pg";
 
@@ -281,14 +298,7 @@ async fn run_config(
         o.duration
     ));
     let mut pairs = phases::login_pairs(spec.port, o.pairs).await?;
-    let mut t = phases::messaging(
-        &srv,
-        &mut pairs,
-        Load::Closed { window: o.window },
-        o.warmup,
-        o.duration,
-    )
-    .await?;
+    let mut t = closed_loop(&srv, &mut pairs, o, o.duration).await?;
     if kind.has_mam() {
         t.archived = Some(phases::archived_count(&mut pairs).await?);
         t.archived_expected = Some(2 * pairs.delivered_total.iter().sum::<u64>());
@@ -378,14 +388,7 @@ async fn run_config(
     ));
     let mut pairs = phases::login_pairs(spec.port, o.pairs).await?;
     pairs.delivered_total = delivered_so_far;
-    let mut t = phases::messaging(
-        &srv,
-        &mut pairs,
-        Load::Closed { window: o.window },
-        o.warmup,
-        o.duration / 2,
-    )
-    .await?;
+    let mut t = closed_loop(&srv, &mut pairs, o, o.duration / 2).await?;
     t.archived = Some(phases::archived_count(&mut pairs).await?);
     t.archived_expected = Some(2 * pairs.delivered_total.iter().sum::<u64>());
     log(format!(
@@ -498,14 +501,7 @@ async fn throughput_rounds(
                     srv.db_pid = pg_pid;
                 }
                 let mut pairs = phases::login_pairs(spec.port, o.pairs).await?;
-                let t = phases::messaging(
-                    &srv,
-                    &mut pairs,
-                    Load::Closed { window: o.window },
-                    o.warmup,
-                    o.round_duration,
-                )
-                .await?;
+                let t = closed_loop(&srv, &mut pairs, o, o.round_duration).await?;
                 pairs.close().await;
                 srv.stop()?;
                 Ok(t.delivered_per_s)

@@ -96,6 +96,14 @@ fn ratio(a: Option<f64>, b: Option<f64>) -> Value {
     }
 }
 
+/// A ratio for a table cell: four significant digits, or `-` when either side is missing.
+fn ratio_text(a: Option<f64>, b: Option<f64>) -> String {
+    match ratio(a, b) {
+        Value::Number(n) => format!("{n}"),
+        _ => "-".into(),
+    }
+}
+
 /// Each of ours and what it is compared with.
 const COMPARISONS: [(&str, &[&str]); 2] = [
     (
@@ -503,10 +511,6 @@ fn native_pg_compared(m: &mut String, r: &Report, sizes: &[u64]) {
     if others.is_empty() {
         return;
     }
-    let ratio_cell = |a: Option<f64>, b: Option<f64>| match ratio(a, b) {
-        Value::Number(n) => format!("{n}"),
-        _ => "-".into(),
-    };
     let _ = writeln!(
         m,
         "\n## Ours on PostgreSQL compared (`native-pg` ÷ other)\n"
@@ -549,7 +553,7 @@ fn native_pg_compared(m: &mut String, r: &Report, sizes: &[u64]) {
     for (name, f, fmt) in rows {
         let _ = write!(m, "| {name} | {} |", f(pg).map(fmt).unwrap_or("-".into()));
         for o in &others {
-            let _ = write!(m, " {} |", ratio_cell(f(pg), f(o)));
+            let _ = write!(m, " {} |", ratio_text(f(pg), f(o)));
         }
         m.push('\n');
     }
@@ -564,7 +568,7 @@ fn native_pg_compared(m: &mut String, r: &Report, sizes: &[u64]) {
                 p50(pg).map(ms).unwrap_or("-".into())
             );
             for o in &others {
-                let _ = write!(m, " {} |", ratio_cell(p50(pg), p50(o)));
+                let _ = write!(m, " {} |", ratio_text(p50(pg), p50(o)));
             }
             m.push('\n');
         }
@@ -734,10 +738,6 @@ fn rounds_table(m: &mut String, r: &Report) {
             .and_then(|c| median(&c.throughput_rounds))
     };
     let (nomam, nomam_sid) = (ceiling("nomam"), ceiling("nomam-sid"));
-    let cell = |x: Option<f64>, base: Option<f64>| match ratio(x, base) {
-        Value::Number(n) => format!("{n}"),
-        _ => "-".into(),
-    };
     let _ = writeln!(
         m,
         "\n## Archiving throughput, interleaved rounds (closed loop, msgs/s)\n"
@@ -767,8 +767,8 @@ fn rounds_table(m: &mut String, r: &Report) {
             med.unwrap_or(0.0),
             min,
             max,
-            cell(med, nomam),
-            cell(med, nomam_sid)
+            ratio_text(med, nomam),
+            ratio_text(med, nomam_sid)
         );
     }
     let _ = writeln!(
