@@ -10,7 +10,9 @@ use std::collections::VecDeque;
 use std::io::{ErrorKind, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use crate::error::Result as MamResult;
 use crate::stanza::Element;
@@ -115,6 +117,9 @@ pub struct Mailbox {
     waker: UnixStream,
     /// Read end, watched by the event loop.
     watched: UnixStream,
+    /// Completions posted so far: lets a spinning [`Mailbox::claim`] look without
+    /// taking the lock.
+    posted: AtomicU64,
 }
 
 impl Mailbox {
@@ -126,6 +131,7 @@ impl Mailbox {
             queue: Mutex::new(Queue::default()),
             waker,
             watched,
+            posted: AtomicU64::new(0),
         })
     }
 
@@ -148,7 +154,31 @@ impl Mailbox {
 
     pub fn post(&self, completion: Completion) {
         self.lock().completions.push_back(completion);
+        self.posted.fetch_add(1, Ordering::Release);
         self.wake();
+    }
+
+    /// Takes job `job`'s completion out of the queue if it is posted within
+    /// `budget`, spinning meanwhile (sleeping would cost the wake-up this avoids).
+    /// Other completions stay queued; the wake-up byte stays too, so the loop later
+    /// calls [`Mailbox::take`] for nothing, which is harmless.
+    pub fn claim(&self, job: JobId, budget: Duration) -> Option<Completion> {
+        let started = Instant::now();
+        let mut seen = u64::MAX;
+        loop {
+            let now = self.posted.load(Ordering::Acquire);
+            if now != seen {
+                seen = now;
+                let mut q = self.lock();
+                if let Some(i) = q.completions.iter().position(|c| c.job == job) {
+                    return q.completions.remove(i);
+                }
+            }
+            if started.elapsed() >= budget {
+                return None;
+            }
+            std::hint::spin_loop();
+        }
     }
 
     pub fn log(&self, level: Level, message: String) {
@@ -188,5 +218,70 @@ impl Mailbox {
             }
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn removed(job: JobId, n: u64) -> Completion {
+        Completion {
+            job,
+            outcome: Outcome::Removed(Ok(n)),
+        }
+    }
+
+    fn count(c: &Completion) -> u64 {
+        match c.outcome {
+            Outcome::Removed(Ok(n)) => n,
+            ref other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn claim_takes_only_its_own_job_and_leaves_the_rest_queued() {
+        let mb = Mailbox::new().unwrap();
+        mb.post(removed(1, 10));
+        mb.post(removed(2, 20));
+        mb.post(removed(3, 30));
+        let c = mb.claim(2, Duration::ZERO).expect("already posted");
+        assert_eq!((c.job, count(&c)), (2, 20));
+        let (rest, _) = mb.take();
+        let jobs: Vec<JobId> = rest.iter().map(|c| c.job).collect();
+        assert_eq!(jobs, vec![1, 3]);
+    }
+
+    #[test]
+    fn claim_gives_up_after_its_budget_and_the_completion_still_arrives() {
+        let mb = Mailbox::new().unwrap();
+        mb.post(removed(1, 10));
+        assert!(mb.claim(7, Duration::from_millis(2)).is_none());
+        mb.post(removed(7, 70));
+        let (all, _) = mb.take();
+        let jobs: Vec<JobId> = all.iter().map(|c| c.job).collect();
+        assert_eq!(jobs, vec![1, 7]);
+    }
+
+    #[test]
+    fn claim_sees_a_completion_posted_while_it_waits() {
+        let mb = Arc::new(Mailbox::new().unwrap());
+        let poster = {
+            let mb = mb.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(20));
+                mb.post(removed(4, 1));
+                mb.post(removed(5, 2));
+            })
+        };
+        let c = mb
+            .claim(5, Duration::from_secs(10))
+            .expect("posted within the budget");
+        assert_eq!(c.job, 5);
+        poster.join().unwrap();
+        let (rest, _) = mb.take();
+        assert_eq!(rest.len(), 1);
+        assert_eq!(rest[0].job, 4);
     }
 }

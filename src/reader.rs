@@ -5,6 +5,7 @@
 //! (read-your-writes), then runs the query and builds the result stanzas — parsing
 //! stored XML is the expensive part of a page, and it happens here, not on the loop.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -45,6 +46,8 @@ pub enum ReadOp {
 pub struct Readers {
     queue: Option<Sender<ReadJob>>,
     threads: Vec<JoinHandle<()>>,
+    /// Reads submitted and not yet posted to the mailbox.
+    in_flight: Arc<AtomicUsize>,
 }
 
 impl Readers {
@@ -56,31 +59,40 @@ impl Readers {
     ) -> Result<Readers> {
         let (queue, rx) = channel::<ReadJob>();
         let rx = Arc::new(Mutex::new(rx));
+        let in_flight = Arc::new(AtomicUsize::new(0));
         let mut threads = Vec::new();
         for (i, store) in stores.into_iter().enumerate() {
             let rx = rx.clone();
             let progress = progress.clone();
             let mailbox = mailbox.clone();
+            let in_flight = in_flight.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("mam-reader-{i}"))
-                .spawn(move || reader_loop(store, rx, progress, mailbox))
+                .spawn(move || reader_loop(store, rx, progress, mailbox, in_flight))
                 .map_err(|e| MamError::Corrupt(format!("cannot start a reader thread: {e}")))?;
             threads.push(thread);
         }
         Ok(Readers {
             queue: Some(queue),
             threads,
+            in_flight,
         })
     }
 
     /// Queues a read; never blocks.
     pub fn submit(&self, job: ReadJob) -> Result<()> {
-        match &self.queue {
-            Some(q) => q
-                .send(job)
-                .map_err(|_| MamError::Overloaded("archive readers have stopped".into())),
-            None => Err(MamError::Overloaded("archive readers have stopped".into())),
-        }
+        let stopped = || MamError::Overloaded("archive readers have stopped".into());
+        let queue = self.queue.as_ref().ok_or_else(stopped)?;
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        queue.send(job).map_err(|_| {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            stopped()
+        })
+    }
+
+    /// Reads queued or running (a read counts until its completion is posted).
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
     }
 
     /// Lets running reads finish, then stops the threads.
@@ -103,6 +115,7 @@ fn reader_loop(
     rx: Arc<Mutex<Receiver<ReadJob>>>,
     progress: Arc<Progress>,
     mailbox: Arc<Mailbox>,
+    in_flight: Arc<AtomicUsize>,
 ) {
     loop {
         let next = {
@@ -129,6 +142,7 @@ fn reader_loop(
             job: job.job,
             outcome,
         });
+        in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -166,6 +166,11 @@ fn parse_opts() -> Result<Opts> {
         bail!("--pairs and --window must be positive and every size at least 100");
     }
     o.sizes.sort_unstable();
+    // Prosody runs in its own directory, where a relative plugin path would name
+    // nothing and it would quietly load its own mod_mam instead.
+    for dir in [&mut o.plugin_dir, &mut o.work_dir, &mut o.out_dir] {
+        *dir = std::path::absolute(&*dir)?;
+    }
     Ok(o)
 }
 

@@ -474,6 +474,15 @@ impl UserData for ArchiveHandle {
             Ok(this.archive()?.notify_fd() as i64)
         });
 
+        // answer_now(job) -> a query's or metadata's completion if it is ready within
+        // a fraction of a millisecond while the readers are idle, or nil
+        methods.add_method_mut("answer_now", |lua, this, job: i64| {
+            match this.archive()?.answer_now(job as u64) {
+                Some(c) => Ok(Value::Table(this.completion_to_lua(lua, c)?)),
+                None => Ok(Value::Nil),
+            }
+        });
+
         // completions() -> { { job =, results =, fin = } | { job =, err = } |
         //                    { job =, count = } | { log =, level = } ... }
         methods.add_method_mut("completions", |lua, this, ()| {
