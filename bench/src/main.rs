@@ -272,7 +272,6 @@ async fn run_config(
     // tables / database; then the messaging phases run on an empty store.
     let mut srv = Server::start(&spec)?;
     srv.db_pid = pg.map(|c| c.pid);
-    res.rss_kib.push(("start".into(), srv.rss_kib()));
     if kind.has_mam() {
         let mut s = xmpp::login(spec.port, "pinger", server::PASSWORD, "prime").await?;
         let r = s
@@ -294,6 +293,8 @@ async fn run_config(
         s.close().await;
     }
     res.idle_ping = Some(phases::idle_ping(spec.port, Duration::from_secs(1)).await?);
+    // Idle RSS, once the server is up and has answered a first MAM query.
+    res.rss_kib.push(("start".into(), srv.settled_rss_kib()));
 
     // Throughput: closed loop.
     log(format!(
@@ -372,7 +373,8 @@ async fn run_config(
     }
     let mut srv = Server::start(&spec)?;
     srv.db_pid = pg.map(|c| c.pid);
-    res.rss_kib.push(("populated".into(), srv.rss_kib()));
+    res.rss_kib
+        .push(("populated".into(), srv.settled_rss_kib()));
     if kind.is_native() {
         // The module must serve what the fast path wrote: each archive counts exactly
         // its size through MAM before anything else is archived to it.

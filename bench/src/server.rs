@@ -286,6 +286,23 @@ impl Server {
         proc_rss_kib(self.pid)
     }
 
+    /// RSS in KiB once start-up has finished: the listening port opens before every
+    /// module has loaded, and RSS then still climbs for tens of milliseconds (a
+    /// reading at once caught 12-23 MiB of the same server), so this waits until two
+    /// readings 100 ms apart agree, for at most 3 s.
+    pub fn settled_rss_kib(&self) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let mut last = self.rss_kib();
+        loop {
+            std::thread::sleep(Duration::from_millis(100));
+            let now = self.rss_kib();
+            if now == last || Instant::now() >= deadline {
+                return now;
+            }
+            last = now;
+        }
+    }
+
     /// CPU time (user + system) consumed so far, in seconds.
     pub fn cpu_seconds(&self) -> f64 {
         proc_cpu_seconds(self.pid)
