@@ -29,11 +29,6 @@ use crate::writer::{WriteOp, Writer};
 /// third waits, without ever holding up the event loop.
 const READER_THREADS: usize = 2;
 
-/// The longest the event loop waits for a read it could answer inline (see
-/// [`Archive::answer_now`]): a wake-up of an idle reader plus a page of 50 on the
-/// benchmark machine.
-const INLINE_ANSWER_WAIT: Duration = Duration::from_micros(300);
-
 /// A message that was archived.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Appended {
@@ -135,8 +130,8 @@ impl Archive {
     }
 
     /// Read `job`'s completion, if the readers were otherwise idle and it finishes
-    /// within [`INLINE_ANSWER_WAIT`]; `None` otherwise, and then it arrives through
-    /// [`Archive::completions`] as usual.
+    /// within `mam_inline_read_wait` (0.3 ms by default); `None` otherwise, and then
+    /// it arrives through [`Archive::completions`] as usual.
     ///
     /// Handing a result back through the watched socket costs the event loop a
     /// wake-up from idle, ~0.1 ms on a virtual machine: most of a small query's time,
@@ -145,12 +140,12 @@ impl Archive {
     /// than the budget (stock holds the loop ~7 ms for every page). With other reads
     /// queued, ours would wait behind them, so the loop goes back to work at once.
     pub fn answer_now(&self, job: JobId) -> Option<Completion> {
-        self.answer_within(job, INLINE_ANSWER_WAIT)
+        self.answer_within(job, self.config.inline_read_wait)
     }
 
     fn answer_within(&self, job: JobId, budget: Duration) -> Option<Completion> {
         // `job` itself is one of the reads in flight.
-        if self.readers.in_flight() > 1 {
+        if budget.is_zero() || self.readers.in_flight() > 1 {
             return None;
         }
         self.mailbox.claim(job, budget)
@@ -645,6 +640,26 @@ mod tests {
             other => panic!("unexpected {other:?}"),
         }
         assert_eq!(a.readers.in_flight(), 0);
+    }
+
+    #[test]
+    fn with_no_inline_wait_every_read_comes_through_the_mailbox() {
+        let (mut a, _clock, _dir) =
+            archive_with(&[("mam_inline_read_wait", RawValue::Number(0.0))]);
+        a.append("juliet", "romeo@montague.lit", chat("x"))
+            .unwrap()
+            .unwrap();
+        assert!(a.flush(WAIT));
+        let job = a.start_metadata("juliet").unwrap();
+        // Finished by now, but the loop is not to wait for it, however short.
+        while a.readers.in_flight() > 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(a.answer_now(job).is_none());
+        match wait(&a, job) {
+            Outcome::Metadata(Ok(m)) => assert!(m.get_child("end", Some(ns::MAM)).is_some()),
+            other => panic!("unexpected {other:?}"),
+        }
     }
 
     #[test]

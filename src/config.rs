@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use crate::error::{MamError, Result};
 use crate::policy::DefaultPolicy;
@@ -39,6 +40,14 @@ pub const DEFAULT_PAGE_SIZE: usize = 20;
 /// Default `max_archive_query_results` (stock: 50).
 pub const DEFAULT_MAX_RESULTS: usize = 50;
 
+/// Default `mam_inline_read_wait`: a wake-up of an idle reader plus a page of 50 on
+/// the benchmark machine (see [`crate::archive::Archive::answer_now`]).
+pub const DEFAULT_INLINE_READ_WAIT: Duration = Duration::from_micros(300);
+
+/// The most `mam_inline_read_wait` accepts, in milliseconds: past a few, the loop
+/// would be held as long as stock holds it for a page.
+const MAX_INLINE_READ_WAIT_MS: f64 = 2.0;
+
 /// The module's validated configuration for one virtual host.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -66,6 +75,9 @@ pub struct Config {
     pub item_limit: Option<u64>,
     /// Where the archive lives.
     pub storage: Storage,
+    /// `mam_inline_read_wait` (milliseconds in the option): how long the event loop
+    /// may wait for a read the idle readers finish at once; zero never waits.
+    pub inline_read_wait: Duration,
 }
 
 /// The archive's database.
@@ -266,6 +278,23 @@ fn parse_count(option: &str, value: &RawValue, min: u64) -> Result<u64> {
         return Err(invalid(option, value, &accepted));
     }
     Ok(n as u64)
+}
+
+/// A duration in milliseconds, fractions allowed, from 0 to `max`.
+fn parse_millis(option: &str, value: &RawValue, max: f64) -> Result<Duration> {
+    let accepted = format!("a number of milliseconds from 0 to {max}");
+    let ms = match value {
+        RawValue::Number(n) => *n,
+        RawValue::String(s) => s
+            .trim()
+            .parse::<f64>()
+            .map_err(|_| invalid(option, value, &accepted))?,
+        _ => return Err(invalid(option, value, &accepted)),
+    };
+    if !ms.is_finite() || !(0.0..=max).contains(&ms) {
+        return Err(invalid(option, value, &accepted));
+    }
+    Ok(Duration::from_secs_f64(ms / 1000.0))
 }
 
 fn parse_string(option: &str, value: &RawValue) -> Result<String> {
@@ -484,6 +513,10 @@ impl Config {
             None => None,
         };
         let storage = parse_storage(data_path, &archive_store, opts)?;
+        let inline_read_wait = match opts.get("mam_inline_read_wait") {
+            Some(v) => parse_millis("mam_inline_read_wait", &v, MAX_INLINE_READ_WAIT_MS)?,
+            None => DEFAULT_INLINE_READ_WAIT,
+        };
         Ok(Config {
             host: host.to_owned(),
             expires_after,
@@ -497,6 +530,7 @@ impl Config {
             archive_store,
             item_limit,
             storage,
+            inline_read_wait,
         })
     }
 }
@@ -517,6 +551,40 @@ mod tests {
 
     fn s(v: &str) -> RawValue {
         RawValue::String(v.to_owned())
+    }
+
+    #[test]
+    fn inline_read_wait_is_milliseconds_from_zero_to_two() {
+        let wait = |v: RawValue| config_with(&[("mam_inline_read_wait", v)]);
+        assert_eq!(
+            config_with(&[]).unwrap().inline_read_wait,
+            DEFAULT_INLINE_READ_WAIT
+        );
+        assert_eq!(
+            wait(RawValue::Number(0.0)).unwrap().inline_read_wait,
+            Duration::ZERO
+        );
+        assert_eq!(
+            wait(RawValue::Number(1.5)).unwrap().inline_read_wait,
+            Duration::from_micros(1500)
+        );
+        assert_eq!(
+            wait(s("0.1")).unwrap().inline_read_wait,
+            Duration::from_micros(100)
+        );
+        for bad in [
+            RawValue::Number(-0.1),
+            RawValue::Number(2.5),
+            RawValue::Number(f64::NAN),
+            s("soon"),
+            RawValue::Bool(true),
+        ] {
+            let err = wait(bad).unwrap_err().to_string();
+            assert!(
+                err.contains("mam_inline_read_wait") && err.contains("milliseconds from 0 to 2"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

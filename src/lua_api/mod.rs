@@ -39,6 +39,7 @@ pub const OPTION_NAMES: &[&str] = &[
     "storage_archive_item_limit",
     "mam_database",
     "mam_max_db_pages",
+    "mam_inline_read_wait",
     // Where the archive lives (PostgreSQL): ours, then Prosody's own storage options.
     "mam_sql",
     "sql",

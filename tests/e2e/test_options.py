@@ -56,3 +56,47 @@ async def test_storage_archive_item_limit_keeps_only_the_newest_messages(limit_s
         assert [r.body for r in results] == bodies[3:]
         _, fin = await mam_query(client, rsm={"max": 0})
         assert fin.count in (None, 5)
+
+
+@pytest.fixture(scope="module")
+def no_inline_server(prosody_factory):
+    return prosody_factory("no-inline", {"mam_inline_read_wait": 0}, users=2)
+
+
+@pytest.mark.native_only
+async def test_with_no_inline_read_wait_queries_and_metadata_come_back_through_the_loop(
+        no_inline_server, connect):
+    # Every answer takes the watched-socket path: the pages, the count and the metadata
+    # must be the same as when the loop waits for them.
+    a, b = no_inline_server.take_users(2)
+    alice, bob = await connect(no_inline_server, a), await connect(no_inline_server, b)
+    bodies = [f"n{i}" for i in range(7)]
+    await send_and_flush(alice, *[chat_xml(bob.bare, body) for body in bodies])
+    await bob.wait_for_message(lambda m: m.findtext(q(NS_CLIENT, "body")) == "n6")
+    results = await mam_all(bob, page=3)
+    assert [r.body for r in results] == bodies
+    _, fin = await mam_query(bob, rsm={"max": 0})
+    assert fin.count == 7
+    reply = await bob.iq("get", f"<metadata xmlns='{NS_MAM}'/>")
+    meta = reply.find(q(NS_MAM, "metadata"))
+    assert meta.find(q(NS_MAM, "start")).get("id") == results[0].id
+    assert meta.find(q(NS_MAM, "end")).get("id") == results[-1].id
+
+
+@pytest.fixture(scope="module")
+def bad_inline_server(prosody_factory):
+    return prosody_factory("bad-inline", {"mam_inline_read_wait": 50}, users=1)
+
+
+@pytest.mark.native_only
+async def test_an_inline_read_wait_beyond_two_milliseconds_fails_the_load_naming_the_option(
+        bad_inline_server):
+    deadline = time.monotonic() + 10
+    while True:
+        lines = [line for line in bad_inline_server.log_text().splitlines()
+                 if "mam_inline_read_wait" in line]
+        if lines or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.1)
+    assert any("error" in line.lower() and "milliseconds from 0 to 2" in line
+               for line in lines), lines
