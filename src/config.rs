@@ -264,16 +264,22 @@ fn parse_bool(option: &str, value: &RawValue) -> Result<bool> {
     }
 }
 
-fn parse_count(option: &str, value: &RawValue, min: u64) -> Result<u64> {
-    let accepted = format!("a whole number of at least {min}");
-    let n = match value {
-        RawValue::Number(n) => *n,
+/// A number given as a number or as a string holding one; `accepted` describes the
+/// option's form for the error.
+fn parse_number(option: &str, value: &RawValue, accepted: &str) -> Result<f64> {
+    match value {
+        RawValue::Number(n) => Ok(*n),
         RawValue::String(s) => s
             .trim()
             .parse::<f64>()
-            .map_err(|_| invalid(option, value, &accepted))?,
-        _ => return Err(invalid(option, value, &accepted)),
-    };
+            .map_err(|_| invalid(option, value, accepted)),
+        _ => Err(invalid(option, value, accepted)),
+    }
+}
+
+fn parse_count(option: &str, value: &RawValue, min: u64) -> Result<u64> {
+    let accepted = format!("a whole number of at least {min}");
+    let n = parse_number(option, value, &accepted)?;
     if !n.is_finite() || n.fract() != 0.0 || n < min as f64 || n > u32::MAX as f64 {
         return Err(invalid(option, value, &accepted));
     }
@@ -283,14 +289,7 @@ fn parse_count(option: &str, value: &RawValue, min: u64) -> Result<u64> {
 /// A duration in milliseconds, fractions allowed, from 0 to `max`.
 fn parse_millis(option: &str, value: &RawValue, max: f64) -> Result<Duration> {
     let accepted = format!("a number of milliseconds from 0 to {max}");
-    let ms = match value {
-        RawValue::Number(n) => *n,
-        RawValue::String(s) => s
-            .trim()
-            .parse::<f64>()
-            .map_err(|_| invalid(option, value, &accepted))?,
-        _ => return Err(invalid(option, value, &accepted)),
-    };
+    let ms = parse_number(option, value, &accepted)?;
     if !ms.is_finite() || !(0.0..=max).contains(&ms) {
         return Err(invalid(option, value, &accepted));
     }
