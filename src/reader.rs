@@ -90,7 +90,8 @@ impl Readers {
         })
     }
 
-    /// Reads queued or running (a read counts until its completion is posted).
+    /// Reads queued or running (a read stops counting just before its completion is
+    /// posted).
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Acquire)
     }
@@ -138,11 +139,13 @@ fn reader_loop(
             )),
             ReadOp::Metadata => Outcome::Metadata(metadata(store.as_mut(), &job.owner)),
         };
+        // Done before posting, so that whoever takes the completion sees this reader
+        // free again.
+        in_flight.fetch_sub(1, Ordering::AcqRel);
         mailbox.post(Completion {
             job: job.job,
             outcome,
         });
-        in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
