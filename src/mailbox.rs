@@ -154,14 +154,15 @@ impl Mailbox {
 
     pub fn post(&self, completion: Completion) {
         self.lock().completions.push_back(completion);
-        self.posted.fetch_add(1, Ordering::Release);
+        // Wake first: once `claim` sees the count move, the byte is there to drain.
         self.wake();
+        self.posted.fetch_add(1, Ordering::Release);
     }
 
     /// Takes job `job`'s completion out of the queue if it is posted within
     /// `budget`, spinning meanwhile (sleeping would cost the wake-up this avoids).
-    /// Other completions stay queued; the wake-up byte stays too, so the loop later
-    /// calls [`Mailbox::take`] for nothing, which is harmless.
+    /// Other completions stay queued. If it was the last thing queued, the wake-up
+    /// bytes go too, so the loop is not woken afterwards for nothing.
     pub fn claim(&self, job: JobId, budget: Duration) -> Option<Completion> {
         let started = Instant::now();
         let mut seen = u64::MAX;
@@ -171,6 +172,11 @@ impl Mailbox {
                 seen = now;
                 let mut q = self.lock();
                 if let Some(i) = q.completions.iter().position(|c| c.job == job) {
+                    // Under the lock: anything posted later pushes after this and
+                    // writes its own byte.
+                    if q.completions.len() == 1 && q.logs.is_empty() {
+                        self.drain_wakeups();
+                    }
                     return q.completions.remove(i);
                 }
             }
@@ -189,6 +195,16 @@ impl Mailbox {
     /// Everything posted so far. Drains the wake-up bytes first, so anything posted
     /// after this call wakes the loop again.
     pub fn take(&self) -> (Vec<Completion>, Vec<(Level, String)>) {
+        self.drain_wakeups();
+        let mut q = self.lock();
+        (
+            q.completions.drain(..).collect(),
+            std::mem::take(&mut q.logs),
+        )
+    }
+
+    /// Reads every wake-up byte waiting on the watched socket (non-blocking).
+    fn drain_wakeups(&self) {
         let mut buf = [0u8; 256];
         loop {
             match (&self.watched).read(&mut buf) {
@@ -198,11 +214,6 @@ impl Mailbox {
                 Err(_) => break,
             }
         }
-        let mut q = self.lock();
-        (
-            q.completions.drain(..).collect(),
-            std::mem::take(&mut q.logs),
-        )
     }
 
     /// Blocks (up to `timeout`) until something is posted. For tests and command-line
@@ -251,6 +262,26 @@ mod tests {
         let (rest, _) = mb.take();
         let jobs: Vec<JobId> = rest.iter().map(|c| c.job).collect();
         assert_eq!(jobs, vec![1, 3]);
+    }
+
+    fn wakeup_waiting(mb: &Mailbox) -> bool {
+        let mut byte = [0u8; 1];
+        matches!((&mb.watched).read(&mut byte), Ok(1))
+    }
+
+    #[test]
+    fn claiming_the_last_completion_leaves_no_wakeup_behind() {
+        let mb = Mailbox::new().unwrap();
+        mb.post(removed(1, 10));
+        mb.post(removed(2, 20));
+        mb.claim(1, Duration::ZERO).expect("posted");
+        // Job 2 is still queued: its wake-up must stay.
+        assert!(wakeup_waiting(&mb));
+        mb.post(removed(3, 30));
+        mb.take();
+        mb.post(removed(4, 40));
+        mb.claim(4, Duration::ZERO).expect("posted");
+        assert!(!wakeup_waiting(&mb));
     }
 
     #[test]
