@@ -6,8 +6,8 @@ import time
 import pytest
 
 from conftest import (
-    NS_CLIENT, NS_DISCO_INFO, NS_MAM, StanzaError, chat_xml, mam_all, mam_query, q,
-    send_and_flush,
+    NS_CLIENT, NS_DISCO_INFO, NS_MAM, StanzaError, chat_xml, log_lines, mam_all, mam_query,
+    q, send_and_flush, wait_log,
 )
 
 
@@ -91,12 +91,7 @@ def bad_inline_server(prosody_factory):
 @pytest.mark.native_only
 async def test_an_inline_read_wait_beyond_two_milliseconds_fails_the_load_naming_the_option(
         bad_inline_server):
-    deadline = time.monotonic() + 10
-    while True:
-        lines = [line for line in bad_inline_server.log_text().splitlines()
-                 if "mam_inline_read_wait" in line]
-        if lines or time.monotonic() > deadline:
-            break
-        await asyncio.sleep(0.1)
+    await wait_log(bad_inline_server, "mam_inline_read_wait")
+    lines = log_lines(bad_inline_server, "mam_inline_read_wait")
     assert any("error" in line.lower() and "milliseconds from 0 to 2" in line
                for line in lines), lines
