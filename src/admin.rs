@@ -10,7 +10,6 @@ use std::io::Write;
 use chrono::NaiveDate;
 
 use crate::error::MamError;
-use crate::query::split_resource;
 use crate::store::{ArchiveStore, DeleteFilter, FindRequest, Owner, WithFilter};
 use crate::time::{format_datetime, parse_datetime, Clock, Micros};
 
@@ -289,11 +288,7 @@ pub fn parse_owner(s: &str, prep: &dyn Fn(&str) -> Option<String>) -> Result<Own
 /// A contact JID for `--with`: bare matches every resource, full only that resource.
 pub fn parse_with(s: &str, prep: &dyn Fn(&str) -> Option<String>) -> Result<WithFilter, String> {
     let jid = prep(s).ok_or_else(|| format!("Invalid JID '{s}' for --with"))?;
-    let (bare, resource) = split_resource(&jid);
-    Ok(WithFilter {
-        bare: bare.to_owned(),
-        resource: resource.map(str::to_owned),
-    })
+    Ok(WithFilter::from_jid(&jid))
 }
 
 /// `--before`: an XEP-0082 DateTime, or a date (midnight UTC).
@@ -674,7 +669,7 @@ pub fn stats_report(
 mod tests {
     use super::*;
     use crate::store::sqlite::SqliteStore;
-    use crate::store::{ImportedMessage, NewMessage};
+    use crate::store::{ImportedMessage, ArchivedMessage};
     use crate::time::SystemClock;
 
     const T0: Micros = 1_275_868_800_000_000; // 2010-06-07T00:00:00Z
@@ -858,7 +853,7 @@ mod tests {
         let batch: Vec<_> = (0..n)
             .map(|i| ImportedMessage {
                 user: user.into(),
-                msg: NewMessage {
+                msg: ArchivedMessage {
                     id: format!("id{i}"),
                     when: T0 + i * 1_000_000,
                     with_bare: "romeo@montague.lit".into(),

@@ -18,10 +18,11 @@ use crate::id::new_archive_id;
 use crate::mailbox::{Completion, JobId, Level, Mailbox, Reply};
 use crate::ns;
 use crate::policy::{self, DefaultPolicy, Prefs, Rule};
-use crate::query::{self, split_resource, JidPrep};
+use crate::jid::split_resource;
+use crate::query::{self, JidPrep};
 use crate::reader::{ReadJob, ReadOp, Readers};
 use crate::stanza::{to_xml, Element};
-use crate::store::{self, ArchiveStore, NewMessage, Owner};
+use crate::store::{self, ArchiveStore, ArchivedMessage, Owner};
 use crate::time::{Clock, SystemClock};
 use crate::writer::{WriteOp, Writer};
 
@@ -104,7 +105,7 @@ impl Archive {
         let prefs = writer_store.all_prefs(&config.host)?.into_iter().collect();
         let mailbox = Arc::new(
             Mailbox::new()
-                .map_err(|e| crate::error::MamError::Corrupt(format!("wake-up socket: {e}")))?,
+                .map_err(|e| crate::error::MamError::Thread(format!("cannot open the wake-up socket: {e}")))?,
         );
         let writer = Writer::start(writer_store, config.item_limit, mailbox.clone())?;
         let readers = Readers::start(reader_stores, writer.progress(), mailbox.clone())?;
@@ -233,7 +234,7 @@ impl Archive {
             Some(original) => stored.set_attr("xmlns", &original),
             None => stored.remove_attr("xmlns"),
         }
-        let msg = NewMessage {
+        let msg = ArchivedMessage {
             id: id.clone(),
             when,
             with_bare: bare.to_owned(),

@@ -24,7 +24,7 @@ use crate::error::MamError;
 use crate::import::Importer;
 use crate::store::postgres::PgStore;
 use crate::store::sqlite::SqliteStore;
-use crate::store::{self, ArchiveStore, FindRequest, ImportedMessage, NewMessage, Owner};
+use crate::store::{self, ArchiveStore, FindRequest, ImportedMessage, ArchivedMessage, Owner};
 use crate::time::{Clock, Micros};
 
 /// How many messages one read of the source returns and one destination transaction
@@ -443,7 +443,7 @@ impl OwnerPages {
             self.last = Some((m.id.clone(), m.when));
             batch.push(ImportedMessage {
                 user: self.owner.user.clone(),
-                msg: NewMessage {
+                msg: ArchivedMessage {
                     id: m.id,
                     when: m.when,
                     with_bare: m.with_bare,
@@ -481,12 +481,12 @@ mod tests {
         Arc::new(SteppingClock(AtomicI64::new(0)))
     }
 
-    fn message(id: &str, when: Micros, with: &str) -> NewMessage {
+    fn message(id: &str, when: Micros, with: &str) -> ArchivedMessage {
         let (bare, resource) = match with.split_once('/') {
             Some((b, r)) => (b.to_owned(), Some(r.to_owned())),
             None => (with.to_owned(), None),
         };
-        NewMessage {
+        ArchivedMessage {
             id: id.to_owned(),
             when,
             with_bare: bare,
@@ -504,7 +504,7 @@ mod tests {
 
     /// Juliet's i-th message: four per microsecond (so only archive order tells them
     /// apart), ids running against time order, romeo at two resources and bare.
-    fn juliets(i: usize) -> NewMessage {
+    fn juliets(i: usize) -> ArchivedMessage {
         let with = match i % 3 {
             0 => "romeo@montague.lit/orchard",
             1 => "romeo@montague.lit/balcony",
@@ -517,7 +517,7 @@ mod tests {
     /// juliet and for tybalt, who has no messages; a user of another host, who must
     /// stay behind.
     fn fill(store: &mut dyn ArchiveStore) {
-        let items: Vec<(Owner, NewMessage)> = (0..1203).map(|i| (juliet(), juliets(i))).collect();
+        let items: Vec<(Owner, ArchivedMessage)> = (0..1203).map(|i| (juliet(), juliets(i))).collect();
         store.append_many(&items, None).expect("juliet");
         for i in 0..3 {
             let m = message(&format!("n{i}"), T0 - 1_000 + i, "juliet@capulet.lit/x");

@@ -28,6 +28,28 @@ pub enum RawValue {
 
 const DAY: u64 = 86_400;
 
+/// Every option name the module reads, so the shim can read them all at once and
+/// pass them in one table.
+pub const OPTION_NAMES: &[&str] = &[
+    "archive_expires_after",
+    "archive_cleanup_interval",
+    "max_archive_query_results",
+    "default_archive_policy",
+    "dont_archive_namespaces",
+    "mam_smart_enable",
+    "mam_include_total",
+    "archive_store",
+    "storage_archive_item_limit",
+    "mam_database",
+    "mam_max_db_pages",
+    "mam_inline_read_wait",
+    // Where the archive lives (PostgreSQL): ours, then Prosody's own storage options.
+    "mam_sql",
+    "sql",
+    "storage",
+    "default_storage",
+];
+
 /// The longest retention we represent (about 292,000 years): archive timestamps are
 /// `i64` microseconds, so a longer `archive_expires_after` could not be subtracted
 /// from "now"; anything longer means the same as this, "keep everything".

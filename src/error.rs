@@ -54,6 +54,10 @@ pub enum MamError {
     /// Stored data could not be read back (e.g. an archived stanza that is not XML).
     #[error("corrupt archive data: {0}")]
     Corrupt(String),
+    /// The engine could not start (or lost) one of its threads or the socket that
+    /// wakes Prosody's loop: the process is out of threads or descriptors.
+    #[error("{0}")]
+    Thread(String),
 }
 
 /// A PostgreSQL error as an admin needs to read it: the server's own message ("FATAL:
@@ -125,7 +129,8 @@ impl MamError {
             | MamError::Postgres { .. }
             | MamError::Duplicate(_)
             | MamError::Open { .. }
-            | MamError::Corrupt(_) => ("wait", "internal-server-error", None),
+            | MamError::Corrupt(_)
+            | MamError::Thread(_) => ("wait", "internal-server-error", None),
         };
         XmppError {
             error_type,

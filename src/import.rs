@@ -13,9 +13,9 @@ use std::sync::Arc;
 use crate::error::{MamError, Result};
 use crate::ns;
 use crate::policy::{DefaultPolicy, Prefs};
-use crate::query::split_resource;
+use crate::jid::split_resource;
 use crate::stanza::{to_xml, Element};
-use crate::store::{ArchiveStore, ImportedMessage, NewMessage, Owner};
+use crate::store::{ArchiveStore, ImportedMessage, ArchivedMessage, Owner};
 use crate::time::{Clock, Micros};
 
 /// One message as a stock archive store returns it: `archive:find()` yields
@@ -53,7 +53,7 @@ pub fn to_imported(user: &str, src: &SourceMessage) -> Result<ImportedMessage> {
     }
     Ok(ImportedMessage {
         user: user.to_owned(),
-        msg: NewMessage {
+        msg: ArchivedMessage {
             id: src.id.clone(),
             when: micros.round() as Micros,
             with_bare: bare.to_owned(),

@@ -29,6 +29,7 @@ pub mod config;
 pub mod error;
 pub mod id;
 pub mod import;
+pub mod jid;
 pub mod lua_api;
 pub mod mailbox;
 pub mod ns;

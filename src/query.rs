@@ -96,15 +96,6 @@ pub fn query_form() -> Element {
     Element::with_ns("query", ns::MAM).with_child(x)
 }
 
-/// Splits a JID string into (bare, resource).
-pub fn split_resource(jid: &str) -> (&str, Option<&str>) {
-    // The resource starts at the first '/' (RFC 7622 §3.1); it may itself contain '/'.
-    match jid.find('/') {
-        Some(i) => (&jid[..i], Some(&jid[i + 1..])),
-        None => (jid, None),
-    }
-}
-
 fn single_value(field: &Element, var: &str) -> Result<Option<String>> {
     let mut values = field.children_named("value", Some(ns::DATA_FORMS));
     let first = values.next().map(Element::text);
@@ -142,11 +133,7 @@ fn parse_form(x: &Element, q: &mut Query, jid_prep: JidPrep) -> Result<()> {
                 if let Some(v) = single_value(field, var)? {
                     let prepped = jid_prep(&v)
                         .ok_or_else(|| MamError::BadRequest(format!("Invalid JID: {v}")))?;
-                    let (bare, resource) = split_resource(&prepped);
-                    q.with = Some(WithFilter {
-                        bare: bare.to_owned(),
-                        resource: resource.map(str::to_owned),
-                    });
+                    q.with = Some(WithFilter::from_jid(&prepped));
                 }
             }
             "start" => q.start = parse_date_field(field, var)?,

@@ -69,7 +69,7 @@ impl Readers {
             let thread = std::thread::Builder::new()
                 .name(format!("mam-reader-{i}"))
                 .spawn(move || reader_loop(store, rx, progress, mailbox, in_flight))
-                .map_err(|e| MamError::Corrupt(format!("cannot start a reader thread: {e}")))?;
+                .map_err(|e| MamError::Thread(format!("cannot start a reader thread: {e}")))?;
             threads.push(thread);
         }
         Ok(Readers {

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use crate::error::{MamError, Result};
 use crate::mailbox::{Completion, JobId, Level, Mailbox, Outcome};
 use crate::policy::Prefs;
-use crate::store::{ArchiveStore, NewMessage, Owner};
+use crate::store::{ArchiveStore, ArchivedMessage, Owner};
 use crate::time::Micros;
 
 /// Most writes accepted but not yet committed (the crash-loss bound).
@@ -46,7 +46,7 @@ const BACKOFF_WHEN_STOPPING: Duration = Duration::from_millis(100);
 pub enum WriteOp {
     Append {
         owner: Owner,
-        msg: NewMessage,
+        msg: ArchivedMessage,
     },
     SetPrefs {
         owner: Owner,
@@ -150,7 +150,7 @@ impl Writer {
                 }
                 .run(rx)
             })
-            .map_err(|e| MamError::Corrupt(format!("cannot start the writer thread: {e}")))?;
+            .map_err(|e| MamError::Thread(format!("cannot start the writer thread: {e}")))?;
         Ok(Writer {
             queue,
             queued: 0,
@@ -398,7 +398,7 @@ impl WriterThread {
                 .take_while(|(_, op)| matches!(op, WriteOp::Append { .. }))
                 .count();
             if run > 0 {
-                let items: Vec<(Owner, NewMessage)> = pending[..run]
+                let items: Vec<(Owner, ArchivedMessage)> = pending[..run]
                     .iter()
                     .filter_map(|(_, op)| match op {
                         WriteOp::Append { owner, msg } => Some((owner.clone(), msg.clone())),
@@ -428,7 +428,7 @@ impl WriterThread {
 
     /// A batch hit a constraint (a duplicate id: practically impossible with random
     /// ids, but one bad row must not block every other message): store the rest.
-    fn append_one_by_one(&mut self, items: &[(Owner, NewMessage)]) {
+    fn append_one_by_one(&mut self, items: &[(Owner, ArchivedMessage)]) {
         for (owner, msg) in items {
             if let Err(e) = self.store.append(owner, msg, self.item_limit) {
                 self.mailbox.log(
@@ -480,8 +480,8 @@ mod tests {
     use super::*;
     use crate::store::sqlite::SqliteStore;
 
-    fn message(i: usize, body_len: usize) -> NewMessage {
-        NewMessage {
+    fn message(i: usize, body_len: usize) -> ArchivedMessage {
+        ArchivedMessage {
             id: format!("id{i:06}"),
             when: i as Micros,
             with_bare: "romeo@montague.lit".into(),

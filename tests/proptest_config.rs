@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use common::{cases, xml_string};
 use mam_native::config::{parse_expiry, Config, RawValue, MAX_EXPIRY_SECONDS};
 use mam_native::error::MamError;
-use mam_native::lua_api::OPTION_NAMES;
+use mam_native::config::OPTION_NAMES;
 use proptest::prelude::*;
 
 fn raw_value() -> impl Strategy<Value = RawValue> {

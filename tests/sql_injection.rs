@@ -6,7 +6,7 @@
 use mam_native::error::MamError;
 use mam_native::policy::{DefaultPolicy, Prefs};
 use mam_native::store::sqlite::SqliteStore;
-use mam_native::store::{ArchiveStore, FindRequest, NewMessage, Owner, WithFilter};
+use mam_native::store::{ArchiveStore, FindRequest, ArchivedMessage, Owner, WithFilter};
 
 const HOST: &str = "capulet.lit";
 
@@ -41,8 +41,8 @@ const HOSTILE: &[&str] = &[
     "",
 ];
 
-fn msg(id: &str, when: i64, with: &str) -> NewMessage {
-    NewMessage {
+fn msg(id: &str, when: i64, with: &str) -> ArchivedMessage {
+    ArchivedMessage {
         id: id.to_owned(),
         when,
         with_bare: with.to_owned(),

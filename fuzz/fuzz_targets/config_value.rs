@@ -4,7 +4,7 @@
 use libfuzzer_sys::fuzz_target;
 use mam_native::config::{Config, RawValue};
 use mam_native::error::MamError;
-use mam_native::lua_api::OPTION_NAMES;
+use mam_native::config::OPTION_NAMES;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&which, rest)) = data.split_first() else { return };

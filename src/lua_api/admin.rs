@@ -96,11 +96,7 @@ fn parse(lua: &Lua, (argv, jid_prep): (Table, Function)) -> LuaResult<MultiValue
             t.raw_set("command", "delete")?;
             owner(&t, &o)?;
             if let Some(w) = filter.with {
-                let jid = match w.resource {
-                    Some(r) => format!("{}/{r}", w.bare),
-                    None => w.bare,
-                };
-                t.raw_set("with", jid)?;
+                t.raw_set("with", w.jid())?;
             }
             t.raw_set("before", filter.before)?;
         }
@@ -362,13 +358,7 @@ impl UserData for AdminHandle {
             "delete",
             |lua, this, (user, with, before): (String, Option<String>, Option<i64>)| {
                 let owner = Owner::new(&this.config.host, &user);
-                let with = with.map(|w| {
-                    let (bare, resource) = crate::query::split_resource(&w);
-                    crate::store::WithFilter {
-                        bare: bare.to_owned(),
-                        resource: resource.map(str::to_owned),
-                    }
-                });
+                let with = with.map(|w| crate::store::WithFilter::from_jid(&w));
                 let r = admin::delete(&mut *this.store, &owner, &DeleteFilter { with, before });
                 admin_result(lua, r)
             },

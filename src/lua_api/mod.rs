@@ -16,7 +16,7 @@ use mlua::{
 };
 
 use crate::archive::{Archive, NotStored, Stats};
-use crate::config::{Config, RawValue};
+use crate::config::{Config, RawValue, OPTION_NAMES};
 use crate::error::MamError;
 use crate::mailbox::{Completion, Outcome, QueryResults, Reply, ResultStanzas};
 use crate::policy::{self, Rule};
@@ -25,27 +25,6 @@ use crate::stanza::{parse_xml, to_wire_xml, Element};
 use stanza_lua::{
     append_child, copy_without, element_from_lua, element_to_lua, string_array, ChildTag,
 };
-
-/// Every option name the module reads, so the shim can pass them all at once.
-pub const OPTION_NAMES: &[&str] = &[
-    "archive_expires_after",
-    "archive_cleanup_interval",
-    "max_archive_query_results",
-    "default_archive_policy",
-    "dont_archive_namespaces",
-    "mam_smart_enable",
-    "mam_include_total",
-    "archive_store",
-    "storage_archive_item_limit",
-    "mam_database",
-    "mam_max_db_pages",
-    "mam_inline_read_wait",
-    // Where the archive lives (PostgreSQL): ours, then Prosody's own storage options.
-    "mam_sql",
-    "sql",
-    "storage",
-    "default_storage",
-];
 
 /// Why a message Prosody accepted cannot be archived: deeper than we represent.
 const TOO_DEEP: &str = "too deeply nested to archive";
@@ -228,7 +207,7 @@ impl UserData for Opening {
                 Ok(Err(e)) => failure(lua, &e),
                 Err(TryRecvError::Disconnected) => failure(
                     lua,
-                    &MamError::Corrupt("the archive opening thread ended without a result".into()),
+                    &MamError::Thread("the archive opening thread ended without a result".into()),
                 ),
             }
         });

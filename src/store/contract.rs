@@ -25,7 +25,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::{
     ArchiveBounds, ArchiveEnd, ArchiveStore, DeleteFilter, FindRequest, ImportReport,
-    ImportedMessage, NewMessage, Owner, OwnerStats, Page, WithFilter,
+    ImportedMessage, ArchivedMessage, Owner, OwnerStats, Page, WithFilter,
 };
 use crate::error::MamError;
 use crate::policy::{DefaultPolicy, Prefs};
@@ -159,12 +159,12 @@ pub fn romeo() -> Owner {
 }
 
 /// A message with `with` given as a bare or full JID.
-pub fn msg(id: &str, when: Micros, with: &str) -> NewMessage {
+pub fn msg(id: &str, when: Micros, with: &str) -> ArchivedMessage {
     let (bare, resource) = match with.split_once('/') {
         Some((bare, resource)) => (bare.to_owned(), Some(resource.to_owned())),
         None => (with.to_owned(), None),
     };
-    NewMessage {
+    ArchivedMessage {
         id: id.to_owned(),
         when,
         with_bare: bare,
@@ -770,7 +770,7 @@ pub fn ids_with_quotes_backslashes_and_control_characters_match_exactly(db: &dyn
 pub fn more_ids_than_any_bind_variable_limit_work(db: &dyn ContractDb) {
     let mut store = db.open();
     let owner = juliet();
-    let items: Vec<(Owner, NewMessage)> = (0..1000)
+    let items: Vec<(Owner, ArchivedMessage)> = (0..1000)
         .map(|i| {
             (
                 owner.clone(),
@@ -1868,7 +1868,7 @@ pub fn odd_strings_are_stored_and_matched_as_plain_data(db: &dyn ContractDb) {
     // Each odd string is a user whose one message has that id, partner and resource,
     // and a stanza that carries it too.
     for (i, odd) in ODD.iter().enumerate() {
-        let message = NewMessage {
+        let message = ArchivedMessage {
             id: (*odd).to_owned(),
             when: T0 + 1 + i as i64,
             with_bare: (*odd).to_owned(),

@@ -13,6 +13,7 @@ pub mod schema;
 pub mod sqlite;
 
 use crate::config::Storage;
+use crate::jid::split_resource;
 use crate::error::Result;
 use crate::policy::Prefs;
 use crate::time::Micros;
@@ -50,30 +51,22 @@ impl Owner {
     }
 }
 
-/// A message about to be archived.
+/// One archived message: what is written (the writer's appends, imports) and what
+/// is read back (pages, exports, copies) are the same five fields.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NewMessage {
-    /// The archive id (also the stanza-id), from [`crate::id::new_archive_id`].
+pub struct ArchivedMessage {
+    /// The archive id (also the stanza-id), from [`crate::id::new_archive_id`] or,
+    /// for imports, the source's own id.
     pub id: String,
     /// When it was archived, in microseconds.
     pub when: Micros,
     /// The bare JID of the other party.
     pub with_bare: String,
-    /// The other party's resource, when the message was addressed to or from a full JID.
+    /// The other party's resource, when the message was addressed to or from a full
+    /// JID. Kept as stored: copying an archive to another backend must keep it, or
+    /// full-JID `with` queries would stop matching afterwards.
     pub with_resource: Option<String>,
     /// The stanza as Prosody serialises it (see [`crate::stanza`]).
-    pub xml: String,
-}
-
-/// A message read back from the archive.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ArchivedMessage {
-    pub id: String,
-    pub when: Micros,
-    pub with_bare: String,
-    /// The other party's resource, as stored: copying an archive to another backend
-    /// must keep it, or full-JID `with` queries would stop matching afterwards.
-    pub with_resource: Option<String>,
     pub xml: String,
 }
 
@@ -84,6 +77,25 @@ pub struct WithFilter {
     pub bare: String,
     /// When the client gave a full JID: only messages with that exact resource match.
     pub resource: Option<String>,
+}
+
+impl WithFilter {
+    /// The filter for a (prepped) JID: bare matches every resource, full only its own.
+    pub fn from_jid(jid: &str) -> WithFilter {
+        let (bare, resource) = split_resource(jid);
+        WithFilter {
+            bare: bare.to_owned(),
+            resource: resource.map(str::to_owned),
+        }
+    }
+
+    /// The JID the filter was made from.
+    pub fn jid(&self) -> String {
+        match &self.resource {
+            Some(r) => format!("{}/{r}", self.bare),
+            None => self.bare.clone(),
+        }
+    }
 }
 
 /// What to read from one owner's archive. All present constraints apply together.
@@ -144,7 +156,7 @@ pub struct ImportedMessage {
     /// The owner's node part; the host is the import's.
     pub user: String,
     /// The message as it will be stored; `msg.id` is the source archive's id.
-    pub msg: NewMessage,
+    pub msg: ArchivedMessage,
 }
 
 /// What one import batch did.
@@ -185,13 +197,13 @@ pub trait ArchiveStore: Send {
     /// Stores one message. With `item_limit = Some(n)`, afterwards the owner keeps at
     /// most `n` messages: the oldest are removed (never leaving holes) and the new
     /// message is always kept. Returns how many old messages were removed.
-    fn append(&mut self, owner: &Owner, msg: &NewMessage, item_limit: Option<u64>) -> Result<u64>;
+    fn append(&mut self, owner: &Owner, msg: &ArchivedMessage, item_limit: Option<u64>) -> Result<u64>;
 
     /// Stores several messages (any owners) as one unit: all or none. The writer
     /// thread's group commit. Returns how many old messages quotas removed.
     fn append_many(
         &mut self,
-        items: &[(Owner, NewMessage)],
+        items: &[(Owner, ArchivedMessage)],
         item_limit: Option<u64>,
     ) -> Result<u64>;
 

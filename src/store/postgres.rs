@@ -32,7 +32,7 @@ use postgres::{Client, IsolationLevel, NoTls, Row, Statement, Transaction};
 
 use super::{
     ArchiveBounds, ArchiveEnd, ArchiveStore, ArchivedMessage, DeleteFilter, FindRequest,
-    ImportReport, ImportedMessage, NewMessage, Owner, OwnerStats, Page,
+    ImportReport, ImportedMessage, Owner, OwnerStats, Page,
 };
 use crate::config::{PgSettings, SslMode};
 use crate::error::{MamError, Result};
@@ -502,7 +502,7 @@ fn connection_lost(e: &postgres::Error) -> bool {
 /// over it, keeping the owner's last message of the run whatever its timestamp.
 fn append_in(
     tx: &mut Tx<'_>,
-    items: &[(&Owner, &NewMessage)],
+    items: &[(&Owner, &ArchivedMessage)],
     item_limit: Option<u64>,
 ) -> Result<u64> {
     let n = items.len();
@@ -913,7 +913,7 @@ impl super::ExpirySteps for PgExpiry<'_, '_> {
 }
 
 impl ArchiveStore for PgStore {
-    fn append(&mut self, owner: &Owner, msg: &NewMessage, item_limit: Option<u64>) -> Result<u64> {
+    fn append(&mut self, owner: &Owner, msg: &ArchivedMessage, item_limit: Option<u64>) -> Result<u64> {
         self.transaction(false, "append", |tx| {
             append_in(tx, &[(owner, msg)], item_limit)
         })
@@ -921,13 +921,13 @@ impl ArchiveStore for PgStore {
 
     fn append_many(
         &mut self,
-        items: &[(Owner, NewMessage)],
+        items: &[(Owner, ArchivedMessage)],
         item_limit: Option<u64>,
     ) -> Result<u64> {
         if items.is_empty() {
             return Ok(0);
         }
-        let refs: Vec<(&Owner, &NewMessage)> = items.iter().map(|(o, m)| (o, m)).collect();
+        let refs: Vec<(&Owner, &ArchivedMessage)> = items.iter().map(|(o, m)| (o, m)).collect();
         self.transaction(false, "append_many", |tx| append_in(tx, &refs, item_limit))
     }
 
@@ -1225,8 +1225,8 @@ mod tests {
         Owner::new("capulet.lit", "juliet")
     }
 
-    fn msg(id: &str, when: Micros, with: &str) -> NewMessage {
-        NewMessage {
+    fn msg(id: &str, when: Micros, with: &str) -> ArchivedMessage {
+        ArchivedMessage {
             id: id.to_owned(),
             when,
             with_bare: with.to_owned(),
@@ -1251,7 +1251,7 @@ mod tests {
     fn a_batch_comes_back_in_archive_order_with_counts() {
         let Some(db) = TestDb::create() else { return };
         let mut store = PgStore::connect(&db.settings).expect("connect");
-        let items: Vec<(Owner, NewMessage)> = (0..5)
+        let items: Vec<(Owner, ArchivedMessage)> = (0..5)
             .map(|i| {
                 (
                     juliet(),
@@ -1281,7 +1281,7 @@ mod tests {
     fn retrying_a_batch_that_was_committed_stores_and_counts_it_once() {
         let Some(db) = TestDb::create() else { return };
         let mut store = PgStore::connect(&db.settings).expect("connect");
-        let mut items: Vec<(Owner, NewMessage)> = (0..5)
+        let mut items: Vec<(Owner, ArchivedMessage)> = (0..5)
             .map(|i| {
                 (
                     juliet(),
@@ -1389,7 +1389,7 @@ mod tests {
     fn quota_trims_the_oldest_and_keeps_the_newest_of_a_batch() {
         let Some(db) = TestDb::create() else { return };
         let mut store = PgStore::connect(&db.settings).expect("connect");
-        let items: Vec<(Owner, NewMessage)> = (0..6)
+        let items: Vec<(Owner, ArchivedMessage)> = (0..6)
             .map(|i| {
                 (
                     juliet(),
@@ -1420,7 +1420,7 @@ mod tests {
         let mut store = PgStore::connect(&db.settings).expect("connect");
         for (i, user) in ["a", "b"].iter().enumerate() {
             let owner = Owner::new("capulet.lit", user);
-            let items: Vec<(Owner, NewMessage)> = (0..3)
+            let items: Vec<(Owner, ArchivedMessage)> = (0..3)
                 .map(|j| {
                     (
                         owner.clone(),

@@ -23,7 +23,7 @@ mod admin;
 
 use super::{
     schema, ArchiveBounds, ArchiveEnd, ArchiveStore, ArchivedMessage, DeleteFilter, FindRequest,
-    ImportReport, ImportedMessage, NewMessage, Owner, OwnerStats, Page,
+    ImportReport, ImportedMessage, Owner, OwnerStats, Page,
 };
 use crate::error::{MamError, Result};
 use crate::policy::{DefaultPolicy, Prefs};
@@ -418,7 +418,7 @@ impl super::ExpirySteps for SqliteExpiry<'_> {
 fn append_in(
     tx: &rusqlite::Transaction<'_>,
     owner: &Owner,
-    msg: &NewMessage,
+    msg: &ArchivedMessage,
     item_limit: Option<u64>,
 ) -> Result<u64> {
     tx.prepare_cached(INSERT_MESSAGE)
@@ -455,7 +455,7 @@ fn append_in(
 }
 
 impl ArchiveStore for SqliteStore {
-    fn append(&mut self, owner: &Owner, msg: &NewMessage, item_limit: Option<u64>) -> Result<u64> {
+    fn append(&mut self, owner: &Owner, msg: &ArchivedMessage, item_limit: Option<u64>) -> Result<u64> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -468,7 +468,7 @@ impl ArchiveStore for SqliteStore {
     /// Group commit: every message in one transaction, one fsync for the lot.
     fn append_many(
         &mut self,
-        items: &[(Owner, NewMessage)],
+        items: &[(Owner, ArchivedMessage)],
         item_limit: Option<u64>,
     ) -> Result<u64> {
         let tx = self
