@@ -669,7 +669,7 @@ pub fn stats_report(
 mod tests {
     use super::*;
     use crate::store::sqlite::SqliteStore;
-    use crate::store::{ImportedMessage, ArchivedMessage};
+    use crate::store::{ArchivedMessage, ImportedMessage};
     use crate::time::SystemClock;
 
     const T0: Micros = 1_275_868_800_000_000; // 2010-06-07T00:00:00Z

@@ -15,10 +15,10 @@ use std::time::Duration;
 use crate::config::Config;
 use crate::error::Result;
 use crate::id::new_archive_id;
+use crate::jid::split_resource;
 use crate::mailbox::{Completion, JobId, Level, Mailbox, Reply};
 use crate::ns;
 use crate::policy::{self, DefaultPolicy, Prefs, Rule};
-use crate::jid::split_resource;
 use crate::query::{self, JidPrep};
 use crate::reader::{ReadJob, ReadOp, Readers};
 use crate::stanza::{to_xml, Element};
@@ -103,10 +103,9 @@ impl Archive {
         clock: Arc<dyn Clock>,
     ) -> Result<Archive> {
         let prefs = writer_store.all_prefs(&config.host)?.into_iter().collect();
-        let mailbox = Arc::new(
-            Mailbox::new()
-                .map_err(|e| crate::error::MamError::Thread(format!("cannot open the wake-up socket: {e}")))?,
-        );
+        let mailbox = Arc::new(Mailbox::new().map_err(|e| {
+            crate::error::MamError::Thread(format!("cannot open the wake-up socket: {e}"))
+        })?);
         let writer = Writer::start(writer_store, config.item_limit, mailbox.clone())?;
         let readers = Readers::start(reader_stores, writer.progress(), mailbox.clone())?;
         Ok(Archive {

@@ -24,7 +24,7 @@ use crate::error::MamError;
 use crate::import::Importer;
 use crate::store::postgres::PgStore;
 use crate::store::sqlite::SqliteStore;
-use crate::store::{self, ArchiveStore, FindRequest, ImportedMessage, ArchivedMessage, Owner};
+use crate::store::{self, ArchiveStore, ArchivedMessage, FindRequest, ImportedMessage, Owner};
 use crate::time::{Clock, Micros};
 
 /// How many messages one read of the source returns and one destination transaction
@@ -517,7 +517,8 @@ mod tests {
     /// juliet and for tybalt, who has no messages; a user of another host, who must
     /// stay behind.
     fn fill(store: &mut dyn ArchiveStore) {
-        let items: Vec<(Owner, ArchivedMessage)> = (0..1203).map(|i| (juliet(), juliets(i))).collect();
+        let items: Vec<(Owner, ArchivedMessage)> =
+            (0..1203).map(|i| (juliet(), juliets(i))).collect();
         store.append_many(&items, None).expect("juliet");
         for i in 0..3 {
             let m = message(&format!("n{i}"), T0 - 1_000 + i, "juliet@capulet.lit/x");

@@ -11,11 +11,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::error::{MamError, Result};
+use crate::jid::split_resource;
 use crate::ns;
 use crate::policy::{DefaultPolicy, Prefs};
-use crate::jid::split_resource;
 use crate::stanza::{to_xml, Element};
-use crate::store::{ArchiveStore, ImportedMessage, ArchivedMessage, Owner};
+use crate::store::{ArchiveStore, ArchivedMessage, ImportedMessage, Owner};
 use crate::time::{Clock, Micros};
 
 /// One message as a stock archive store returns it: `archive:find()` yields

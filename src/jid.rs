@@ -17,7 +17,10 @@ mod tests {
 
     #[test]
     fn a_bare_jid_has_no_resource() {
-        assert_eq!(split_resource("juliet@capulet.lit"), ("juliet@capulet.lit", None));
+        assert_eq!(
+            split_resource("juliet@capulet.lit"),
+            ("juliet@capulet.lit", None)
+        );
     }
 
     #[test]

@@ -57,6 +57,14 @@ impl Prefs {
             never: BTreeSet::new(),
         }
     }
+
+    /// The JID rules as stored: `(jid, "never" | "always")`, a JID on both lists
+    /// once, as `never` (which wins), so reading them back gives the same decisions.
+    pub fn stored_rules(&self) -> impl Iterator<Item = (&str, &'static str)> {
+        let never = self.never.iter().map(|j| (j.as_str(), "never"));
+        let always = self.always.difference(&self.never);
+        never.chain(always.map(|j| (j.as_str(), "always")))
+    }
 }
 
 /// Why a message is or is not archived (stock `mod_mam`'s reasons, for logs and the

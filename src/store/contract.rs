@@ -24,8 +24,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::{
-    ArchiveBounds, ArchiveEnd, ArchiveStore, DeleteFilter, FindRequest, ImportReport,
-    ImportedMessage, ArchivedMessage, Owner, OwnerStats, Page, WithFilter,
+    ArchiveBounds, ArchiveEnd, ArchiveStore, ArchivedMessage, DeleteFilter, FindRequest,
+    ImportReport, ImportedMessage, Owner, OwnerStats, Page, WithFilter,
 };
 use crate::error::MamError;
 use crate::policy::{DefaultPolicy, Prefs};

@@ -13,8 +13,8 @@ pub mod schema;
 pub mod sqlite;
 
 use crate::config::Storage;
-use crate::jid::split_resource;
 use crate::error::Result;
+use crate::jid::split_resource;
 use crate::policy::Prefs;
 use crate::time::Micros;
 
@@ -197,7 +197,12 @@ pub trait ArchiveStore: Send {
     /// Stores one message. With `item_limit = Some(n)`, afterwards the owner keeps at
     /// most `n` messages: the oldest are removed (never leaving holes) and the new
     /// message is always kept. Returns how many old messages were removed.
-    fn append(&mut self, owner: &Owner, msg: &ArchivedMessage, item_limit: Option<u64>) -> Result<u64>;
+    fn append(
+        &mut self,
+        owner: &Owner,
+        msg: &ArchivedMessage,
+        item_limit: Option<u64>,
+    ) -> Result<u64>;
 
     /// Stores several messages (any owners) as one unit: all or none. The writer
     /// thread's group commit. Returns how many old messages quotas removed.

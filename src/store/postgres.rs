@@ -855,16 +855,7 @@ fn add_rule(prefs: &mut Prefs, jid: String, rule: &str) -> Result<()> {
 
 /// Writes the always/never lists (a JID on both is stored as `never`, which wins).
 fn write_rules(tx: &mut Tx<'_>, owner: &Owner, prefs: &Prefs) -> Result<()> {
-    let mut jids: Vec<&str> = Vec::new();
-    let mut rules: Vec<&str> = Vec::new();
-    for jid in &prefs.never {
-        jids.push(jid);
-        rules.push("never");
-    }
-    for jid in prefs.always.difference(&prefs.never) {
-        jids.push(jid);
-        rules.push("always");
-    }
+    let (jids, rules): (Vec<&str>, Vec<&str>) = prefs.stored_rules().unzip();
     if !jids.is_empty() {
         tx.execute(
             "set_prefs: write jid rules",
@@ -913,7 +904,12 @@ impl super::ExpirySteps for PgExpiry<'_, '_> {
 }
 
 impl ArchiveStore for PgStore {
-    fn append(&mut self, owner: &Owner, msg: &ArchivedMessage, item_limit: Option<u64>) -> Result<u64> {
+    fn append(
+        &mut self,
+        owner: &Owner,
+        msg: &ArchivedMessage,
+        item_limit: Option<u64>,
+    ) -> Result<u64> {
         self.transaction(false, "append", |tx| {
             append_in(tx, &[(owner, msg)], item_limit)
         })

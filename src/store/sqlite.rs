@@ -454,8 +454,33 @@ fn append_in(
     Ok(to_count(to_sql_int(removed)))
 }
 
+/// Writes an owner's default and JID rules ([`Prefs::stored_rules`]) in the caller's
+/// transaction, over no existing rules (the caller cleared them or found none).
+pub(super) fn write_prefs(
+    tx: &rusqlite::Transaction<'_>,
+    owner: &Owner,
+    prefs: &Prefs,
+) -> Result<()> {
+    tx.prepare_cached(SET_DEFAULT_POLICY)
+        .and_then(|mut stmt| stmt.execute(params![owner.host, owner.user, prefs.default.as_str()]))
+        .map_err(MamError::storage("write prefs: default"))?;
+    let mut add = tx
+        .prepare_cached(ADD_JID_RULE)
+        .map_err(MamError::storage("write prefs: prepare jid rule"))?;
+    for (jid, rule) in prefs.stored_rules() {
+        add.execute(params![owner.host, owner.user, jid, rule])
+            .map_err(MamError::storage("write prefs: jid rule"))?;
+    }
+    Ok(())
+}
+
 impl ArchiveStore for SqliteStore {
-    fn append(&mut self, owner: &Owner, msg: &ArchivedMessage, item_limit: Option<u64>) -> Result<u64> {
+    fn append(
+        &mut self,
+        owner: &Owner,
+        msg: &ArchivedMessage,
+        item_limit: Option<u64>,
+    ) -> Result<u64> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -628,27 +653,10 @@ impl ArchiveStore for SqliteStore {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(MamError::storage("set_prefs: begin"))?;
-        tx.prepare_cached(SET_DEFAULT_POLICY)
-            .and_then(|mut stmt| {
-                stmt.execute(params![owner.host, owner.user, prefs.default.as_str()])
-            })
-            .map_err(MamError::storage("set_prefs: write default"))?;
         tx.prepare_cached(CLEAR_JID_RULES)
             .and_then(|mut stmt| stmt.execute(params![owner.host, owner.user]))
             .map_err(MamError::storage("set_prefs: clear jid rules"))?;
-        {
-            let mut add = tx
-                .prepare_cached(ADD_JID_RULE)
-                .map_err(MamError::storage("set_prefs: prepare jid rule"))?;
-            for jid in &prefs.never {
-                add.execute(params![owner.host, owner.user, jid, "never"])
-                    .map_err(MamError::storage("set_prefs: write never rule"))?;
-            }
-            for jid in prefs.always.difference(&prefs.never) {
-                add.execute(params![owner.host, owner.user, jid, "always"])
-                    .map_err(MamError::storage("set_prefs: write always rule"))?;
-            }
-        }
+        write_prefs(&tx, owner, prefs)?;
         tx.commit().map_err(MamError::storage("set_prefs: commit"))
     }
 

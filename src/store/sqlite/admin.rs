@@ -5,10 +5,7 @@
 
 use rusqlite::{params, OptionalExtension, TransactionBehavior};
 
-use super::{
-    to_count, to_sql_int, SqliteStore, ADD_JID_RULE, GET_DEFAULT_POLICY, OWNER_COUNT,
-    SET_DEFAULT_POLICY,
-};
+use super::{to_count, to_sql_int, write_prefs, SqliteStore, GET_DEFAULT_POLICY, OWNER_COUNT};
 use crate::error::{MamError, Result};
 use crate::policy::Prefs;
 use crate::store::{DeleteFilter, ImportReport, ImportedMessage, Owner, OwnerStats};
@@ -113,24 +110,7 @@ impl SqliteStore {
         if present.is_some() {
             return Ok(false);
         }
-        tx.prepare_cached(SET_DEFAULT_POLICY)
-            .and_then(|mut stmt| {
-                stmt.execute(params![owner.host, owner.user, prefs.default.as_str()])
-            })
-            .map_err(MamError::storage("import prefs: write default"))?;
-        {
-            let mut add = tx
-                .prepare_cached(ADD_JID_RULE)
-                .map_err(MamError::storage("import prefs: prepare jid rule"))?;
-            for jid in &prefs.never {
-                add.execute(params![owner.host, owner.user, jid, "never"])
-                    .map_err(MamError::storage("import prefs: write never rule"))?;
-            }
-            for jid in prefs.always.difference(&prefs.never) {
-                add.execute(params![owner.host, owner.user, jid, "always"])
-                    .map_err(MamError::storage("import prefs: write always rule"))?;
-            }
-        }
+        write_prefs(&tx, owner, prefs)?;
         tx.commit()
             .map_err(MamError::storage("import prefs: commit"))?;
         Ok(true)
