@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use crate::config::Config;
 use crate::error::Result;
+use crate::expiry::Expirer;
 use crate::id::new_archive_id;
 use crate::jid::split_resource;
 use crate::mailbox::{Completion, JobId, Level, Mailbox, Reply};
@@ -75,6 +76,8 @@ pub struct Archive {
     mailbox: Arc<Mailbox>,
     writer: Writer,
     readers: Readers,
+    /// Retention: the deleting thread, at idle priority, on its own connection.
+    expirer: Expirer,
     next_job: JobId,
 }
 
@@ -108,6 +111,12 @@ impl Archive {
         })?);
         let writer = Writer::start(writer_store, config.item_limit, mailbox.clone())?;
         let readers = Readers::start(reader_stores, writer.progress(), mailbox.clone())?;
+        let expirer = Expirer::new(
+            config.expires_after,
+            &config.host,
+            config.storage.clone(),
+            mailbox.clone(),
+        );
         Ok(Archive {
             config,
             clock,
@@ -115,6 +124,7 @@ impl Archive {
             mailbox,
             writer,
             readers,
+            expirer,
             next_job: 0,
         })
     }
@@ -163,11 +173,6 @@ impl Archive {
     fn new_job(&mut self) -> JobId {
         self.next_job += 1;
         self.next_job
-    }
-
-    /// Removes stanza-ids that claim to come from an archive on this host (XEP-0359 §4).
-    pub fn strip_forged_ids(&self, stanza: &mut Element) -> bool {
-        policy::strip_forged_stanza_ids(stanza, &self.config.host)
     }
 
     /// A user's effective preferences, as stock's `get_prefs(user, explicit)`:
@@ -332,24 +337,12 @@ impl Archive {
         Ok(policy::prefs_to_element(&prefs))
     }
 
-    /// Queues the deletion of at most `batch` expired messages; the job reports how
-    /// many went. `None` when expiry is off.
-    pub fn start_expire(&mut self, batch: usize) -> Result<Option<JobId>> {
-        let Some(after) = self.config.expires_after else {
-            return Ok(None);
-        };
-        let cutoff = self
-            .clock
-            .now_micros()
-            .saturating_sub((after as i64).saturating_mul(1_000_000));
+    /// Queues one expiry batch ([`crate::expiry`]); the job reports a
+    /// [`crate::expiry::Step`]. `None` when the archive never expires.
+    pub fn expire_step(&mut self) -> Result<Option<JobId>> {
         let job = self.new_job();
-        self.writer.submit(WriteOp::Expire {
-            host: self.config.host.clone(),
-            cutoff,
-            batch,
-            job,
-        })?;
-        Ok(Some(job))
+        let queued = self.expirer.step(job, self.clock.now_micros())?;
+        Ok(queued.then_some(job))
     }
 
     /// Queues the removal of a deleted account's archive and preferences.
@@ -367,28 +360,6 @@ impl Archive {
     /// shutdown, tools and tests; never called from Prosody's event loop otherwise.
     pub fn flush(&self, timeout: Duration) -> bool {
         self.writer.flush(timeout)
-    }
-
-    /// Blocks until job `job` completes (or `timeout`), returning it and keeping any
-    /// other completions for later. For tools and tests only.
-    pub fn wait_job(
-        &self,
-        job: JobId,
-        timeout: Duration,
-        parked: &mut Vec<Completion>,
-    ) -> Option<Completion> {
-        let deadline = std::time::Instant::now() + timeout;
-        loop {
-            if let Some(i) = parked.iter().position(|c| c.job == job) {
-                return Some(parked.remove(i));
-            }
-            let now = std::time::Instant::now();
-            if now >= deadline {
-                return None;
-            }
-            self.mailbox.wait(deadline - now);
-            parked.extend(self.mailbox.take().0);
-        }
     }
 
     /// The engine's counters and the database size ([`Stats`]); never waits on the
@@ -410,6 +381,7 @@ impl Archive {
 
     /// Commits everything queued and stops the threads (module unload, shutdown).
     pub fn close(mut self) -> Vec<(Level, String)> {
+        self.expirer.stop();
         self.readers.stop();
         self.writer.stop();
         self.mailbox.take().1
@@ -425,10 +397,37 @@ fn database_bytes(path: &std::path::Path) -> u64 {
     size(path) + size(std::path::Path::new(&wal))
 }
 
+/// Waiting for one job, for tests: the live module never blocks on a job.
+#[cfg(test)]
+impl Archive {
+    /// Blocks until job `job` completes (or `timeout`), returning it and keeping any
+    /// other completions for later.
+    pub fn wait_job(
+        &self,
+        job: JobId,
+        timeout: Duration,
+        parked: &mut Vec<Completion>,
+    ) -> Option<Completion> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(i) = parked.iter().position(|c| c.job == job) {
+                return Some(parked.remove(i));
+            }
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            self.mailbox.wait(deadline - now);
+            parked.extend(self.mailbox.take().0);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::RawValue;
+    use crate::expiry::Step;
     use crate::mailbox::{Outcome, QueryResults, ResultStanzas};
     use crate::stanza::{parse_xml, to_wire_xml};
     use crate::store::sqlite::SqliteStore;
@@ -494,6 +493,13 @@ mod tests {
                     result.attr("id").unwrap().to_owned()
                 })
                 .collect(),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    fn expired(a: &Archive, job: JobId) -> Step {
+        match wait(a, job) {
+            Outcome::Expired(Ok(step)) => step,
             other => panic!("unexpected {other:?}"),
         }
     }
@@ -758,10 +764,23 @@ mod tests {
             .append("juliet", "romeo@montague.lit", chat("new"))
             .unwrap()
             .unwrap();
-        let job = a.start_expire(100).unwrap().unwrap();
-        assert_eq!(removed(&a, job), 1);
-        let job = a.start_expire(100).unwrap().unwrap();
-        assert_eq!(removed(&a, job), 0);
+        assert!(a.flush(WAIT));
+        let job = a.expire_step().unwrap().unwrap();
+        assert_eq!(
+            expired(&a, job),
+            Step {
+                deleted: 1,
+                more: false
+            }
+        );
+        let job = a.expire_step().unwrap().unwrap();
+        assert_eq!(
+            expired(&a, job),
+            Step {
+                deleted: 0,
+                more: false
+            }
+        );
         assert_eq!(query_all(&mut a, "juliet"), vec![new.id]);
     }
 
@@ -769,7 +788,7 @@ mod tests {
     fn never_expiring_archives_are_not_expired() {
         let (mut a, _clock, _dir) =
             archive_with(&[("archive_expires_after", RawValue::String("never".into()))]);
-        assert_eq!(a.start_expire(100).unwrap(), None);
+        assert_eq!(a.expire_step().unwrap(), None);
     }
 
     #[test]

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::error::{MamError, Result};
+use crate::expiry::period::{parse_period, DAY};
 use crate::policy::DefaultPolicy;
 
 /// A raw option value as it comes out of Prosody's config.
@@ -25,8 +26,6 @@ pub enum RawValue {
     /// `storage = { archive = "sql" }`).
     Table(BTreeMap<String, RawValue>),
 }
-
-const DAY: u64 = 86_400;
 
 /// Every option name the module reads, so the shim can read them all at once and
 /// pass them in one table.
@@ -49,11 +48,6 @@ pub const OPTION_NAMES: &[&str] = &[
     "storage",
     "default_storage",
 ];
-
-/// The longest retention we represent (about 292,000 years): archive timestamps are
-/// `i64` microseconds, so a longer `archive_expires_after` could not be subtracted
-/// from "now"; anything longer means the same as this, "keep everything".
-pub const MAX_EXPIRY_SECONDS: u64 = (i64::MAX / 1_000_000) as u64;
 
 /// Default `archive_cleanup_interval`: four hours, as Prosody documents it.
 pub const DEFAULT_CLEANUP_INTERVAL: u64 = 4 * 60 * 60;
@@ -207,7 +201,7 @@ impl<F: Fn(&str) -> Option<RawValue>> OptionSource for F {
     }
 }
 
-fn invalid(option: &str, got: &RawValue, accepted: &str) -> MamError {
+pub(crate) fn invalid(option: &str, got: &RawValue, accepted: &str) -> MamError {
     let shown = match got {
         RawValue::Bool(b) => b.to_string(),
         RawValue::Number(n) => n.to_string(),
@@ -218,44 +212,6 @@ fn invalid(option: &str, got: &RawValue, accepted: &str) -> MamError {
     MamError::Config(format!(
         "invalid value {shown} for option '{option}': expected {accepted}"
     ))
-}
-
-/// Parses `archive_expires_after`: `"never"`, a number of seconds, or a count with a
-/// unit `d`, `w`, `m` (months of 31 days, as stock), `y` (365.2425 days), and — beyond
-/// stock, which silently misreads it as seconds — `h` for hours.
-pub fn parse_expiry(value: &RawValue) -> Result<Option<u64>> {
-    const ACCEPTED: &str =
-        "\"never\", a number of seconds, or a number with a unit: \"12h\", \"1d\", \"1w\", \"2m\" (months), \"1y\"";
-    match value {
-        RawValue::Number(n) if n.is_finite() && *n >= 1.0 => {
-            Ok(Some((*n as u64).min(MAX_EXPIRY_SECONDS)))
-        }
-        RawValue::String(s) => {
-            let s = s.trim().to_ascii_lowercase();
-            if s == "never" {
-                return Ok(None);
-            }
-            let digits_end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-            let (digits, unit) = s.split_at(digits_end);
-            let count: u64 = digits
-                .parse()
-                .map_err(|_| invalid("archive_expires_after", value, ACCEPTED))?;
-            let seconds_per = match unit.trim() {
-                "" => 1,
-                "h" => 3600,
-                "d" => DAY,
-                "w" => 7 * DAY,
-                "m" => 31 * DAY,
-                "y" => (365.2425 * DAY as f64) as u64,
-                _ => return Err(invalid("archive_expires_after", value, ACCEPTED)),
-            };
-            match count.checked_mul(seconds_per) {
-                Some(secs) if secs > 0 => Ok(Some(secs.min(MAX_EXPIRY_SECONDS))),
-                _ => Err(invalid("archive_expires_after", value, ACCEPTED)),
-            }
-        }
-        _ => Err(invalid("archive_expires_after", value, ACCEPTED)),
-    }
 }
 
 /// Parses `default_archive_policy`: `true`/`"always"`, `false`/`"never"`, `"roster"`.
@@ -496,7 +452,7 @@ impl Config {
     /// Reads every option for `host`; `data_path` is Prosody's data directory.
     pub fn from_options(host: &str, data_path: &str, opts: &dyn OptionSource) -> Result<Config> {
         let expires_after = match opts.get("archive_expires_after") {
-            Some(v) => parse_expiry(&v)?,
+            Some(v) => parse_period(&v)?,
             None => Some(7 * DAY),
         };
         let cleanup_interval = match opts.get("archive_cleanup_interval") {
@@ -574,6 +530,26 @@ mod tests {
         RawValue::String(v.to_owned())
     }
 
+    fn table(pairs: &[(&str, RawValue)]) -> RawValue {
+        RawValue::Table(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+        )
+    }
+
+    fn pg_table() -> RawValue {
+        table(&[
+            ("driver", s("PostgreSQL")),
+            ("database", s("prosody")),
+            ("host", s("db.example.net")),
+            ("port", RawValue::Number(5433.0)),
+            ("username", s("prosody")),
+            ("password", s("s3cret-pass")),
+        ])
+    }
+
     #[test]
     fn inline_read_wait_is_milliseconds_from_zero_to_two() {
         let wait = |v: RawValue| config_with(&[("mam_inline_read_wait", v)]);
@@ -628,29 +604,6 @@ mod tests {
                 max_pages: None
             }
         );
-    }
-
-    #[test]
-    fn expiry_accepts_stock_units() {
-        assert_eq!(parse_expiry(&s("1d")).unwrap(), Some(DAY));
-        assert_eq!(parse_expiry(&s("1w")).unwrap(), Some(7 * DAY));
-        assert_eq!(parse_expiry(&s("2m")).unwrap(), Some(62 * DAY));
-        assert_eq!(parse_expiry(&s("1y")).unwrap(), Some(31_556_952));
-        assert_eq!(parse_expiry(&s("3600")).unwrap(), Some(3600));
-        assert_eq!(parse_expiry(&s("2 W")).unwrap(), Some(14 * DAY));
-        assert_eq!(parse_expiry(&RawValue::Number(90.0)).unwrap(), Some(90));
-        assert_eq!(parse_expiry(&s("never")).unwrap(), None);
-        assert_eq!(parse_expiry(&s("12h")).unwrap(), Some(12 * 3600));
-    }
-
-    #[test]
-    fn expiry_rejects_garbage_naming_the_option_and_forms() {
-        for bad in ["soon", "", "1 fortnight", "-1d", "0", "d"] {
-            let err = parse_expiry(&s(bad)).unwrap_err().to_string();
-            assert!(err.contains("'archive_expires_after'"), "{err}");
-            assert!(err.contains("\"never\""), "{err}");
-        }
-        assert!(parse_expiry(&RawValue::Bool(true)).is_err());
     }
 
     #[test]
@@ -726,41 +679,6 @@ mod tests {
             path(&[("archive_store", s("archive2"))]),
             Some(PathBuf::from("/var/lib/prosody/mam_archive2.sqlite"))
         );
-    }
-
-    #[test]
-    fn an_enormous_expiry_keeps_everything_instead_of_wrapping_into_the_future() {
-        // u64::MAX seconds once became -1 as i64 and put the cut-off one second in
-        // the future: every message would have expired at the next cleanup.
-        for v in [
-            s("18446744073709551615"),
-            RawValue::Number(1e300),
-            s("200000000000000d"),
-        ] {
-            let secs = parse_expiry(&v).unwrap().unwrap();
-            assert!(secs <= MAX_EXPIRY_SECONDS, "{v:?} -> {secs}");
-            assert!(secs >= MAX_EXPIRY_SECONDS / 2, "{v:?} -> {secs}");
-        }
-    }
-
-    fn table(pairs: &[(&str, RawValue)]) -> RawValue {
-        RawValue::Table(
-            pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.clone()))
-                .collect(),
-        )
-    }
-
-    fn pg_table() -> RawValue {
-        table(&[
-            ("driver", s("PostgreSQL")),
-            ("database", s("prosody")),
-            ("host", s("db.example.net")),
-            ("port", RawValue::Number(5433.0)),
-            ("username", s("prosody")),
-            ("password", s("s3cret-pass")),
-        ])
     }
 
     #[test]

@@ -24,11 +24,10 @@
 
 pub mod admin;
 pub mod archive;
-pub mod archive_copy;
 pub mod config;
 pub mod error;
+pub mod expiry;
 pub mod id;
-pub mod import;
 pub mod jid;
 pub mod lua_api;
 pub mod mailbox;

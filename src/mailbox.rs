@@ -72,8 +72,10 @@ pub struct QueryResults {
 pub enum Outcome {
     Query(MamResult<QueryResults>),
     Metadata(MamResult<Element>),
-    /// Messages removed (account deletion, expiry batch).
+    /// Messages removed (account deletion).
     Removed(MamResult<u64>),
+    /// One expiry batch ([`crate::expiry::Expirer::step`]).
+    Expired(MamResult<crate::expiry::Step>),
 }
 
 /// A finished job.

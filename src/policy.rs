@@ -125,28 +125,11 @@ pub fn should_store(stanza: &Element) -> (bool, Reason) {
     (false, "default")
 }
 
-/// Removes `<stanza-id xmlns='urn:xmpp:sid:0'>` children claiming to be assigned by
-/// an account on `host` (`by='anyone@host'`). Only this server assigns those, and it
-/// adds them after this check, so any a client or remote sent are forgeries
-/// (XEP-0359 §4: a server MUST remove stanza-ids in its own name). Both the
-/// recipient's and the sender's archive are protected. Returns whether anything went.
-pub fn strip_forged_stanza_ids(stanza: &mut Element, host: &str) -> bool {
-    let parent_ns = stanza.xmlns().map(str::to_owned);
-    let before = stanza.children.len();
-    stanza.retain_tags(|tag| {
-        !is_forged_stanza_id(
-            &tag.name,
-            tag.xmlns().or(parent_ns.as_deref()),
-            tag.attr("by"),
-            host,
-        )
-    });
-    stanza.children.len() != before
-}
-
 /// Whether a direct child (its name, resolved namespace and `by`) is a stanza-id in
-/// the name of an account on `host`: the test [`strip_forged_stanza_ids`] applies,
-/// also used directly on Prosody's tables without converting the stanza.
+/// the name of an account on `host`. Only this server assigns those, and it adds them
+/// after this check, so any a client or remote sent are forgeries (XEP-0359 §4: a
+/// server MUST remove stanza-ids in its own name); the Lua boundary applies it to
+/// Prosody's tables directly, without converting the stanza.
 pub fn is_forged_stanza_id(name: &str, ns: Option<&str>, by: Option<&str>, host: &str) -> bool {
     name == "stanza-id"
         && ns == Some(ns::STANZA_ID)
@@ -332,12 +315,14 @@ mod tests {
     }
 
     #[test]
-    fn forged_stanza_ids_naming_local_accounts_are_removed_others_kept() {
-        let mut m = el("<message><body>x</body><stanza-id xmlns='urn:xmpp:sid:0' by='Bob@localhost' id='forged'/><stanza-id xmlns='urn:xmpp:sid:0' by='alice@LOCALHOST' id='forged2'/><stanza-id xmlns='urn:xmpp:sid:0' by='room@muc.localhost' id='muc'/><stanza-id xmlns='urn:xmpp:sid:0' by='bob@localhost/res' id='full'/><stanza-id xmlns='urn:xmpp:sid:0' by='localhost' id='host'/></message>");
-        assert!(strip_forged_stanza_ids(&mut m, "localhost"));
-        let left: Vec<_> = m.tags().filter_map(|t| t.attr("id")).collect();
-        assert_eq!(left, ["muc", "full", "host"]);
-        assert!(!strip_forged_stanza_ids(&mut m, "localhost"));
+    fn forged_stanza_ids_are_those_naming_local_accounts() {
+        let m = el("<message><body>x</body><stanza-id xmlns='urn:xmpp:sid:0' by='Bob@localhost' id='forged'/><stanza-id xmlns='urn:xmpp:sid:0' by='alice@LOCALHOST' id='forged2'/><stanza-id xmlns='urn:xmpp:sid:0' by='room@muc.localhost' id='muc'/><stanza-id xmlns='urn:xmpp:sid:0' by='bob@localhost/res' id='full'/><stanza-id xmlns='urn:xmpp:sid:0' by='localhost' id='host'/><stanza-id xmlns='urn:xmpp:other' by='carol@localhost' id='other-ns'/></message>");
+        let kept: Vec<_> = m
+            .tags()
+            .filter(|t| !is_forged_stanza_id(&t.name, t.xmlns(), t.attr("by"), "localhost"))
+            .filter_map(|t| t.attr("id"))
+            .collect();
+        assert_eq!(kept, ["muc", "full", "host", "other-ns"]);
     }
 
     #[test]

@@ -358,24 +358,37 @@ pub fn wire_result(
             push_attr(&mut out, key, v);
         }
     }
-    out.push_str("><result");
-    push_attr(&mut out, "xmlns", ns::MAM);
-    if let Some(qid) = query_id {
-        push_attr(&mut out, "queryid", qid);
-    }
-    push_attr(&mut out, "id", &msg.id);
-    out.push_str("><forwarded");
-    push_attr(&mut out, "xmlns", ns::FORWARD);
-    out.push_str("><delay");
-    push_attr(&mut out, "xmlns", ns::DELAY);
-    push_attr(&mut out, "stamp", &format_datetime(msg.when));
-    out.push_str("/>");
+    out.push('>');
+    open_forwarded(&mut out, query_id, msg);
     if append_canonical_message_wire(&msg.xml, &mut out) {
-        out.push_str("</forwarded></result></message>");
+        out.push_str(CLOSE_FORWARDED);
+        out.push_str("</message>");
         return Ok(out);
     }
     Ok(to_wire_xml(&result_message(query_id, msg, to, from)?))
 }
+
+/// Writes the opening of one result's forwarded form (XEP-0313 §4.2, XEP-0297,
+/// XEP-0203): `<result xmlns queryid id><forwarded xmlns><delay xmlns stamp/>`; the
+/// archived stanza follows, then [`CLOSE_FORWARDED`]. The one writer of that form:
+/// query results on the wire and `prosodyctl mod_mam export` both use it.
+pub fn open_forwarded(out: &mut String, query_id: Option<&str>, msg: &ArchivedMessage) {
+    out.push_str("<result");
+    push_attr(out, "xmlns", ns::MAM);
+    if let Some(qid) = query_id {
+        push_attr(out, "queryid", qid);
+    }
+    push_attr(out, "id", &msg.id);
+    out.push_str("><forwarded");
+    push_attr(out, "xmlns", ns::FORWARD);
+    out.push_str("><delay");
+    push_attr(out, "xmlns", ns::DELAY);
+    push_attr(out, "stamp", &format_datetime(msg.when));
+    out.push_str("/>");
+}
+
+/// Closes what [`open_forwarded`] opened.
+pub const CLOSE_FORWARDED: &str = "</forwarded></result>";
 
 /// One result as a stanza: `<message to from>` around [`result_element`].
 pub fn result_message(

@@ -22,7 +22,6 @@ use crate::error::{MamError, Result};
 use crate::mailbox::{Completion, JobId, Level, Mailbox, Outcome};
 use crate::policy::Prefs;
 use crate::store::{ArchiveStore, ArchivedMessage, Owner};
-use crate::time::Micros;
 
 /// Most writes accepted but not yet committed (the crash-loss bound).
 pub const QUEUE_CAPACITY: usize = 20_000;
@@ -44,24 +43,9 @@ const BACKOFF_WHEN_STOPPING: Duration = Duration::from_millis(100);
 /// One write, in queue order.
 #[derive(Debug)]
 pub enum WriteOp {
-    Append {
-        owner: Owner,
-        msg: ArchivedMessage,
-    },
-    SetPrefs {
-        owner: Owner,
-        prefs: Prefs,
-    },
-    DeleteUser {
-        owner: Owner,
-        job: JobId,
-    },
-    Expire {
-        host: String,
-        cutoff: Micros,
-        batch: usize,
-        job: JobId,
-    },
+    Append { owner: Owner, msg: ArchivedMessage },
+    SetPrefs { owner: Owner, prefs: Prefs },
+    DeleteUser { owner: Owner, job: JobId },
 }
 
 enum Command {
@@ -447,15 +431,6 @@ impl WriterThread {
                 let result = self.store.delete_user(owner);
                 self.finish(*job, result)
             }
-            WriteOp::Expire {
-                host,
-                cutoff,
-                batch,
-                job,
-            } => {
-                let result = self.store.expire_batch(host, *cutoff, *batch);
-                self.finish(*job, result)
-            }
         }
     }
 
@@ -479,6 +454,7 @@ fn unreachable_append() -> Result<()> {
 mod tests {
     use super::*;
     use crate::store::sqlite::SqliteStore;
+    use crate::time::Micros;
 
     fn message(i: usize, body_len: usize) -> ArchivedMessage {
         ArchivedMessage {

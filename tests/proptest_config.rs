@@ -10,9 +10,10 @@ mod common;
 use std::collections::HashMap;
 
 use common::{cases, xml_string};
-use mam_native::config::{parse_expiry, Config, RawValue, MAX_EXPIRY_SECONDS};
-use mam_native::error::MamError;
 use mam_native::config::OPTION_NAMES;
+use mam_native::config::{Config, RawValue};
+use mam_native::error::MamError;
+use mam_native::expiry::period::{parse_period, MAX_PERIOD_SECONDS};
 use proptest::prelude::*;
 
 fn raw_value() -> impl Strategy<Value = RawValue> {
@@ -71,9 +72,9 @@ proptest! {
     #![proptest_config(cases(2048))]
 
     #[test]
-    fn parse_expiry_is_some_seconds_never_or_an_error_naming_the_option(v in raw_value()) {
-        match parse_expiry(&v) {
-            Ok(Some(secs)) => prop_assert!(secs > 0 && secs <= MAX_EXPIRY_SECONDS),
+    fn parse_period_is_some_seconds_never_or_an_error_naming_the_option(v in raw_value()) {
+        match parse_period(&v) {
+            Ok(Some(secs)) => prop_assert!(secs > 0 && secs <= MAX_PERIOD_SECONDS),
             Ok(None) => prop_assert!(
                 matches!(&v, RawValue::String(s) if s.trim().eq_ignore_ascii_case("never"))
             ),
@@ -86,8 +87,8 @@ proptest! {
     fn a_count_with_a_unit_is_that_many_units(n in 1u32.., unit in prop::sample::select(vec![
         ("", 1u64), ("h", 3600), ("d", 86_400), ("w", 604_800), ("m", 2_678_400),
     ])) {
-        let secs = parse_expiry(&RawValue::String(format!("{n}{}", unit.0))).unwrap();
-        prop_assert_eq!(secs, Some((u64::from(n) * unit.1).min(MAX_EXPIRY_SECONDS)));
+        let secs = parse_period(&RawValue::String(format!("{n}{}", unit.0))).unwrap();
+        prop_assert_eq!(secs, Some((u64::from(n) * unit.1).min(MAX_PERIOD_SECONDS)));
     }
 
     #[test]
@@ -100,7 +101,7 @@ proptest! {
             Ok(c) => {
                 prop_assert!(c.max_results >= 1 && c.default_page <= c.max_results);
                 prop_assert!(c.cleanup_interval >= 1);
-                prop_assert!(c.expires_after.is_none_or(|s| s <= MAX_EXPIRY_SECONDS));
+                prop_assert!(c.expires_after.is_none_or(|s| s <= MAX_PERIOD_SECONDS));
             }
             Err(MamError::Config(msg)) => {
                 prop_assert!(msg.contains(&format!("'{name}'")), "{} for {:?}", msg, v);

@@ -6,7 +6,7 @@
 use mam_native::error::MamError;
 use mam_native::policy::{DefaultPolicy, Prefs};
 use mam_native::store::sqlite::SqliteStore;
-use mam_native::store::{ArchiveStore, FindRequest, ArchivedMessage, Owner, WithFilter};
+use mam_native::store::{ArchiveStore, ArchivedMessage, FindRequest, Owner, WithFilter};
 
 const HOST: &str = "capulet.lit";
 

@@ -2,22 +2,16 @@
 -- export, stats).
 --
 -- prosodyctl loads mod_mam on the pseudo-host "*" and calls module.command(arg).
--- This file does the Prosody-side work only: which hosts, their options, reading the
--- stock archive through Prosody's own storage drivers. Parsing, storage, progress,
--- verification and formatting live in the native library (src/admin.rs,
--- src/import.rs; src/archive_copy.rs reads this module's own archives for
--- `import --from mam-sqlite|mam-postgres`). Exit codes: 0 done, 1 failed, 2 usage
--- error.
+-- This file does the Prosody-side work only: which hosts, their options, opening the
+-- stock archive through Prosody's own storage drivers. Parsing, storage, the import
+-- itself, progress, verification and formatting live in the native library
+-- (src/admin/). Exit codes: 0 done, 1 failed, 2 usage error.
 
 local configmanager = require "core.configmanager";
 local modulemanager = require "core.modulemanager";
 local jid_prep = require "util.jid".prep;
-local time_now = require "util.time".now;
 local resolve_relative_path = require "util.paths".resolve_relative_path;
 local math_max = math.max;
-
-local import_batch_size = 500;
-local progress_every = 2; -- seconds between progress lines
 
 local function say(fmt, ...)
 	io.stdout:write(fmt:format(...), "\n");
@@ -53,7 +47,9 @@ end
 
 -- mod_storage_sql drops `false` values when it reads a keyval store back, which loses
 -- stock's `never` rules (`["jid"] = false`, one row each). Read those rows directly,
--- with the connection parameters mod_storage_sql itself uses.
+-- with the connection parameters mod_storage_sql itself uses, through Prosody's own
+-- SQL layer: it speaks every driver stock can store in (SQLite3, PostgreSQL and
+-- MySQL through LuaDBI), which the native library cannot all reach.
 local function sql_never_rules(host, store)
 	local sql = require "util.sql";
 	local params = configmanager.get(host, "sql") or { driver = "SQLite3" };
@@ -122,92 +118,59 @@ return function (native)
 		return driver;
 	end
 
-	local function import_host(host, cmd)
-		local archive, err = open_archive(host);
-		if not archive then complain("%s", err); return 1; end
-		local store = cmd.store or archive:config().archive_store;
-		local driver_name = cmd.from or configured_driver(host, store);
-		local driver, derr = load_driver(host, driver_name);
-		if not driver then complain("%s", derr); return 1; end
+	-- The stock archive as the native import reads it (see StockArchive in
+	-- src/admin/import.rs): each function answers its value, or nil and the error.
+	local function stock_source(host, driver_name, driver, store)
 		local source, serr = driver:open(store, "archive");
 		if not source or not source.find or not source.users then
-			complain("%s: the %s driver has no archive store '%s': %s", host, driver_name, store, tostring(serr));
-			return 1;
+			return nil, ("%s: the %s driver has no archive store '%s': %s"):format(host, driver_name, store, tostring(serr));
 		end
 		local prefs_source = driver:open(store .. "_prefs");
 		local never_rules = {};
 		if driver_name == "sql" then
 			local rules, rerr = sql_never_rules(host, store .. "_prefs");
-			if not rules then complain("%s: could not read never rules: %s", host, tostring(rerr)); return 1; end
+			if not rules then return nil, ("%s: could not read never rules: %s"):format(host, tostring(rerr)); end
 			never_rules = rules;
 		end
-
-		local users, seen = {}, {};
-		local function add_user(user)
-			if user and not seen[user] then seen[user] = true; users[#users + 1] = user; end
-		end
-		for user in source:users() do add_user(user); end
-		if prefs_source and prefs_source.users then
-			for user in prefs_source:users() do add_user(user); end
-		end
-		table.sort(users);
-
-		-- Count first, for the ETA.
-		local expected = 0;
-		for _, user in ipairs(users) do
-			local _, total = source:find(user, { limit = 0; total = true });
-			expected = expected + (tonumber(total) or 0);
-		end
-		say("Importing %d messages of %d users on %s from %s store '%s' into %s",
-			expected, #users, host, driver_name, store, archive:config().storage);
-		assert(archive:import_begin(expected));
-
-		local last_progress = time_now();
-		local prefs_imported = 0;
-		for _, user in ipairs(users) do
-			archive:import_user(user);
-			local iter, ferr = source:find(user, {});
-			if not iter then
-				complain("%s: could not read the archive of %s: %s", host, user, tostring(ferr));
-				return 1;
-			end
-			local batch = {};
-			local function flush()
-				if #batch == 0 then return true; end
-				local ok, ierr = archive:import_batch(user, batch);
-				if not ok then complain("%s: %s", host, ierr); return false; end
-				batch = {};
-				if time_now() - last_progress >= progress_every then
-					last_progress = time_now();
-					say("  %s", archive:import_progress());
+		return {
+			describe = ("%s store '%s'"):format(driver_name, store);
+			users = function ()
+				local users = {};
+				for user in source:users() do users[#users + 1] = user; end
+				if prefs_source and prefs_source.users then
+					for user in prefs_source:users() do users[#users + 1] = user; end
 				end
-				return true;
-			end
-			for id, stanza, when, with in iter do
-				batch[#batch + 1] = { id = id; stanza = stanza; when = when; with = with };
-				if #batch >= import_batch_size and not flush() then return 1; end
-			end
-			if not flush() then return 1; end
-			local prefs = prefs_source and prefs_source:get(user);
-			if type(prefs) == "table" then
+				return users;
+			end;
+			count = function (user)
+				local _, total = source:find(user, { limit = 0; total = true });
+				return tonumber(total) or 0;
+			end;
+			find = function (user)
+				return source:find(user, {});
+			end;
+			prefs = function (user)
+				local prefs = prefs_source and prefs_source:get(user);
+				if type(prefs) ~= "table" then return nil; end
 				for jid, rule in pairs(never_rules[user] or {}) do
 					if prefs[jid] == nil then prefs[jid] = rule; end
 				end
-				local stored, perr = archive:import_prefs(user, prefs);
-				if stored == nil then complain("%s: %s", host, perr); return 1; end
-				if stored then prefs_imported = prefs_imported + 1; end
-			end
-		end
-		say("  %s", archive:import_progress());
-		say("Preferences: %d imported (users who already had preferences here keep them)", prefs_imported);
-		local lines, all_ok = archive:import_verify();
-		if not lines then complain("%s: verification failed: %s", host, all_ok); return 1; end
-		say("Verification for %s:", host);
-		for _, line in ipairs(lines) do say("  %s", line); end
-		if not all_ok then
-			complain("%s: some messages were not imported (see MISMATCH above)", host);
-			return 1;
-		end
+				return prefs;
+			end;
+		};
+	end
+
+	local function import_host(host, cmd)
+		local archive, err = open_archive(host);
+		if not archive then complain("%s", err.log); return err.code; end
+		local store = cmd.store or archive:config().archive_store;
+		local driver_name = cmd.from or configured_driver(host, store);
+		local driver, derr = load_driver(host, driver_name);
+		if not driver then complain("%s", derr); return 1; end
+		local source, serr = stock_source(host, driver_name, driver, store);
+		if not source then complain("%s", serr); return 1; end
+		local ok, ierr = archive:import_stock(source, function (line) say("%s", line); end);
+		if not ok then complain("%s", ierr.log); return ierr.code; end
 		return 0;
 	end
 
@@ -215,13 +178,15 @@ return function (native)
 	-- written by the engine; this only prints what it says.
 	local function copy_host(host, cmd)
 		local archive, err = open_archive(host);
-		if not archive then complain("%s", err); return 1; end
-		local verified, cerr, code = archive:copy_from(cmd.from, cmd.source, function (line)
-			say("%s", line);
-		end);
+		if not archive then complain("%s", err.log); return err.code; end
+		local verified, cerr = archive:copy_from {
+			from = cmd.from;
+			source = cmd.source;
+			say = function (line) say("%s", line); end;
+		};
 		if verified == nil then
-			complain("%s: %s", host, cerr);
-			return code or 1;
+			complain("%s: %s", host, cerr.log);
+			return cerr.code;
 		end
 		if not verified then
 			complain("%s: some messages were not imported (see MISMATCH above)", host);
@@ -249,12 +214,12 @@ return function (native)
 		if not hosts then complain("%s", err); return 1; end
 		for _, host in ipairs(hosts) do
 			local archive, oerr = open_archive(host);
-			if not archive then complain("%s", oerr); return 1; end
+			if not archive then complain("%s", oerr.log); return oerr.code; end
 			if not archive:config().expires_after then
 				say("%s: archive_expires_after is \"never\": nothing to expire", host);
 			else
 				local deleted, eerr = archive:expire();
-				if not deleted then complain("%s: expiry failed: %s", host, eerr); return 1; end
+				if not deleted then complain("%s: expiry failed: %s", host, eerr.log); return eerr.code; end
 				say("%s: deleted %d expired messages", host, deleted);
 			end
 		end
@@ -263,27 +228,31 @@ return function (native)
 
 	local function owner_archive(cmd)
 		local hosts, err = target_hosts(cmd.host);
-		if not hosts then return nil, err; end
-		return open_archive(cmd.host);
+		if not hosts then complain("%s", err); return nil, 1; end
+		local archive, oerr = open_archive(cmd.host);
+		if not archive then complain("%s", oerr.log); return nil, oerr.code; end
+		return archive;
 	end
 
 	function commands.delete(cmd)
-		local archive, err = owner_archive(cmd);
-		if not archive then complain("%s", err); return 1; end
-		local deleted, derr = archive:delete(cmd.user, cmd.with, cmd.before);
-		if not deleted then complain("%s@%s: delete failed: %s", cmd.user, cmd.host, derr); return 1; end
+		local archive, code = owner_archive(cmd);
+		if not archive then return code; end
+		local deleted, derr = archive:delete { user = cmd.user; with = cmd.with; before = cmd.before };
+		if not deleted then complain("%s@%s: delete failed: %s", cmd.user, cmd.host, derr.log); return derr.code; end
 		say("%s@%s: deleted %d messages", cmd.user, cmd.host, deleted);
 		return 0;
 	end
 
 	function commands.export(cmd)
-		local archive, err = owner_archive(cmd);
-		if not archive then complain("%s", err); return 1; end
-		local count, eerr = archive:export(cmd.user, cmd.format, function (chunk)
-			assert(io.stdout:write(chunk));
-		end);
+		local archive, code = owner_archive(cmd);
+		if not archive then return code; end
+		local count, eerr = archive:export {
+			user = cmd.user;
+			format = cmd.format;
+			write = function (chunk) assert(io.stdout:write(chunk)); end;
+		};
 		io.stdout:flush();
-		if not count then complain("%s@%s: export failed: %s", cmd.user, cmd.host, eerr); return 1; end
+		if not count then complain("%s@%s: export failed: %s", cmd.user, cmd.host, eerr.log); return eerr.code; end
 		complain("%s@%s: exported %d messages", cmd.user, cmd.host, count);
 		return 0;
 	end
@@ -293,9 +262,9 @@ return function (native)
 		if not hosts then complain("%s", err); return 1; end
 		for _, host in ipairs(hosts) do
 			local archive, oerr = open_archive(host);
-			if not archive then complain("%s", oerr); return 1; end
+			if not archive then complain("%s", oerr.log); return oerr.code; end
 			local report, serr = archive:stats();
-			if not report then complain("%s: %s", host, serr); return 1; end
+			if not report then complain("%s: %s", host, serr.log); return serr.code; end
 			io.stdout:write(report);
 		end
 		io.stdout:flush();
@@ -304,10 +273,10 @@ return function (native)
 
 	-- module.command: returns the exit code (prosodyctl exits with it).
 	return function (arg)
-		local cmd, err, code = admin.parse(arg, jid_prep);
+		local cmd, err = admin.parse(arg, jid_prep);
 		if not cmd then
-			complain("%s", err);
-			return code;
+			complain("%s", err.log);
+			return err.code;
 		end
 		if cmd.command == "help" then
 			say("%s", cmd.text);

@@ -1,16 +1,15 @@
 -- prosody-mam-native: XEP-0313 Message Archive Management with a native engine.
 --
--- This file only wires Prosody's events to the native library (mam_native.so, in
--- this module's folder). Every decision (what to archive, preferences, queries,
--- expiry) is made there; see README.md for the options, which are stock mod_mam's.
+-- This file only wires Prosody's events to the engine (mamengine.lib.lua loads the
+-- native library, opens the archive and hands results back; mammetrics.lib.lua
+-- holds the metrics). Every decision (what to archive, preferences, queries,
+-- expiry) is made in the native library; see README.md for the options, which are
+-- stock mod_mam's.
 
 local st = require "util.stanza";
 local jid_split = require "util.jid".split;
 local jid_bare = require "util.jid".bare;
-local jid_prep = require "util.jid".prep;
 local um = require "core.usermanager";
-local async = require "util.async";
-local server = require "net.server";
 local rm_load_roster = require "core.rostermanager".load_roster;
 local time_now = require "util.time".monotonic or require "util.time".now;
 
@@ -20,14 +19,8 @@ local xmlns_st_id = "urn:xmpp:sid:0";
 
 local host = module.host;
 
--- Load the native engine from our own folder: no lua_cpath changes needed.
-local native_path = module:get_directory() .. "/mam_native.so";
-local luaopen, load_err = package.loadlib(native_path, "luaopen_mam_native");
-if not luaopen then
-	module:log("error", "Could not load the native MAM engine from %s: %s", native_path, tostring(load_err));
-	error("mod_mam: native library missing or incompatible: " .. tostring(load_err));
-end
-local native = luaopen();
+local engine_lib = module:require "mamengine";
+local native = engine_lib.load_native();
 
 -- Under prosodyctl (`prosodyctl mod_mam <command>`) the module is loaded on "*" only
 -- to run an admin command: no events, no archive of its own.
@@ -38,116 +31,12 @@ end
 
 local host_events = prosody.hosts[host].events;
 
--- Every option is read here and validated once, in Rust.
-local options = {};
-for _, name in ipairs(native.option_names) do
-	options[name] = module:get_option(name);
-end
-
--- The archive handle; nil while the database cannot be opened (see open_archive).
-local archive, config;
-
--- background: connect on a native thread and return an object to poll, so retries
--- against an unreachable database server never hold the event loop.
-local function open_handle(background)
-	return native.open {
-		host = host;
-		data_path = prosody.paths.data;
-		options = options;
-		stanza_mt = st.stanza_mt;
-		jid_prep = jid_prep;
-		background = background;
-	};
-end
-
--- A bad option fails the module load at once, before any hook is set (it will not
--- fix itself, and Prosody keeps the hooks of a module that fails to load).
-local first_handle, first_err = open_handle();
-if not first_handle and first_err.config then
-	module:log("error", "%s", first_err.log);
-	error("mod_mam: " .. first_err.log);
-end
-
--- Metrics through Prosody's statistics API (0.12's module:metric, OpenMetrics), each
--- family labelled with the host. With statistics off Prosody hands out no-op objects;
--- on a Prosody without module:metric we do the same, so nothing below checks.
-local noop = {};
-local function nothing() return noop; end
-setmetatable(noop, { __index = function () return nothing; end });
-local function metric(type_, name, unit, description, labels, conf)
-	if not module.metric then return noop; end
-	return module:metric(type_, name, unit, description, labels or {}, conf);
-end
--- One series per label value, looked up once: counting is then a field read and an add.
-local function by_label(family)
-	return setmetatable({}, { __index = function (t, value)
-		local series = family:with_labels(value);
-		t[value] = series;
-		return series;
-	end });
-end
-local m_archived = metric("counter", "messages_archived", "",
-	"Messages archived (queued for the writer thread)"):with_labels();
-local m_skipped = by_label(metric("counter", "messages_skipped", "",
-	"Messages not archived, by reason", { "reason" }));
-local m_queries = by_label(metric("counter", "queries", "",
-	"Archive queries by outcome: ok or the error condition sent", { "outcome" }));
-local m_query_latency = metric("histogram", "query_latency", "seconds",
-	"Archive queries answered with a fin: from the query arriving to the fin sent", {},
-	{ buckets = { 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5 } }):with_labels();
-local m_expiry_runs = metric("counter", "expiry_runs", "", "Expiry runs finished"):with_labels();
-local m_expired = metric("counter", "expired_messages", "", "Messages deleted by expiry"):with_labels();
-local m_expiry_duration = metric("histogram", "expiry_duration", "seconds",
-	"Duration of successful expiry runs", {},
-	{ buckets = { 0.01, 0.1, 1, 10, 60, 600 } }):with_labels();
-local m_database_size = metric("gauge", "database_size", "bytes",
-	"Archive database on disk: the file plus its write-ahead log"):with_labels();
-local m_queue_depth = metric("gauge", "writer_queue_depth", "",
-	"Writes queued and not yet committed"):with_labels();
-local m_writes_committed = metric("counter", "writes_committed", "",
-	"Writes the writer thread committed since the module loaded"):with_labels();
-
--- Work finished on the engine's threads comes back here: the engine makes a socket
--- readable, the loop calls us, we hand each result to whoever waits for it.
-local waiting = {}; -- job id -> function (completion)
-local function on_completions()
-	local done = archive:completions();
-	for i = 1, #done do
-		local c = done[i];
-		if c.log then
-			module:log(c.level, "%s", c.log);
-		else
-			local callback = waiting[c.job];
-			waiting[c.job] = nil;
-			if callback then
-				callback(c);
-			end
-		end
-	end
-end
-local completion_watch;
-
--- Runs `callback(completion)` when job `job` finishes. Inside a session's async
--- runner (every c2s stanza in 0.12) the handler waits there, so a session's stanzas
--- stay in order while the rest of the server carries on; elsewhere it is a callback.
-local function when_done(job, callback)
-	if async.ready() then
-		local wait, done = async.waiter();
-		local result;
-		waiting[job] = function (c) result = c; done(); end;
-		wait();
-		return callback(result);
-	end
-	waiting[job] = callback;
-end
-
--- Like when_done, for a read: answered at once when the engine has it within a
--- fraction of a millisecond (see Archive::answer_now).
-local function when_read(job, callback)
-	local c = archive:answer_now(job);
-	if c then return callback(c); end
-	return when_done(job, callback);
-end
+local engine = engine_lib.open(native);
+local metrics = module:require "mammetrics";
+engine.run(metrics);
+local m_archived, m_skipped, m_queries, m_query_latency =
+	metrics.archived, metrics.skipped, metrics.queries, metrics.query_latency;
+local when_read = engine.when_read;
 
 local function error_reply(stanza, err)
 	return st.error_reply(stanza, err.type or "wait", err.condition or "internal-server-error", err.text);
@@ -165,7 +54,7 @@ end
 
 -- While the database cannot be opened, MAM requests get a temporary error.
 local function unavailable(origin, stanza)
-	if archive then return false; end
+	if engine.archive then return false; end
 	origin.send(st.error_reply(stanza, "wait", "internal-server-error", "The archive is temporarily unavailable"));
 	return true;
 end
@@ -175,7 +64,7 @@ module:hook("iq/self/" .. xmlns_mam .. ":prefs", function (event)
 	local origin, stanza = event.origin, event.stanza;
 	if unavailable(origin, stanza) then return true; end
 	local set = stanza.attr.type == "set" and stanza.tags[1] or nil;
-	local prefs, err = archive:prefs(origin.username, set);
+	local prefs, err = engine.archive:prefs(origin.username, set);
 	if not prefs then return fail(origin, stanza, "Setting preferences", err); end
 	origin.send(st.reply(stanza):add_child(prefs));
 	return true;
@@ -185,7 +74,7 @@ end);
 module:hook("iq-get/self/" .. xmlns_mam .. ":query", function (event)
 	local origin, stanza = event.origin, event.stanza;
 	if unavailable(origin, stanza) then return true; end
-	local form, err = archive:query_form(origin.username);
+	local form, err = engine.archive:query_form(origin.username);
 	if not form then return fail(origin, stanza, "Query form", err); end
 	origin.send(st.reply(stanza):add_child(form));
 	return true;
@@ -214,8 +103,15 @@ module:hook("iq-set/self/" .. xmlns_mam .. ":query", function (event)
 		m_queries["internal-server-error"]:add(1);
 		return true;
 	end
-	local job, err = archive:query(origin.username, stanza.tags[1], stanza.attr.from, stanza.attr.to,
-		stanza.attr.id, output_form(origin) ~= "stanzas");
+	local job, err = engine.archive:query {
+		user = origin.username;
+		query = stanza.tags[1];
+		-- st.reply's addressing for the results and the fin.
+		to = stanza.attr.from;
+		from = stanza.attr.to;
+		iq_id = stanza.attr.id;
+		serialised = output_form(origin) ~= "stanzas";
+	};
 	if not job then
 		m_queries[err.condition or "internal-server-error"]:add(1);
 		return fail(origin, stanza, "Archive query", err);
@@ -245,7 +141,7 @@ end);
 module:hook("iq-get/self/" .. xmlns_mam .. ":metadata", function (event)
 	local origin, stanza = event.origin, event.stanza;
 	if unavailable(origin, stanza) then return true; end
-	local job, err = archive:metadata(origin.username);
+	local job, err = engine.archive:metadata(origin.username);
 	if not job then return fail(origin, stanza, "Archive metadata", err); end
 	when_read(job, function (c)
 		if c.err then return fail(origin, stanza, "Archive metadata", c.err); end
@@ -256,7 +152,7 @@ end);
 
 -- Stock's own veto at -1: other modules hooking archive-should-store run first.
 module:hook("archive-should-store", function (event)
-	local should, why = archive:should_store(event.stanza);
+	local should, why = engine.archive:should_store(event.stanza);
 	event.reason = why;
 	return should;
 end, -1);
@@ -286,6 +182,7 @@ local function lazy_top_tag(stanza)
 end
 
 local function message_handler(event, c2s)
+	local archive = engine.archive;
 	if not archive then
 		m_skipped["unavailable"]:add(1);
 		return;
@@ -347,9 +244,15 @@ local function message_handler(event, c2s)
 	-- The stanza-id goes onto the stanza itself (no copy: copies were most of the
 	-- garbage this module made, and Prosody's collector is where its time goes under
 	-- load). The sender's is taken off again before routing, below.
-	local id, delivered, stored, stanza_id = archive:append(store_user, with, stanza, announce, check_in_append, true);
+	local id, stanza_id, stored = archive:append {
+		user = store_user;
+		with = with;
+		stanza = stanza;
+		announce = announce;
+		check = check_in_append;
+	};
 	if not id then
-		local err = delivered;
+		local err = stanza_id;
 		if err.reason then
 			log("debug", "Not archiving stanza: %s (%s)", lazy_top_tag(stanza), err.log);
 			m_skipped[err.reason]:add(1);
@@ -362,9 +265,8 @@ local function message_handler(event, c2s)
 	m_archived:add(1);
 	log("debug", "Archived message %s as %s", stanza.attr.id, id);
 	if c2s then
-		senders_ids[delivered] = stanza_id;
+		senders_ids[stanza] = stanza_id;
 	end
-	event.stanza = delivered;
 	if announce then
 		module:fire_event("archive-message-added", { origin = origin, stanza = stored, for_user = store_user, id = id });
 	end
@@ -379,6 +281,7 @@ end
 -- Ours is taken off the stanza it was put on (the last child, unless someone added
 -- after it); any other goes with a copy.
 local function strip_outgoing_stanza_id(event)
+	local archive = engine.archive;
 	if not archive then return; end
 	local stanza = event.stanza;
 	local ours = senders_ids[stanza];
@@ -429,6 +332,7 @@ end);
 module:hook_global("user-deleted", function (event)
 	if event.host ~= host then return; end
 	local username = event.username;
+	local archive = engine.archive;
 	if not archive then
 		module:log("error", "Could not delete archive of %s@%s: the archive database is unavailable", username, host);
 		return;
@@ -438,131 +342,28 @@ module:hook_global("user-deleted", function (event)
 		module:log("error", "Could not delete archive of %s@%s: %s", username, host, err.log);
 		return;
 	end
-	waiting[job] = function (c)
+	engine.on_done(job, function (c)
 		if c.err then
 			module:log("error", "Could not delete archive of %s@%s: %s", username, host, c.err.log);
 		else
 			module:log("info", "Deleted archive of %s@%s (%d messages)", username, host, c.count);
 		end
-	end;
+	end);
 end);
 
--- Expiry: every archive_cleanup_interval, the writer thread deletes expired messages
--- in batches, one short transaction each, interleaved with new messages.
-local expiry_batch = 1000;
-local expiry_running = false;
-local function expire_step(total, started)
-	local job, err = archive:expire_batch(expiry_batch);
-	if not job then
-		if err then module:log("error", "Expiry failed: %s", err.log); end
-		expiry_running = false;
-		m_expiry_runs:add(1);
-		return;
-	end
-	waiting[job] = function (c)
-		if c.err then
-			module:log("error", "Expiry failed: %s", c.err.log);
-			expiry_running = false;
-			m_expiry_runs:add(1);
-			return;
-		end
-		total = total + c.count;
-		m_expired:add(c.count);
-		if c.count >= expiry_batch then
-			return expire_step(total, started);
-		end
-		expiry_running = false;
-		m_expiry_runs:add(1);
-		m_expiry_duration:sample(time_now() - started);
-		if total > 0 then
-			module:log("info", "Deleted %d expired messages", total);
-		end
-	end;
-end
-
-local function start_expiry()
-	if not config.expires_after then
-		module:log("debug", "Archive expiry disabled");
-		return;
-	end
-	module:add_timer(1, function ()
-		if not archive then return; end
-		if not expiry_running then
-			expiry_running = true;
-			expire_step(0, time_now());
-		end
-		return config.cleanup_interval;
-	end);
-end
-
--- Set once the module is unloading or Prosody is stopping.
-local closed = false;
-
--- Takes an open handle into use.
-local function adopt(handle)
-	archive, config = handle, handle:config();
-	completion_watch = server.watchfd(archive:notify_fd(), on_completions);
-	module:log("debug", "Archive at %s, expiry %s", config.storage,
-		config.expires_after and (config.expires_after .. "s") or "never");
-	start_expiry();
-end
-
--- A database that cannot be opened (corrupt, read-only, missing directory, server
--- down) leaves the module loaded, answering MAM with a temporary error and trying
--- again every few seconds in the background, so service comes back by itself when
--- the fault is cleared.
-local open_retry_interval = 5;
-if first_handle then
-	adopt(first_handle);
-else
-	module:log("error", "%s; MAM answers with a temporary error and the database is tried again every %d s",
-		first_err.log, open_retry_interval);
-	local opening, next_attempt = nil, time_now() + open_retry_interval;
-	module:add_timer(1, function ()
-		if closed then return; end
-		if opening then
-			local handle = opening:poll();
-			if handle == false then return 1; end -- still connecting
-			opening = nil;
-			if handle then
-				adopt(handle);
-				module:log("info", "Archive database opened; archiving resumed");
-				return;
-			end
-		end
-		if time_now() >= next_attempt then
-			next_attempt = time_now() + open_retry_interval;
-			opening = open_handle(true);
-		end
-		return 1;
-	end);
-end
-first_handle, first_err = nil, nil;
-
--- Unload and shutdown commit every queued write before the database closes.
-local function close_archive()
-	if closed then return; end
-	closed = true;
-	if not archive then return; end
-	completion_watch:close();
-	-- Log lines from the last moments of the threads (e.g. writes given up on).
-	local last = archive:close();
-	for i = 1, #last do
-		module:log(last[i].level, "%s", last[i].log);
-	end
-end
-module:hook_global("server-stopped", close_archive);
+module:hook_global("server-stopped", engine.close);
 
 -- Gauges from the engine, read whenever Prosody collects statistics (every
 -- statistics_interval, or on each scrape with "manual"): two counters and a stat(2).
 module:hook_global("stats-update", function ()
-	if closed or not archive then return; end
+	local archive = engine.archive;
+	if not archive then return; end
 	local stats = archive:stats();
-	m_database_size:set(stats.database_bytes);
-	m_queue_depth:set(stats.queue_depth);
-	m_writes_committed:set(stats.writes_committed);
+	metrics.database_size:set(stats.database_bytes);
+	metrics.queue_depth:set(stats.queue_depth);
+	metrics.writes_committed:set(stats.writes_committed);
 end);
 
 function module.unload()
-	close_archive();
+	engine.close();
 end

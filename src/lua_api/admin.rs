@@ -1,50 +1,27 @@
 //! Lua bindings for `prosodyctl mod_mam <command>`: `native.admin.parse` and
-//! `native.admin.open`. The shim (`mamcommands.lib.lua`) does the Prosody-side work:
-//! which hosts, their options, reading stock stores; the logic is in
-//! [`crate::admin`], [`crate::import`] and [`crate::archive_copy`].
+//! `native.admin.open`, which returns the host's [`Operations`]. This file only
+//! converts values; the operations are in [`crate::admin`]. The shim
+//! (`mamcommands.lib.lua`) does the Prosody-side work: which hosts, their options,
+//! opening stock stores through Prosody's drivers (handed in as a [`StockArchive`]).
 //!
-//! Conventions: expected failures return `nil, message` (and `code` for usage errors
-//! from `parse`); bugs raise Lua errors.
+//! Failures come back in the module's one shape ([`super::failure`]), with the exit
+//! code in `err.code`.
 
 use std::io::{BufWriter, Write};
-use std::sync::Arc;
 
 use mlua::{
-    Function, Lua, MultiValue, Result as LuaResult, Table, UserData, UserDataMethods, Value,
+    FromLua, Function, Lua, MultiValue, Result as LuaResult, Table, UserData, UserDataMethods,
+    Value,
 };
 
+use super::failure::{failure, returned};
 use super::stanza_lua::element_from_lua;
-use crate::admin::{self, AdminError, Command, ExportFormat};
-use crate::archive_copy::{self, CopySource};
-use crate::config::Config;
-use crate::import::{prefs_from_stock, Importer, SourceMessage, StockDefault};
-use crate::store::{self, ArchiveStore};
-use crate::store::{DeleteFilter, Owner};
-use crate::time::SystemClock;
-
 use super::{prep_with, raw_value};
+use crate::admin::import::{SourceMessage, StockArchive, StockDefault, StockPrefs};
+use crate::admin::{self, AdminError, Command, ExportFormat, Operations, Source};
+use crate::store::{DeleteFilter, WithFilter};
 
-fn fail(lua: &Lua, message: &str) -> LuaResult<MultiValue> {
-    Ok(MultiValue::from_iter([
-        Value::Nil,
-        Value::String(lua.create_string(message)?),
-    ]))
-}
-
-/// `nil, message, exit code`: a failure whose exit code the command must use.
-fn fail_with_code(lua: &Lua, message: &str, code: i32) -> LuaResult<MultiValue> {
-    Ok(MultiValue::from_iter([
-        Value::Nil,
-        Value::String(lua.create_string(message)?),
-        Value::Integer(code.into()),
-    ]))
-}
-
-fn ok_values<const N: usize>(items: [Value; N]) -> MultiValue {
-    MultiValue::from_iter(items)
-}
-
-/// `admin.parse(argv, jid_prep)` -> command table | nil, message, exit code
+/// `admin.parse(argv, jid_prep)` -> command table | nil, err
 fn parse(lua: &Lua, (argv, jid_prep): (Table, Function)) -> LuaResult<MultiValue> {
     let args: Vec<String> = argv
         .sequence_values::<mlua::LuaString>()
@@ -53,19 +30,9 @@ fn parse(lua: &Lua, (argv, jid_prep): (Table, Function)) -> LuaResult<MultiValue
     let prep = prep_with(&jid_prep);
     let command = match admin::parse(&args, &prep) {
         Ok(c) => c,
-        Err(e) => {
-            return Ok(MultiValue::from_iter([
-                Value::Nil,
-                Value::String(lua.create_string(e.message())?),
-                Value::Integer(e.exit_code().into()),
-            ]))
-        }
+        Err(e) => return failure(lua, e),
     };
     let t = lua.create_table()?;
-    let owner = |t: &Table, o: &Owner| -> LuaResult<()> {
-        t.raw_set("host", o.host.as_str())?;
-        t.raw_set("user", o.user.as_str())
-    };
     match command {
         Command::Help(text) => {
             t.raw_set("command", "help")?;
@@ -79,8 +46,8 @@ fn parse(lua: &Lua, (argv, jid_prep): (Table, Function)) -> LuaResult<MultiValue
         } => {
             t.raw_set("command", "import")?;
             t.raw_set("host", host)?;
-            t.raw_set("from", from.map(|f| f.name()))?;
-            t.raw_set("ours", from.is_some_and(|f| f.is_ours()))?;
+            t.raw_set("from", from.map(Source::name))?;
+            t.raw_set("ours", from.is_some_and(Source::is_ours))?;
             t.raw_set("store", store)?;
             t.raw_set("source", source)?;
         }
@@ -92,17 +59,17 @@ fn parse(lua: &Lua, (argv, jid_prep): (Table, Function)) -> LuaResult<MultiValue
             t.raw_set("command", "stats")?;
             t.raw_set("host", host)?;
         }
-        Command::Delete { owner: o, filter } => {
+        Command::Delete { owner, filter } => {
             t.raw_set("command", "delete")?;
-            owner(&t, &o)?;
-            if let Some(w) = filter.with {
-                t.raw_set("with", w.jid())?;
-            }
+            t.raw_set("host", owner.host)?;
+            t.raw_set("user", owner.user)?;
+            t.raw_set("with", filter.with.map(|w| w.jid()))?;
             t.raw_set("before", filter.before)?;
         }
-        Command::Export { owner: o, format } => {
+        Command::Export { owner, format } => {
             t.raw_set("command", "export")?;
-            owner(&t, &o)?;
+            t.raw_set("host", owner.host)?;
+            t.raw_set("user", owner.user)?;
             t.raw_set(
                 "format",
                 match format {
@@ -112,55 +79,23 @@ fn parse(lua: &Lua, (argv, jid_prep): (Table, Function)) -> LuaResult<MultiValue
             )?;
         }
     }
-    Ok(ok_values([Value::Table(t)]))
+    Ok(MultiValue::from_iter([Value::Table(t)]))
 }
 
-/// One host's archive, opened for a command.
-struct AdminHandle {
-    config: Config,
-    /// Prosody's data directory: where a relative `--source` file is.
-    data_path: String,
-    store: Box<dyn ArchiveStore>,
-    /// The import run in progress (its own connection), between `import_begin` and
-    /// the end of the command.
-    importer: Option<Importer>,
-}
-
-impl AdminHandle {
-    fn importer(&mut self) -> LuaResult<&mut Importer> {
-        self.importer
-            .as_mut()
-            .ok_or_else(|| mlua::Error::runtime("mam_native: import_begin() not called"))
-    }
-}
-
-/// `admin.open{ host =, data_path =, options = {…} }` -> handle | nil, message
+/// `admin.open{ host =, data_path =, options = {…} }` -> operations | nil, err
 fn open(lua: &Lua, args: Table) -> LuaResult<MultiValue> {
     let host: String = args.get("host")?;
     let data_path: String = args.get("data_path")?;
     let options: Table = args.get("options")?;
     let source = |name: &str| raw_value(options.get::<Value>(name).unwrap_or(Value::Nil));
-    let config = match Config::from_options(&host, &data_path, &source) {
-        Ok(c) => c,
-        Err(e) => return fail(lua, &format!("{host}: {e}")),
-    };
-    let store = match store::open(&config.storage, true) {
-        Ok(s) => s,
-        Err(e) => {
-            return fail(
-                lua,
-                &format!("{host}: {} ({})", e, config.storage.describe()),
-            )
-        }
-    };
-    let handle = AdminHandle {
-        config,
-        data_path,
-        store,
-        importer: None,
-    };
-    Ok(ok_values([Value::UserData(lua.create_userdata(handle)?)]))
+    returned(
+        lua,
+        Operations::open(&host, &data_path, &source).map(OperationsHandle),
+    )
 }
+
+/// The host's operations, as Lua holds them.
+struct OperationsHandle(Operations);
 
 /// Writes to a Lua function (`io.write`), so Lua's and our output share one buffer.
 struct LuaSink(Function);
@@ -178,216 +113,246 @@ impl Write for LuaSink {
     }
 }
 
-fn admin_result(lua: &Lua, r: Result<u64, AdminError>) -> LuaResult<MultiValue> {
-    match r {
-        Ok(n) => Ok(ok_values([Value::Integer(n as i64)])),
-        Err(e) => fail(lua, e.message()),
+/// Calls a Lua `say(line)` for each line of output; the first error printing a line
+/// (a bug in the shim) is raised once the operation has stopped, not lost.
+struct Say {
+    say: Function,
+    failed: Option<mlua::Error>,
+}
+
+impl Say {
+    fn new(say: Function) -> Say {
+        Say { say, failed: None }
+    }
+
+    fn line(&mut self, line: &str) {
+        if self.failed.is_none() {
+            if let Err(e) = self.say.call::<()>(line) {
+                self.failed = Some(e);
+            }
+        }
+    }
+
+    fn finish<T>(self, lua: &Lua, result: Result<T, AdminError>) -> LuaResult<MultiValue>
+    where
+        T: mlua::IntoLuaMulti,
+    {
+        match self.failed {
+            Some(e) => Err(e),
+            None => returned(lua, result),
+        }
     }
 }
 
-/// A stock prefs table read out: its default (`prefs[false]`) and its JID rules.
-type StockPrefs = (Option<StockDefault>, Vec<(String, bool)>);
+/// A stock archive store as Prosody's storage driver reads it, through the functions
+/// of the shim's source table: `users() -> { user, … }`, `count(user) -> n`,
+/// `find(user) -> iterator of id, stanza, when, with`, `prefs(user) -> table | nil`
+/// (each `nil, err` on failure), and `describe`, a string.
+struct LuaStock<'a> {
+    lua: &'a Lua,
+    source: Table,
+    /// A Lua error (a bug in the shim, not a storage failure): raised afterwards.
+    raised: Option<mlua::Error>,
+}
+
+impl LuaStock<'_> {
+    /// Calls `source[name](args)`: its first value, or the driver's error text.
+    fn call<A: mlua::IntoLuaMulti, R: mlua::FromLua>(
+        &mut self,
+        name: &str,
+        args: A,
+    ) -> Result<R, String> {
+        let outcome = self
+            .source
+            .get::<Function>(name)
+            .and_then(|f| f.call::<(Value, Value)>(args));
+        let (value, err) = match outcome {
+            Ok(values) => values,
+            Err(e) => return Err(self.raise(e)),
+        };
+        if value.is_nil() {
+            return Err(lua_text(&err));
+        }
+        R::from_lua(value, self.lua).map_err(|e| self.raise(e))
+    }
+
+    fn raise(&mut self, e: mlua::Error) -> String {
+        let text = e.to_string();
+        self.raised.get_or_insert(e);
+        text
+    }
+}
+
+fn lua_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.to_string_lossy(),
+        Value::Nil => "unknown error".into(),
+        other => format!("{other:?}"),
+    }
+}
+
+impl StockArchive for LuaStock<'_> {
+    fn describe(&self) -> String {
+        self.source
+            .get::<String>("describe")
+            .unwrap_or_else(|_| "the stock archive".into())
+    }
+
+    fn users(&mut self) -> Result<Vec<String>, String> {
+        self.call("users", ())
+    }
+
+    fn count(&mut self, user: &str) -> Result<u64, String> {
+        self.call("count", user)
+    }
+
+    fn messages(
+        &mut self,
+        user: &str,
+        each: &mut dyn FnMut(SourceMessage) -> bool,
+    ) -> Result<(), String> {
+        let iter: Function = self.call("find", user)?;
+        loop {
+            let (id, stanza, when, with) = match iter.call::<(Value, Value, Value, Value)>(()) {
+                Ok(values) => values,
+                Err(e) => return Err(self.raise(e)),
+            };
+            if id.is_nil() {
+                return Ok(());
+            }
+            let message = (|| -> LuaResult<SourceMessage> {
+                let stanza = Table::from_lua(stanza, self.lua)?;
+                Ok(SourceMessage {
+                    id: String::from_lua(id, self.lua)?,
+                    when_secs: f64::from_lua(when, self.lua)?,
+                    with: Option::<String>::from_lua(with, self.lua)?.unwrap_or_default(),
+                    stanza: element_from_lua(self.lua, &stanza)?,
+                })
+            })();
+            match message {
+                Ok(m) => {
+                    if !each(m) {
+                        return Ok(());
+                    }
+                }
+                Err(e) => return Err(self.raise(e)),
+            }
+        }
+    }
+
+    fn prefs(&mut self, user: &str) -> Result<Option<StockPrefs>, String> {
+        let f: Function = self.source.get("prefs").map_err(|e| self.raise(e))?;
+        match f.call::<Value>(user) {
+            Ok(Value::Table(t)) => stock_prefs(&t).map(Some).map_err(|e| self.raise(e)),
+            Ok(_) => Ok(None),
+            Err(e) => Err(self.raise(e)),
+        }
+    }
+}
 
 /// Stock's prefs table `{ [false] = default, ["jid"] = true|false }`.
 fn stock_prefs(t: &Table) -> LuaResult<StockPrefs> {
-    let mut default = None;
-    let mut rules = Vec::new();
+    let mut prefs = StockPrefs::default();
     for pair in t.pairs::<Value, Value>() {
         let (k, v) = pair?;
         match (k, v) {
-            (Value::Boolean(false), Value::Boolean(true)) => default = Some(StockDefault::Always),
-            (Value::Boolean(false), Value::Boolean(false)) => default = Some(StockDefault::Never),
-            (Value::Boolean(false), Value::String(s)) if s.as_bytes().as_ref() == b"roster" => {
-                default = Some(StockDefault::Roster)
+            (Value::Boolean(false), Value::Boolean(true)) => {
+                prefs.default = Some(StockDefault::Always)
             }
-            (Value::String(jid), Value::Boolean(b)) => rules.push((jid.to_string_lossy(), b)),
+            (Value::Boolean(false), Value::Boolean(false)) => {
+                prefs.default = Some(StockDefault::Never)
+            }
+            (Value::Boolean(false), Value::String(s)) if s.as_bytes().as_ref() == b"roster" => {
+                prefs.default = Some(StockDefault::Roster)
+            }
+            (Value::String(jid), Value::Boolean(b)) => prefs.rules.push((jid.to_string_lossy(), b)),
             // Anything else is not something stock writes; skipped.
             _ => {}
         }
     }
-    Ok((default, rules))
+    Ok(prefs)
 }
 
-impl UserData for AdminHandle {
+impl UserData for OperationsHandle {
     fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
         // config() -> { storage =, expires_after =, archive_store = }
         methods.add_method("config", |lua, this, ()| {
+            let config = this.0.config();
             let t = lua.create_table()?;
-            t.raw_set("storage", this.config.storage.describe())?;
-            t.raw_set("expires_after", this.config.expires_after)?;
-            t.raw_set("archive_store", this.config.archive_store.as_str())?;
+            t.raw_set("storage", config.storage.describe())?;
+            t.raw_set("expires_after", config.expires_after)?;
+            t.raw_set("archive_store", config.archive_store.as_str())?;
             Ok(t)
         });
 
-        // import_begin(expected_total_or_nil) -> true | nil, message
-        methods.add_method_mut("import_begin", |lua, this, expected: Option<u64>| {
-            let store = match store::open(&this.config.storage, true) {
-                Ok(s) => s,
-                Err(e) => return fail(lua, &e.to_string()),
-            };
-            let mut importer = Importer::new(&this.config.host, store, Arc::new(SystemClock));
-            if let Some(n) = expected {
-                importer.expect(n);
-            }
-            this.importer = Some(importer);
-            Ok(ok_values([Value::Boolean(true)]))
-        });
-
-        // import_batch(user, { { id =, when =, with =, stanza = }, … }) -> done | nil, message
+        // import_stock(source, say) -> true | nil, err: see LuaStock for `source`.
         methods.add_method_mut(
-            "import_batch",
-            |lua, this, (user, records): (String, Table)| {
-                let mut batch = Vec::with_capacity(records.raw_len());
-                for rec in records.sequence_values::<Table>() {
-                    let rec = rec?;
-                    let stanza: Table = rec.get("stanza")?;
-                    batch.push(SourceMessage {
-                        id: rec.get("id")?,
-                        when_secs: rec.get("when")?,
-                        with: rec.get::<Option<String>>("with")?.unwrap_or_default(),
-                        stanza: element_from_lua(lua, &stanza)?,
-                    });
-                }
-                let importer = this.importer()?;
-                match importer.batch(&user, &batch) {
-                    Ok(()) => Ok(ok_values([Value::Integer(importer.done() as i64)])),
-                    Err(e) => fail(lua, &format!("{user}: {e}")),
-                }
-            },
-        );
-
-        // import_user(user): lists a user even if their source archive is empty.
-        methods.add_method_mut("import_user", |_, this, user: String| {
-            this.importer()?.saw_user(&user);
-            Ok(())
-        });
-
-        // import_prefs(user, stock_prefs) -> stored | nil, message
-        methods.add_method_mut(
-            "import_prefs",
-            |lua, this, (user, prefs): (String, Table)| {
-                let (default, rules) = stock_prefs(&prefs)?;
-                let server_default = this.config.default_policy;
-                let ours = prefs_from_stock(default, &rules, server_default);
-                match this.importer()?.prefs(&user, &ours) {
-                    Ok(stored) => Ok(ok_values([Value::Boolean(stored)])),
-                    Err(e) => fail(lua, &format!("{user}: {e}")),
-                }
-            },
-        );
-
-        // import_progress() -> "1200/5000 messages (24%), …"
-        methods.add_method_mut("import_progress", |_, this, ()| {
-            Ok(this.importer()?.progress_line())
-        });
-
-        // import_verify() -> { lines }, all_ok | nil, message
-        methods.add_method_mut("import_verify", |lua, this, ()| {
-            match this.importer()?.verify() {
-                Ok((lines, ok)) => Ok(ok_values([
-                    Value::Table(lua.create_sequence_from(lines)?),
-                    Value::Boolean(ok),
-                ])),
-                Err(e) => fail(lua, &e.to_string()),
-            }
-        });
-
-        // copy_from("mam-sqlite"|"mam-postgres", source_or_nil, say)
-        //   -> verified | nil, message, exit code
-        // Copies another archive of this module into this host's configured one,
-        // calling say(line) for each line of output (progress, verification).
-        methods.add_method(
-            "copy_from",
-            |lua, this, (from, source, say): (String, Option<String>, Function)| {
-                let copy_source = match (from.as_str(), source.as_deref()) {
-                    ("mam-sqlite", path) => {
-                        CopySource::sqlite(path, &this.data_path, &this.config.archive_store)
-                    }
-                    ("mam-postgres", Some(conninfo)) => {
-                        match CopySource::postgres(conninfo, std::env::var("PGPASSWORD").ok()) {
-                            Ok(s) => s,
-                            Err(e) => return fail_with_code(lua, &e.to_string(), e.exit_code()),
-                        }
-                    }
-                    _ => {
-                        return Err(mlua::Error::runtime(format!(
-                            "mam_native: copy_from({from:?}) without a usable source"
-                        )))
-                    }
+            "import_stock",
+            |lua, this, (source, say): (Table, Function)| {
+                let mut say = Say::new(say);
+                let mut stock = LuaStock {
+                    lua,
+                    source,
+                    raised: None,
                 };
-                // The first error printing a line (a bug in the shim) is raised once
-                // the copy has stopped, not lost.
-                let mut say_failed: Option<mlua::Error> = None;
-                let mut say_line = |line: &str| {
-                    if say_failed.is_none() {
-                        if let Err(e) = say.call::<()>(line) {
-                            say_failed = Some(e);
-                        }
-                    }
-                };
-                let result = archive_copy::copy(
-                    &copy_source,
-                    &this.config.storage,
-                    &this.config.host,
-                    Arc::new(SystemClock),
-                    &mut say_line,
-                );
-                if let Some(e) = say_failed {
+                let result = this.0.import_stock(&mut stock, &mut |l| say.line(l));
+                if let Some(e) = stock.raised {
                     return Err(e);
                 }
-                match result {
-                    Ok(verified) => Ok(ok_values([Value::Boolean(verified)])),
-                    Err(e) => fail_with_code(lua, &e.to_string(), e.exit_code()),
+                say.finish(lua, result.map(|()| true))
+            },
+        );
+
+        // copy_from{ from = "mam-sqlite"|"mam-postgres", source =, say = }
+        //   -> verified | nil, err
+        // Copies another archive of this module into this host's configured one.
+        methods.add_method_mut("copy_from", |lua, this, args: Table| {
+            let from = match args.get::<String>("from")?.as_str() {
+                "mam-sqlite" => Source::MamSqlite,
+                "mam-postgres" => Source::MamPostgres,
+                other => {
+                    return Err(mlua::Error::runtime(format!(
+                        "mam_native: copy_from({other:?}): not one of this module's archives"
+                    )))
                 }
-            },
-        );
-
-        // expire() -> deleted | nil, message
-        methods.add_method_mut("expire", |lua, this, ()| {
-            let r = admin::expire_now(
-                &mut *this.store,
-                &this.config.host,
-                this.config.expires_after,
-                &SystemClock,
-            );
-            admin_result(lua, r)
+            };
+            let source: Option<String> = args.get("source")?;
+            let mut say = Say::new(args.get("say")?);
+            let result = this
+                .0
+                .copy_from(from, source.as_deref(), &mut |l| say.line(l));
+            say.finish(lua, result)
         });
 
-        // delete(user, with_jid_or_nil, before_micros_or_nil) -> deleted | nil, message
-        methods.add_method_mut(
-            "delete",
-            |lua, this, (user, with, before): (String, Option<String>, Option<i64>)| {
-                let owner = Owner::new(&this.config.host, &user);
-                let with = with.map(|w| crate::store::WithFilter::from_jid(&w));
-                let r = admin::delete(&mut *this.store, &owner, &DeleteFilter { with, before });
-                admin_result(lua, r)
-            },
-        );
+        // expire() -> deleted | nil, err
+        methods.add_method_mut("expire", |lua, this, ()| returned(lua, this.0.expire()));
 
-        // export(user, "xml"|"jsonl", write) -> count | nil, message
-        methods.add_method_mut(
-            "export",
-            |lua, this, (user, format, write): (String, String, Function)| {
-                let format = if format == "jsonl" {
-                    ExportFormat::Jsonl
-                } else {
-                    ExportFormat::Xml
-                };
-                let owner = Owner::new(&this.config.host, &user);
-                let mut out = BufWriter::with_capacity(64 * 1024, LuaSink(write));
-                let r = admin::export(&mut *this.store, &owner, format, &mut out);
-                admin_result(lua, r)
-            },
-        );
-
-        // stats() -> report text | nil, message
-        methods.add_method_mut("stats", |lua, this, ()| {
-            let db = this.config.storage.describe();
-            match admin::stats_report(&mut *this.store, &this.config.host, &db) {
-                Ok(text) => Ok(ok_values([Value::String(lua.create_string(&text)?)])),
-                Err(e) => fail(lua, e.message()),
-            }
+        // delete{ user =, with =, before = } -> deleted | nil, err
+        // with: a JID (bare: every resource); before: microseconds since the epoch.
+        methods.add_method_mut("delete", |lua, this, args: Table| {
+            let user: String = args.get("user")?;
+            let filter = DeleteFilter {
+                with: args
+                    .get::<Option<String>>("with")?
+                    .map(|w| WithFilter::from_jid(&w)),
+                before: args.get("before")?,
+            };
+            returned(lua, this.0.delete(&user, &filter))
         });
+
+        // export{ user =, format = "xml"|"jsonl", write = } -> count | nil, err
+        methods.add_method_mut("export", |lua, this, args: Table| {
+            let user: String = args.get("user")?;
+            let format = match args.get::<String>("format")?.as_str() {
+                "jsonl" => ExportFormat::Jsonl,
+                _ => ExportFormat::Xml,
+            };
+            let mut out = BufWriter::with_capacity(64 * 1024, LuaSink(args.get("write")?));
+            returned(lua, this.0.export(&user, format, &mut out))
+        });
+
+        // stats() -> report text | nil, err
+        methods.add_method_mut("stats", |lua, this, ()| returned(lua, this.0.stats()));
     }
 }
 

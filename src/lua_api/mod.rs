@@ -2,26 +2,30 @@
 //! conversion in [`stanza_lua`]. Each export converts its Lua arguments, calls the
 //! plain-Rust [`Archive`], and converts the answer back.
 //!
-//! Conventions (Prosody's): expected failures return `nil, err` where `err` is a table
-//! `{ type = …, condition = …, text = …, log = … }` ready for `st.error_reply` (and
-//! `log` for the module log, never sent to clients); bugs raise Lua errors.
+//! Conventions (Prosody's): expected failures return `nil, err` in the one shape
+//! [`failure`] builds (`{ type =, condition =, text =, log = }`, ready for
+//! `st.error_reply`); bugs raise Lua errors. Calls with more than two arguments take
+//! one table of named fields, so the shim says what each value is.
 
 pub mod admin;
+pub mod failure;
 pub mod stanza_lua;
 
 use std::time::Duration;
 
 use mlua::{
-    Function, Lua, MultiValue, Result as LuaResult, Table, UserData, UserDataMethods, Value,
+    Function, IntoLuaMulti, Lua, MultiValue, Result as LuaResult, Table, UserData, UserDataMethods,
+    Value,
 };
 
 use crate::archive::{Archive, NotStored, Stats};
 use crate::config::{Config, RawValue, OPTION_NAMES};
 use crate::error::MamError;
-use crate::mailbox::{Completion, Outcome, QueryResults, Reply, ResultStanzas};
+use crate::mailbox::{Completion, JobId, Level, Outcome, QueryResults, Reply, ResultStanzas};
 use crate::policy::{self, Rule};
 use crate::stanza::{parse_xml, to_wire_xml, Element};
 
+use failure::{failure, returned, Failure};
 use stanza_lua::{
     append_child, copy_without, element_from_lua, element_to_lua, string_array, ChildTag,
 };
@@ -53,23 +57,18 @@ impl ArchiveHandle {
     fn to_lua(&self, lua: &Lua, el: &Element) -> LuaResult<Table> {
         element_to_lua(lua, el, &self.stanza_mt)
     }
-}
 
-/// `nil, err` for an expected failure.
-fn failure(lua: &Lua, err: &MamError) -> LuaResult<MultiValue> {
-    let x = err.to_xmpp();
-    let t = lua.create_table()?;
-    t.raw_set("type", x.error_type)?;
-    t.raw_set("condition", x.condition)?;
-    if let Some(text) = x.text {
-        t.raw_set("text", text)?;
+    /// The element as a Prosody stanza, or `nil, err`.
+    fn element_returned(
+        &self,
+        lua: &Lua,
+        result: crate::error::Result<Element>,
+    ) -> LuaResult<MultiValue> {
+        match result {
+            Ok(el) => self.to_lua(lua, &el)?.into_lua_multi(lua),
+            Err(e) => failure(lua, e),
+        }
     }
-    t.raw_set("log", err.to_string())?;
-    Ok(MultiValue::from_iter([Value::Nil, Value::Table(t)]))
-}
-
-fn values<const N: usize>(items: [Value; N]) -> MultiValue {
-    MultiValue::from_iter(items)
 }
 
 /// Calls `util.jid.prep` from Rust: `Some(prepped)` or `None` if invalid.
@@ -120,12 +119,6 @@ fn raw_table(t: Table) -> RawValue {
     }
 }
 
-/// The copy of `stanza` to deliver: the same children plus our `<stanza-id>`.
-fn delivered_copy(lua: &Lua, stanza: &Table, stanza_id: &Element) -> LuaResult<Table> {
-    copy_without(lua, stanza, &|_| false, Some(stanza_id))?
-        .ok_or_else(|| mlua::Error::runtime("stanza copy failed"))
-}
-
 /// `native.open{ host =, data_path =, options = {…}, stanza_mt =, jid_prep =,
 /// background = bool }` -> handle | opening | nil, err
 ///
@@ -143,14 +136,8 @@ fn open(lua: &Lua, args: Table) -> LuaResult<MultiValue> {
     let source = |name: &str| raw_value(options.get::<Value>(name).unwrap_or(Value::Nil));
     let config = match Config::from_options(&host, &data_path, &source) {
         Ok(c) => c,
-        Err(e) => {
-            // A bad option will not fix itself: the shim fails the module load.
-            let mv = failure(lua, &e)?;
-            if let Some(Value::Table(t)) = mv.iter().nth(1) {
-                t.raw_set("config", true)?;
-            }
-            return Ok(mv);
-        }
+        // A bad option will not fix itself: `config` tells the shim to fail the load.
+        Err(e) => return failure(lua, e),
     };
     if background {
         let (done, result) = std::sync::mpsc::sync_channel(1);
@@ -165,26 +152,20 @@ fn open(lua: &Lua, args: Table) -> LuaResult<MultiValue> {
             stanza_mt,
             jid_prep,
         };
-        return Ok(values([Value::UserData(lua.create_userdata(opening)?)]));
+        return lua.create_userdata(opening)?.into_lua_multi(lua);
     }
-    match Archive::open(config) {
-        Ok(archive) => handle_values(lua, archive, stanza_mt, jid_prep),
-        Err(e) => failure(lua, &e),
-    }
+    returned(
+        lua,
+        Archive::open(config).map(|a| handle(a, stanza_mt, jid_prep)),
+    )
 }
 
-fn handle_values(
-    lua: &Lua,
-    archive: Archive,
-    stanza_mt: Table,
-    jid_prep: Function,
-) -> LuaResult<MultiValue> {
-    let handle = ArchiveHandle {
+fn handle(archive: Archive, stanza_mt: Table, jid_prep: Function) -> ArchiveHandle {
+    ArchiveHandle {
         archive: Some(archive),
         stanza_mt,
         jid_prep,
-    };
-    Ok(values([Value::UserData(lua.create_userdata(handle)?)]))
+    }
 }
 
 /// An archive being opened on a background thread.
@@ -199,17 +180,15 @@ impl UserData for Opening {
         // poll() -> false (still opening) | handle | nil, err
         methods.add_method("poll", |lua, this, ()| {
             use std::sync::mpsc::TryRecvError;
-            match this.result.try_recv() {
-                Err(TryRecvError::Empty) => Ok(values([Value::Boolean(false)])),
-                Ok(Ok(archive)) => {
-                    handle_values(lua, archive, this.stanza_mt.clone(), this.jid_prep.clone())
-                }
-                Ok(Err(e)) => failure(lua, &e),
-                Err(TryRecvError::Disconnected) => failure(
-                    lua,
-                    &MamError::Thread("the archive opening thread ended without a result".into()),
-                ),
-            }
+            let opened = match this.result.try_recv() {
+                Err(TryRecvError::Empty) => return false.into_lua_multi(lua),
+                Ok(opened) => opened,
+                Err(TryRecvError::Disconnected) => Err(MamError::Thread(
+                    "the archive opening thread ended without a result".into(),
+                )),
+            };
+            let (mt, prep) = (this.stanza_mt.clone(), this.jid_prep.clone());
+            returned(lua, opened.map(|a| handle(a, mt, prep)))
         });
     }
 }
@@ -256,10 +235,7 @@ impl UserData for ArchiveHandle {
             // Runs three times per message: borrow the host, do not copy it.
             let host = this.archive()?.config().host.as_str();
             let forged = |c: &ChildTag| policy::is_forged_stanza_id(c.name, c.ns, c.by, host);
-            match copy_without(lua, &stanza, &forged, None)? {
-                Some(copy) => Ok(Value::Table(copy)),
-                None => Ok(Value::Nil),
-            }
+            copy_without(lua, &stanza, &forged, None)
         });
 
         // should_store(stanza) -> boolean, reason
@@ -270,142 +246,89 @@ impl UserData for ArchiveHandle {
             let Ok(el) = element_from_lua(lua, &stanza) else {
                 return Ok((false, TOO_DEEP_REASON));
             };
-            let (store, reason) = policy::should_store(&el);
-            Ok((store, reason))
+            Ok(policy::should_store(&el))
         });
 
-        // rule(user, with_jid) -> "store" | "skip" | "roster"
-        methods.add_method_mut(
-            "rule",
-            |lua, this, (user, with): (String, String)| match this.archive()?.rule(&user, &with) {
-                Ok(Rule::Store) => Ok(values([Value::String(lua.create_string("store")?)])),
-                Ok(Rule::Skip) => Ok(values([Value::String(lua.create_string("skip")?)])),
-                Ok(Rule::IfInRoster) => Ok(values([Value::String(lua.create_string("roster")?)])),
-                Err(e) => failure(lua, &e),
-            },
-        );
+        // rule(user, with_jid) -> "store" | "skip" | "roster" | nil, err
+        methods.add_method_mut("rule", |lua, this, (user, with): (String, String)| {
+            let rule = this.archive()?.rule(&user, &with).map(|r| match r {
+                Rule::Store => "store",
+                Rule::Skip => "skip",
+                Rule::IfInRoster => "roster",
+            });
+            returned(lua, rule)
+        });
 
-        // append(user, with_jid, stanza, want_stored, check, in_place)
-        //   -> id, delivered, stored, stanza_id
-        //   | nil, { log =, reason = "empty", empty = true } | nil, { log =, reason = }
-        //   | nil, err
-        // The stored copy is only built when someone listens for archive-message-added;
-        // `check` applies stock's selection rules in the same call (one conversion of
-        // the stanza) when no other module needs the archive-should-store event. With
-        // `in_place` the <stanza-id> is added to `stanza` itself (delivered is stanza,
-        // stanza_id the child added); without, delivered is a copy with it.
-        methods.add_method_mut(
-            "append",
-            |lua,
-             this,
-             (user, with, stanza, want_stored, check, in_place): (
-                String,
-                String,
-                Table,
-                Option<bool>,
-                Option<bool>,
-                Option<bool>,
-            )| {
-                let Ok(el) = element_from_lua(lua, &stanza) else {
-                    // As in should_store: deliver it, do not archive it.
-                    let t = lua.create_table()?;
-                    t.raw_set("log", TOO_DEEP)?;
-                    t.raw_set("reason", TOO_DEEP_REASON)?;
-                    return Ok(values([Value::Nil, Value::Table(t)]));
-                };
-                let archive = this.archive()?;
-                let result = if check.unwrap_or(false) {
-                    archive.append_if_eligible(&user, &with, el)
-                } else {
-                    archive.append(&user, &with, el)
-                };
-                match result {
-                    Ok(Ok(appended)) => {
-                        let (delivered, sid) = if in_place.unwrap_or(false) {
-                            let sid = append_child(lua, &stanza, &appended.stanza_id)?;
-                            (stanza, Value::Table(sid))
-                        } else {
-                            (
-                                delivered_copy(lua, &stanza, &appended.stanza_id)?,
-                                Value::Nil,
-                            )
-                        };
-                        Ok(values([
-                            Value::String(lua.create_string(&appended.id)?),
-                            Value::Table(delivered),
-                            if want_stored.unwrap_or(false) {
-                                Value::Table(this.to_lua(lua, &appended.stored)?)
-                            } else {
-                                Value::Nil
-                            },
-                            sid,
-                        ]))
-                    }
-                    Ok(Err(not_stored)) => {
-                        let t = lua.create_table()?;
-                        match not_stored {
-                            NotStored::EmptyWhenStripped => {
-                                t.raw_set("log", "empty when stripped")?;
-                                t.raw_set("empty", true)?;
-                                t.raw_set("reason", "empty")?;
-                            }
-                            NotStored::Policy(reason) => {
-                                t.raw_set("log", reason)?;
-                                t.raw_set("reason", reason)?;
-                            }
-                        }
-                        Ok(values([Value::Nil, Value::Table(t)]))
-                    }
-                    Err(e) => failure(lua, &e),
+        // append{ user =, with =, stanza =, announce =, check = }
+        //   -> id, stanza_id, stored | nil, err (err.reason: not archived on purpose)
+        // `with` is the other party as addressed. Our <stanza-id> (returned as
+        // stanza_id) is added to `stanza` itself: copies were most of the garbage
+        // this module made. `stored`, the copy as archived, only with `announce`
+        // (someone listens for archive-message-added). `check` applies stock's
+        // selection rules in the same call (one conversion of the stanza) when no
+        // other module needs the archive-should-store event.
+        methods.add_method_mut("append", |lua, this, args: Table| {
+            let user: String = args.raw_get("user")?;
+            let with: String = args.raw_get("with")?;
+            let stanza: Table = args.raw_get("stanza")?;
+            let announce: bool = args.raw_get::<Option<bool>>("announce")?.unwrap_or(false);
+            let check: bool = args.raw_get::<Option<bool>>("check")?.unwrap_or(false);
+            let Ok(el) = element_from_lua(lua, &stanza) else {
+                // As in should_store: deliver it, do not archive it.
+                return failure(lua, Failure::not_stored(TOO_DEEP_REASON, TOO_DEEP));
+            };
+            let archive = this.archive()?;
+            let result = if check {
+                archive.append_if_eligible(&user, &with, el)
+            } else {
+                archive.append(&user, &with, el)
+            };
+            let appended = match result {
+                Ok(Ok(appended)) => appended,
+                Ok(Err(NotStored::EmptyWhenStripped)) => {
+                    return failure(lua, Failure::not_stored("empty", "empty when stripped"))
                 }
-            },
-        );
+                Ok(Err(NotStored::Policy(reason))) => {
+                    return failure(lua, Failure::not_stored(reason, reason))
+                }
+                Err(e) => return failure(lua, e),
+            };
+            let stanza_id = append_child(lua, &stanza, &appended.stanza_id)?;
+            let stored = match announce {
+                true => Some(this.to_lua(lua, &appended.stored)?),
+                false => None,
+            };
+            (appended.id, stanza_id, stored).into_lua_multi(lua)
+        });
 
-        // query_form(user) -> <query> with the form
+        // query_form(user) -> <query> with the form | nil, err
         methods.add_method_mut("query_form", |lua, this, user: String| {
-            match this.archive()?.query_form(&user) {
-                Ok(el) => Ok(values([Value::Table(this.to_lua(lua, &el)?)])),
-                Err(e) => failure(lua, &e),
-            }
+            let form = this.archive()?.query_form(&user);
+            this.element_returned(lua, form)
         });
 
-        // query(user, query_el, reply_to, reply_from, iq_id, serialised) -> job | nil, err
-        // Validation errors come back at once; the answer arrives via completions() as
+        // query{ user =, query =, to =, from =, iq_id =, serialised = } -> job | nil, err
+        // Validation errors come back at once; the answer arrives as a completion
         // { job =, count =, page = Page }, serialised on the reader thread if asked.
-        methods.add_method_mut(
-            "query",
-            |lua,
-             this,
-             (user, query_el, to, from, iq_id, serialised): (
-                String,
-                Table,
-                Option<String>,
-                Option<String>,
-                Option<String>,
-                Option<bool>,
-            )| {
-                let el = element_from_lua(lua, &query_el)?;
-                let jid_prep = this.jid_prep.clone();
-                let prep = prep_with(&jid_prep);
-                let reply = Reply {
-                    to,
-                    from,
-                    iq_id,
-                    serialised: serialised.unwrap_or(false),
-                };
-                match this.archive()?.start_query(&user, &el, &prep, reply) {
-                    Ok(job) => Ok(values([Value::Integer(job as i64)])),
-                    Err(e) => failure(lua, &e),
-                }
-            },
-        );
+        // to/from/iq_id address the reply (st.reply's), `query` is the <query> element.
+        methods.add_method_mut("query", |lua, this, args: Table| {
+            let user: String = args.raw_get("user")?;
+            let query_el: Table = args.raw_get("query")?;
+            let el = element_from_lua(lua, &query_el)?;
+            let reply = Reply {
+                to: args.raw_get("to")?,
+                from: args.raw_get("from")?,
+                iq_id: args.raw_get("iq_id")?,
+                serialised: args.raw_get::<Option<bool>>("serialised")?.unwrap_or(false),
+            };
+            let jid_prep = this.jid_prep.clone();
+            let prep = prep_with(&jid_prep);
+            returned(lua, this.archive()?.start_query(&user, &el, &prep, reply))
+        });
 
         // metadata(user) -> job | nil, err
         methods.add_method_mut("metadata", |lua, this, user: String| {
-            match this.archive()?.start_metadata(&user) {
-                Ok(job) => Ok(values([Value::Integer(job as i64)])),
-                Err(e) => failure(lua, &e),
-            }
+            returned(lua, this.archive()?.start_metadata(&user))
         });
 
         // prefs(user, prefs_el_or_nil) -> <prefs> | nil, err
@@ -418,28 +341,24 @@ impl UserData for ArchiveHandle {
                 };
                 let jid_prep = this.jid_prep.clone();
                 let prep = prep_with(&jid_prep);
-                match this.archive()?.prefs_iq(&user, set_el.as_ref(), &prep) {
-                    Ok(el) => Ok(values([Value::Table(this.to_lua(lua, &el)?)])),
-                    Err(e) => failure(lua, &e),
-                }
+                let prefs = this.archive()?.prefs_iq(&user, set_el.as_ref(), &prep);
+                this.element_returned(lua, prefs)
             },
         );
 
-        // expire_batch(n) -> job | false (expiry off) | nil, err
-        methods.add_method_mut("expire_batch", |lua, this, batch: usize| {
-            match this.archive()?.start_expire(batch) {
-                Ok(Some(job)) => Ok(values([Value::Integer(job as i64)])),
-                Ok(None) => Ok(values([Value::Boolean(false)])),
-                Err(e) => failure(lua, &e),
-            }
+        // expire_step() -> job | false (the archive never expires) | nil, err; the
+        // completion is { job =, deleted =, more = } (more: ask for another step).
+        methods.add_method_mut("expire_step", |lua, this, ()| {
+            let step = this.archive()?.expire_step();
+            returned(
+                lua,
+                step.map(|job| job.map_or(Value::Boolean(false), job_value)),
+            )
         });
 
-        // delete_user(user) -> job | nil, err
+        // delete_user(user) -> job | nil, err; the completion is { job =, count = }
         methods.add_method_mut("delete_user", |lua, this, user: String| {
-            match this.archive()?.start_delete_user(&user) {
-                Ok(job) => Ok(values([Value::Integer(job as i64)])),
-                Err(e) => failure(lua, &e),
-            }
+            returned(lua, this.archive()?.start_delete_user(&user))
         });
 
         // stats() -> { writes_queued =, writes_committed =, queue_depth =,
@@ -456,24 +375,18 @@ impl UserData for ArchiveHandle {
 
         // answer_now(job) -> a query's or metadata's completion if it is ready within
         // a fraction of a millisecond while the readers are idle, or nil
-        methods.add_method_mut("answer_now", |lua, this, job: i64| {
-            match this.archive()?.answer_now(job as u64) {
+        methods.add_method_mut("answer_now", |lua, this, job: JobId| {
+            match this.archive()?.answer_now(job) {
                 Some(c) => Ok(Value::Table(this.completion_to_lua(lua, c)?)),
                 None => Ok(Value::Nil),
             }
         });
 
-        // completions() -> { { job =, results =, fin = } | { job =, err = } |
-        //                    { job =, count = } | { log =, level = } ... }
+        // completions() -> { { job =, … } | { log =, level = } ... }
         methods.add_method_mut("completions", |lua, this, ()| {
             let (done, logs) = this.archive()?.completions();
             let out = lua.create_table_with_capacity(done.len() + logs.len(), 0)?;
-            for (level, message) in logs {
-                let t = lua.create_table()?;
-                t.raw_set("level", level.as_str())?;
-                t.raw_set("log", message)?;
-                out.raw_push(t)?;
-            }
+            push_log_lines(lua, &out, logs)?;
             for c in done {
                 out.raw_push(this.completion_to_lua(lua, c)?)?;
             }
@@ -493,16 +406,27 @@ impl UserData for ArchiveHandle {
         methods.add_method_mut("close", |lua, this, ()| {
             let out = lua.create_table()?;
             if let Some(archive) = this.archive.take() {
-                for (level, message) in archive.close() {
-                    let t = lua.create_table()?;
-                    t.raw_set("level", level.as_str())?;
-                    t.raw_set("log", message)?;
-                    out.raw_push(t)?;
-                }
+                push_log_lines(lua, &out, archive.close())?;
             }
             Ok(out)
         });
     }
+}
+
+/// A job id as Lua sees it.
+fn job_value(job: JobId) -> Value {
+    Value::Integer(job as i64)
+}
+
+/// Appends `{ level =, log = }` for each line from the engine's threads.
+fn push_log_lines(lua: &Lua, out: &Table, lines: Vec<(Level, String)>) -> LuaResult<()> {
+    for (level, message) in lines {
+        let t = lua.create_table_with_capacity(0, 2)?;
+        t.raw_set("level", level.as_str())?;
+        t.raw_set("log", message)?;
+        out.raw_push(t)?;
+    }
+    Ok(())
 }
 
 /// A query's answer, taken once, in the form the session needs: the `<message>`
@@ -591,15 +515,18 @@ impl ArchiveHandle {
                 t.raw_set("count", n as i64)?;
                 None
             }
-            Outcome::Query(Err(e)) | Outcome::Metadata(Err(e)) | Outcome::Removed(Err(e)) => {
-                Some(e)
+            Outcome::Expired(Ok(step)) => {
+                t.raw_set("deleted", step.deleted as i64)?;
+                t.raw_set("more", step.more)?;
+                None
             }
+            Outcome::Query(Err(e))
+            | Outcome::Metadata(Err(e))
+            | Outcome::Removed(Err(e))
+            | Outcome::Expired(Err(e)) => Some(e),
         };
         if let Some(e) = err {
-            let mv = failure(lua, &e)?;
-            if let Some(v) = mv.into_iter().nth(1) {
-                t.raw_set("err", v)?;
-            }
+            t.raw_set("err", Failure::from(&e).to_lua(lua)?)?;
         }
         Ok(t)
     }

@@ -91,10 +91,12 @@ impl WithFilter {
 
     /// The JID the filter was made from.
     pub fn jid(&self) -> String {
-        match &self.resource {
-            Some(r) => format!("{}/{r}", self.bare),
-            None => self.bare.clone(),
+        let mut jid = self.bare.clone();
+        if let Some(r) = &self.resource {
+            jid.push('/');
+            jid.push_str(r);
         }
+        jid
     }
 }
 

@@ -99,11 +99,13 @@ check("should_store applies the stock rules", function ()
 end);
 
 local stored_id;
-check("append returns the id, the delivered copy with stanza-id and the stored copy", function ()
-	local id, delivered, stored = archive:append("juliet", "romeo@montague.lit/orchard", msg, true);
+check("append returns the id, the stanza-id it added and the stored copy", function ()
+	local delivered = st.clone(msg);
+	local id, sid, stored = archive:append {
+		user = "juliet"; with = "romeo@montague.lit/orchard"; stanza = delivered; announce = true;
+	};
 	assert(type(id) == "string" and #id == 26, "id " .. tostring(id));
-	eq(getmetatable(delivered), st.stanza_mt, "delivered is a stanza");
-	local sid = delivered:get_child("stanza-id", "urn:xmpp:sid:0");
+	eq(delivered:get_child("stanza-id", "urn:xmpp:sid:0"), sid, "added to the stanza itself");
 	eq(sid.attr.id, id); eq(sid.attr.by, "juliet@localhost");
 	assert(delivered:get_child("active", "http://jabber.org/protocol/chatstates"), "delivered keeps chat state");
 	eq(stored:get_child("active", "http://jabber.org/protocol/chatstates"), nil, "stored copy strips chat state");
@@ -120,29 +122,21 @@ check("a forged stanza-id is stripped into a new stanza", function ()
 end);
 
 local second_id;
-check("the delivered copy shares children with the original, which stays untouched", function ()
-	local before = tostring(msg);
-	local id, delivered = archive:append("juliet", "romeo@montague.lit/orchard", msg);
-	assert(id, "appended");
+check("a second message in the same archive gets its own id", function ()
+	local id = archive:append { user = "juliet"; with = "romeo@montague.lit/orchard"; stanza = st.clone(msg) };
+	assert(id and id ~= stored_id, "a new id");
 	second_id = id;
-	eq(tostring(msg), before, "original unchanged");
-	assert(rawequal(delivered.tags[1], msg.tags[1]), "body table shared");
-	eq(#delivered.tags, #msg.tags + 1, "one more tag");
-	eq(delivered.tags[#delivered.tags].name, "stanza-id");
-	eq(delivered[#delivered], delivered.tags[#delivered.tags], "array and tags agree");
-	assert(delivered.attr ~= msg.attr, "attr table is the copy's own");
-	eq(delivered.attr.to, msg.attr.to);
-	eq(getmetatable(delivered.tags[#delivered.tags]), st.stanza_mt);
 end);
 
-check("in place, the stanza-id is added to the stanza itself and returned", function ()
+check("the stanza-id is added to the stanza itself, as its last child, and returned", function ()
 	local m = st.message({ to = "juliet@localhost", from = "romeo@montague.lit/orchard", type = "chat" })
 		:text_tag("body", "In place");
 	m:text(" ");
 	local n, ntags = #m, #m.tags;
-	local id, delivered, stored, sid = archive:append("nurse", "romeo@montague.lit/orchard", m, false, true, true);
+	local id, sid, stored = archive:append {
+		user = "nurse"; with = "romeo@montague.lit/orchard"; stanza = m; check = true;
+	};
 	assert(id, "appended");
-	assert(rawequal(delivered, m), "delivered is the stanza itself");
 	eq(stored, nil);
 	eq(#m, n + 1); eq(#m.tags, ntags + 1);
 	assert(rawequal(m[#m], sid) and rawequal(m.tags[#m.tags], sid), "last child and last tag");
@@ -151,10 +145,17 @@ check("in place, the stanza-id is added to the stanza itself and returned", func
 	eq(sid.attr.by, "nurse@localhost"); eq(sid.attr.id, id);
 	eq(m:get_child("stanza-id", "urn:xmpp:sid:0"), sid, "util.stanza finds it");
 	assert(tostring(m):find("<stanza-id xmlns='urn:xmpp:sid:0'", 1, true) or tostring(m):find("<stanza-id ", 1, true));
-	-- Without in_place: a copy, and no stanza-id table returned.
-	local id2, copy, _, sid2 = archive:append("nurse", "romeo@montague.lit/orchard", m, false, true);
-	assert(id2 and copy ~= m and sid2 == nil, "copy when not in place");
 	eq(archive:flush(10), true);
+end);
+
+check("a message not archived on purpose says why in the one failure shape", function ()
+	local headline = st.message({ to = "juliet@localhost", type = "headline" }):text_tag("body", "x");
+	local id, err = archive:append { user = "juliet"; with = "romeo@montague.lit"; stanza = headline; check = true };
+	eq(id, nil); eq(err.reason, "headline"); eq(err.log, "headline");
+	assert(err.type and err.condition, "type and condition");
+	local state = st.message({ to = "juliet@localhost" }):tag("active", { xmlns = "http://jabber.org/protocol/chatstates" }):up();
+	local id2, err2 = archive:append { user = "juliet"; with = "romeo@montague.lit"; stanza = state };
+	eq(id2, nil); eq(err2.reason, "empty");
 end);
 
 check("forged stanza-ids are stripped even from a stanza too deep to convert", function ()
@@ -172,7 +173,9 @@ end);
 
 check("a query returns result messages as Prosody stanzas and a fin", function ()
 	local q = st.stanza("query", { xmlns = "urn:xmpp:mam:2", queryid = "q1" });
-	local c = wait_job(archive:query("juliet", q, "juliet@localhost/balcony", "juliet@localhost"));
+	local c = wait_job(archive:query {
+		user = "juliet"; query = q; to = "juliet@localhost/balcony"; from = "juliet@localhost";
+	});
 	assert(c.page, c.err and c.err.log);
 	eq(c.count, 2, "result count");
 	local results = c.page:stanzas();
@@ -214,7 +217,10 @@ end
 check("the serialised results are the stanzas as Prosody writes and reads them", function ()
 	local q = st.stanza("query", { xmlns = "urn:xmpp:mam:2", queryid = "q2" });
 	local function ask(serialised)
-		return wait_job(archive:query("juliet", q, "juliet@localhost/balcony", "juliet@localhost", "iq7", serialised)).page;
+		return wait_job(archive:query {
+			user = "juliet"; query = q; to = "juliet@localhost/balcony"; from = "juliet@localhost";
+			iq_id = "iq7"; serialised = serialised;
+		}).page;
 	end
 	-- Each form as asked, and each page also in the other form (a session's filters
 	-- can change while its query runs).
@@ -241,14 +247,14 @@ check("a query with an unknown field is feature-not-implemented", function ()
 		:tag("x", { xmlns = "jabber:x:data", type = "submit" })
 			:tag("field", { var = "FORM_TYPE" }):text_tag("value", "urn:xmpp:mam:2"):up()
 			:tag("field", { var = "fulltext" }):text_tag("value", "hi"):up();
-	local results, err = archive:query("juliet", q);
+	local results, err = archive:query { user = "juliet"; query = q };
 	eq(results, nil); eq(err.condition, "feature-not-implemented"); eq(err.type, "cancel");
 end);
 
 check("an unknown after-id is item-not-found", function ()
 	local q = st.stanza("query", { xmlns = "urn:xmpp:mam:2" })
 		:tag("set", { xmlns = "http://jabber.org/protocol/rsm" }):text_tag("after", "nope");
-	local c = wait_job(archive:query("juliet", q));
+	local c = wait_job(archive:query { user = "juliet"; query = q });
 	eq(c.page, nil); eq(c.err.condition, "item-not-found");
 end);
 
@@ -272,8 +278,8 @@ check("prefs round trip with JIDs normalised by util.jid.prep", function ()
 end);
 
 check("the stored copy is only built when asked for", function ()
-	local id, delivered, stored = archive:append("romeo", "juliet@localhost", msg);
-	assert(id and delivered, "appended");
+	local id, sid, stored = archive:append { user = "romeo"; with = "juliet@localhost"; stanza = st.clone(msg) };
+	assert(id and sid, "appended");
 	eq(stored, nil);
 end);
 
@@ -288,6 +294,16 @@ check("stats reports queued and committed writes and the database size", functio
 	eq(s.writes_committed, s.writes_queued, "all committed after flush");
 	eq(s.queue_depth, 0, "queue_depth");
 	assert(math.type(s.database_bytes) == "integer" and s.database_bytes > 0, "database_bytes");
+end);
+
+check("an expiry step reports what it deleted and whether more remain", function ()
+	local c = wait_job(archive:expire_step());
+	eq(c.err, nil);
+	eq(math.type(c.deleted), "integer"); eq(c.deleted, 0, "nothing is a week old");
+	eq(c.more, false);
+	local never = assert(open { archive_expires_after = "never"; archive_store = "never_expires" });
+	eq(never:expire_step(), false, "an archive that never expires has no step");
+	never:close();
 end);
 
 check("delete_user empties the archive", function ()

@@ -1,20 +1,24 @@
-//! Importing stock `mod_mam` archives: the engine side of `prosodyctl mod_mam import`.
+//! Importing stock `mod_mam` archives: `prosodyctl mod_mam import`.
 //!
-//! The shim reads the stock archive through Prosody's own storage drivers
-//! (`mod_storage_internal`, `mod_storage_sql`) and hands over batches of
-//! [`SourceMessage`]s in archive order. [`Importer`] stores them under their source ids
-//! (so a second run adds nothing and a client's saved ids stay valid), keeps a tally
-//! per user, reports progress with a rate and an ETA from an injected clock, and ends
-//! with a verification of every user's count.
+//! The stock archive is read through Prosody's own storage drivers
+//! (`mod_storage_internal`, `mod_storage_sql`), which only Lua can call: the Lua
+//! boundary hands them over as a [`StockArchive`]. [`import_stock`] runs the import:
+//! users, counts for the ETA, messages in batches stored under their source ids (so a
+//! second run adds nothing and a client's saved ids stay valid) by an [`Importer`],
+//! which keeps a tally per user and reports progress with a rate and an ETA from an
+//! injected clock, then preferences, then a verification of every user's count.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use super::AdminError;
+use crate::config::Config;
 use crate::error::{MamError, Result};
 use crate::jid::split_resource;
 use crate::ns;
 use crate::policy::{DefaultPolicy, Prefs};
 use crate::stanza::{to_xml, Element};
+use crate::store;
 use crate::store::{ArchiveStore, ArchivedMessage, ImportedMessage, Owner};
 use crate::time::{Clock, Micros};
 
@@ -183,7 +187,7 @@ impl Importer {
     }
 
     /// Stores one batch of one user's messages already in this module's form (read
-    /// from another of its archives, see [`crate::archive_copy`]) and tallies it.
+    /// from another of its archives, see [`super::copy`]) and tallies it.
     pub fn store_batch(&mut self, user: &str, items: &[ImportedMessage]) -> Result<()> {
         let report = self.store.import_batch(&self.host, items)?;
         let t = self.tallies.entry(user.to_owned()).or_default();
@@ -259,6 +263,132 @@ impl Importer {
         self.store
             .set_prefs_if_absent(&Owner::new(&self.host, user), prefs)
     }
+}
+
+/// A stock archive, as Prosody's storage driver for it reads it. Errors are the
+/// driver's own words.
+pub trait StockArchive {
+    /// What the progress line calls it, e.g. `internal store 'archive'`.
+    fn describe(&self) -> String;
+    /// Every user with messages or preferences there, in any order.
+    fn users(&mut self) -> std::result::Result<Vec<String>, String>;
+    /// How many messages `user` has there.
+    fn count(&mut self, user: &str) -> std::result::Result<u64, String>;
+    /// Reads `user`'s messages in archive order, handing each to `each` until it
+    /// returns `false`.
+    fn messages(
+        &mut self,
+        user: &str,
+        each: &mut dyn FnMut(SourceMessage) -> bool,
+    ) -> std::result::Result<(), String>;
+    /// `user`'s stored preferences, if any.
+    fn prefs(&mut self, user: &str) -> std::result::Result<Option<StockPrefs>, String>;
+}
+
+/// Stock's prefs table `{ [false] = default, ["jid"] = true|false }`, read out.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StockPrefs {
+    pub default: Option<StockDefault>,
+    /// `(jid, always)`.
+    pub rules: Vec<(String, bool)>,
+}
+
+/// Messages stored per import transaction.
+pub const IMPORT_BATCH: usize = 500;
+/// Seconds between progress lines.
+const PROGRESS_EVERY_SECS: i64 = 2;
+
+/// Imports `source` into the archive `config` names, saying what it does line by
+/// line (stdout); a failure or a verification mismatch is the error (stderr).
+pub fn import_stock(
+    config: &Config,
+    source: &mut dyn StockArchive,
+    clock: Arc<dyn Clock>,
+    say: &mut dyn FnMut(&str),
+) -> std::result::Result<(), AdminError> {
+    let host = config.host.as_str();
+    let failed = |what: String| AdminError::Failed(format!("{host}: {what}"));
+    let mut users = source
+        .users()
+        .map_err(|e| failed(format!("could not list users: {e}")))?;
+    users.sort();
+    users.dedup();
+    // Count first, for the ETA.
+    let mut expected = 0;
+    for user in &users {
+        expected += source
+            .count(user)
+            .map_err(|e| failed(format!("could not count the archive of {user}: {e}")))?;
+    }
+    say(&format!(
+        "Importing {expected} messages of {} users on {host} from {} into {}",
+        users.len(),
+        source.describe(),
+        config.storage.describe()
+    ));
+    let destination = store::open(&config.storage, true).map_err(|e| failed(e.to_string()))?;
+    let mut importer = Importer::new(host, destination, clock.clone());
+    importer.expect(expected);
+    let mut last_progress = clock.now_micros();
+    let mut prefs_imported = 0;
+    for user in &users {
+        importer.saw_user(user);
+        let mut batch = Vec::with_capacity(IMPORT_BATCH);
+        let mut stored: std::result::Result<(), AdminError> = Ok(());
+        let mut flush = |importer: &mut Importer, batch: &mut Vec<SourceMessage>| {
+            importer
+                .batch(user, batch)
+                .map_err(|e| failed(format!("{user}: {e}")))?;
+            batch.clear();
+            let now = clock.now_micros();
+            if now - last_progress >= PROGRESS_EVERY_SECS * 1_000_000 {
+                last_progress = now;
+                say(&format!("  {}", importer.progress_line()));
+            }
+            Ok::<(), AdminError>(())
+        };
+        let read = source.messages(user, &mut |m| {
+            batch.push(m);
+            if batch.len() >= IMPORT_BATCH {
+                stored = flush(&mut importer, &mut batch);
+            }
+            stored.is_ok()
+        });
+        stored?;
+        read.map_err(|e| failed(format!("could not read the archive of {user}: {e}")))?;
+        if !batch.is_empty() {
+            flush(&mut importer, &mut batch)?;
+        }
+        let prefs = source
+            .prefs(user)
+            .map_err(|e| failed(format!("could not read the preferences of {user}: {e}")))?;
+        if let Some(p) = prefs {
+            let ours = prefs_from_stock(p.default, &p.rules, config.default_policy);
+            if importer
+                .prefs(user, &ours)
+                .map_err(|e| failed(format!("{user}: {e}")))?
+            {
+                prefs_imported += 1;
+            }
+        }
+    }
+    say(&format!("  {}", importer.progress_line()));
+    say(&format!(
+        "Preferences: {prefs_imported} imported (users who already had preferences here keep them)"
+    ));
+    let (lines, all_ok) = importer
+        .verify()
+        .map_err(|e| failed(format!("verification failed: {e}")))?;
+    say(&format!("Verification for {host}:"));
+    for line in &lines {
+        say(&format!("  {line}"));
+    }
+    if !all_ok {
+        return Err(failed(
+            "some messages were not imported (see MISMATCH above)".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// `3h05m`, `4m10s`, `12s`.

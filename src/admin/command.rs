@@ -1,60 +1,11 @@
-//! `prosodyctl mod_mam <command>`: the operator's commands.
-//!
-//! The shim passes the command line here ([`parse`]), does the Prosody-side work
-//! (which hosts, which options, reading stock stores for `import`) and calls the
-//! functions below on an open store. Exit codes follow Prosody's tools: 0 done,
-//! 1 failed, 2 usage (unknown command, bad JID, bad date, missing argument).
-
-use std::io::Write;
+//! The command line of `prosodyctl mod_mam <command>`: [`parse`] turns the arguments
+//! into a [`Command`], or a usage error saying what is wrong (exit code 2).
 
 use chrono::NaiveDate;
 
-use crate::error::MamError;
-use crate::store::{ArchiveStore, DeleteFilter, FindRequest, Owner, WithFilter};
-use crate::time::{format_datetime, parse_datetime, Clock, Micros};
-
-/// How many messages one delete/expiry transaction removes, so that a running
-/// Prosody waits at most one short transaction for the write lock.
-pub const BATCH: usize = 500;
-
-/// How many messages one export read fetches.
-const EXPORT_PAGE: usize = 500;
-
-/// A command that cannot run.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AdminError {
-    /// The command line is wrong; the text says how (exit code 2).
-    Usage(String),
-    /// It ran and failed (exit code 1).
-    Failed(String),
-}
-
-impl AdminError {
-    pub fn exit_code(&self) -> i32 {
-        match self {
-            AdminError::Usage(_) => 2,
-            AdminError::Failed(_) => 1,
-        }
-    }
-
-    pub fn message(&self) -> &str {
-        match self {
-            AdminError::Usage(m) | AdminError::Failed(m) => m,
-        }
-    }
-}
-
-impl From<MamError> for AdminError {
-    fn from(e: MamError) -> Self {
-        AdminError::Failed(e.to_string())
-    }
-}
-
-impl From<std::io::Error> for AdminError {
-    fn from(e: std::io::Error) -> Self {
-        AdminError::Failed(format!("write failed: {e}"))
-    }
-}
+use super::AdminError;
+use crate::store::{DeleteFilter, Owner, WithFilter};
+use crate::time::{parse_datetime, Micros};
 
 /// Where `import` reads from: stock mod_mam's store through one of Prosody's storage
 /// drivers, or another archive of this module (to move between SQLite and PostgreSQL).
@@ -64,9 +15,9 @@ pub enum Source {
     Internal,
     /// Stock's store through `mod_storage_sql`.
     Sql,
-    /// This module's SQLite archive file ([`crate::archive_copy`]).
+    /// This module's SQLite archive file ([`super::copy`]).
     MamSqlite,
-    /// This module's PostgreSQL archive ([`crate::archive_copy`]).
+    /// This module's PostgreSQL archive ([`super::copy`]).
     MamPostgres,
 }
 
@@ -185,7 +136,7 @@ per-user verification; exits 1 if any user's messages did not all arrive.";
 const EXPIRE_HELP: &str = "\
 Usage: prosodyctl mod_mam expire [--host HOST]
 
-Deletes every message older than archive_expires_after, in batches of 500, and prints
+Deletes every message older than archive_expires_after, in batches of 1000, and prints
 how many it deleted per host. Does nothing for a host whose expiry is \"never\".";
 
 const DELETE_HELP: &str = "\
@@ -433,7 +384,7 @@ fn check_import_source(
         )),
         (_, Some("")) => Err(usage("--source needs a value", IMPORT_HELP)),
         (Some(Source::MamPostgres), Some(conninfo)) => {
-            match crate::archive_copy::CopySource::postgres(conninfo, None) {
+            match super::copy::CopySource::postgres(conninfo, None) {
                 Ok(_) => Ok(()),
                 Err(e) => Err(usage(e.to_string(), IMPORT_HELP)),
             }
@@ -472,207 +423,10 @@ fn owner_argument(
     parse_owner(jid, prep).map_err(|m| usage(m, help))
 }
 
-/// Runs expiry to the end in [`BATCH`]-sized transactions. `expires_after` is in
-/// seconds (`None`: expiry is off, nothing happens).
-pub fn expire_now(
-    store: &mut dyn ArchiveStore,
-    host: &str,
-    expires_after: Option<u64>,
-    clock: &dyn Clock,
-) -> Result<u64, AdminError> {
-    let Some(after) = expires_after else {
-        return Ok(0);
-    };
-    let cutoff = clock
-        .now_micros()
-        .saturating_sub((after as i64).saturating_mul(1_000_000));
-    let mut total = 0;
-    loop {
-        let n = store.expire_batch(host, cutoff, BATCH)?;
-        total += n;
-        if n < BATCH as u64 {
-            return Ok(total);
-        }
-    }
-}
-
-/// Deletes an owner's matching messages in [`BATCH`]-sized transactions.
-pub fn delete(
-    store: &mut dyn ArchiveStore,
-    owner: &Owner,
-    filter: &DeleteFilter,
-) -> Result<u64, AdminError> {
-    let mut total = 0;
-    loop {
-        let n = store.delete_batch(owner, filter, BATCH)?;
-        total += n;
-        if n < BATCH as u64 {
-            return Ok(total);
-        }
-    }
-}
-
-fn xml_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '\'' => out.push_str("&apos;"),
-            '"' => out.push_str("&quot;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-fn json_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if u32::from(c) < 0x20 => out.push_str(&format!("\\u{:04x}", u32::from(c))),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
-/// Writes the owner's whole archive, oldest first, page by page (each page its own
-/// read transaction). Returns how many messages it wrote.
-pub fn export(
-    store: &mut dyn ArchiveStore,
-    owner: &Owner,
-    format: ExportFormat,
-    out: &mut dyn Write,
-) -> Result<u64, AdminError> {
-    if format == ExportFormat::Xml {
-        write!(
-            out,
-            "<?xml version='1.0' encoding='UTF-8'?>\n\
-             <server-data xmlns='urn:xmpp:pie:0'>\n\
-             <host jid='{}'>\n<user name='{}'>\n<archive xmlns='urn:xmpp:mam:2'>\n",
-            xml_escape(&owner.host),
-            xml_escape(&owner.user)
-        )?;
-    }
-    let mut after: Option<String> = None;
-    let mut count = 0;
-    loop {
-        let req = FindRequest {
-            after: after.iter().cloned().collect(),
-            limit: EXPORT_PAGE,
-            ..FindRequest::default()
-        };
-        let page = store.find(owner, &req)?;
-        for m in &page.items {
-            let stamp = format_datetime(m.when);
-            match format {
-                ExportFormat::Xml => writeln!(
-                    out,
-                    "<result xmlns='urn:xmpp:mam:2' id='{}'><forwarded xmlns='urn:xmpp:forward:0'>\
-                     <delay xmlns='urn:xmpp:delay' stamp='{}'/>{}</forwarded></result>",
-                    xml_escape(&m.id),
-                    stamp,
-                    m.xml
-                )?,
-                ExportFormat::Jsonl => writeln!(
-                    out,
-                    "{{\"id\":{},\"timestamp\":{},\"with\":{},\"stanza\":{}}}",
-                    json_string(&m.id),
-                    json_string(&stamp),
-                    json_string(&m.with_bare),
-                    json_string(&m.xml)
-                )?,
-            }
-        }
-        count += page.items.len() as u64;
-        match page.items.last() {
-            Some(last) if page.items.len() == EXPORT_PAGE => after = Some(last.id.clone()),
-            _ => break,
-        }
-    }
-    if format == ExportFormat::Xml {
-        writeln!(out, "</archive>\n</user>\n</host>\n</server-data>")?;
-    }
-    out.flush()?;
-    Ok(count)
-}
-
-/// `1.5 KiB`, `12.0 MiB`.
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit + 1 < UNITS.len() {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[unit])
-    }
-}
-
-/// The `stats` report for one host.
-pub fn stats_report(
-    store: &mut dyn ArchiveStore,
-    host: &str,
-    database: &str,
-) -> Result<String, AdminError> {
-    let owners = store.owner_stats(host)?;
-    let messages: u64 = owners.iter().map(|o| o.messages).sum();
-    let bytes: u64 = owners.iter().map(|o| o.bytes).sum();
-    let db = match store.database_bytes()? {
-        Some(b) => format!("{database} ({}, all hosts)", human_bytes(b)),
-        None => database.to_owned(),
-    };
-    let mut out = format!(
-        "host {host}: {} users, {messages} messages, {} of stanzas; database {db}\n",
-        owners.len(),
-        human_bytes(bytes)
-    );
-    if !owners.is_empty() {
-        let width = owners
-            .iter()
-            .map(|o| o.user.len())
-            .max()
-            .unwrap_or(4)
-            .max(4);
-        out.push_str(&format!(
-            "  {:<width$}  {:>9}  {:>10}  {:<27}  {}\n",
-            "user", "messages", "size", "oldest", "newest"
-        ));
-        for o in &owners {
-            out.push_str(&format!(
-                "  {:<width$}  {:>9}  {:>10}  {:<27}  {}\n",
-                o.user,
-                o.messages,
-                human_bytes(o.bytes),
-                format_datetime(o.oldest),
-                format_datetime(o.newest)
-            ));
-        }
-    }
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::sqlite::SqliteStore;
-    use crate::store::{ArchivedMessage, ImportedMessage};
-    use crate::time::SystemClock;
-
-    const T0: Micros = 1_275_868_800_000_000; // 2010-06-07T00:00:00Z
+    use crate::admin::testing::T0;
 
     /// A stand-in for `jid.prep`: lower-cases, refuses spaces and empty parts.
     fn prep(s: &str) -> Option<String> {
@@ -846,108 +600,5 @@ mod tests {
         assert_eq!(parse_date("2010-06-07T00:00:01Z"), Ok(T0 + 1_000_000));
         assert_eq!(parse_date("2010-06-07T02:00:00+02:00"), Ok(T0));
         assert!(parse_date("2010-13-01").is_err());
-    }
-
-    fn store_with(user: &str, n: i64) -> SqliteStore {
-        let mut store = SqliteStore::open_in_memory().expect("open");
-        let batch: Vec<_> = (0..n)
-            .map(|i| ImportedMessage {
-                user: user.into(),
-                msg: ArchivedMessage {
-                    id: format!("id{i}"),
-                    when: T0 + i * 1_000_000,
-                    with_bare: "romeo@montague.lit".into(),
-                    with_resource: None,
-                    xml: format!(
-                        "<message xmlns='jabber:client' to='romeo@montague.lit'><body>\"{i}\" &amp; \\</body></message>"
-                    ),
-                },
-            })
-            .collect();
-        store.import_batch("capulet.lit", &batch).expect("import");
-        store
-    }
-
-    #[test]
-    fn export_as_json_lines_escapes_and_keeps_order_across_pages() {
-        let mut store = store_with("juliet", 1203);
-        let mut out = Vec::new();
-        let n = export(
-            &mut store,
-            &Owner::new("capulet.lit", "juliet"),
-            ExportFormat::Jsonl,
-            &mut out,
-        )
-        .expect("export");
-        assert_eq!(n, 1203);
-        let text = String::from_utf8(out).expect("utf8");
-        let lines: Vec<_> = text.lines().collect();
-        assert_eq!(lines.len(), 1203);
-        assert_eq!(
-            lines[1],
-            "{\"id\":\"id1\",\"timestamp\":\"2010-06-07T00:00:01Z\",\"with\":\"romeo@montague.lit\",\
-             \"stanza\":\"<message xmlns='jabber:client' to='romeo@montague.lit'><body>\\\"1\\\" &amp; \\\\</body></message>\"}"
-        );
-        assert!(lines[1202].starts_with("{\"id\":\"id1202\""));
-    }
-
-    #[test]
-    fn export_as_xml_wraps_results_in_server_data() {
-        let mut store = store_with("juliet", 1);
-        let mut out = Vec::new();
-        export(
-            &mut store,
-            &Owner::new("capulet.lit", "juliet"),
-            ExportFormat::Xml,
-            &mut out,
-        )
-        .expect("export");
-        assert_eq!(
-            String::from_utf8(out).expect("utf8"),
-            "<?xml version='1.0' encoding='UTF-8'?>\n<server-data xmlns='urn:xmpp:pie:0'>\n\
-             <host jid='capulet.lit'>\n<user name='juliet'>\n<archive xmlns='urn:xmpp:mam:2'>\n\
-             <result xmlns='urn:xmpp:mam:2' id='id0'><forwarded xmlns='urn:xmpp:forward:0'>\
-             <delay xmlns='urn:xmpp:delay' stamp='2010-06-07T00:00:00Z'/>\
-             <message xmlns='jabber:client' to='romeo@montague.lit'><body>\"0\" &amp; \\</body></message>\
-             </forwarded></result>\n</archive>\n</user>\n</host>\n</server-data>\n"
-        );
-    }
-
-    #[test]
-    fn delete_and_expire_run_in_batches_to_the_end() {
-        let mut store = store_with("juliet", 1234);
-        let owner = Owner::new("capulet.lit", "juliet");
-        let filter = DeleteFilter {
-            with: None,
-            before: Some(T0 + 1000 * 1_000_000),
-        };
-        assert_eq!(delete(&mut store, &owner, &filter).expect("delete"), 1000);
-        // Everything is from 2010: a one-day expiry removes the rest.
-        assert_eq!(
-            expire_now(&mut store, "capulet.lit", Some(86_400), &SystemClock).expect("expire"),
-            234
-        );
-        assert_eq!(
-            expire_now(&mut store, "capulet.lit", None, &SystemClock).expect("off"),
-            0
-        );
-    }
-
-    #[test]
-    fn stats_report_lists_users_with_counts_and_dates() {
-        let mut store = store_with("juliet", 3);
-        let report = stats_report(&mut store, "capulet.lit", "/tmp/mam.sqlite").expect("stats");
-        let lines: Vec<_> = report.lines().collect();
-        assert!(
-            lines[0].starts_with("host capulet.lit: 1 users, 3 messages, "),
-            "{report}"
-        );
-        assert!(lines[2].contains("juliet"), "{report}");
-        assert!(
-            lines[2].contains("2010-06-07T00:00:00Z") && lines[2].contains("2010-06-07T00:00:02Z"),
-            "{report}"
-        );
-        assert_eq!(human_bytes(1536), "1.5 KiB");
-        assert_eq!(human_bytes(10), "10 B");
     }
 }

@@ -19,9 +19,9 @@ use std::sync::Arc;
 
 use thiserror::Error;
 
+use super::import::Importer;
 use crate::config::{self, PgSettings, SslMode, Storage};
 use crate::error::MamError;
-use crate::import::Importer;
 use crate::store::postgres::PgStore;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{self, ArchiveStore, ArchivedMessage, FindRequest, ImportedMessage, Owner};

@@ -1,0 +1,219 @@
+-- The native engine for this module on this host, as Prosody sees it: the library
+-- (mam_native.so, from this module's folder: no lua_cpath changes needed), the
+-- archive handle (reopened in the background while the database cannot be opened),
+-- the jobs whose results come back through a watched socket, expiry on its
+-- schedule, and a close that commits every queued write. The module file only wires
+-- Prosody's events to what start() returns.
+
+local st = require "util.stanza";
+local jid_prep = require "util.jid".prep;
+local async = require "util.async";
+local server = require "net.server";
+local time_now = require "util.time".monotonic or require "util.time".now;
+
+local host = module.host;
+
+-- Seconds between attempts to open a database that could not be opened.
+local open_retry_interval = 5;
+
+local function load_native()
+	local native_path = module:get_directory() .. "/mam_native.so";
+	local luaopen, load_err = package.loadlib(native_path, "luaopen_mam_native");
+	if not luaopen then
+		module:log("error", "Could not load the native MAM engine from %s: %s", native_path, tostring(load_err));
+		error("mod_mam: native library missing or incompatible: " .. tostring(load_err));
+	end
+	return luaopen();
+end
+
+-- Opens the archive: returns the engine table, whose `archive` is nil while the
+-- database cannot be opened; engine.run(metrics) then takes it into use. A bad
+-- option fails the module load at once, before any hook or metric is set (it will
+-- not fix itself, and Prosody keeps the hooks of a module that fails to load).
+local function open(native)
+	local engine = {};
+	local metrics;
+
+	-- Every option is read here and validated once, in Rust.
+	local options = {};
+	for _, name in ipairs(native.option_names) do
+		options[name] = module:get_option(name);
+	end
+
+	-- background: connect on a native thread and return an object to poll, so retries
+	-- against an unreachable database server never hold the event loop.
+	local function open_handle(background)
+		return native.open {
+			host = host;
+			data_path = prosody.paths.data;
+			options = options;
+			stanza_mt = st.stanza_mt;
+			jid_prep = jid_prep;
+			background = background;
+		};
+	end
+
+	local first_handle, first_err = open_handle();
+	if not first_handle and first_err.config then
+		module:log("error", "%s", first_err.log);
+		error("mod_mam: " .. first_err.log);
+	end
+
+	-- Jobs finished on the engine's threads come back here: the engine makes a socket
+	-- readable, the loop calls us, we hand each result to whoever waits for it.
+	local waiting = {}; -- job id -> function (completion)
+	local function on_completions()
+		local done = engine.archive:completions();
+		for i = 1, #done do
+			local c = done[i];
+			if c.log then
+				module:log(c.level, "%s", c.log);
+			else
+				local callback = waiting[c.job];
+				waiting[c.job] = nil;
+				if callback then
+					callback(c);
+				end
+			end
+		end
+	end
+	local completion_watch;
+
+	-- Runs `callback(completion)` when job `job` finishes, from the loop.
+	function engine.on_done(job, callback)
+		waiting[job] = callback;
+	end
+
+	-- Like on_done, but inside a session's async runner (every c2s stanza in 0.12)
+	-- the handler waits there, so a session's stanzas stay in order while the rest of
+	-- the server carries on.
+	function engine.when_done(job, callback)
+		if async.ready() then
+			local wait, done = async.waiter();
+			local result;
+			waiting[job] = function (c) result = c; done(); end;
+			wait();
+			return callback(result);
+		end
+		waiting[job] = callback;
+	end
+
+	-- Like when_done, for a read: answered at once when the engine has it within a
+	-- fraction of a millisecond (see Archive::answer_now).
+	function engine.when_read(job, callback)
+		local c = engine.archive:answer_now(job);
+		if c then return callback(c); end
+		return engine.when_done(job, callback);
+	end
+
+	-- Expiry: every archive_cleanup_interval, the engine's expiry thread deletes
+	-- expired messages one batch (one short transaction) at a time; we ask for the
+	-- next batch while the last one says there may be more.
+	local expiry_running = false;
+	local function expiry_ended(err)
+		if err then module:log("error", "Expiry failed: %s", err.log); end
+		expiry_running = false;
+		metrics.expiry_runs:add(1);
+	end
+	local function expire_step(total, started)
+		local job, err = engine.archive:expire_step();
+		if not job then return expiry_ended(err); end
+		engine.on_done(job, function (c)
+			if c.err then return expiry_ended(c.err); end
+			total = total + c.deleted;
+			metrics.expired:add(c.deleted);
+			if c.more then
+				return expire_step(total, started);
+			end
+			expiry_ended();
+			metrics.expiry_duration:sample(time_now() - started);
+			if total > 0 then
+				module:log("info", "Deleted %d expired messages", total);
+			end
+		end);
+	end
+
+	local function start_expiry()
+		if not engine.config.expires_after then
+			module:log("debug", "Archive expiry disabled");
+			return;
+		end
+		module:add_timer(1, function ()
+			if not engine.archive then return; end
+			if not expiry_running then
+				expiry_running = true;
+				expire_step(0, time_now());
+			end
+			return engine.config.cleanup_interval;
+		end);
+	end
+
+	-- Set once the module is unloading or Prosody is stopping.
+	local closed = false;
+
+	-- Takes an open handle into use.
+	local function adopt(handle)
+		engine.archive, engine.config = handle, handle:config();
+		completion_watch = server.watchfd(handle:notify_fd(), on_completions);
+		module:log("debug", "Archive at %s, expiry %s", engine.config.storage,
+			engine.config.expires_after and (engine.config.expires_after .. "s") or "never");
+		start_expiry();
+	end
+
+	-- A database that cannot be opened (corrupt, read-only, missing directory, server
+	-- down) leaves the module loaded, answering MAM with a temporary error and trying
+	-- again every few seconds in the background, so service comes back by itself when
+	-- the fault is cleared.
+	function engine.run(module_metrics)
+		metrics = module_metrics;
+		if first_handle then
+			adopt(first_handle);
+			first_handle = nil;
+			return;
+		end
+		module:log("error", "%s; MAM answers with a temporary error and the database is tried again every %d s",
+			first_err.log, open_retry_interval);
+		first_err = nil;
+		local opening, next_attempt = nil, time_now() + open_retry_interval;
+		module:add_timer(1, function ()
+			if closed then return; end
+			if opening then
+				local handle = opening:poll();
+				if handle == false then return 1; end -- still connecting
+				opening = nil;
+				if handle then
+					adopt(handle);
+					module:log("info", "Archive database opened; archiving resumed");
+					return;
+				end
+			end
+			if time_now() >= next_attempt then
+				next_attempt = time_now() + open_retry_interval;
+				opening = open_handle(true);
+			end
+			return 1;
+		end);
+	end
+
+	-- Unload and shutdown commit every queued write before the database closes.
+	function engine.close()
+		if closed then return; end
+		closed = true;
+		local archive = engine.archive;
+		if not archive then return; end
+		engine.archive = nil;
+		completion_watch:close();
+		-- Log lines from the last moments of the threads (e.g. writes given up on).
+		local last = archive:close();
+		for i = 1, #last do
+			module:log(last[i].level, "%s", last[i].log);
+		end
+	end
+
+	return engine;
+end
+
+return {
+	load_native = load_native;
+	open = open;
+};
