@@ -55,7 +55,7 @@ pub enum NotStored {
 /// two counters and a `stat` of the database files, never a query.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stats {
-    /// Writes (messages, preference changes, deletions, expiry batches) queued since
+    /// Writes (messages, preference changes, account deletions) queued since
     /// the archive opened.
     pub writes_queued: u64,
     /// Of those, how many the writer has committed.

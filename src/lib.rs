@@ -1,26 +1,45 @@
 //! Native engine for Prosody's XEP-0313 Message Archive Management module.
 //!
 //! # Layout
-//! - [`lua_api`]: the only mlua code: the module table, the archive handle, stanza
-//!   conversion between Lua tables and [`stanza::Element`].
-//! - [`archive`]: the engine one handle drives: archiving, queries, prefs, expiry;
-//!   decisions from memory, I/O handed to threads.
-//! - [`writer`]: the writer thread (group commit); [`reader`]: the query threads;
-//!   [`mailbox`]: results handed back to Prosody's event loop.
-//! - [`config`]: Prosody's options, parsed and validated once at load.
-//! - [`policy`]: what to archive and why; archiving preferences.
-//! - [`query`]: XEP-0313 queries (form, RSM) and their answers.
-//! - [`stanza`]: XML in Prosody's stanza model; parse and serialise.
-//! - [`store`]: the backend boundary (`ArchiveStore`), the SQLite backend (the
-//!   embedded default), the PostgreSQL backend (`store::postgres`: schema, TLS), and
-//!   the behavioural contract both run in their tests (`store::contract`).
-//! - [`import`]: importing stock mod_mam archives under their own ids, with progress
-//!   and a per-user verification.
-//! - [`archive_copy`]: copying one of this module's archives into another (SQLite to
-//!   PostgreSQL and back), page by page, verified like an import.
-//! - [`admin`]: `prosodyctl mod_mam` commands: argument parsing, expiry now, targeted
-//!   deletes, export (XML or JSON lines), statistics.
-//! - [`id`], [`time`], [`ns`], [`error`]: archive ids, date-times, namespaces, errors.
+//!
+//! Imports run one way, from the top of this list down; `tests/layering.rs` fails
+//! when a lower layer imports a higher one. Your room is the layer your change is
+//! about; you may use anything below it, nothing above.
+//!
+//! 1. **Prosody wiring** (`lua/mod_mam/`, not Rust): `mod_mam.lua` holds the hooks and
+//!    nothing else; `mamengine.lib.lua` loads this library, opens the archive (and
+//!    retries in the background), hands finished jobs back to the hooks and schedules
+//!    expiry; `mammetrics.lib.lua` the metrics; `mamcommands.lib.lua` the
+//!    `prosodyctl mod_mam` commands (which hosts, their options, stock stores opened
+//!    through Prosody's drivers). A second module (rooms) reuses the engine library.
+//! 2. **The Lua boundary**, [`lua_api`]: the only mlua code. Converts values (Prosody
+//!    stanzas to and from [`stanza::Element`] in [`lua_api::stanza_lua`]) and answers
+//!    every expected failure in one shape ([`lua_api::failure`]). It reaches data
+//!    only through the running archive and the operations, never the store.
+//! 3. **The running archive** and, beside it, **the operations**:
+//!    - [`archive`]: one host's archive as the live module drives it: decisions from
+//!      memory, ids and timestamps on the spot, work handed to threads:
+//!      [`writer`] (group commit), [`reader`] (queries), [`expiry`] (retention, at
+//!      idle priority), with results handed back to Prosody's loop by [`mailbox`].
+//!    - [`admin`]: `prosodyctl mod_mam` import, expire, delete, export, stats, behind
+//!      one entry point ([`admin::Operations`]) that owns store opening, credentials
+//!      and filters.
+//! 4. **The query model**, [`query`]: a client's `<query>` validated into a typed
+//!    query, its plan (a store request), and the answer's wire form, including the
+//!    one writer of the forwarded form ([`query::open_forwarded`]).
+//! 5. **The store**, [`store`]: one contract ([`store::ArchiveStore`]) and two
+//!    backends, embedded SQLite and PostgreSQL, with the behavioural contract both
+//!    run in their tests (`store::contract`). It knows neither the query model's
+//!    types nor Lua's.
+//! 6. **Core**, used by everything above: [`config`] (options, parsed once at load),
+//!    [`policy`] (what to archive and why; preferences), [`stanza`] (XML in
+//!    Prosody's model), [`jid`], [`id`] (archive ids), [`time`], [`ns`], [`error`],
+//!    and [`expiry::period`] (the retention period and its cut-off).
+//!
+//! Tests: unit tests at the bottom of each file; `tests/` holds property tests, the
+//! SQL-injection and layering checks, `tests/lua/load_test.lua` (the built library
+//! loaded by a real `lua5.4` as Prosody loads it) and `tests/e2e/` (real Prosody,
+//! real XMPP client, both backends); `bench/` is `make bench`.
 
 pub mod admin;
 pub mod archive;

@@ -24,8 +24,8 @@ use std::sync::Arc;
 
 use crate::config::{Config, OptionSource};
 use crate::error::MamError;
-use crate::store::{self, ArchiveStore, DeleteFilter, Owner};
-use crate::time::SystemClock;
+use crate::store::{self, ArchiveStore, DeleteFilter, Owner, WithFilter};
+use crate::time::{Micros, SystemClock};
 
 pub use command::{parse, Command, ExportFormat, Source};
 
@@ -112,11 +112,21 @@ impl Operations {
         )?)
     }
 
-    /// Deletes `user`'s messages matching `filter` in [`DELETE_BATCH`]-sized
+    /// Deletes `user`'s messages, only those with `with` (a JID: bare matches every
+    /// resource) and before `before` when given, in [`DELETE_BATCH`]-sized
     /// transactions.
-    pub fn delete(&mut self, user: &str, filter: &DeleteFilter) -> Result<u64, AdminError> {
+    pub fn delete(
+        &mut self,
+        user: &str,
+        with: Option<&str>,
+        before: Option<Micros>,
+    ) -> Result<u64, AdminError> {
         let owner = self.owner(user);
-        delete(&mut *self.store, &owner, filter)
+        let filter = DeleteFilter {
+            with: with.map(WithFilter::from_jid),
+            before,
+        };
+        delete(&mut *self.store, &owner, &filter)
     }
 
     /// Writes `user`'s whole archive to `out`; returns how many messages.

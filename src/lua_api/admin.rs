@@ -4,7 +4,7 @@
 //! (`mamcommands.lib.lua`) does the Prosody-side work: which hosts, their options,
 //! opening stock stores through Prosody's drivers (handed in as a [`StockArchive`]).
 //!
-//! Failures come back in the module's one shape ([`super::failure`]), with the exit
+//! Failures come back in the module's one shape ([`super::failure::Failure`]), with the exit
 //! code in `err.code`.
 
 use std::io::{BufWriter, Write};
@@ -19,7 +19,6 @@ use super::stanza_lua::element_from_lua;
 use super::{prep_with, raw_value};
 use crate::admin::import::{SourceMessage, StockArchive, StockDefault, StockPrefs};
 use crate::admin::{self, AdminError, Command, ExportFormat, Operations, Source};
-use crate::store::{DeleteFilter, WithFilter};
 
 /// `admin.parse(argv, jid_prep)` -> command table | nil, err
 fn parse(lua: &Lua, (argv, jid_prep): (Table, Function)) -> LuaResult<MultiValue> {
@@ -331,13 +330,9 @@ impl UserData for OperationsHandle {
         // with: a JID (bare: every resource); before: microseconds since the epoch.
         methods.add_method_mut("delete", |lua, this, args: Table| {
             let user: String = args.get("user")?;
-            let filter = DeleteFilter {
-                with: args
-                    .get::<Option<String>>("with")?
-                    .map(|w| WithFilter::from_jid(&w)),
-                before: args.get("before")?,
-            };
-            returned(lua, this.0.delete(&user, &filter))
+            let with: Option<String> = args.get("with")?;
+            let before: Option<i64> = args.get("before")?;
+            returned(lua, this.0.delete(&user, with.as_deref(), before))
         });
 
         // export{ user =, format = "xml"|"jsonl", write = } -> count | nil, err

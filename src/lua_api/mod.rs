@@ -3,7 +3,7 @@
 //! plain-Rust [`Archive`], and converts the answer back.
 //!
 //! Conventions (Prosody's): expected failures return `nil, err` in the one shape
-//! [`failure`] builds (`{ type =, condition =, text =, log = }`, ready for
+//! [`failure::failure`] builds (`{ type =, condition =, text =, log = }`, ready for
 //! `st.error_reply`); bugs raise Lua errors. Calls with more than two arguments take
 //! one table of named fields, so the shim says what each value is.
 
