@@ -10,12 +10,84 @@
 //! speak Lua's C API directly inside one protected call (`Lua::exec_raw`) instead of
 //! paying mlua's per-operation protection: measured with callgrind, building a
 //! three-element message went from ~87k to a few thousand instructions.
+//!
+//! # Lua errors never skip a Rust destructor
+//!
+//! A Lua error raised by a C API call (out of memory, a stack that cannot grow) does
+//! not return: it `longjmp`s (Lua built as C, as Debian's and mlua's vendored one are)
+//! to the `lua_pcall` that `exec_raw` wraps around our closure, skipping every frame in
+//! between without running its destructors. So the rule in this file is: **no owned
+//! Rust value is alive across a call that can raise.**
+//! The frames between that `lua_pcall` and a raising call are mlua's `do_call` (holding
+//! only our closure, which captures nothing but references and `Copy` values), the
+//! closure, and the helpers below; of these:
+//!
+//! - the reader ([`element_from_lua`] → `read_element`) owns the `String`s and `Vec`s it
+//!   builds, so it calls nothing that can raise. The keys it looks up are pushed once
+//!   beforehand (`Keys::push`), in a frame that owns nothing, and then copied with
+//!   `lua_pushvalue`. The calls it makes are those the Lua 5.4 manual marks `-`
+//!   (`lua_checkstack`, which reports failure instead of raising, `lua_pushvalue`,
+//!   `lua_pushnil`, `lua_rawget`, `lua_rawgeti`, `lua_rawlen`, `lua_type`,
+//!   `lua_absindex`), plus three whose mark does not apply: `lua_tolstring` (`m`, for
+//!   converting a number; we call it on strings only), `lua_next` (`v`, for a key that
+//!   is not in the table; nothing changes the table mid-walk, since the walk allocates
+//!   nothing and so runs no collector and no finalizer) and `lua_settop`/`lua_pop`
+//!   (`e`, for closing to-be-closed slots; we never mark one);
+//! - the builders ([`element_to_lua`], [`append_child`], [`copy_without`],
+//!   [`string_array`] and `push_element`) raise at every allocation
+//!   (`lua_pushlstring`, `lua_createtable`, `lua_rawset`, `lua_rawseti`: `m`) and may
+//!   raise growing the stack (`luaL_checkstack`: `v`), so they own nothing: they read
+//!   the [`Element`] and the strings through borrows, and [`copy_without`]'s verdicts
+//!   per child go to a `Vec` its caller frame owns, outside the protected call.
+//!
+//! (The marks are the Lua 5.4 manual's `[-o, +p, x]` annotations, checked against
+//! `lapi.c`: `lua_next` raises only from `findindex`, `lua_settop` only in `luaF_close`.)
+//! A raised error thus reaches `lua_pcall` with nothing to clean up on the Rust side
+//! and comes back as the function's `Err` ([`mlua::Error::MemoryError`] for out of
+//! memory); the half-built tables are garbage for Lua's collector. The other direction
+//! is guarded too: a panic in [`copy_without`]'s filter must not unwind through
+//! `lua_pcall`, so it is caught, carried out of the protected call and resumed there.
 
+use std::any::Any;
 use std::ffi::{c_char, c_int};
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 
 use mlua::{ffi, Lua, Table};
 
 use crate::stanza::{Element, Node, MAX_DEPTH};
+
+/// The most children reserved for before they are read. `lua_rawlen` is only a border
+/// of the table (`t[n] ~= nil and t[n+1] == nil`), and a table with a few dozen entries
+/// can have one near 2^40: reserving that much would abort the process where reading
+/// fails cleanly at the first missing child.
+const RESERVE_LIMIT: usize = 64;
+
+/// Stack slots holding the keys every stanza table has, pushed once per protected call
+/// so that the per-element work copies them (`lua_pushvalue`, which cannot raise)
+/// instead of interning them again (`lua_pushlstring`, which can, and costs a hash).
+#[derive(Clone, Copy)]
+struct Keys {
+    name: c_int,
+    attr: c_int,
+    tags: c_int,
+}
+
+impl Keys {
+    /// Pushes `"name"`, `"attr"` and `"tags"`. Can raise (`luaL_checkstack`: `v`,
+    /// `lua_pushlstring`: `m`): call it only where no owned Rust value is alive.
+    unsafe fn push(state: *mut ffi::lua_State) -> Keys {
+        ffi::luaL_checkstack(state, 3, std::ptr::null());
+        push_str(state, "name");
+        push_str(state, "attr");
+        push_str(state, "tags");
+        let tags = ffi::lua_gettop(state);
+        Keys {
+            name: tags - 2,
+            attr: tags - 1,
+            tags,
+        }
+    }
+}
 
 /// Reads a Prosody stanza table into an [`Element`].
 ///
@@ -27,12 +99,18 @@ use crate::stanza::{Element, Node, MAX_DEPTH};
 /// [`MAX_DEPTH`] (which also stops a table that contains itself).
 pub fn element_from_lua(lua: &Lua, t: &Table) -> mlua::Result<Element> {
     let mut out: Option<Result<Element, String>> = None;
-    // SAFETY: the closure only reads the table passed as argument 1 with raw
-    // (metamethod-free, non-allocating) accessors and leaves the stack balanced; the
-    // stack is grown with luaL_checkstack before every level.
+    // SAFETY: `exec_raw` runs the closure inside `lua_pcall`, the stanza at index 1; the
+    // closure captures only `&mut out`. No owned Rust value is alive across a call that
+    // can raise: `Keys::push` (which can) runs before anything is owned, and
+    // `read_element`, whose frames own the strings and vectors being built, calls
+    // nothing that can raise (module doc); its result moves at once into `out`, which
+    // this frame owns outside the protected call. Reads are raw (no metamethod runs),
+    // the stack is grown with `lua_checkstack` before every level, and the closure
+    // leaves the stack empty.
     unsafe {
         lua.exec_raw::<()>(t, |state| {
-            out = Some(read_element(state, 1, 1));
+            let keys = Keys::push(state);
+            out = Some(read_element(state, 1, keys, 1));
             ffi::lua_settop(state, 0);
         })?;
     }
@@ -43,7 +121,8 @@ pub fn element_from_lua(lua: &Lua, t: &Table) -> mlua::Result<Element> {
     }
 }
 
-/// The string at `idx`, if it is a string (numbers are not converted).
+/// The string at `idx`, if it is a string (numbers are not converted, so
+/// `lua_tolstring` neither allocates nor raises).
 unsafe fn string_at<'a>(state: *mut ffi::lua_State, idx: c_int) -> Option<&'a [u8]> {
     if ffi::lua_type(state, idx) != ffi::LUA_TSTRING {
         return None;
@@ -63,6 +142,7 @@ fn utf8(bytes: &[u8], what: impl FnOnce() -> String) -> Result<String, String> {
     }
 }
 
+/// Pushes `s` as a Lua string. Can raise (`m`).
 unsafe fn push_str(state: *mut ffi::lua_State, s: &str) {
     ffi::lua_pushlstring(state, s.as_ptr() as *const c_char, s.len());
 }
@@ -82,9 +162,12 @@ fn type_name(t: c_int) -> &'static str {
 }
 
 /// Reads the element table at stack index `idx` (absolute). Leaves the stack as found.
+///
+/// Calls nothing that can raise (see the module doc): its frames own what they build.
 unsafe fn read_element(
     state: *mut ffi::lua_State,
     idx: c_int,
+    keys: Keys,
     depth: usize,
 ) -> Result<Element, String> {
     if depth > MAX_DEPTH {
@@ -93,7 +176,7 @@ unsafe fn read_element(
     if ffi::lua_checkstack(state, 4) == 0 {
         return Err("Lua stack exhausted reading a stanza".to_owned());
     }
-    push_str(state, "name");
+    ffi::lua_pushvalue(state, keys.name);
     let name_type = ffi::lua_rawget(state, idx);
     let name = match string_at(state, -1) {
         Some(b) => utf8(b, || "stanza element name".to_owned()),
@@ -106,7 +189,7 @@ unsafe fn read_element(
     let name = name?;
 
     let mut attrs = Vec::new();
-    push_str(state, "attr");
+    ffi::lua_pushvalue(state, keys.attr);
     match ffi::lua_rawget(state, idx) {
         ffi::LUA_TTABLE => {
             let attr_idx = ffi::lua_absindex(state, -1);
@@ -145,12 +228,12 @@ unsafe fn read_element(
     attrs.sort_unstable_by(|(a, _), (b, _)| (a != "xmlns", a).cmp(&(b != "xmlns", b)));
 
     let len = ffi::lua_rawlen(state, idx) as usize;
-    let mut children = Vec::with_capacity(len);
+    let mut children = Vec::with_capacity(len.min(RESERVE_LIMIT));
     for i in 1..=len {
         let child = match ffi::lua_rawgeti(state, idx, i as ffi::lua_Integer) {
             ffi::LUA_TTABLE => {
                 let child_idx = ffi::lua_absindex(state, -1);
-                read_element(state, child_idx, depth + 1).map(Node::Element)
+                read_element(state, child_idx, keys, depth + 1).map(Node::Element)
             }
             ffi::LUA_TSTRING => match string_at(state, -1) {
                 Some(b) => utf8(b, || format!("text of <{name}>")).map(Node::Text),
@@ -179,6 +262,9 @@ pub struct ChildTag<'a> {
     pub by: Option<&'a str>,
 }
 
+/// A panic's payload, carried out of a protected call to be resumed outside it.
+type PanicPayload = Box<dyn Any + Send + 'static>;
+
 /// A new stanza table like `t` but without the direct children `drop` picks and with
 /// `extra` appended, sharing every other child table with `t` (children are not
 /// changed by anyone who replaces `event.stanza`, so a shallow copy is a faithful
@@ -190,85 +276,126 @@ pub fn copy_without(
     drop: &dyn Fn(&ChildTag) -> bool,
     extra: Option<&Element>,
 ) -> mlua::Result<Option<Table>> {
-    // SAFETY: argument 1 is the stanza; raw reads only; the closure either leaves
-    // exactly the new table on the stack (returned) or nothing.
-    unsafe {
+    // Owned here, outside the protected call, so that an error raised while the copy is
+    // built cannot skip their destructors: the closure only borrows them.
+    let mut keep: Vec<bool> = Vec::new();
+    let mut filter_panic: Option<PanicPayload> = None;
+    // SAFETY: `exec_raw` runs the closure inside `lua_pcall`, the stanza at index 1; the
+    // closure captures only references. No owned Rust value is alive across a call that
+    // can raise: `copy_filtered` and `push_element` own nothing (the verdicts go to
+    // `keep`, a panic of the filter to `filter_panic`, both owned by this frame), and
+    // the filter, which may own what it likes, returns before the next Lua call. Raw
+    // gets and sets only; the closure leaves exactly the new table on the stack
+    // (returned) or nothing.
+    let copy = unsafe {
         lua.exec_raw::<Option<Table>>(t, |state| {
-            if !copy_filtered(state, drop, extra) {
+            if !copy_filtered(state, drop, extra, &mut keep, &mut filter_panic) {
                 ffi::lua_settop(state, 0);
             }
         })
+    };
+    if let Some(payload) = filter_panic {
+        resume_unwind(payload);
     }
+    copy
 }
 
 /// The work of [`copy_without`]: stanza at index 1; on `true` the copy is the only
-/// value left on the stack.
+/// value left on the stack. Owns nothing, as any Lua call here can raise: the verdicts
+/// go to `keep`, and a panic of the filter (which must not unwind through `lua_pcall`)
+/// to `filter_panic`, ending the work with `false`.
 unsafe fn copy_filtered(
     state: *mut ffi::lua_State,
     drop: &dyn Fn(&ChildTag) -> bool,
     extra: Option<&Element>,
+    keep: &mut Vec<bool>,
+    filter_panic: &mut Option<PanicPayload>,
 ) -> bool {
-    ffi::luaL_checkstack(state, 10, std::ptr::null());
+    // Stack: 1 stanza, 2-4 keys, 5 "xmlns", 6 "by", 7 attr, 8 parent xmlns, then
+    // 9 child, 10 child.name, 11 child.attr[, 12 its xmlns, 13 its by] per child, or
+    // 9 the copy once the children are judged.
+    const XMLNS: c_int = 5;
+    const BY: c_int = 6;
+    const ATTR: c_int = 7;
+    const PARENT_NS: c_int = 8;
+    const CHILD: c_int = 9;
+    const COPY: c_int = 9;
+    ffi::luaL_checkstack(state, 14, std::ptr::null());
+    let keys = Keys::push(state);
+    push_str(state, "xmlns");
+    push_str(state, "by");
     // The parent's own namespace (absent for a stanza from a client stream).
-    push_str(state, "attr");
-    ffi::lua_rawget(state, 1); // 2: attr
-    if ffi::lua_type(state, 2) == ffi::LUA_TTABLE {
-        push_str(state, "xmlns");
-        ffi::lua_rawget(state, 2); // 3: parent xmlns
+    ffi::lua_pushvalue(state, keys.attr);
+    ffi::lua_rawget(state, 1);
+    if ffi::lua_type(state, ATTR) == ffi::LUA_TTABLE {
+        ffi::lua_pushvalue(state, XMLNS);
+        ffi::lua_rawget(state, ATTR);
     } else {
         ffi::lua_pushnil(state);
     }
-    let parent_ns = string_at(state, 3).and_then(|b| std::str::from_utf8(b).ok());
+    let parent_ns = string_at(state, PARENT_NS).and_then(|b| std::str::from_utf8(b).ok());
 
     let len = ffi::lua_rawlen(state, 1) as ffi::lua_Integer;
-    let mut keep: Vec<bool> = Vec::with_capacity(len as usize);
+    keep.reserve((len as usize).min(RESERVE_LIMIT));
     for i in 1..=len {
         let mut k = true;
         if ffi::lua_rawgeti(state, 1, i) == ffi::LUA_TTABLE {
-            push_str(state, "name");
-            ffi::lua_rawget(state, -2);
-            push_str(state, "attr");
-            ffi::lua_rawget(state, -3);
-            // Stack: 4 child, 5 child.name, 6 child.attr[, 7 xmlns, 8 by].
+            ffi::lua_pushvalue(state, keys.name);
+            ffi::lua_rawget(state, CHILD);
+            ffi::lua_pushvalue(state, keys.attr);
+            ffi::lua_rawget(state, CHILD);
             let (mut ns, mut by) = (None, None);
-            if ffi::lua_type(state, 6) == ffi::LUA_TTABLE {
-                push_str(state, "xmlns");
-                ffi::lua_rawget(state, 6);
-                push_str(state, "by");
-                ffi::lua_rawget(state, 6);
-                ns = string_at(state, 7).and_then(|b| std::str::from_utf8(b).ok());
-                by = string_at(state, 8).and_then(|b| std::str::from_utf8(b).ok());
+            if ffi::lua_type(state, CHILD + 2) == ffi::LUA_TTABLE {
+                ffi::lua_pushvalue(state, XMLNS);
+                ffi::lua_rawget(state, CHILD + 2);
+                ffi::lua_pushvalue(state, BY);
+                ffi::lua_rawget(state, CHILD + 2);
+                ns = string_at(state, CHILD + 3).and_then(|b| std::str::from_utf8(b).ok());
+                by = string_at(state, CHILD + 4).and_then(|b| std::str::from_utf8(b).ok());
             }
-            k = !child_dropped(state, drop, ns.or(parent_ns), by);
+            if let Some(name) =
+                string_at(state, CHILD + 1).and_then(|b| std::str::from_utf8(b).ok())
+            {
+                let tag = ChildTag {
+                    name,
+                    ns: ns.or(parent_ns),
+                    by,
+                };
+                match catch_unwind(AssertUnwindSafe(|| drop(&tag))) {
+                    Ok(dropped) => k = !dropped,
+                    Err(payload) => {
+                        *filter_panic = Some(payload);
+                        return false;
+                    }
+                }
+            }
         }
-        ffi::lua_settop(state, 3);
+        ffi::lua_settop(state, PARENT_NS);
         keep.push(k);
     }
     if extra.is_none() && keep.iter().all(|k| *k) {
         return false;
     }
 
-    // 4: the copy
-    let narr = c_int::try_from(len).unwrap_or(c_int::MAX) + 1;
+    let narr = c_int::try_from(len).unwrap_or(c_int::MAX).saturating_add(1);
     ffi::lua_createtable(state, narr, 3);
-    let copy = ffi::lua_absindex(state, -1);
-    push_str(state, "name");
-    push_str(state, "name");
+    ffi::lua_pushvalue(state, keys.name);
+    ffi::lua_pushvalue(state, keys.name);
     ffi::lua_rawget(state, 1);
-    ffi::lua_rawset(state, copy);
+    ffi::lua_rawset(state, COPY);
     // attr: a new table with the same entries (callers may change the copy's attrs).
-    push_str(state, "attr");
+    ffi::lua_pushvalue(state, keys.attr);
     ffi::lua_createtable(state, 0, 4);
-    if ffi::lua_type(state, 2) == ffi::LUA_TTABLE {
+    if ffi::lua_type(state, ATTR) == ffi::LUA_TTABLE {
         ffi::lua_pushnil(state);
-        while ffi::lua_next(state, 2) != 0 {
+        while ffi::lua_next(state, ATTR) != 0 {
             ffi::lua_pushvalue(state, -2);
             ffi::lua_insert(state, -2);
             ffi::lua_rawset(state, -4);
         }
     }
-    ffi::lua_rawset(state, copy);
-    push_str(state, "tags");
+    ffi::lua_rawset(state, COPY);
+    ffi::lua_pushvalue(state, keys.tags);
     ffi::lua_createtable(state, narr, 0);
     let tags = ffi::lua_absindex(state, -1);
     let (mut n, mut ntags): (ffi::lua_Integer, ffi::lua_Integer) = (0, 0);
@@ -283,7 +410,7 @@ unsafe fn copy_filtered(
             ffi::lua_rawseti(state, tags, ntags);
         }
         n += 1;
-        ffi::lua_rawseti(state, copy, n);
+        ffi::lua_rawseti(state, COPY, n);
     }
     if let Some(el) = extra {
         // The stanza's metatable, for the new child.
@@ -291,37 +418,22 @@ unsafe fn copy_filtered(
             ffi::lua_pushnil(state);
         }
         let mt = ffi::lua_absindex(state, -1);
-        push_element(state, el, mt);
+        push_element(state, el, mt, keys);
         ffi::lua_pushvalue(state, -1);
         ntags += 1;
         ffi::lua_rawseti(state, tags, ntags);
         n += 1;
-        ffi::lua_rawseti(state, copy, n);
+        ffi::lua_rawseti(state, COPY, n);
         ffi::lua_pop(state, 1); // the metatable
     }
-    ffi::lua_rawset(state, copy); // copy.tags = tags
+    ffi::lua_rawset(state, COPY); // copy.tags = tags
     if ffi::lua_getmetatable(state, 1) != 0 {
-        ffi::lua_setmetatable(state, copy);
+        ffi::lua_setmetatable(state, COPY);
     }
     // Leave only the copy.
     ffi::lua_replace(state, 1);
     ffi::lua_settop(state, 1);
     true
-}
-
-/// Reads the child's name from the stack (the child table sits at index 4) and asks
-/// the filter.
-unsafe fn child_dropped(
-    state: *mut ffi::lua_State,
-    drop: &dyn Fn(&ChildTag) -> bool,
-    ns: Option<&str>,
-    by: Option<&str>,
-) -> bool {
-    // Index 4 is the child, 5 its name.
-    match string_at(state, 5).and_then(|b| std::str::from_utf8(b).ok()) {
-        Some(name) => drop(&ChildTag { name, ns, by }),
-        None => false,
-    }
 }
 
 /// Builds the Prosody stanza table for `el`, as `util.stanza` builds it.
@@ -332,13 +444,18 @@ unsafe fn child_dropped(
 /// `require "util.stanza".stanza_mt`.
 pub fn element_to_lua(lua: &Lua, el: &Element, stanza_mt: &Table) -> mlua::Result<Table> {
     check_depth(el)?;
-    // SAFETY: argument 1 is the metatable; the closure pushes exactly one table (the
-    // stanza) after removing it. Allocation failures raise a Lua error inside the
-    // protected call, which mlua turns into an Err (what was built is garbage).
+    // SAFETY: `exec_raw` runs the closure inside `lua_pcall`, the metatable at index 1;
+    // the closure captures only `el`, a reference. No owned Rust value is alive across a
+    // call that can raise: `Keys::push` and `push_element` own nothing and read `el`
+    // through borrows. An allocation failure raises inside the protected call and comes
+    // back as an Err (what was built is garbage). The closure leaves exactly one table,
+    // the stanza, on the stack.
     unsafe {
         lua.exec_raw::<Table>(stanza_mt, |state| {
-            push_element(state, el, 1);
-            ffi::lua_remove(state, 1);
+            let keys = Keys::push(state);
+            push_element(state, el, 1, keys);
+            ffi::lua_replace(state, 1);
+            ffi::lua_settop(state, 1);
         })
     }
 }
@@ -351,8 +468,12 @@ pub fn element_to_lua(lua: &Lua, el: &Element, stanza_mt: &Table) -> mlua::Resul
 /// strip before routing) was most of the garbage this module made.
 pub fn append_child(lua: &Lua, t: &Table, el: &Element) -> mlua::Result<Table> {
     check_depth(el)?;
-    // SAFETY: argument 1 is the stanza. Raw gets/sets only; `tags` is created if the
-    // table has none (as util.stanza always gives one); exactly the child is left.
+    // SAFETY: `exec_raw` runs the closure inside `lua_pcall`, the stanza at index 1; the
+    // closure captures only `el`, a reference. No owned Rust value is alive across a
+    // call that can raise: the closure, `Keys::push` and `push_element` own nothing. Raw
+    // gets/sets only; `tags` is created if the table has none (as util.stanza always
+    // gives one); exactly the child is left. An error raised between linking the child
+    // into the array part and into `tags` leaves it in the first only.
     unsafe {
         lua.exec_raw::<Table>(t, |state| {
             ffi::luaL_checkstack(state, 8, std::ptr::null());
@@ -360,23 +481,25 @@ pub fn append_child(lua: &Lua, t: &Table, el: &Element) -> mlua::Result<Table> {
             if ffi::lua_getmetatable(state, 1) == 0 {
                 ffi::lua_pushnil(state);
             }
-            // 3: tags
-            push_str(state, "tags");
+            // 3-5: the keys
+            let keys = Keys::push(state);
+            // 6: tags
+            ffi::lua_pushvalue(state, keys.tags);
             if ffi::lua_rawget(state, 1) != ffi::LUA_TTABLE {
                 ffi::lua_pop(state, 1);
                 ffi::lua_createtable(state, 1, 0);
-                push_str(state, "tags");
+                ffi::lua_pushvalue(state, keys.tags);
                 ffi::lua_pushvalue(state, -2);
                 ffi::lua_rawset(state, 1);
             }
-            // 4: the child
-            push_element(state, el, 2);
+            // 7: the child
+            push_element(state, el, 2, keys);
             let n = ffi::lua_rawlen(state, 1) as ffi::lua_Integer;
-            ffi::lua_pushvalue(state, 4);
+            ffi::lua_pushvalue(state, 7);
             ffi::lua_rawseti(state, 1, n + 1);
-            let ntags = ffi::lua_rawlen(state, 3) as ffi::lua_Integer;
-            ffi::lua_pushvalue(state, 4);
-            ffi::lua_rawseti(state, 3, ntags + 1);
+            let ntags = ffi::lua_rawlen(state, 6) as ffi::lua_Integer;
+            ffi::lua_pushvalue(state, 7);
+            ffi::lua_rawseti(state, 6, ntags + 1);
             ffi::lua_replace(state, 1);
             ffi::lua_settop(state, 1);
         })
@@ -387,9 +510,12 @@ pub fn append_child(lua: &Lua, t: &Table, el: &Element) -> mlua::Result<Table> {
 /// cross here, and mlua's per-string protection cost more than the copies.
 pub fn string_array<S: AsRef<str>>(lua: &Lua, items: &[S]) -> mlua::Result<Table> {
     let narr = c_int::try_from(items.len()).unwrap_or(c_int::MAX);
-    // SAFETY: pushes one table, fills its array part with raw sets (no metamethods)
-    // and leaves exactly that table on the stack; an allocation failure raises inside
-    // the protected call.
+    // SAFETY: `exec_raw` runs the closure inside `lua_pcall`; the closure captures only
+    // `items`, a reference, and `narr`, a number. No owned Rust value is alive across a
+    // call that can raise: the strings are read through borrows. It pushes one table,
+    // fills its array part with raw sets (no metamethods) and leaves exactly that table
+    // on the stack; an allocation failure raises inside the protected call and comes
+    // back as an Err.
     unsafe {
         lua.exec_raw::<Table>((), |state| {
             ffi::luaL_checkstack(state, 3, std::ptr::null());
@@ -428,17 +554,20 @@ fn depth_of(el: &Element) -> usize {
 }
 
 /// Pushes the stanza table for `el`; `mt_idx` is the absolute index of `stanza_mt`.
-unsafe fn push_element(state: *mut ffi::lua_State, el: &Element, mt_idx: c_int) {
+///
+/// Raises on any allocation failure, so it owns nothing: `el` is borrowed, and the
+/// iterators over its attributes and children are borrows too.
+unsafe fn push_element(state: *mut ffi::lua_State, el: &Element, mt_idx: c_int, keys: Keys) {
     ffi::luaL_checkstack(state, 6, std::ptr::null());
     let narr = c_int::try_from(el.children.len()).unwrap_or(c_int::MAX);
     ffi::lua_createtable(state, narr, 3);
     let t = ffi::lua_absindex(state, -1);
 
-    push_str(state, "name");
+    ffi::lua_pushvalue(state, keys.name);
     push_str(state, &el.name);
     ffi::lua_rawset(state, t);
 
-    push_str(state, "attr");
+    ffi::lua_pushvalue(state, keys.attr);
     let nattr = c_int::try_from(el.attrs.len()).unwrap_or(c_int::MAX);
     ffi::lua_createtable(state, 0, nattr);
     for (k, v) in &el.attrs {
@@ -448,7 +577,7 @@ unsafe fn push_element(state: *mut ffi::lua_State, el: &Element, mt_idx: c_int) 
     }
     ffi::lua_rawset(state, t);
 
-    push_str(state, "tags");
+    ffi::lua_pushvalue(state, keys.tags);
     let ntags = c_int::try_from(el.tag_count()).unwrap_or(c_int::MAX);
     ffi::lua_createtable(state, ntags, 0);
     let tags = ffi::lua_absindex(state, -1);
@@ -456,7 +585,7 @@ unsafe fn push_element(state: *mut ffi::lua_State, el: &Element, mt_idx: c_int) 
     for (i, child) in el.children.iter().enumerate() {
         match child {
             Node::Element(c) => {
-                push_element(state, c, mt_idx);
+                push_element(state, c, mt_idx, keys);
                 k += 1;
                 ffi::lua_pushvalue(state, -1);
                 ffi::lua_rawseti(state, tags, k);
@@ -680,5 +809,376 @@ mod tests {
         assert_eq!(element_from_lua(&lua, &t).unwrap(), el);
         let deeper = Element::new("a").with_child(el);
         assert!(element_to_lua(&lua, &deeper, &mt).is_err());
+    }
+
+    // ---- Lua errors inside the raw calls -----------------------------------------
+
+    /// Counts, per thread, the bytes allocated and not yet freed, so that a test can see
+    /// whether a failed call left Rust allocations behind. Lua's own memory goes through
+    /// the same allocator (mlua's allocator calls Rust's), and mlua counts it apart
+    /// (`Lua::used_memory`), so the difference is what Rust holds.
+    mod counting {
+        use std::alloc::{GlobalAlloc, Layout, System};
+        use std::cell::Cell;
+
+        thread_local! {
+            static LIVE: Cell<isize> = const { Cell::new(0) };
+        }
+
+        fn add(n: isize) {
+            // `try_with`: allocations while the thread is torn down go uncounted.
+            let _ = LIVE.try_with(|live| live.set(live.get() + n));
+        }
+
+        /// Bytes this thread has allocated and not freed.
+        pub fn live_bytes() -> isize {
+            LIVE.with(Cell::get)
+        }
+
+        pub struct Counting;
+
+        // SAFETY: every call is forwarded to `System` unchanged; only the sizes of the
+        // ones that succeed are added up.
+        unsafe impl GlobalAlloc for Counting {
+            unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+                let p = System.alloc(layout);
+                if !p.is_null() {
+                    add(layout.size() as isize);
+                }
+                p
+            }
+
+            unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+                let p = System.alloc_zeroed(layout);
+                if !p.is_null() {
+                    add(layout.size() as isize);
+                }
+                p
+            }
+
+            unsafe fn dealloc(&self, p: *mut u8, layout: Layout) {
+                System.dealloc(p, layout);
+                add(-(layout.size() as isize));
+            }
+
+            unsafe fn realloc(&self, p: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+                let q = System.realloc(p, layout, new_size);
+                if !q.is_null() {
+                    add(new_size as isize - layout.size() as isize);
+                }
+                q
+            }
+        }
+
+        #[global_allocator]
+        static COUNTING: Counting = Counting;
+    }
+
+    /// Bytes this thread holds outside Lua, after a full collection.
+    fn rust_bytes(lua: &Lua) -> isize {
+        lua.gc_collect().unwrap();
+        lua.gc_collect().unwrap();
+        counting::live_bytes() - lua.used_memory() as isize
+    }
+
+    /// Runs `op` under a memory limit that starts at what Lua uses now and grows by
+    /// `step` bytes a time until `op` succeeds; returns how many times it failed. Every
+    /// failure must be Lua's out-of-memory error, or the stack that could not grow
+    /// for want of memory (`luaL_checkstack`'s "stack overflow").
+    fn fail_until_enough_memory(
+        lua: &Lua,
+        step: usize,
+        mut op: impl FnMut() -> mlua::Result<()>,
+    ) -> usize {
+        let mut failures = 0;
+        for round in 0.. {
+            lua.gc_collect().unwrap();
+            lua.set_memory_limit(lua.used_memory() + round * step)
+                .unwrap();
+            let result = op();
+            lua.set_memory_limit(0).unwrap();
+            match result {
+                Ok(()) => return failures,
+                Err(mlua::Error::MemoryError(_)) => failures += 1,
+                Err(e) if e.to_string().contains("stack overflow") => failures += 1,
+                Err(e) => panic!("round {round}: not a memory error: {e}"),
+            }
+        }
+        unreachable!()
+    }
+
+    /// A message with `n` children, each with attributes and text, and a chain of
+    /// nested elements 100 deep: big enough that building it takes many allocations.
+    fn big_message(n: usize) -> Element {
+        let mut msg = Element::with_ns("message", "jabber:client")
+            .with_attr("type", "chat")
+            .with_attr("to", "juliet@capulet.lit/balcony");
+        for i in 0..n {
+            msg.push(
+                Element::with_ns("x", "urn:example")
+                    .with_attr("n", &i.to_string())
+                    .with_text("Wherefore art thou"),
+            );
+        }
+        let mut deep = Element::new("d");
+        for _ in 1..100 {
+            deep = Element::new("d").with_child(deep);
+        }
+        msg.with_child(deep)
+    }
+
+    #[test]
+    fn building_a_stanza_past_the_memory_limit_is_a_memory_error_and_lua_carries_on() {
+        let (lua, mt) = lua_with_stanza_mt();
+        let el = big_message(2000);
+        lua.gc_collect().unwrap();
+        lua.set_memory_limit(lua.used_memory() + 64 * 1024).unwrap();
+        let e = element_to_lua(&lua, &el, &mt).unwrap_err();
+        assert!(matches!(e, mlua::Error::MemoryError(_)), "{e}");
+        lua.set_memory_limit(0).unwrap();
+        let t = element_to_lua(&lua, &el, &mt).unwrap();
+        let mut expected = el.clone();
+        sort_like_element_from_lua(&mut expected);
+        assert_eq!(element_from_lua(&lua, &t).unwrap(), expected);
+    }
+
+    #[test]
+    fn no_rust_allocation_outlives_a_build_that_ran_out_of_memory() {
+        let (lua, mt) = lua_with_stanza_mt();
+        let el = big_message(1000);
+        let sid = Element::with_ns("stanza-id", "urn:xmpp:sid:0")
+            .with_attr("by", "juliet@capulet.lit")
+            .with_attr("id", "28482-98726-73623");
+        let ids: Vec<String> = (0..3000).map(|i| format!("id-{i:06}")).collect();
+        let stanza = element_to_lua(&lua, &el, &mt).unwrap();
+        let target = element_to_lua(&lua, &Element::new("message"), &mt).unwrap();
+        let drop_x = |c: &ChildTag| c.name == "x" && c.ns == Some("urn:example");
+
+        type Op<'a> = Box<dyn FnMut() -> mlua::Result<()> + 'a>;
+        let ops: Vec<(&str, Op)> = vec![
+            (
+                "element_to_lua",
+                Box::new(|| element_to_lua(&lua, &el, &mt).map(|_| ())),
+            ),
+            (
+                "append_child",
+                Box::new(|| append_child(&lua, &target, &el).map(|_| ())),
+            ),
+            (
+                "copy_without",
+                Box::new(|| copy_without(&lua, &stanza, &drop_x, Some(&sid)).map(|_| ())),
+            ),
+            (
+                "string_array",
+                Box::new(|| string_array(&lua, &ids).map(|_| ())),
+            ),
+        ];
+        for (name, mut op) in ops {
+            op().unwrap(); // warm up: what Lua and mlua keep for good is allocated now
+            let before = rust_bytes(&lua);
+            let failures = fail_until_enough_memory(&lua, 1024, &mut op);
+            let after = rust_bytes(&lua);
+            assert!(failures >= 10, "{name}: only {failures} failures");
+            // A few hundred bytes of slack for mlua's bookkeeping; a leaked vector per
+            // failure would be hundreds of kilobytes.
+            assert!(
+                (after - before).abs() < 512,
+                "{name}: {} bytes still held after {failures} failures",
+                after - before
+            );
+        }
+    }
+
+    #[test]
+    fn reading_a_flat_stanza_needs_no_lua_memory_and_a_deep_one_without_stack_fails_cleanly() {
+        let (lua, mt) = lua_with_stanza_mt();
+        let flat = xep_result().tags().next().unwrap().clone(); // <result>, 4 deep
+        let deep = big_message(500); // the same, and a chain 100 deep
+        let (flat_t, deep_t) = (
+            element_to_lua(&lua, &Element::new("message").with_child(flat.clone()), &mt).unwrap(),
+            element_to_lua(&lua, &deep, &mt).unwrap(),
+        );
+        lua.gc_collect().unwrap(); // also shrinks the Lua stack to what is in use
+        lua.set_memory_limit(lua.used_memory()).unwrap();
+        let flat_read = element_from_lua(&lua, &flat_t);
+        // 100 levels need more stack than the collector left: growing it needs memory,
+        // and `lua_checkstack` says no instead of raising.
+        let deep_read = element_from_lua(&lua, &deep_t);
+        lua.set_memory_limit(0).unwrap();
+        let mut expected = Element::new("message").with_child(flat);
+        sort_like_element_from_lua(&mut expected);
+        assert_eq!(flat_read.unwrap(), expected);
+        assert_eq!(
+            deep_read.unwrap_err().to_string(),
+            "runtime error: Lua stack exhausted reading a stanza"
+        );
+        let mut expected = deep;
+        sort_like_element_from_lua(&mut expected);
+        assert_eq!(element_from_lua(&lua, &deep_t).unwrap(), expected);
+    }
+
+    #[test]
+    fn a_table_whose_length_lua_reports_as_2_to_the_40_is_an_error_not_an_abort() {
+        let (lua, _mt) = lua_with_stanza_mt();
+        // All keys in the constructor go to the hash part, where `#t` doubles its probe
+        // while t[2^k] is present: 41 entries give a border at 2^40.
+        let keys: Vec<String> = (0..=40).map(|k| format!("[{}] = 'x'", 1u64 << k)).collect();
+        let t: Table = lua
+            .load(format!(
+                "return {{ name = 'body', attr = {{}}, tags = {{}}, {} }}",
+                keys.join(", ")
+            ))
+            .eval()
+            .unwrap();
+        assert_eq!(t.raw_len(), 1 << 40);
+        assert_eq!(
+            element_from_lua(&lua, &t).unwrap_err().to_string(),
+            "runtime error: stanza <body>: child 3 is a nil, not an element or text"
+        );
+    }
+
+    #[test]
+    fn a_wide_stanza_of_100000_children_crosses_both_ways() {
+        let (lua, mt) = lua_with_stanza_mt();
+        let mut el = Element::new("message");
+        for i in 0..100_000 {
+            if i % 2 == 0 {
+                el.push(Element::new("x"));
+            } else {
+                el.push_text("y");
+            }
+        }
+        let t = element_to_lua(&lua, &el, &mt).unwrap();
+        assert_eq!(t.raw_len(), 100_000);
+        assert_eq!(element_from_lua(&lua, &t).unwrap(), el);
+        let drop_x = |c: &ChildTag| c.name == "x";
+        let copy = copy_without(&lua, &t, &drop_x, None).unwrap().unwrap();
+        assert_eq!(
+            element_from_lua(&lua, &copy).unwrap().children.len(),
+            50_000
+        );
+    }
+
+    #[test]
+    fn a_panic_in_the_copy_filter_reaches_the_caller_and_lua_carries_on() {
+        let (lua, mt) = lua_with_stanza_mt();
+        let el = xep_result();
+        let t = element_to_lua(&lua, &el, &mt).unwrap();
+        let boom = |_: &ChildTag| -> bool { panic!("filter failed") };
+        // Unwinding through `lua_pcall` would skip its bookkeeping (the C-call count,
+        // the error jump buffer) each time: 300 times is past Lua's limit of 200.
+        for _ in 0..300 {
+            let caught = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                let _ = copy_without(&lua, &t, &boom, None);
+            }))
+            .unwrap_err();
+            assert_eq!(caught.downcast_ref::<&str>(), Some(&"filter failed"));
+        }
+        let e = lua.load("error('raised')").exec().unwrap_err();
+        assert!(e.to_string().contains("raised"), "{e}");
+        let keep_all = |_: &ChildTag| false;
+        assert!(copy_without(&lua, &t, &keep_all, None).unwrap().is_none());
+        assert_eq!(lua.load("return 1 + 1").eval::<i32>().unwrap(), 2);
+        let mut expected = el;
+        sort_like_element_from_lua(&mut expected);
+        assert_eq!(element_from_lua(&lua, &t).unwrap(), expected);
+    }
+}
+
+/// Conversion speed, for comparing before and after a change to this file:
+/// `cargo test --release --no-default-features --features vendored --lib
+/// stanza_lua::bench -- --ignored --nocapture --test-threads=1`. Wall time on a shared
+/// machine is noisy; one test per operation lets `valgrind --tool=callgrind` count the
+/// instructions of each (`<test binary> --ignored --exact <name>`).
+#[cfg(all(test, feature = "vendored"))]
+mod bench {
+    use super::*;
+    use crate::stanza::parse_xml;
+    use std::time::Instant;
+
+    const ROUNDS: u32 = 100_000;
+
+    struct Setup {
+        lua: Lua,
+        mt: Table,
+        /// A typical chat message, as an element and as a table.
+        el: Element,
+        t: Table,
+    }
+
+    fn setup() -> Setup {
+        let lua = Lua::new();
+        let mt: Table = lua.load("return { __name = 'stanza' }").eval().unwrap();
+        let el = parse_xml(
+            "<message xmlns='jabber:client' from='romeo@montague.lit/orchard' \
+               to='juliet@capulet.lit/balcony' type='chat' id='a1b2c3d4' xml:lang='en'>\
+               <body>Art thou not Romeo, and a Montague?</body>\
+               <active xmlns='http://jabber.org/protocol/chatstates'/>\
+               <origin-id xmlns='urn:xmpp:sid:0' id='de305d54-75b4-431b-adb2-eb6b9e546014'/>\
+               <stanza-id xmlns='urn:xmpp:sid:0' by='capulet.lit' id='forged'/>\
+             </message>",
+        )
+        .unwrap();
+        let t = element_to_lua(&lua, &el, &mt).unwrap();
+        Setup { lua, mt, el, t }
+    }
+
+    fn measure<R>(what: &str, mut op: impl FnMut() -> R) {
+        let start = Instant::now();
+        for _ in 0..ROUNDS {
+            std::hint::black_box(op());
+        }
+        let ns = start.elapsed().as_nanos() / u128::from(ROUNDS);
+        println!("{what}: {ns} ns per call ({ROUNDS} calls)");
+    }
+
+    #[test]
+    #[ignore = "a measurement, not a test: run it in release mode"]
+    fn speed_element_to_lua() {
+        let s = setup();
+        measure("element_to_lua", || {
+            element_to_lua(&s.lua, &s.el, &s.mt).unwrap()
+        });
+    }
+
+    #[test]
+    #[ignore = "a measurement, not a test: run it in release mode"]
+    fn speed_element_from_lua() {
+        let s = setup();
+        measure("element_from_lua", || {
+            element_from_lua(&s.lua, &s.t).unwrap()
+        });
+    }
+
+    #[test]
+    #[ignore = "a measurement, not a test: run it in release mode"]
+    fn speed_copy_without() {
+        let s = setup();
+        let sid = parse_xml("<stanza-id xmlns='urn:xmpp:sid:0' by='juliet@capulet.lit' id='x'/>")
+            .unwrap();
+        let forged = |c: &ChildTag| c.name == "stanza-id" && c.by == Some("capulet.lit");
+        measure("copy_without", || {
+            copy_without(&s.lua, &s.t, &forged, Some(&sid)).unwrap()
+        });
+    }
+
+    #[test]
+    #[ignore = "a measurement, not a test: run it in release mode"]
+    fn speed_append_child() {
+        let s = setup();
+        let sid = parse_xml("<stanza-id xmlns='urn:xmpp:sid:0' by='juliet@capulet.lit' id='x'/>")
+            .unwrap();
+        measure("append_child", || {
+            let t = s.lua.create_table().unwrap();
+            append_child(&s.lua, &t, &sid).unwrap()
+        });
+    }
+
+    #[test]
+    #[ignore = "a measurement, not a test: run it in release mode"]
+    fn speed_string_array() {
+        let s = setup();
+        let ids: Vec<String> = (0..20).map(|i| format!("id-{i:04}")).collect();
+        measure("string_array (20)", || string_array(&s.lua, &ids).unwrap());
     }
 }
