@@ -235,7 +235,7 @@ impl UserData for ArchiveHandle {
             // Runs three times per message: borrow the host, do not copy it.
             let host = this.archive()?.config().host.as_str();
             let forged = |c: &ChildTag| policy::is_forged_stanza_id(c.name, c.ns, c.by, host);
-            copy_without(lua, &stanza, &forged, None)
+            copy_without(lua, &stanza, &forged)
         });
 
         // should_store(stanza) -> boolean, reason

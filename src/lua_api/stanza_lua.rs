@@ -265,16 +265,15 @@ pub struct ChildTag<'a> {
 /// A panic's payload, carried out of a protected call to be resumed outside it.
 type PanicPayload = Box<dyn Any + Send + 'static>;
 
-/// A new stanza table like `t` but without the direct children `drop` picks and with
-/// `extra` appended, sharing every other child table with `t` (children are not
-/// changed by anyone who replaces `event.stanza`, so a shallow copy is a faithful
-/// one, as `st.clone` would be, at a fraction of the cost). Returns `None` when there
-/// is nothing to drop and nothing to add: the caller keeps `t`.
+/// A new stanza table like `t` but without the direct children `drop` picks, sharing
+/// every other child table with `t` (children are not changed by anyone who replaces
+/// `event.stanza`, so a shallow copy is a faithful one, as `st.clone` would be, at a
+/// fraction of the cost). Returns `None` when there is nothing to drop: the caller
+/// keeps `t`.
 pub fn copy_without(
     lua: &Lua,
     t: &Table,
     drop: &dyn Fn(&ChildTag) -> bool,
-    extra: Option<&Element>,
 ) -> mlua::Result<Option<Table>> {
     // Owned here, outside the protected call, so that an error raised while the copy is
     // built cannot skip their destructors: the closure only borrows them.
@@ -289,7 +288,7 @@ pub fn copy_without(
     // (returned) or nothing.
     let copy = unsafe {
         lua.exec_raw::<Option<Table>>(t, |state| {
-            if !copy_filtered(state, drop, extra, &mut keep, &mut filter_panic) {
+            if !copy_filtered(state, drop, &mut keep, &mut filter_panic) {
                 ffi::lua_settop(state, 0);
             }
         })
@@ -307,7 +306,6 @@ pub fn copy_without(
 unsafe fn copy_filtered(
     state: *mut ffi::lua_State,
     drop: &dyn Fn(&ChildTag) -> bool,
-    extra: Option<&Element>,
     keep: &mut Vec<bool>,
     filter_panic: &mut Option<PanicPayload>,
 ) -> bool {
@@ -373,7 +371,7 @@ unsafe fn copy_filtered(
         ffi::lua_settop(state, PARENT_NS);
         keep.push(k);
     }
-    if extra.is_none() && keep.iter().all(|k| *k) {
+    if keep.iter().all(|k| *k) {
         return false;
     }
 
@@ -411,20 +409,6 @@ unsafe fn copy_filtered(
         }
         n += 1;
         ffi::lua_rawseti(state, COPY, n);
-    }
-    if let Some(el) = extra {
-        // The stanza's metatable, for the new child.
-        if ffi::lua_getmetatable(state, 1) == 0 {
-            ffi::lua_pushnil(state);
-        }
-        let mt = ffi::lua_absindex(state, -1);
-        push_element(state, el, mt, keys);
-        ffi::lua_pushvalue(state, -1);
-        ntags += 1;
-        ffi::lua_rawseti(state, tags, ntags);
-        n += 1;
-        ffi::lua_rawseti(state, COPY, n);
-        ffi::lua_pop(state, 1); // the metatable
     }
     ffi::lua_rawset(state, COPY); // copy.tags = tags
     if ffi::lua_getmetatable(state, 1) != 0 {
@@ -946,9 +930,6 @@ mod tests {
     fn no_rust_allocation_outlives_a_build_that_ran_out_of_memory() {
         let (lua, mt) = lua_with_stanza_mt();
         let el = big_message(1000);
-        let sid = Element::with_ns("stanza-id", "urn:xmpp:sid:0")
-            .with_attr("by", "juliet@capulet.lit")
-            .with_attr("id", "28482-98726-73623");
         let ids: Vec<String> = (0..3000).map(|i| format!("id-{i:06}")).collect();
         let stanza = element_to_lua(&lua, &el, &mt).unwrap();
         let target = element_to_lua(&lua, &Element::new("message"), &mt).unwrap();
@@ -966,7 +947,7 @@ mod tests {
             ),
             (
                 "copy_without",
-                Box::new(|| copy_without(&lua, &stanza, &drop_x, Some(&sid)).map(|_| ())),
+                Box::new(|| copy_without(&lua, &stanza, &drop_x).map(|_| ())),
             ),
             (
                 "string_array",
@@ -1052,7 +1033,7 @@ mod tests {
         assert_eq!(t.raw_len(), 100_000);
         assert_eq!(element_from_lua(&lua, &t).unwrap(), el);
         let drop_x = |c: &ChildTag| c.name == "x";
-        let copy = copy_without(&lua, &t, &drop_x, None).unwrap().unwrap();
+        let copy = copy_without(&lua, &t, &drop_x).unwrap().unwrap();
         assert_eq!(
             element_from_lua(&lua, &copy).unwrap().children.len(),
             50_000
@@ -1069,7 +1050,7 @@ mod tests {
         // the error jump buffer) each time: 300 times is past Lua's limit of 200.
         for _ in 0..300 {
             let caught = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                let _ = copy_without(&lua, &t, &boom, None);
+                let _ = copy_without(&lua, &t, &boom);
             }))
             .unwrap_err();
             assert_eq!(caught.downcast_ref::<&str>(), Some(&"filter failed"));
@@ -1077,7 +1058,7 @@ mod tests {
         let e = lua.load("error('raised')").exec().unwrap_err();
         assert!(e.to_string().contains("raised"), "{e}");
         let keep_all = |_: &ChildTag| false;
-        assert!(copy_without(&lua, &t, &keep_all, None).unwrap().is_none());
+        assert!(copy_without(&lua, &t, &keep_all).unwrap().is_none());
         assert_eq!(lua.load("return 1 + 1").eval::<i32>().unwrap(), 2);
         let mut expected = el;
         sort_like_element_from_lua(&mut expected);
@@ -1154,11 +1135,9 @@ mod bench {
     #[ignore = "a measurement, not a test: run it in release mode"]
     fn speed_copy_without() {
         let s = setup();
-        let sid = parse_xml("<stanza-id xmlns='urn:xmpp:sid:0' by='juliet@capulet.lit' id='x'/>")
-            .unwrap();
         let forged = |c: &ChildTag| c.name == "stanza-id" && c.by == Some("capulet.lit");
         measure("copy_without", || {
-            copy_without(&s.lua, &s.t, &forged, Some(&sid)).unwrap()
+            copy_without(&s.lua, &s.t, &forged).unwrap()
         });
     }
 
