@@ -181,6 +181,12 @@ local function lazy_top_tag(stanza)
 	return setmetatable({ stanza }, lazy_top_tag_mt);
 end
 
+-- append()'s options, built once: archiving allocates no table per message.
+local append_options = {
+	[true] = { [true] = { check = true; announce = true }; [false] = { check = true } };
+	[false] = { [true] = { announce = true }; [false] = {} };
+};
+
 local function message_handler(event, c2s)
 	local archive = engine.archive;
 	if not archive then
@@ -244,13 +250,8 @@ local function message_handler(event, c2s)
 	-- The stanza-id goes onto the stanza itself (no copy: copies were most of the
 	-- garbage this module made, and Prosody's collector is where its time goes under
 	-- load). The sender's is taken off again before routing, below.
-	local id, stanza_id, stored = archive:append {
-		user = store_user;
-		with = with;
-		stanza = stanza;
-		announce = announce;
-		check = check_in_append;
-	};
+	local id, stanza_id, stored = archive:append(store_user, with, stanza,
+		append_options[check_in_append][announce]);
 	if not id then
 		local err = stanza_id;
 		if err.reason then

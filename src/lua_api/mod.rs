@@ -4,8 +4,8 @@
 //!
 //! Conventions (Prosody's): expected failures return `nil, err` in the one shape
 //! [`failure::failure`] builds (`{ type =, condition =, text =, log = }`, ready for
-//! `st.error_reply`); bugs raise Lua errors. Calls with more than two arguments take
-//! one table of named fields, so the shim says what each value is.
+//! `st.error_reply`); bugs raise Lua errors. Options are named fields of a table,
+//! never positional booleans, so the shim says what each value is.
 
 pub mod admin;
 pub mod failure;
@@ -208,6 +208,10 @@ fn config_table(lua: &Lua, c: &Config) -> LuaResult<Table> {
     if let Some(limit) = c.item_limit {
         t.raw_set("item_limit", limit)?;
     }
+    t.raw_set(
+        "warnings",
+        lua.create_sequence_from(c.warnings.iter().map(String::as_str))?,
+    )?;
     Ok(t)
 }
 
@@ -259,47 +263,53 @@ impl UserData for ArchiveHandle {
             returned(lua, rule)
         });
 
-        // append{ user =, with =, stanza =, announce =, check = }
+        // append(user, with, stanza, { announce =, check = })
         //   -> id, stanza_id, stored | nil, err (err.reason: not archived on purpose)
         // `with` is the other party as addressed. Our <stanza-id> (returned as
         // stanza_id) is added to `stanza` itself: copies were most of the garbage
         // this module made. `stored`, the copy as archived, only with `announce`
         // (someone listens for archive-message-added). `check` applies stock's
         // selection rules in the same call (one conversion of the stanza) when no
-        // other module needs the archive-should-store event.
-        methods.add_method_mut("append", |lua, this, args: Table| {
-            let user: String = args.raw_get("user")?;
-            let with: String = args.raw_get("with")?;
-            let stanza: Table = args.raw_get("stanza")?;
-            let announce: bool = args.raw_get::<Option<bool>>("announce")?.unwrap_or(false);
-            let check: bool = args.raw_get::<Option<bool>>("check")?.unwrap_or(false);
-            let Ok(el) = element_from_lua(lua, &stanza) else {
-                // As in should_store: deliver it, do not archive it.
-                return failure(lua, Failure::not_stored(TOO_DEEP_REASON, TOO_DEEP));
-            };
-            let archive = this.archive()?;
-            let result = if check {
-                archive.append_if_eligible(&user, &with, el)
-            } else {
-                archive.append(&user, &with, el)
-            };
-            let appended = match result {
-                Ok(Ok(appended)) => appended,
-                Ok(Err(NotStored::EmptyWhenStripped)) => {
-                    return failure(lua, Failure::not_stored("empty", "empty when stripped"))
-                }
-                Ok(Err(NotStored::Policy(reason))) => {
-                    return failure(lua, Failure::not_stored(reason, reason))
-                }
-                Err(e) => return failure(lua, e),
-            };
-            let stanza_id = append_child(lua, &stanza, &appended.stanza_id)?;
-            let stored = match announce {
-                true => Some(this.to_lua(lua, &appended.stored)?),
-                false => None,
-            };
-            (appended.id, stanza_id, stored).into_lua_multi(lua)
-        });
+        // other module needs the archive-should-store event. The options table is
+        // one of a few the shim builds once: one call per message allocates nothing.
+        methods.add_method_mut(
+            "append",
+            |lua, this, (user, with, stanza, options): (String, String, Table, Option<Table>)| {
+                let flag = |name: &str| -> LuaResult<bool> {
+                    match &options {
+                        Some(t) => Ok(t.raw_get::<Option<bool>>(name)?.unwrap_or(false)),
+                        None => Ok(false),
+                    }
+                };
+                let (announce, check) = (flag("announce")?, flag("check")?);
+                let Ok(el) = element_from_lua(lua, &stanza) else {
+                    // As in should_store: deliver it, do not archive it.
+                    return failure(lua, Failure::not_stored(TOO_DEEP_REASON, TOO_DEEP));
+                };
+                let archive = this.archive()?;
+                let result = if check {
+                    archive.append_if_eligible(&user, &with, el)
+                } else {
+                    archive.append(&user, &with, el)
+                };
+                let appended = match result {
+                    Ok(Ok(appended)) => appended,
+                    Ok(Err(NotStored::EmptyWhenStripped)) => {
+                        return failure(lua, Failure::not_stored("empty", "empty when stripped"))
+                    }
+                    Ok(Err(NotStored::Policy(reason))) => {
+                        return failure(lua, Failure::not_stored(reason, reason))
+                    }
+                    Err(e) => return failure(lua, e),
+                };
+                let stanza_id = append_child(lua, &stanza, &appended.stanza_id)?;
+                let stored = match announce {
+                    true => Some(this.to_lua(lua, &appended.stored)?),
+                    false => None,
+                };
+                (appended.id, stanza_id, stored).into_lua_multi(lua)
+            },
+        );
 
         // query_form(user) -> <query> with the form | nil, err
         methods.add_method_mut("query_form", |lua, this, user: String| {

@@ -101,9 +101,7 @@ end);
 local stored_id;
 check("append returns the id, the stanza-id it added and the stored copy", function ()
 	local delivered = st.clone(msg);
-	local id, sid, stored = archive:append {
-		user = "juliet"; with = "romeo@montague.lit/orchard"; stanza = delivered; announce = true;
-	};
+	local id, sid, stored = archive:append("juliet", "romeo@montague.lit/orchard", delivered, { announce = true });
 	assert(type(id) == "string" and #id == 26, "id " .. tostring(id));
 	eq(delivered:get_child("stanza-id", "urn:xmpp:sid:0"), sid, "added to the stanza itself");
 	eq(sid.attr.id, id); eq(sid.attr.by, "juliet@localhost");
@@ -123,7 +121,7 @@ end);
 
 local second_id;
 check("a second message in the same archive gets its own id", function ()
-	local id = archive:append { user = "juliet"; with = "romeo@montague.lit/orchard"; stanza = st.clone(msg) };
+	local id = archive:append("juliet", "romeo@montague.lit/orchard", st.clone(msg));
 	assert(id and id ~= stored_id, "a new id");
 	second_id = id;
 end);
@@ -133,9 +131,7 @@ check("the stanza-id is added to the stanza itself, as its last child, and retur
 		:text_tag("body", "In place");
 	m:text(" ");
 	local n, ntags = #m, #m.tags;
-	local id, sid, stored = archive:append {
-		user = "nurse"; with = "romeo@montague.lit/orchard"; stanza = m; check = true;
-	};
+	local id, sid, stored = archive:append("nurse", "romeo@montague.lit/orchard", m, { check = true });
 	assert(id, "appended");
 	eq(stored, nil);
 	eq(#m, n + 1); eq(#m.tags, ntags + 1);
@@ -150,11 +146,11 @@ end);
 
 check("a message not archived on purpose says why in the one failure shape", function ()
 	local headline = st.message({ to = "juliet@localhost", type = "headline" }):text_tag("body", "x");
-	local id, err = archive:append { user = "juliet"; with = "romeo@montague.lit"; stanza = headline; check = true };
+	local id, err = archive:append("juliet", "romeo@montague.lit", headline, { check = true });
 	eq(id, nil); eq(err.reason, "headline"); eq(err.log, "headline");
 	assert(err.type and err.condition, "type and condition");
 	local state = st.message({ to = "juliet@localhost" }):tag("active", { xmlns = "http://jabber.org/protocol/chatstates" }):up();
-	local id2, err2 = archive:append { user = "juliet"; with = "romeo@montague.lit"; stanza = state };
+	local id2, err2 = archive:append("juliet", "romeo@montague.lit", state);
 	eq(id2, nil); eq(err2.reason, "empty");
 end);
 
@@ -278,7 +274,7 @@ check("prefs round trip with JIDs normalised by util.jid.prep", function ()
 end);
 
 check("the stored copy is only built when asked for", function ()
-	local id, sid, stored = archive:append { user = "romeo"; with = "juliet@localhost"; stanza = st.clone(msg) };
+	local id, sid, stored = archive:append("romeo", "juliet@localhost", st.clone(msg), {});
 	assert(id and sid, "appended");
 	eq(stored, nil);
 end);
