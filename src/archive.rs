@@ -25,7 +25,7 @@ use crate::reader::{ReadJob, ReadOp, Readers};
 use crate::stanza::{to_xml, Element};
 use crate::store::{self, ArchiveStore, ArchivedMessage, Owner};
 use crate::time::{Clock, SystemClock};
-use crate::writer::{WriteOp, Writer};
+use crate::writer::{QuotaPolicy, WriteOp, Writer};
 
 /// Reader threads per archive: queries from two users run side by side, and a
 /// third waits, without ever holding up the event loop.
@@ -109,7 +109,11 @@ impl Archive {
         let mailbox = Arc::new(Mailbox::new().map_err(|e| {
             crate::error::MamError::Thread(format!("cannot open the wake-up socket: {e}"))
         })?);
-        let writer = Writer::start(writer_store, config.item_limit, mailbox.clone())?;
+        let quota = config.item_limit.map(|limit| QuotaPolicy {
+            limit,
+            period: config.expires_after,
+        });
+        let writer = Writer::start(writer_store, quota, mailbox.clone())?;
         let readers = Readers::start(reader_stores, writer.progress(), mailbox.clone())?;
         let expirer = Expirer::new(
             config.expires_after,

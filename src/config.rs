@@ -94,6 +94,9 @@ pub struct Config {
     /// `mam_inline_read_wait` (milliseconds in the option): how long the event loop
     /// may wait for a read the idle readers finish at once; zero never waits.
     pub inline_read_wait: Duration,
+    /// Values accepted with a guess (Prosody 13 logs the same ones as errors): one
+    /// line each, for the module's log at load.
+    pub warnings: Vec<String>,
 }
 
 /// The archive's database.
@@ -451,8 +454,13 @@ fn parse_storage(data_path: &str, archive_store: &str, opts: &dyn OptionSource) 
 impl Config {
     /// Reads every option for `host`; `data_path` is Prosody's data directory.
     pub fn from_options(host: &str, data_path: &str, opts: &dyn OptionSource) -> Result<Config> {
+        let mut warnings = Vec::new();
         let expires_after = match opts.get("archive_expires_after") {
-            Some(v) => parse_period(&v)?,
+            Some(v) => {
+                let period = parse_period("archive_expires_after", &v)?;
+                warnings.extend(period.warning);
+                period.seconds
+            }
             None => Some(7 * DAY),
         };
         let cleanup_interval = match opts.get("archive_cleanup_interval") {
@@ -508,6 +516,7 @@ impl Config {
             item_limit,
             storage,
             inline_read_wait,
+            warnings,
         })
     }
 }

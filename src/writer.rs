@@ -19,9 +19,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::error::{MamError, Result};
+use crate::expiry::period::cutoff;
 use crate::mailbox::{Completion, JobId, Level, Mailbox, Outcome};
 use crate::policy::Prefs;
-use crate::store::{ArchiveStore, ArchivedMessage, Owner};
+use crate::store::{ArchiveStore, ArchivedMessage, Owner, Quota};
 
 /// Most writes accepted but not yet committed (the crash-loss bound).
 pub const QUEUE_CAPACITY: usize = 20_000;
@@ -105,7 +106,7 @@ impl Writer {
     /// Starts the writer thread over `store`.
     pub fn start(
         store: Box<dyn ArchiveStore>,
-        item_limit: Option<u64>,
+        quota: Option<QuotaPolicy>,
         mailbox: Arc<Mailbox>,
     ) -> Result<Writer> {
         let (queue, rx) = sync_channel(QUEUE_CAPACITY);
@@ -123,7 +124,7 @@ impl Writer {
             .spawn(move || {
                 WriterThread {
                     store,
-                    item_limit,
+                    quota,
                     mailbox,
                     progress: thread_progress,
                     stop_requested: thread_stop_requested,
@@ -215,9 +216,30 @@ impl Writer {
     }
 }
 
+/// The quota the writer applies: `storage_archive_item_limit`, and the retention
+/// period whose expired messages go first when an owner is over it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuotaPolicy {
+    pub limit: u64,
+    /// `archive_expires_after` in seconds; `None`: never.
+    pub period: Option<u64>,
+}
+
+impl QuotaPolicy {
+    /// The quota for a run of messages: expired is older than the period before the
+    /// newest of them (stamped on the spot by the archive's clock, so "now").
+    fn for_run<'a>(&self, run: impl Iterator<Item = &'a ArchivedMessage>) -> Quota {
+        let newest = run.map(|m| m.when).max();
+        Quota {
+            limit: self.limit,
+            expired_before: self.period.zip(newest).map(|(p, now)| cutoff(p, now)),
+        }
+    }
+}
+
 struct WriterThread {
     store: Box<dyn ArchiveStore>,
-    item_limit: Option<u64>,
+    quota: Option<QuotaPolicy>,
     mailbox: Arc<Mailbox>,
     progress: Arc<Progress>,
     /// [`Writer::stop`] was called (`Stop` may still be behind a full queue).
@@ -389,7 +411,8 @@ impl WriterThread {
                         _ => None,
                     })
                     .collect();
-                match self.store.append_many(&items, self.item_limit) {
+                let quota = self.quota.map(|q| q.for_run(items.iter().map(|(_, m)| m)));
+                match self.store.append_many(&items, quota) {
                     Ok(_) => {}
                     Err(e) if e.is_constraint() => self.append_one_by_one(&items),
                     Err(e) => return Err(e),
@@ -414,7 +437,8 @@ impl WriterThread {
     /// ids, but one bad row must not block every other message): store the rest.
     fn append_one_by_one(&mut self, items: &[(Owner, ArchivedMessage)]) {
         for (owner, msg) in items {
-            if let Err(e) = self.store.append(owner, msg, self.item_limit) {
+            let quota = self.quota.map(|q| q.for_run(std::iter::once(msg)));
+            if let Err(e) = self.store.append(owner, msg, quota) {
                 self.mailbox.log(
                     Level::Error,
                     format!("message {} for {} not archived: {e}", msg.id, owner.user),

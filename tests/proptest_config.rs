@@ -73,11 +73,17 @@ proptest! {
 
     #[test]
     fn parse_period_is_some_seconds_never_or_an_error_naming_the_option(v in raw_value()) {
-        match parse_period(&v) {
+        match parse_period("archive_expires_after", &v).map(|p| p.seconds) {
             Ok(Some(secs)) => prop_assert!(secs > 0 && secs <= MAX_PERIOD_SECONDS),
-            Ok(None) => prop_assert!(
-                matches!(&v, RawValue::String(s) if s.trim().eq_ignore_ascii_case("never"))
-            ),
+            Ok(None) => {
+                let means_never = match &v {
+                    RawValue::String(s) => s.trim().eq_ignore_ascii_case("never"),
+                    RawValue::Bool(b) => !b,
+                    RawValue::Number(n) => *n < 0.0,
+                    _ => false,
+                };
+                prop_assert!(means_never, "{:?} read as never", v);
+            }
             Err(MamError::Config(msg)) => prop_assert!(msg.contains("'archive_expires_after'"), "{}", msg),
             Err(other) => prop_assert!(false, "not a config error: {:?}", other),
         }
@@ -86,8 +92,11 @@ proptest! {
     #[test]
     fn a_count_with_a_unit_is_that_many_units(n in 1u32.., unit in prop::sample::select(vec![
         ("", 1u64), ("h", 3600), ("d", 86_400), ("w", 604_800), ("m", 2_678_400),
+        (" minutes", 60), (" hours", 3600), (" days", 86_400), (" weeks", 604_800),
+        (" months", 2_678_400), (" seconds", 1),
     ])) {
-        let secs = parse_period(&RawValue::String(format!("{n}{}", unit.0))).unwrap();
+        let period = parse_period("archive_expires_after", &RawValue::String(format!("{n}{}", unit.0)));
+        let secs = period.unwrap().seconds;
         prop_assert_eq!(secs, Some((u64::from(n) * unit.1).min(MAX_PERIOD_SECONDS)));
     }
 

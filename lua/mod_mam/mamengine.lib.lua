@@ -154,6 +154,9 @@ local function open(native)
 	-- Takes an open handle into use.
 	local function adopt(handle)
 		engine.archive, engine.config = handle, handle:config();
+		for _, warning in ipairs(engine.config.warnings) do
+			module:log("warn", "%s", warning);
+		end
 		completion_watch = server.watchfd(handle:notify_fd(), on_completions);
 		module:log("debug", "Archive at %s, expiry %s", engine.config.storage,
 			engine.config.expires_after and (engine.config.expires_after .. "s") or "never");

@@ -25,7 +25,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::{
     ArchiveBounds, ArchiveEnd, ArchiveStore, ArchivedMessage, DeleteFilter, FindRequest,
-    ImportReport, ImportedMessage, Owner, OwnerStats, Page, WithFilter,
+    ImportReport, ImportedMessage, Owner, OwnerStats, Page, Quota, WithFilter,
 };
 use crate::error::MamError;
 use crate::policy::{DefaultPolicy, Prefs};
@@ -82,6 +82,7 @@ macro_rules! store_contract_tests {
             quota_of_zero_keeps_only_the_new_message,
             a_backdated_message_survives_its_own_quota_trim,
             quota_trims_keep_the_newest_without_holes,
+            at_the_quota_expired_messages_go_first_then_the_oldest,
             message_counts_stay_exact_through_every_write_and_delete,
             // Preferences.
             prefs_round_trip_including_never_list,
@@ -886,7 +887,12 @@ pub fn a_duplicate_id_in_one_archive_is_an_internal_error_and_changes_nothing(db
 
 pub fn append_many_stores_every_message_of_every_owner_in_order(db: &dyn ContractDb) {
     let mut store = db.open();
-    assert_eq!(store.append_many(&[], Some(1)).expect("empty batch"), 0);
+    assert_eq!(
+        store
+            .append_many(&[], Some(Quota::of(1)))
+            .expect("empty batch"),
+        0
+    );
     let batch = vec![
         (juliet(), msg("j1", T0, "romeo@montague.lit/orchard")),
         (romeo(), msg("r1", T0, "juliet@capulet.lit/balcony")),
@@ -940,7 +946,12 @@ pub fn append_many_applies_the_quota_to_each_message_in_turn(db: &dyn ContractDb
         (juliet(), msg("x2", T0 + 11_000_000, "romeo@montague.lit")),
     ];
     // Juliet: 11 > 3 removes 8, then 4 > 3 removes 1; the nurse is under quota.
-    assert_eq!(store.append_many(&batch, Some(3)).expect("append"), 9);
+    assert_eq!(
+        store
+            .append_many(&batch, Some(Quota::of(3)))
+            .expect("append"),
+        9
+    );
     assert_eq!(all_ids(store.as_mut(), &juliet()), ["m9", "x1", "x2"]);
     assert_eq!(all_ids(store.as_mut(), &nurse()), ["n1"]);
     // A quota of 1 keeps the last of the batch, even when an earlier one is newer.
@@ -948,7 +959,12 @@ pub fn append_many_applies_the_quota_to_each_message_in_turn(db: &dyn ContractDb
         (nurse(), msg("n2", T0 + 2, "juliet@capulet.lit")),
         (nurse(), msg("n3", T0 + 1, "juliet@capulet.lit")),
     ];
-    assert_eq!(store.append_many(&batch, Some(1)).expect("append"), 2);
+    assert_eq!(
+        store
+            .append_many(&batch, Some(Quota::of(1)))
+            .expect("append"),
+        2
+    );
     assert_eq!(all_ids(store.as_mut(), &nurse()), ["n3"]);
 }
 
@@ -961,7 +977,7 @@ pub fn quota_trims_oldest_and_keeps_newest(db: &dyn ContractDb) {
         .append(
             &juliet(),
             &msg("m10", T0 + 10_000_000, "romeo@montague.lit"),
-            Some(4),
+            Some(Quota::of(4)),
         )
         .expect("append");
     assert_eq!(removed, 7);
@@ -975,7 +991,7 @@ pub fn quota_trims_oldest_and_keeps_newest(db: &dyn ContractDb) {
         .append(
             &juliet(),
             &msg("m11", T0 + 11_000_000, "romeo@montague.lit"),
-            Some(10),
+            Some(Quota::of(10)),
         )
         .expect("append");
     assert_eq!(removed, 0);
@@ -988,7 +1004,7 @@ pub fn quota_of_zero_keeps_only_the_new_message(db: &dyn ContractDb) {
         .append(
             &juliet(),
             &msg("m10", T0 + 10_000_000, "romeo@montague.lit"),
-            Some(0),
+            Some(Quota::of(0)),
         )
         .expect("append");
     assert_eq!(removed, 10);
@@ -1004,7 +1020,7 @@ pub fn a_backdated_message_survives_its_own_quota_trim(db: &dyn ContractDb) {
         .append(
             &juliet(),
             &msg("old", T0 - 1_000_000, "romeo@montague.lit"),
-            Some(3),
+            Some(Quota::of(3)),
         )
         .expect("append");
     assert_eq!(removed, 8);
@@ -1023,7 +1039,7 @@ pub fn quota_trims_keep_the_newest_without_holes(db: &dyn ContractDb) {
             .append(
                 &juliet(),
                 &msg(&format!("q{i}"), T0 + i * 1000, "romeo@montague.lit"),
-                Some(5),
+                Some(Quota::of(5)),
             )
             .expect("append");
         assert_eq!(removed, u64::from(i >= 5), "append q{i}");
@@ -1032,10 +1048,79 @@ pub fn quota_trims_keep_the_newest_without_holes(db: &dyn ContractDb) {
     }
     for id in ["z", "a", "m", "b"] {
         store
-            .append(&nurse(), &msg(id, T0, "juliet@capulet.lit"), Some(2))
+            .append(
+                &nurse(),
+                &msg(id, T0, "juliet@capulet.lit"),
+                Some(Quota::of(2)),
+            )
             .expect("append");
     }
     assert_eq!(all_ids(store.as_mut(), &nurse()), ["m", "b"]);
+}
+
+/// Stock (0.12 and 13) at a quota hit: the owner's expired messages go first, then
+/// the oldest if still over; the message just stored always stays.
+pub fn at_the_quota_expired_messages_go_first_then_the_oldest(db: &dyn ContractDb) {
+    let mut store = ten_messages(db);
+    let quota = |limit, before_secs: i64| {
+        Some(Quota {
+            limit,
+            expired_before: Some(T0 + before_secs * 1_000_000),
+        })
+    };
+    let m = |i: i64, at_secs: i64| {
+        msg(
+            &format!("m{i}"),
+            T0 + at_secs * 1_000_000,
+            "romeo@montague.lit",
+        )
+    };
+    // m0-m2 are expired; removing them is enough.
+    assert_eq!(
+        store
+            .append(&juliet(), &m(10, 10), quota(8, 3))
+            .expect("append"),
+        3
+    );
+    let expected: Vec<String> = (3..=10).map(|k| format!("m{k}")).collect();
+    assert_eq!(all_ids(store.as_mut(), &juliet()), expected);
+    // m3, m4 expired, then the three oldest of the rest to get down to 4.
+    assert_eq!(
+        store
+            .append(&juliet(), &m(11, 11), quota(4, 5))
+            .expect("append"),
+        5
+    );
+    assert_eq!(
+        all_ids(store.as_mut(), &juliet()),
+        ["m8", "m9", "m10", "m11"]
+    );
+    assert_message_count(store.as_mut(), &juliet(), 4);
+    // Under the quota, expired messages wait for expiry.
+    assert_eq!(
+        store
+            .append(&juliet(), &m(12, 12), quota(100, 20))
+            .expect("append"),
+        0
+    );
+    // A backdated, itself expired message survives its own quota check.
+    assert_eq!(
+        store
+            .append(&juliet(), &m(13, 0), quota(1, 20))
+            .expect("append"),
+        5
+    );
+    assert_eq!(all_ids(store.as_mut(), &juliet()), ["m13"]);
+    // The same through the group commit, for two owners at once.
+    let batch = vec![
+        (romeo(), msg("r1", T0, "juliet@capulet.lit")),
+        (romeo(), msg("r2", T0 + 30_000_000, "juliet@capulet.lit")),
+        (juliet(), m(14, 30)),
+    ];
+    assert_eq!(store.append_many(&batch, quota(1, 20)).expect("append"), 2);
+    assert_eq!(all_ids(store.as_mut(), &romeo()), ["r2"]);
+    assert_eq!(all_ids(store.as_mut(), &juliet()), ["m14"]);
+    assert_message_count(store.as_mut(), &romeo(), 1);
 }
 
 pub fn message_counts_stay_exact_through_every_write_and_delete(db: &dyn ContractDb) {
@@ -1049,7 +1134,7 @@ pub fn message_counts_stay_exact_through_every_write_and_delete(db: &dyn Contrac
         .append(
             &juliet(),
             &msg("m10", T0 + 10_000_000, "romeo@montague.lit"),
-            Some(8),
+            Some(Quota::of(8)),
         )
         .expect("quota");
     assert_message_count(store, &juliet(), 8);
@@ -1077,7 +1162,10 @@ pub fn message_counts_stay_exact_through_every_write_and_delete(db: &dyn Contrac
     assert_eq!((report.inserted, report.already_present), (1, 1));
     assert_message_count(store, &juliet(), 6);
     store
-        .append_many(&[(juliet(), msg("m11", T0 + 11_000_000, "x@y"))], Some(100))
+        .append_many(
+            &[(juliet(), msg("m11", T0 + 11_000_000, "x@y"))],
+            Some(Quota::of(100)),
+        )
         .expect("append");
     assert_message_count(store, &juliet(), 7);
     assert_eq!(store.delete_user(&juliet()).expect("delete"), 7);
@@ -1740,7 +1828,7 @@ pub fn owner_stats_lists_names_in_byte_order_and_skips_emptied_owners(db: &dyn C
         .append(
             &Owner::new(HOST, "Zed"),
             &msg("quota", T0 + 100, "x@y"),
-            Some(1),
+            Some(Quota::of(1)),
         )
         .expect("append");
     store.delete_user(&Owner::new(HOST, "zoë")).expect("delete");

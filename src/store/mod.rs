@@ -194,24 +194,41 @@ pub struct DeleteFilter {
     pub before: Option<Micros>,
 }
 
+/// A per-owner message quota (`storage_archive_item_limit`), applied as stock
+/// applies it: an owner over the limit first loses messages older than
+/// `expired_before` (what expiry would delete anyway), then, if still over, the
+/// oldest. Never a hole in the middle, and the message just stored always stays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    /// Most messages an owner keeps (0 keeps the newest one).
+    pub limit: u64,
+    /// Messages before this are expired (`None`: the archive never expires).
+    pub expired_before: Option<Micros>,
+}
+
+impl Quota {
+    /// A quota with nothing expired.
+    pub fn of(limit: u64) -> Quota {
+        Quota {
+            limit,
+            expired_before: None,
+        }
+    }
+}
+
 /// A storage backend for message archives and archiving preferences.
 pub trait ArchiveStore: Send {
-    /// Stores one message. With `item_limit = Some(n)`, afterwards the owner keeps at
-    /// most `n` messages: the oldest are removed (never leaving holes) and the new
-    /// message is always kept. Returns how many old messages were removed.
-    fn append(
-        &mut self,
-        owner: &Owner,
-        msg: &ArchivedMessage,
-        item_limit: Option<u64>,
-    ) -> Result<u64>;
+    /// Stores one message, then applies `quota` to its owner ([`Quota`]). Returns how
+    /// many old messages the quota removed.
+    fn append(&mut self, owner: &Owner, msg: &ArchivedMessage, quota: Option<Quota>)
+        -> Result<u64>;
 
     /// Stores several messages (any owners) as one unit: all or none. The writer
     /// thread's group commit. Returns how many old messages quotas removed.
     fn append_many(
         &mut self,
         items: &[(Owner, ArchivedMessage)],
-        item_limit: Option<u64>,
+        quota: Option<Quota>,
     ) -> Result<u64>;
 
     /// Every stored preference on `host`, for the in-memory copy the event loop reads.

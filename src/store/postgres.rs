@@ -32,7 +32,7 @@ use postgres::{Client, IsolationLevel, NoTls, Row, Statement, Transaction};
 
 use super::{
     ArchiveBounds, ArchiveEnd, ArchiveStore, ArchivedMessage, DeleteFilter, FindRequest,
-    ImportReport, ImportedMessage, Owner, OwnerStats, Page,
+    ImportReport, ImportedMessage, Owner, OwnerStats, Page, Quota,
 };
 use crate::config::{PgSettings, SslMode};
 use crate::error::{MamError, Result};
@@ -85,6 +85,11 @@ const COUNT_DROP_EMPTY: &str =
 
 const OWNER_COUNT: &str =
     "SELECT messages FROM mam_archive_counts WHERE host = $1 AND username = $2";
+
+/// Removes an owner's expired messages (before `$4`) except `$3` (the one just
+/// stored): the first step at a quota hit.
+const TRIM_EXPIRED: &str = "DELETE FROM mam_archive WHERE host = $1 AND username = $2 \
+     AND when_us < $4 AND id <> $3";
 
 /// Removes an owner's oldest messages except `$3` (the one just stored).
 const TRIM_OLDEST: &str = "DELETE FROM mam_archive WHERE host = $1 AND username = $2 \
@@ -499,11 +504,12 @@ fn connection_lost(e: &postgres::Error) -> bool {
 }
 
 /// Inserts a run of messages and counts them; with a quota, trims each owner that is
-/// over it, keeping the owner's last message of the run whatever its timestamp.
+/// over it ([`Quota`]: expired messages first), keeping the owner's last message of
+/// the run whatever its timestamp.
 fn append_in(
     tx: &mut Tx<'_>,
     items: &[(&Owner, &ArchivedMessage)],
-    item_limit: Option<u64>,
+    quota: Option<Quota>,
 ) -> Result<u64> {
     let n = items.len();
     let mut hosts = Vec::with_capacity(n);
@@ -580,21 +586,34 @@ fn append_in(
         COUNT_ADD,
         &[&count_hosts, &count_users, &added],
     )?;
-    let Some(limit) = item_limit else {
+    let Some(quota) = quota else {
         return Ok(0);
     };
-    let keep = to_sql_int(limit.max(1));
+    let keep = to_sql_int(quota.limit.max(1));
     let mut removed = 0;
     for row in counts {
         let host: String = get(&row, 0, "append: read message count")?;
         let user: String = get(&row, 1, "append: read message count")?;
-        let count: i64 = get(&row, 2, "append: read message count")?;
+        let mut count: i64 = get(&row, 2, "append: read message count")?;
         if count <= keep {
             continue;
         }
         let Some((_, last_id)) = per_owner.get(&(host.as_str(), user.as_str())) else {
             continue;
         };
+        if let Some(before) = quota.expired_before {
+            let n = tx.execute(
+                "append: remove expired at quota",
+                TRIM_EXPIRED,
+                &[&host, &user, last_id, &before],
+            )?;
+            tx.uncount(&host, &user, n)?;
+            removed += n;
+            count -= to_sql_int(n);
+            if count <= keep {
+                continue;
+            }
+        }
         let over = count - keep;
         let n = tx.execute(
             "append: trim to quota",
@@ -908,23 +927,21 @@ impl ArchiveStore for PgStore {
         &mut self,
         owner: &Owner,
         msg: &ArchivedMessage,
-        item_limit: Option<u64>,
+        quota: Option<Quota>,
     ) -> Result<u64> {
-        self.transaction(false, "append", |tx| {
-            append_in(tx, &[(owner, msg)], item_limit)
-        })
+        self.transaction(false, "append", |tx| append_in(tx, &[(owner, msg)], quota))
     }
 
     fn append_many(
         &mut self,
         items: &[(Owner, ArchivedMessage)],
-        item_limit: Option<u64>,
+        quota: Option<Quota>,
     ) -> Result<u64> {
         if items.is_empty() {
             return Ok(0);
         }
         let refs: Vec<(&Owner, &ArchivedMessage)> = items.iter().map(|(o, m)| (o, m)).collect();
-        self.transaction(false, "append_many", |tx| append_in(tx, &refs, item_limit))
+        self.transaction(false, "append_many", |tx| append_in(tx, &refs, quota))
     }
 
     /// Two statements for the whole host, not two per user: at module load this is
@@ -1287,7 +1304,9 @@ mod tests {
             .collect();
         store.append_many(&items, None).expect("first attempt");
         items.push((juliet(), msg("m5", T0 + 5, "romeo@montague.lit")));
-        store.append_many(&items, Some(100)).expect("the retry");
+        store
+            .append_many(&items, Some(Quota::of(100)))
+            .expect("the retry");
         let page = store.find(&juliet(), &all(10)).expect("find");
         assert_eq!(ids(&page), ["m0", "m1", "m2", "m3", "m4", "m5"]);
         assert_eq!(page.total, Some(6));
@@ -1393,7 +1412,9 @@ mod tests {
                 )
             })
             .collect();
-        let removed = store.append_many(&items, Some(4)).expect("append");
+        let removed = store
+            .append_many(&items, Some(Quota::of(4)))
+            .expect("append");
         assert_eq!(removed, 2);
         let page = store.find(&juliet(), &all(10)).expect("find");
         assert_eq!(ids(&page), ["m2", "m3", "m4", "m5"]);
@@ -1403,7 +1424,7 @@ mod tests {
             .append(
                 &juliet(),
                 &msg("old", T0 - 10, "romeo@montague.lit"),
-                Some(4),
+                Some(Quota::of(4)),
             )
             .expect("append");
         let page = store.find(&juliet(), &all(10)).expect("find");

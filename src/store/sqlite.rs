@@ -23,7 +23,7 @@ mod admin;
 
 use super::{
     schema, ArchiveBounds, ArchiveEnd, ArchiveStore, ArchivedMessage, DeleteFilter, FindRequest,
-    ImportReport, ImportedMessage, Owner, OwnerStats, Page,
+    ImportReport, ImportedMessage, Owner, OwnerStats, Page, Quota,
 };
 use crate::error::{MamError, Result};
 use crate::policy::{DefaultPolicy, Prefs};
@@ -45,6 +45,11 @@ const INSERT_MESSAGE: &str = "INSERT INTO archive (host, user, id, when_us, with
      with_resource, stanza) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
 
 const OWNER_COUNT: &str = "SELECT messages FROM archive_counts WHERE host = ?1 AND user = ?2";
+
+/// Removes an owner's expired messages (before `?4`) except the one just stored: the
+/// first step at a quota hit.
+const TRIM_EXPIRED: &str = "DELETE FROM archive WHERE host = ?1 AND user = ?2 \
+     AND when_us < ?4 AND seq <> ?3";
 
 /// Removes an owner's oldest messages except the one just stored (`seq <> ?3`), so a
 /// message stamped older than the rest still survives its own quota check.
@@ -412,14 +417,15 @@ impl super::ExpirySteps for SqliteExpiry<'_> {
 }
 
 /// Inserts one message inside `tx`, then trims the owner to the quota from the exact
-/// counter (no count over the archive). With `Some(n)` the owner keeps the new message
-/// plus the newest `max(n, 1) - 1` others: a quota of 0 still keeps the message just
-/// stored, as the trait promises, rather than archiving it and deleting it at once.
+/// counter (no count over the archive). With a quota of `n` the owner keeps the new
+/// message plus the newest `max(n, 1) - 1` others: a quota of 0 still keeps the
+/// message just stored, as the trait promises, rather than archiving it and deleting
+/// it at once. Expired messages go first ([`Quota`]).
 fn append_in(
     tx: &rusqlite::Transaction<'_>,
     owner: &Owner,
     msg: &ArchivedMessage,
-    item_limit: Option<u64>,
+    quota: Option<Quota>,
 ) -> Result<u64> {
     tx.prepare_cached(INSERT_MESSAGE)
         .and_then(|mut stmt| {
@@ -436,14 +442,22 @@ fn append_in(
         .map_err(MamError::storage("append: insert message"))?;
     let seq = tx.last_insert_rowid();
     let mut removed = 0;
-    if let Some(limit) = item_limit {
-        let keep = to_sql_int(limit.max(1));
-        let count: i64 = tx
+    if let Some(quota) = quota {
+        let keep = to_sql_int(quota.limit.max(1));
+        let mut count: i64 = tx
             .prepare_cached(OWNER_COUNT)
             .and_then(|mut stmt| stmt.query_row(params![owner.host, owner.user], |r| r.get(0)))
             .map_err(MamError::storage("append: read message count"))?;
+        if let (true, Some(before)) = (count > keep, quota.expired_before) {
+            let expired = tx
+                .prepare_cached(TRIM_EXPIRED)
+                .and_then(|mut stmt| stmt.execute(params![owner.host, owner.user, seq, before]))
+                .map_err(MamError::storage("append: remove expired at quota"))?;
+            removed += expired;
+            count -= to_sql_int(expired as u64);
+        }
         if count > keep {
-            removed = tx
+            removed += tx
                 .prepare_cached(TRIM_OLDEST)
                 .and_then(|mut stmt| {
                     stmt.execute(params![owner.host, owner.user, seq, count - keep])
@@ -479,13 +493,13 @@ impl ArchiveStore for SqliteStore {
         &mut self,
         owner: &Owner,
         msg: &ArchivedMessage,
-        item_limit: Option<u64>,
+        quota: Option<Quota>,
     ) -> Result<u64> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(MamError::storage("append: begin"))?;
-        let removed = append_in(&tx, owner, msg, item_limit)?;
+        let removed = append_in(&tx, owner, msg, quota)?;
         tx.commit().map_err(MamError::storage("append: commit"))?;
         Ok(removed)
     }
@@ -494,7 +508,7 @@ impl ArchiveStore for SqliteStore {
     fn append_many(
         &mut self,
         items: &[(Owner, ArchivedMessage)],
-        item_limit: Option<u64>,
+        quota: Option<Quota>,
     ) -> Result<u64> {
         let tx = self
             .conn
@@ -502,7 +516,7 @@ impl ArchiveStore for SqliteStore {
             .map_err(MamError::storage("append_many: begin"))?;
         let mut removed = 0;
         for (owner, msg) in items {
-            removed += append_in(&tx, owner, msg, item_limit)?;
+            removed += append_in(&tx, owner, msg, quota)?;
         }
         tx.commit()
             .map_err(MamError::storage("append_many: commit"))?;
@@ -813,7 +827,7 @@ mod tests {
             .append(
                 &juliet(),
                 &msg("m10", T0 + 10_000_000, "romeo@montague.lit"),
-                Some(8),
+                Some(Quota::of(8)),
             )
             .expect("quota");
         assert_eq!(
@@ -983,7 +997,7 @@ mod tests {
             Some(1)
         );
         let removed = store
-            .append(&juliet(), &msg("d", 1, "x@y"), Some(2))
+            .append(&juliet(), &msg("d", 1, "x@y"), Some(Quota::of(2)))
             .expect("append");
         assert_eq!(removed, 1);
         assert_eq!(
@@ -1336,7 +1350,7 @@ mod tests {
                         T0 + rows * 1000 + i,
                         "romeo@montague.lit",
                     ),
-                    Some(1_000_000),
+                    Some(Quota::of(1_000_000)),
                 )
                 .expect("append");
         }
