@@ -2,8 +2,10 @@
 #
 #   make plugin   -> target/prosody-plugin/mod_mam/ (mod_mam.lua + mam_native.so)
 #   make run      -> a loopback Prosody with the module and two demo accounts
+#                    (PROSODY=13 for Prosody 13 instead of the system's 0.12)
 #   make test     -> the whole suite (Rust unit tests, Lua load test, end-to-end on
-#                    both archive backends: embedded SQLite and PostgreSQL)
+#                    Prosody 0.12 and 13, each on both archive backends: embedded
+#                    SQLite and PostgreSQL)
 #
 # Tests that need PostgreSQL run under scripts/with-postgres.sh, which starts a private
 # loopback cluster for them and stops it afterwards (or uses the one MAM_TEST_PG names).
@@ -11,7 +13,7 @@
 PLUGIN_DIR := target/prosody-plugin/mod_mam
 LIB := target/release/libmam_native.so
 
-.PHONY: all deps plugin run test unit-test lint lua-test e2e-test fuzz soak bench clean
+.PHONY: all deps prosody13 plugin run test unit-test lint lua-test e2e-test e2e-test-012 e2e-test-13 fuzz soak bench clean
 
 all: plugin
 
@@ -28,8 +30,14 @@ plugin: deps $(LIB)
 	# the old library mapped keeps running on it until it reloads the module.
 	install -m 0755 $(LIB) $(PLUGIN_DIR)/mam_native.so
 
+# Prosody 13 (Debian 13's version, from bookworm-backports) in target/prosody13,
+# beside the system's 0.12 and without touching it.
+prosody13:
+	scripts/prosody13.sh >/dev/null
+
+PROSODY ?= 0.12
 run: plugin
-	prosody-test-env/run.sh
+	PROSODY=$(PROSODY) prosody-test-env/run.sh
 
 # The Rust unit tests link their own Lua (the `module` build cannot link a test binary).
 # MAM_TEST_PG (set by with-postgres.sh) lets the PostgreSQL store's tests run, and
@@ -45,10 +53,19 @@ lint:
 lua-test: plugin
 	lua5.4 tests/lua/load_test.lua $(PLUGIN_DIR)
 
-# The whole end-to-end suite once per archive backend; one cluster for the PostgreSQL run.
-e2e-test: plugin
+# The whole end-to-end suite once per Prosody version and archive backend; one
+# cluster for each PostgreSQL run.
+e2e-test: e2e-test-012 e2e-test-13
+
+e2e-test-012: plugin
 	MAM_TEST_BACKEND=sqlite python3 -m pytest tests/e2e -q
 	MAM_TEST_BACKEND=postgres scripts/with-postgres.sh python3 -m pytest tests/e2e -q
+
+e2e-test-13: plugin prosody13
+	MAM_TEST_PROSODY_BIN=$(CURDIR)/target/prosody13/root/usr/bin MAM_TEST_BACKEND=sqlite \
+		python3 -m pytest tests/e2e -q
+	MAM_TEST_PROSODY_BIN=$(CURDIR)/target/prosody13/root/usr/bin MAM_TEST_BACKEND=postgres \
+		scripts/with-postgres.sh python3 -m pytest tests/e2e -q
 
 test: deps lint unit-test lua-test e2e-test
 
@@ -68,6 +85,10 @@ soak: plugin
 clean:
 	cargo clean
 
-# Side-by-side benchmark: no MAM, stock mod_mam (internal, SQLite), ours (SQLite, PostgreSQL). See bench/README.md.
-bench: plugin
+# Side-by-side benchmark: no MAM, stock mod_mam (internal, SQLite), ours (SQLite,
+# PostgreSQL); one run on Prosody 0.12, then one on 13 against 13's stock. See
+# bench/README.md.
+bench: plugin prosody13
 	bench/run.sh --plugin-dir $(CURDIR)/target/prosody-plugin $(BENCH_ARGS)
+	bench/run.sh --plugin-dir $(CURDIR)/target/prosody-plugin \
+		--prosody-bin $(CURDIR)/target/prosody13/root/usr/bin $(BENCH_ARGS)

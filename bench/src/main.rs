@@ -60,6 +60,8 @@ struct Opts {
     round_duration: Duration,
     raw: bool,
     plugin_dir: PathBuf,
+    /// Where the `prosody` and `prosodyctl` to run are (`None`: the system's, on PATH).
+    prosody_bin: Option<PathBuf>,
     out_dir: PathBuf,
     work_dir: PathBuf,
     keep: bool,
@@ -70,7 +72,8 @@ const USAGE: &str =
   [--sizes 10000,100000,1000000] [--pairs 20] [--window 32] [--duration S] [--warmup S]
   [--open-rate MSGS_PER_S] [--open-duration S] [--query-iters N] [--query-budget S]
   [--query-timeout S] [--internal-max N] [--stall-duration S] [--no-expiry]
-  [--expiry-limit S] [--rounds N] [--round-duration S] [--no-raw] [--plugin-dir DIR] [--out DIR] [--work-dir DIR] [--keep]
+  [--expiry-limit S] [--rounds N] [--round-duration S] [--no-raw] [--plugin-dir DIR]
+  [--prosody-bin DIR] [--out DIR] [--work-dir DIR] [--keep]
 mam-bench --render bench/results/<run>.json   (rewrite that run's .md and .svg)";
 
 fn repo_root() -> PathBuf {
@@ -111,6 +114,7 @@ fn parse_opts() -> Result<Opts> {
         round_duration: secs(5.0),
         raw: true,
         plugin_dir: repo_root().join("target/prosody-plugin"),
+        prosody_bin: None,
         out_dir: Path::new(env!("CARGO_MANIFEST_DIR")).join("results"),
         work_dir: std::env::temp_dir().join(format!("mam-bench-{}", std::process::id())),
         keep: false,
@@ -158,6 +162,7 @@ fn parse_opts() -> Result<Opts> {
             "--round-duration" => o.round_duration = secs(val()?.parse()?),
             "--no-raw" => o.raw = false,
             "--plugin-dir" => o.plugin_dir = PathBuf::from(val()?),
+            "--prosody-bin" => o.prosody_bin = Some(PathBuf::from(val()?)),
             "--out" => o.out_dir = PathBuf::from(val()?),
             "--work-dir" => o.work_dir = PathBuf::from(val()?),
             "--keep" => o.keep = true,
@@ -173,6 +178,10 @@ fn parse_opts() -> Result<Opts> {
     for dir in [&mut o.plugin_dir, &mut o.work_dir, &mut o.out_dir] {
         *dir = std::path::absolute(&*dir)?;
     }
+    if let Some(bin) = &mut o.prosody_bin {
+        *bin = std::path::absolute(&*bin)?;
+    }
+    server::use_prosody_bin(o.prosody_bin.clone());
     Ok(o)
 }
 
@@ -553,11 +562,7 @@ fn machine() -> serde_json::Value {
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(0);
-    let prosody = std::process::Command::new("dpkg-query")
-        .args(["-W", "-f", "${Version}", "prosody"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default();
+    let prosody = server::prosody_version();
     let model = std::fs::read_to_string("/proc/cpuinfo")
         .unwrap_or_default()
         .lines()
@@ -715,6 +720,7 @@ async fn run(o: Opts) -> Result<()> {
             "internal_max": o.internal_max, "body_bytes": populate::BODY_LEN,
             "rounds": o.rounds, "round_s": o.round_duration.as_secs_f64(),
             "plugin_dir": o.plugin_dir.display().to_string(),
+            "prosody_bin": o.prosody_bin.as_ref().map(|b| b.display().to_string()),
         }),
         ratios: report::ratios(&configs, &o.sizes),
         configs,
@@ -727,10 +733,18 @@ async fn run(o: Opts) -> Result<()> {
     println!("{md}");
     std::fs::create_dir_all(&o.out_dir)?;
     let stamp = started.replace([':', '-'], "");
+    // A run on another Prosody than the system's is named after its version.
+    let version = match &o.prosody_bin {
+        Some(_) => format!(
+            "-prosody{}",
+            server::prosody_version().replace(['.', ' '], "_")
+        ),
+        None => String::new(),
+    };
     let base = if o.quick {
-        format!("{stamp}-quick")
+        format!("{stamp}{version}-quick")
     } else {
-        stamp
+        format!("{stamp}{version}")
     };
     std::fs::write(
         o.out_dir.join(format!("{base}.json")),

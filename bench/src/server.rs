@@ -22,6 +22,39 @@ static LIVE_PIDS: Mutex<Vec<u32>> = Mutex::new(Vec::new());
 
 pub const PASSWORD: &str = "pw";
 
+/// The directory of the `prosody` and `prosodyctl` every configuration runs
+/// (`None`: the system's, found on PATH). Set once, from `--prosody-bin`.
+static PROSODY_BIN: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+
+pub fn use_prosody_bin(bin: Option<PathBuf>) {
+    let _ = PROSODY_BIN.set(bin);
+}
+
+/// The program `name` (`prosody`, `prosodyctl`) of the Prosody under test.
+fn program(name: &str) -> PathBuf {
+    match PROSODY_BIN.get().and_then(Option::as_ref) {
+        Some(bin) => bin.join(name),
+        None => PathBuf::from(name),
+    }
+}
+
+/// The version of the Prosody under test: its sources' `prosody.version` next to a
+/// `--prosody-bin`, else the Debian package's (never `prosody --version`, which
+/// starts a server).
+pub fn prosody_version() -> String {
+    if let Some(bin) = PROSODY_BIN.get().and_then(Option::as_ref) {
+        let file = bin.join("../lib/prosody/prosody.version");
+        return fs::read_to_string(file)
+            .map(|v| v.trim().to_owned())
+            .unwrap_or_else(|_| "unknown".into());
+    }
+    Command::new("dpkg-query")
+        .args(["-W", "-f", "${Version}", "prosody"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
 /// The benchmark's own Prosody plugins (`nomam-sid`'s module).
 const BENCH_PLUGINS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/plugins");
 
@@ -195,7 +228,7 @@ impl ServerSpec {
     /// Registers accounts with `prosodyctl register`.
     pub fn register(&self, users: &[String]) -> Result<()> {
         for u in users {
-            let out = Command::new("prosodyctl")
+            let out = Command::new(program("prosodyctl"))
                 .arg("--config")
                 .arg(self.config_path())
                 .args(["register", u, DOMAIN, PASSWORD])
@@ -236,7 +269,7 @@ impl Server {
             .create(true)
             .append(true)
             .open(spec.dir.join("stdout.log"))?;
-        let child = Command::new("prosody")
+        let child = Command::new(program("prosody"))
             .arg("-F")
             .arg("--config")
             .arg(spec.config_path())

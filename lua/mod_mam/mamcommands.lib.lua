@@ -143,8 +143,16 @@ return function (native)
 				return users;
 			end;
 			count = function (user)
-				local _, total = source:find(user, { limit = 0; total = true });
-				return tonumber(total) or 0;
+				local iter, total = source:find(user, { limit = 0; total = true });
+				if not iter then return nil, total; end
+				if total then return tonumber(total); end
+				-- Prosody 13's internal store answers no total for a non-empty
+				-- archive: count the items.
+				local all, err = source:find(user, {});
+				if not all then return nil, err; end
+				local n = 0;
+				for _ in all do n = n + 1; end
+				return n;
 			end;
 			find = function (user)
 				return source:find(user, {});

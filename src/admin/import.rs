@@ -43,13 +43,18 @@ pub fn to_imported(user: &str, src: &SourceMessage) -> Result<ImportedMessage> {
             user
         )));
     }
-    let micros = src.when_secs * 1_000_000.0;
-    if !micros.is_finite() || micros.abs() > 9.0e18 {
+    if !src.when_secs.is_finite() || src.when_secs.abs() > 9.0e12 {
         return Err(MamError::Corrupt(format!(
             "message {} of {} has an invalid timestamp {}",
             src.id, user, src.when_secs
         )));
     }
+    // Whole seconds, then the fraction's microseconds cut (not rounded) as Prosody 13
+    // writes a sub-second `when` out (util.datetime): the stamp clients saw from the
+    // stock module is the stamp they see from ours.
+    let whole = src.when_secs.floor();
+    let fraction = ((src.when_secs - whole) * 1_000_000.0).floor();
+    let micros = whole as Micros * 1_000_000 + fraction as Micros;
     let (bare, resource) = split_resource(&src.with);
     let mut stanza = src.stanza.clone();
     if stanza.xmlns().is_none() {
@@ -59,7 +64,7 @@ pub fn to_imported(user: &str, src: &SourceMessage) -> Result<ImportedMessage> {
         user: user.to_owned(),
         msg: ArchivedMessage {
             id: src.id.clone(),
-            when: micros.round() as Micros,
+            when: micros,
             with_bare: bare.to_owned(),
             with_resource: resource.map(str::to_owned),
             xml: to_xml(&stanza),
@@ -457,6 +462,16 @@ mod tests {
             "<message to='romeo@montague.lit/orchard' type='chat' xmlns='jabber:client'>\
              <body>abc</body></message>"
         );
+    }
+
+    #[test]
+    fn a_sub_second_stamp_keeps_the_microseconds_prosody_13_shows() {
+        // 13 writes `when` as a float and shows floor(fraction * 1e6): .330229 here,
+        // where rounding would give .330230 and a stamp the client never saw.
+        let m = to_imported("juliet", &src("a", 1_764_786_611.330_23, "r@m")).expect("convert");
+        assert_eq!(m.msg.when, 1_764_786_611_330_229);
+        let before_1970 = to_imported("juliet", &src("b", -1.25, "r@m")).expect("convert");
+        assert_eq!(before_1970.msg.when, -1_250_000);
     }
 
     #[test]

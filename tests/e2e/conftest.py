@@ -1,4 +1,4 @@
-"""End-to-end harness: a real Prosody 0.12 on loopback, real slixmpp clients.
+"""End-to-end harness: a real Prosody (0.12 or 13) on loopback, real slixmpp clients.
 
 Layout:
 - `Prosody`: one private server (temp dir, free port, own pidfile/data/log), started
@@ -12,6 +12,12 @@ Layout:
 `MAM_MODULE=native` (default) runs the plugin from `target/prosody-plugin`;
 `MAM_MODULE=stock` runs Prosody's own mod_mam. Tests marked `native_only` cover
 deliberate differences from stock and are skipped under stock.
+
+`MAM_TEST_PROSODY_BIN` names the directory of the `prosody` and `prosodyctl` to run
+(`scripts/prosody13.sh` installs Prosody 13 privately and prints it); unset, the
+system's (Debian 12's 0.12). Tests marked `prosody_012_only(reason)` or
+`prosody_13_only(reason)` are about one version's behaviour and are skipped, with the
+reason, on the other.
 
 `MAM_TEST_BACKEND=sqlite` (default) keeps each native archive in the embedded SQLite
 file; `MAM_TEST_BACKEND=postgres` gives every Prosody its own fresh PostgreSQL
@@ -53,6 +59,29 @@ sys.path.insert(0, str(REPO / "prosody-test-env"))
 import prosody_config  # noqa: E402
 
 HOST = prosody_config.HOST
+PROSODY_BIN = os.environ.get("MAM_TEST_PROSODY_BIN")
+
+
+def prosody_program(name):
+    """The path of `prosody` or `prosodyctl` of the Prosody under test."""
+    return str(Path(PROSODY_BIN) / name) if PROSODY_BIN else name
+
+
+def installed_prosody_version():
+    """The version of the Prosody under test, from its sources' prosody.version
+    (never by running `prosody --version`, which starts a server)."""
+    if PROSODY_BIN:
+        sources = Path(PROSODY_BIN).resolve().parent / "lib" / "prosody"
+    else:
+        sources = Path("/usr/lib/prosody")
+    try:
+        return (sources / "prosody.version").read_text().strip()
+    except OSError:
+        return "unknown"
+
+
+PROSODY_VERSION = installed_prosody_version()
+PROSODY_13 = PROSODY_VERSION.split(".")[0] == "13"
 MAM_MODULE = os.environ.get("MAM_MODULE", "native")
 BACKEND = os.environ.get("MAM_TEST_BACKEND", "sqlite")
 PLUGIN_PATH = REPO / "target" / "prosody-plugin"
@@ -117,6 +146,14 @@ def pytest_configure(config):
         "markers",
         "postgres_only: needs the PostgreSQL backend; runs only with MAM_TEST_BACKEND=postgres",
     )
+    config.addinivalue_line(
+        "markers",
+        "prosody_012_only(reason): about Prosody 0.12's behaviour; skipped on 13",
+    )
+    config.addinivalue_line(
+        "markers",
+        "prosody_13_only(reason): about Prosody 13's behaviour; skipped on 0.12",
+    )
     global PG
     if BACKEND not in ("sqlite", "postgres"):
         pytest.exit(f"MAM_TEST_BACKEND must be 'sqlite' or 'postgres', not {BACKEND!r}", returncode=2)
@@ -144,13 +181,18 @@ def backend_description():
     return "sqlite (embedded, mam_archive.sqlite in each Prosody's data dir)"
 
 
+def run_description():
+    return (f"Prosody {PROSODY_VERSION}, mam archive backend: {backend_description()}, "
+            f"module: {MAM_MODULE}")
+
+
 def pytest_report_header(config):
-    return [f"mam archive backend: {backend_description()}, module: {MAM_MODULE}"]
+    return [run_description()]
 
 
 def pytest_terminal_summary(terminalreporter):
     # Also under -q, where pytest prints no header.
-    terminalreporter.write_line(f"mam archive backend: {backend_description()}, module: {MAM_MODULE}")
+    terminalreporter.write_line(run_description())
 
 
 def pytest_collection_modifyitems(config, items):
@@ -169,6 +211,12 @@ def pytest_collection_modifyitems(config, items):
         if item.get_closest_marker("postgres_only") is not None and not pg_archive():
             item.add_marker(pytest.mark.skip(
                 reason="postgres_only: runs with MAM_TEST_BACKEND=postgres and MAM_MODULE=native"))
+        for name, wanted in (("prosody_012_only", not PROSODY_13), ("prosody_13_only", PROSODY_13)):
+            marker = item.get_closest_marker(name)
+            if marker is not None and not wanted:
+                why = marker.kwargs.get("reason") or (marker.args[0] if marker.args else "")
+                item.add_marker(pytest.mark.skip(
+                    reason=f"{name}: {why} (this is Prosody {PROSODY_VERSION})"))
 
 
 def pytest_sessionfinish(session, exitstatus):
@@ -473,7 +521,8 @@ class Prosody:
     # accounts
     def register(self, user):
         subprocess.run(
-            ["prosodyctl", "--config", str(self.cfg), "register", user, self.host, password_for(user)],
+            [prosody_program("prosodyctl"), "--config", str(self.cfg), "register", user, self.host,
+             password_for(user)],
             check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=WAIT,
         )
 
@@ -489,7 +538,7 @@ class Prosody:
     def start(self):
         out = open(self.dir / "stdout.log", "ab")
         self.proc = subprocess.Popen(
-            ["prosody", "-F", "--config", str(self.cfg)],
+            [prosody_program("prosody"), "-F", "--config", str(self.cfg)],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )
         out.close()
@@ -898,7 +947,7 @@ def use_module(server, plugin):
 def prosodyctl(server, *args, timeout=60):
     """Run `prosodyctl --config <server's config> ARGS`; returns the CompletedProcess."""
     return subprocess.run(
-        ["prosodyctl", "--config", str(server.cfg), *args],
+        [prosody_program("prosodyctl"), "--config", str(server.cfg), *args],
         capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
     )
 

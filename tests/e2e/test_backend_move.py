@@ -19,7 +19,8 @@ import uuid
 import pytest
 
 from conftest import (
-    HOST, WAIT, PgServer, Prosody, canonical, chat_xml, get_prefs, mam_all, prosodyctl,
+    HOST, WAIT, PgServer, Prosody, canonical, chat_xml, get_prefs, mam_all, prosody_program,
+    prosodyctl,
     send_and_flush, set_prefs,
 )
 
@@ -69,7 +70,7 @@ def servers():
 def prosodyctl_with(server, env, *args):
     """prosodyctl with extra environment variables (e.g. PGPASSWORD)."""
     return subprocess.run(
-        ["prosodyctl", "--config", str(server.cfg), *args],
+        [prosody_program("prosodyctl"), "--config", str(server.cfg), *args],
         capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
         env={**os.environ, **env},
     )
