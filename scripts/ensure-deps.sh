@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building, running and testing need, only when it is missing:
-# Debian's prosody (0.12, Lua 5.4), lua5.4, lua-dbi-sqlite3, sqlite3, postgresql
+# Debian's prosody (0.12, Lua 5.4), lua5.4, lua-bitop (Prosody 13 needs it too; see
+# scripts/prosody13.sh), lua-dbi-sqlite3, sqlite3, postgresql
 # (server and client, for the tests' private clusters: scripts/pg-cluster.sh),
 # lua-dbi-postgresql (stock Prosody's SQL storage on PostgreSQL), mariadb-server (for
 # the import test's private server: scripts/mysql-server.sh) and lua-dbi-mysql (stock
@@ -30,7 +31,7 @@ system_mysql_pid() {
 }
 
 need=()
-for pkg in prosody lua5.4 lua-dbi-sqlite3 sqlite3 postgresql lua-dbi-postgresql \
+for pkg in prosody lua5.4 lua-bitop lua-dbi-sqlite3 sqlite3 postgresql lua-dbi-postgresql \
 	mariadb-server lua-dbi-mysql openssl python3-pip; do
 	if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
 		need+=("$pkg")

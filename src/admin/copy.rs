@@ -482,15 +482,12 @@ mod tests {
     }
 
     fn message(id: &str, when: Micros, with: &str) -> ArchivedMessage {
-        let (bare, resource) = match with.split_once('/') {
-            Some((b, r)) => (b.to_owned(), Some(r.to_owned())),
-            None => (with.to_owned(), None),
-        };
+        let filter = crate::store::WithFilter::from_jid(with);
         ArchivedMessage {
             id: id.to_owned(),
             when,
-            with_bare: bare,
-            with_resource: resource,
+            with_bare: filter.bare,
+            with_resource: filter.resource,
             xml: format!(
                 "<message xmlns='jabber:client' to='{with}' type='chat'>\
                  <body>{id} &lt;ü&gt; &amp; '\"</body></message>"

@@ -161,15 +161,12 @@ pub fn romeo() -> Owner {
 
 /// A message with `with` given as a bare or full JID.
 pub fn msg(id: &str, when: Micros, with: &str) -> ArchivedMessage {
-    let (bare, resource) = match with.split_once('/') {
-        Some((bare, resource)) => (bare.to_owned(), Some(resource.to_owned())),
-        None => (with.to_owned(), None),
-    };
+    let filter = WithFilter::from_jid(with);
     ArchivedMessage {
         id: id.to_owned(),
         when,
-        with_bare: bare,
-        with_resource: resource,
+        with_bare: filter.bare,
+        with_resource: filter.resource,
         xml: format!("<message xmlns='jabber:client' id='{id}'><body>{id}</body></message>"),
     }
 }

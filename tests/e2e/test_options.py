@@ -95,3 +95,74 @@ async def test_an_inline_read_wait_beyond_two_milliseconds_fails_the_load_naming
     lines = log_lines(bad_inline_server, "mam_inline_read_wait")
     assert any("error" in line.lower() and "milliseconds from 0 to 2" in line
                for line in lines), lines
+
+
+# --------------------------------------------------------------------------- periods
+
+@pytest.fixture(scope="module")
+def spelled_out_expiry_server(prosody_factory):
+    # Prosody 13's own spelling (its default config says "1 week"); stock 0.12 reads
+    # it as one week too. It once stopped the module from loading on both.
+    return prosody_factory("expiry-1-week", {"archive_expires_after": "1 week"}, users=2)
+
+
+async def test_a_period_written_out_as_prosody_13_writes_it_loads_and_archives(
+        spelled_out_expiry_server, connect):
+    server = spelled_out_expiry_server
+    a, b = server.take_users(2)
+    alice, bob = await connect(server, a), await connect(server, b)
+    await send_and_flush(alice, chat_xml(bob.bare, "kept a week"))
+    results = await mam_all(bob)
+    assert [r.body for r in results] == ["kept a week"]
+    assert not [line for line in server.log_text().splitlines()
+                if "archive_expires_after" in line and ("error" in line or "warn" in line)]
+
+
+@pytest.fixture(scope="module")
+def ambiguous_expiry_server(prosody_factory):
+    return prosody_factory("expiry-2m", {"archive_expires_after": "2m"}, users=2)
+
+
+@pytest.mark.native_only
+async def test_an_ambiguous_period_loads_as_months_with_a_warning_naming_the_option(
+        ambiguous_expiry_server, connect):
+    server = ambiguous_expiry_server
+    (u,) = server.take_users(1)
+    client = await connect(server, u)
+    assert await mam_all(client) == []
+    await wait_log(server, "ambiguous period")
+    lines = log_lines(server, "ambiguous period")
+    assert any("warn" in line and "'archive_expires_after'" in line and "2 months" in line
+               for line in lines), lines
+
+
+# --------------------------------------------------------------------------- clean logs
+
+@pytest.fixture(scope="module")
+def quiet_server(prosody_factory):
+    return prosody_factory("quiet", {"archive_expires_after": "1 day",
+                                     "archive_cleanup_interval": 1}, users=3)
+
+
+@pytest.mark.native_only
+async def test_a_normal_session_leaves_no_warning_or_error_in_the_log(quiet_server, connect):
+    # Prosody 13 warns about storage calls outside async context, deprecated APIs and
+    # the like: archiving, queries, metadata, preferences, the query form and expiry
+    # runs must give it nothing to say, on either version.
+    server = quiet_server
+    a, b = server.take_users(2)
+    alice, bob = await connect(server, a), await connect(server, b)
+    await send_and_flush(alice, *[chat_xml(bob.bare, f"quiet {i}") for i in range(5)])
+    await bob.wait_for_message(lambda m: m.findtext(q(NS_CLIENT, "body")) == "quiet 4")
+    assert len(await mam_all(bob)) == 5
+    await bob.iq("get", f"<metadata xmlns='{NS_MAM}'/>")
+    await bob.iq("get", f"<query xmlns='{NS_MAM}'/>")
+    await bob.iq("set", f"<prefs xmlns='{NS_MAM}' default='always'><never/></prefs>")
+    # Expiry runs every second here: wait for two to have finished.
+    deadline = time.monotonic() + 10
+    while len(log_lines(server, "Expiry run finished")) < 2 and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    assert len(log_lines(server, "Expiry run finished")) >= 2
+    bad = [line for line in server.log_text().splitlines()
+           if ("\twarn\t" in line or "\terror\t" in line) and "Received SIGTERM" not in line]
+    assert not bad, "\n".join(bad)
