@@ -267,6 +267,36 @@ fn parse_count(option: &str, value: &RawValue, min: u64) -> Result<u64> {
     Ok(n as u64)
 }
 
+/// A whole number option that stock reads with `get_option_integer` (13) or
+/// `get_option_number` (0.12): a number or a numeric string. As 13 does, a fraction
+/// is cut to a whole number and a value below `min` is raised to it, each with a
+/// warning naming the option rather than a refusal (stock loads with them).
+fn parse_stock_integer(
+    option: &str,
+    value: &RawValue,
+    min: u64,
+    warnings: &mut Vec<String>,
+) -> Result<u64> {
+    let accepted = format!("a whole number of at least {min}");
+    let n = parse_number(option, value, &accepted)?;
+    if !n.is_finite() || n > u32::MAX as f64 {
+        return Err(invalid(option, value, &accepted));
+    }
+    let whole = n.floor();
+    if whole != n {
+        warnings.push(format!(
+            "Option '{option}' expected an integer, not a fraction ({n}): read as {whole}"
+        ));
+    }
+    if whole < min as f64 {
+        warnings.push(format!(
+            "Option '{option}' out of bounds ({whole} < {min}): read as {min}"
+        ));
+        return Ok(min);
+    }
+    Ok(whole as u64)
+}
+
 /// A duration in milliseconds, fractions allowed, from 0 to `max`.
 fn parse_millis(option: &str, value: &RawValue, max: f64) -> Result<Duration> {
     let accepted = format!("a number of milliseconds from 0 to {max}");
@@ -468,7 +498,9 @@ impl Config {
             None => DEFAULT_CLEANUP_INTERVAL,
         };
         let max_results = match opts.get("max_archive_query_results") {
-            Some(v) => parse_count("max_archive_query_results", &v, 1)? as usize,
+            Some(v) => {
+                parse_stock_integer("max_archive_query_results", &v, 0, &mut warnings)? as usize
+            }
             None => DEFAULT_MAX_RESULTS,
         };
         let default_policy = match opts.get("default_archive_policy") {
@@ -494,7 +526,12 @@ impl Config {
             None => "archive".to_owned(),
         };
         let item_limit = match opts.get("storage_archive_item_limit") {
-            Some(v) => Some(parse_count("storage_archive_item_limit", &v, 1)?),
+            Some(v) => Some(parse_stock_integer(
+                "storage_archive_item_limit",
+                &v,
+                0,
+                &mut warnings,
+            )?),
             None => None,
         };
         let storage = parse_storage(data_path, &archive_store, opts)?;
@@ -656,15 +693,44 @@ mod tests {
     }
 
     #[test]
-    fn counts_must_be_positive_whole_numbers() {
-        for bad in [RawValue::Number(0.0), RawValue::Number(2.5), s("many")] {
+    fn stock_integers_take_what_prosody_13_takes_with_a_warning_where_it_warns() {
+        for bad in [
+            s("many"),
+            s(""),
+            RawValue::Bool(true),
+            RawValue::Number(f64::NAN),
+        ] {
             let err = config_with(&[("max_archive_query_results", bad)])
                 .unwrap_err()
                 .to_string();
             assert!(err.contains("max_archive_query_results"), "{err}");
         }
-        let c = config_with(&[("storage_archive_item_limit", RawValue::Number(1000.0))]).unwrap();
-        assert_eq!(c.item_limit, Some(1000));
+        let c = config_with(&[("storage_archive_item_limit", s("1000"))]).unwrap();
+        assert_eq!((c.item_limit, c.warnings.len()), (Some(1000), 0));
+        // 13 cuts a fraction and raises a value below its bound, saying so.
+        let c = config_with(&[("max_archive_query_results", RawValue::Number(25.5))]).unwrap();
+        assert_eq!(c.max_results, 25);
+        assert!(
+            c.warnings[0].contains("'max_archive_query_results'"),
+            "{:?}",
+            c.warnings
+        );
+        let c = config_with(&[("storage_archive_item_limit", RawValue::Number(-3.0))]).unwrap();
+        assert_eq!(c.item_limit, Some(0));
+        assert!(c.warnings[0].contains("out of bounds"), "{:?}", c.warnings);
+        // Zero is a bound stock accepts: pages of nothing, a quota keeping the newest.
+        let c = config_with(&[("max_archive_query_results", RawValue::Number(0.0))]).unwrap();
+        assert_eq!((c.max_results, c.default_page), (0, 0));
+    }
+
+    #[test]
+    fn our_own_counts_must_be_positive_whole_numbers() {
+        for bad in [RawValue::Number(0.0), RawValue::Number(2.5), s("many")] {
+            let err = config_with(&[("archive_cleanup_interval", bad)])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("archive_cleanup_interval"), "{err}");
+        }
     }
 
     #[test]
