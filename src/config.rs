@@ -32,6 +32,9 @@ pub enum RawValue {
 pub const OPTION_NAMES: &[&str] = &[
     "archive_expires_after",
     "archive_cleanup_interval",
+    // Prosody 13's period for stock's own daily cleanup task (mod_cron reads
+    // `<module>_<task>_period`); honoured when archive_cleanup_interval is not set.
+    "mam_remove_expired_messages_period",
     "max_archive_query_results",
     "default_archive_policy",
     "dont_archive_namespaces",
@@ -297,6 +300,41 @@ fn parse_stock_integer(
     Ok(whole as u64)
 }
 
+/// Prosody 13's option for the period of stock's cleanup task (`mod_cron`: the
+/// task id `mam/remove_expired_messages`, `/` as `_`, then `_period`).
+const CRON_CLEANUP_PERIOD: &str = "mam_remove_expired_messages_period";
+
+/// Longest interval between expiry runs: 13's bound for a cron task's period.
+const MAX_CLEANUP_INTERVAL: u64 = 53 * 7 * 86_400;
+
+/// Seconds between expiry runs: a number of seconds, or a period as 13 writes them
+/// (`"4 hours"`), at least `min` and at most 53 weeks (13's bounds for a task's
+/// period: outside them, raised or lowered with a warning). `"never"` is refused: it
+/// would silently stop expiry, which `archive_expires_after = "never"` says plainly.
+fn parse_interval(
+    option: &str,
+    value: &RawValue,
+    min: u64,
+    warnings: &mut Vec<String>,
+) -> Result<u64> {
+    let period = parse_period(option, value)?;
+    warnings.extend(period.warning);
+    let Some(seconds) = period.seconds else {
+        return Err(invalid(
+            option,
+            value,
+            "a number of seconds or a period such as \"4 hours\" (to stop expiry, set archive_expires_after = \"never\")",
+        ));
+    };
+    let bounded = seconds.clamp(min, MAX_CLEANUP_INTERVAL);
+    if bounded != seconds {
+        warnings.push(format!(
+            "Option '{option}' out of bounds ({seconds} s): read as {bounded} s"
+        ));
+    }
+    Ok(bounded)
+}
+
 /// A duration in milliseconds, fractions allowed, from 0 to `max`.
 fn parse_millis(option: &str, value: &RawValue, max: f64) -> Result<Duration> {
     let accepted = format!("a number of milliseconds from 0 to {max}");
@@ -493,9 +531,13 @@ impl Config {
             }
             None => Some(7 * DAY),
         };
-        let cleanup_interval = match opts.get("archive_cleanup_interval") {
-            Some(v) => parse_count("archive_cleanup_interval", &v, 1)?,
-            None => DEFAULT_CLEANUP_INTERVAL,
+        let cleanup_interval = match (
+            opts.get("archive_cleanup_interval"),
+            opts.get(CRON_CLEANUP_PERIOD),
+        ) {
+            (Some(v), _) => parse_interval("archive_cleanup_interval", &v, 1, &mut warnings)?,
+            (None, Some(v)) => parse_interval(CRON_CLEANUP_PERIOD, &v, 60, &mut warnings)?,
+            (None, None) => DEFAULT_CLEANUP_INTERVAL,
         };
         let max_results = match opts.get("max_archive_query_results") {
             Some(v) => {
@@ -724,8 +766,37 @@ mod tests {
     }
 
     #[test]
-    fn our_own_counts_must_be_positive_whole_numbers() {
-        for bad in [RawValue::Number(0.0), RawValue::Number(2.5), s("many")] {
+    fn the_cleanup_interval_is_seconds_or_a_period_and_13s_cron_period_counts_too() {
+        let interval = |pairs: &[(&str, RawValue)]| config_with(pairs).unwrap().cleanup_interval;
+        assert_eq!(interval(&[]), DEFAULT_CLEANUP_INTERVAL);
+        assert_eq!(
+            interval(&[("archive_cleanup_interval", RawValue::Number(600.0))]),
+            600
+        );
+        assert_eq!(
+            interval(&[("archive_cleanup_interval", s("2 hours"))]),
+            7200
+        );
+        assert_eq!(
+            interval(&[("mam_remove_expired_messages_period", s("6 hours"))]),
+            21_600
+        );
+        // Ours wins over 13's when both are set.
+        let both = [
+            ("archive_cleanup_interval", RawValue::Number(60.0)),
+            ("mam_remove_expired_messages_period", s("1 day")),
+        ];
+        assert_eq!(interval(&both), 60);
+        // 13's bounds for a task period, with a warning.
+        let c = config_with(&[("mam_remove_expired_messages_period", s("10 seconds"))]).unwrap();
+        assert_eq!(c.cleanup_interval, 60);
+        assert!(c.warnings[0].contains("out of bounds"), "{:?}", c.warnings);
+        for bad in [
+            RawValue::Number(0.0),
+            s("many"),
+            s("never"),
+            RawValue::Bool(false),
+        ] {
             let err = config_with(&[("archive_cleanup_interval", bad)])
                 .unwrap_err()
                 .to_string();
