@@ -789,6 +789,30 @@ mod tests {
     }
 
     #[test]
+    fn at_the_quota_expired_messages_go_first_even_past_the_limit() {
+        let (mut a, clock, _dir) = archive_with(&[
+            ("archive_expires_after", RawValue::String("1 day".into())),
+            ("storage_archive_item_limit", RawValue::Number(3.0)),
+        ]);
+        for body in ["old 1", "old 2"] {
+            a.append("juliet", "romeo@montague.lit", chat(body))
+                .unwrap()
+                .unwrap();
+        }
+        clock.0.fetch_add(2 * 86_400 * 1_000_000, Ordering::SeqCst);
+        let mut fresh = Vec::new();
+        for body in ["new 1", "new 2"] {
+            let appended = a
+                .append("juliet", "romeo@montague.lit", chat(body))
+                .unwrap();
+            fresh.push(appended.unwrap().id);
+        }
+        // Four is one over the quota of three: stock removes both expired messages
+        // (not just the oldest one), as the quota hit's first step.
+        assert_eq!(query_all(&mut a, "juliet"), fresh);
+    }
+
+    #[test]
     fn never_expiring_archives_are_not_expired() {
         let (mut a, _clock, _dir) =
             archive_with(&[("archive_expires_after", RawValue::String("never".into()))]);
