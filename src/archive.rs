@@ -25,7 +25,7 @@ use crate::reader::{ReadJob, ReadOp, Readers};
 use crate::stanza::{to_xml, Element};
 use crate::store::{self, ArchiveStore, ArchivedMessage, Owner};
 use crate::time::{Clock, SystemClock};
-use crate::writer::{QuotaPolicy, WriteOp, Writer};
+use crate::writer::{Delivery, QuotaPolicy, WriteOp, Writer};
 
 /// Reader threads per archive: queries from two users run side by side, and a
 /// third waits, without ever holding up the event loop.
@@ -40,6 +40,9 @@ pub struct Appended {
     pub stored: Element,
     /// Our `<stanza-id>` (XEP-0359), to add to the copy that is delivered.
     pub stanza_id: Element,
+    /// The write's sequence number: with [`Delivery::AfterCommit`], delivery waits
+    /// for an [`crate::mailbox::Outcome::Committed`] at or past it.
+    pub seq: u64,
 }
 
 /// Why an eligible message was nevertheless not stored.
@@ -217,12 +220,15 @@ impl Archive {
     /// Archives `stanza` in `user`'s archive; `with_jid` is the other party as
     /// addressed (bare or full). The caller has already decided the message is
     /// eligible ([`policy::should_store`], preferences). The id is assigned here and
-    /// the write queued: delivery never waits for the disk.
+    /// the write queued: the event loop never waits for the disk, and `delivery` says
+    /// whether the shim holds the message back (in its session's runner) until the
+    /// commit.
     pub fn append(
         &mut self,
         user: &str,
         with_jid: &str,
         stanza: Element,
+        delivery: Delivery,
     ) -> Result<std::result::Result<Appended, NotStored>> {
         // The delivered copy is built from Prosody's own table, so this Element is only
         // the stored copy: no clone.
@@ -249,9 +255,10 @@ impl Archive {
             with_resource: resource.map(str::to_owned),
             xml,
         };
-        self.writer.submit(WriteOp::Append {
+        let seq = self.writer.submit(WriteOp::Append {
             owner: self.owner(user),
             msg,
+            delivery,
         })?;
         let stanza_id = Element::with_ns("stanza-id", ns::STANZA_ID)
             .with_attr("by", &format!("{user}@{}", self.config.host))
@@ -260,6 +267,7 @@ impl Archive {
             id,
             stored,
             stanza_id,
+            seq,
         }))
     }
 
@@ -270,12 +278,13 @@ impl Archive {
         user: &str,
         with_jid: &str,
         stanza: Element,
+        delivery: Delivery,
     ) -> Result<std::result::Result<Appended, NotStored>> {
         let (eligible, reason) = policy::should_store(&stanza);
         if !eligible {
             return Ok(Err(NotStored::Policy(reason)));
         }
-        self.append(user, with_jid, stanza)
+        self.append(user, with_jid, stanza, delivery)
     }
 
     /// The query form (iq-get on `<query>`), which also counts as MAM use.
@@ -519,9 +528,14 @@ mod tests {
     fn a_serialised_answer_is_the_stanza_answer_written_out() {
         let (mut a, _clock, _dir) = archive_with(&[]);
         for body in ["one", "two &amp; &lt;three&gt;"] {
-            a.append("juliet", "romeo@montague.lit/orchard", chat(body))
-                .unwrap()
-                .unwrap();
+            a.append(
+                "juliet",
+                "romeo@montague.lit/orchard",
+                chat(body),
+                Delivery::AtOnce,
+            )
+            .unwrap()
+            .unwrap();
         }
         let q = parse_xml("<query xmlns='urn:xmpp:mam:2' queryid='q'/>").unwrap();
         let mut answers = Vec::new();
@@ -586,7 +600,12 @@ mod tests {
         for i in 0..3 {
             clock.0.fetch_add(1, Ordering::SeqCst);
             let appended = a
-                .append("juliet", "romeo@montague.lit/orchard", chat(&i.to_string()))
+                .append(
+                    "juliet",
+                    "romeo@montague.lit/orchard",
+                    chat(&i.to_string()),
+                    Delivery::AtOnce,
+                )
                 .unwrap()
                 .unwrap();
             let sid = &appended.stanza_id;
@@ -604,7 +623,12 @@ mod tests {
     fn a_read_is_answered_inline_only_while_no_other_read_is_in_flight() {
         let (mut a, _clock, _dir) = archive_with(&[]);
         let appended = a
-            .append("juliet", "romeo@montague.lit", chat("first"))
+            .append(
+                "juliet",
+                "romeo@montague.lit",
+                chat("first"),
+                Delivery::AtOnce,
+            )
             .unwrap()
             .unwrap();
         let q = parse_xml("<query xmlns='urn:xmpp:mam:2'/>").unwrap();
@@ -623,9 +647,14 @@ mod tests {
         let path = a.config().storage.sqlite_path().unwrap().to_path_buf();
         let other = rusqlite::Connection::open(&path).unwrap();
         other.execute_batch("BEGIN EXCLUSIVE").unwrap();
-        a.append("juliet", "romeo@montague.lit", chat("second"))
-            .unwrap()
-            .unwrap();
+        a.append(
+            "juliet",
+            "romeo@montague.lit",
+            chat("second"),
+            Delivery::AtOnce,
+        )
+        .unwrap()
+        .unwrap();
         let held = a
             .start_query("juliet", &q, &prep, Reply::default())
             .unwrap();
@@ -656,7 +685,7 @@ mod tests {
     fn with_no_inline_wait_every_read_comes_through_the_mailbox() {
         let (mut a, _clock, _dir) =
             archive_with(&[("mam_inline_read_wait", RawValue::Number(0.0))]);
-        a.append("juliet", "romeo@montague.lit", chat("x"))
+        a.append("juliet", "romeo@montague.lit", chat("x"), Delivery::AtOnce)
             .unwrap()
             .unwrap();
         assert!(a.flush(WAIT));
@@ -676,9 +705,14 @@ mod tests {
     fn closing_commits_every_queued_write() {
         let (mut a, _clock, dir) = archive_with(&[]);
         for i in 0..500 {
-            a.append("juliet", "romeo@montague.lit", chat(&i.to_string()))
-                .unwrap()
-                .unwrap();
+            a.append(
+                "juliet",
+                "romeo@montague.lit",
+                chat(&i.to_string()),
+                Delivery::AtOnce,
+            )
+            .unwrap()
+            .unwrap();
         }
         let path = a.config().storage.sqlite_path().unwrap().to_path_buf();
         a.close();
@@ -702,12 +736,12 @@ mod tests {
         let (mut a, _, _dir) = archive_with(&[]);
         let headline = parse_xml("<message type='headline'><body>x</body></message>").unwrap();
         assert_eq!(
-            a.append_if_eligible("juliet", "romeo@montague.lit", headline)
+            a.append_if_eligible("juliet", "romeo@montague.lit", headline, Delivery::AtOnce)
                 .unwrap(),
             Err(NotStored::Policy("headline"))
         );
         assert!(a
-            .append_if_eligible("juliet", "romeo@montague.lit", chat("hi"))
+            .append_if_eligible("juliet", "romeo@montague.lit", chat("hi"), Delivery::AtOnce)
             .unwrap()
             .is_ok());
     }
@@ -717,7 +751,8 @@ mod tests {
         let (mut a, _, _dir) = archive_with(&[]);
         let m = parse_xml("<message to='juliet@localhost'><composing xmlns='http://jabber.org/protocol/chatstates'/></message>").unwrap();
         assert_eq!(
-            a.append("juliet", "romeo@montague.lit", m).unwrap(),
+            a.append("juliet", "romeo@montague.lit", m, Delivery::AtOnce)
+                .unwrap(),
             Err(NotStored::EmptyWhenStripped)
         );
     }
@@ -760,12 +795,22 @@ mod tests {
     fn expiry_removes_only_messages_older_than_the_window() {
         let (mut a, clock, _dir) =
             archive_with(&[("archive_expires_after", RawValue::String("1d".into()))]);
-        a.append("juliet", "romeo@montague.lit", chat("old"))
-            .unwrap()
-            .unwrap();
+        a.append(
+            "juliet",
+            "romeo@montague.lit",
+            chat("old"),
+            Delivery::AtOnce,
+        )
+        .unwrap()
+        .unwrap();
         clock.0.fetch_add(2 * 86_400 * 1_000_000, Ordering::SeqCst);
         let new = a
-            .append("juliet", "romeo@montague.lit", chat("new"))
+            .append(
+                "juliet",
+                "romeo@montague.lit",
+                chat("new"),
+                Delivery::AtOnce,
+            )
             .unwrap()
             .unwrap();
         assert!(a.flush(WAIT));
@@ -795,7 +840,7 @@ mod tests {
             ("storage_archive_item_limit", RawValue::Number(3.0)),
         ]);
         for body in ["old 1", "old 2"] {
-            a.append("juliet", "romeo@montague.lit", chat(body))
+            a.append("juliet", "romeo@montague.lit", chat(body), Delivery::AtOnce)
                 .unwrap()
                 .unwrap();
         }
@@ -803,7 +848,7 @@ mod tests {
         let mut fresh = Vec::new();
         for body in ["new 1", "new 2"] {
             let appended = a
-                .append("juliet", "romeo@montague.lit", chat(body))
+                .append("juliet", "romeo@montague.lit", chat(body), Delivery::AtOnce)
                 .unwrap();
             fresh.push(appended.unwrap().id);
         }
@@ -836,7 +881,7 @@ mod tests {
         let (mut a, _, _dir) = archive_with(&[]);
         let set = parse_xml("<prefs xmlns='urn:xmpp:mam:2' default='never'/>").unwrap();
         a.prefs_iq("juliet", Some(&set), &prep).unwrap();
-        a.append("juliet", "romeo@montague.lit", chat("x"))
+        a.append("juliet", "romeo@montague.lit", chat("x"), Delivery::AtOnce)
             .unwrap()
             .unwrap();
         assert_eq!(a.rule("juliet", "romeo@montague.lit").unwrap(), Rule::Skip);
@@ -853,9 +898,14 @@ mod tests {
         assert_eq!((before.writes_queued, before.writes_committed), (0, 0));
         assert_eq!(before.queue_depth, 0);
         for i in 0..3 {
-            a.append("juliet", "romeo@montague.lit", chat(&i.to_string()))
-                .unwrap()
-                .unwrap();
+            a.append(
+                "juliet",
+                "romeo@montague.lit",
+                chat(&i.to_string()),
+                Delivery::AtOnce,
+            )
+            .unwrap()
+            .unwrap();
         }
         let queued = a.stats();
         assert_eq!(queued.writes_queued, 3);

@@ -45,6 +45,8 @@ pub const OPTION_NAMES: &[&str] = &[
     "mam_database",
     "mam_max_db_pages",
     "mam_inline_read_wait",
+    "mam_commit_before_delivery",
+    "mam_commit_wait_limit",
     // Where the archive lives (PostgreSQL): ours, then Prosody's own storage options.
     "mam_sql",
     "sql",
@@ -66,6 +68,15 @@ pub const DEFAULT_INLINE_READ_WAIT: Duration = Duration::from_micros(300);
 /// The most `mam_inline_read_wait` accepts, in milliseconds: past a few, the loop
 /// would be held as long as stock holds it for a page.
 const MAX_INLINE_READ_WAIT_MS: f64 = 2.0;
+
+/// Default `mam_commit_wait_limit`: how long a delivery waits for its commit before
+/// storage counts as failing (see docs/durability.md for why this figure).
+pub const DEFAULT_COMMIT_WAIT_LIMIT: Duration = Duration::from_secs(2);
+
+/// The range `mam_commit_wait_limit` accepts, in seconds: below a few tens of
+/// milliseconds a WAL checkpoint would count as an outage; past a minute clients
+/// give up on the server.
+const COMMIT_WAIT_LIMIT_RANGE: (f64, f64) = (0.05, 60.0);
 
 /// The module's validated configuration for one virtual host.
 #[derive(Debug, Clone, PartialEq)]
@@ -97,6 +108,12 @@ pub struct Config {
     /// `mam_inline_read_wait` (milliseconds in the option): how long the event loop
     /// may wait for a read the idle readers finish at once; zero never waits.
     pub inline_read_wait: Duration,
+    /// `mam_commit_before_delivery`: a message is delivered only once its archive rows
+    /// are committed (where the stanza is processed in a session's async runner).
+    pub commit_before_delivery: bool,
+    /// `mam_commit_wait_limit` (seconds in the option): how long deliveries wait for
+    /// a commit before they go out uncommitted until storage catches up.
+    pub commit_wait_limit: Duration,
     /// Values accepted with a guess (Prosody 13 logs the same ones as errors): one
     /// line each, for the module's log at load.
     pub warnings: Vec<String>,
@@ -345,6 +362,15 @@ fn parse_millis(option: &str, value: &RawValue, max: f64) -> Result<Duration> {
     Ok(Duration::from_secs_f64(ms / 1000.0))
 }
 
+fn parse_seconds(option: &str, value: &RawValue, (min, max): (f64, f64)) -> Result<Duration> {
+    let accepted = format!("a number of seconds from {min} to {max}");
+    let secs = parse_number(option, value, &accepted)?;
+    if !secs.is_finite() || !(min..=max).contains(&secs) {
+        return Err(invalid(option, value, &accepted));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
 fn parse_string(option: &str, value: &RawValue) -> Result<String> {
     match value {
         RawValue::String(s) if !s.trim().is_empty() => Ok(s.clone()),
@@ -581,6 +607,14 @@ impl Config {
             Some(v) => parse_millis("mam_inline_read_wait", &v, MAX_INLINE_READ_WAIT_MS)?,
             None => DEFAULT_INLINE_READ_WAIT,
         };
+        let commit_before_delivery = match opts.get("mam_commit_before_delivery") {
+            Some(v) => parse_bool("mam_commit_before_delivery", &v)?,
+            None => true,
+        };
+        let commit_wait_limit = match opts.get("mam_commit_wait_limit") {
+            Some(v) => parse_seconds("mam_commit_wait_limit", &v, COMMIT_WAIT_LIMIT_RANGE)?,
+            None => DEFAULT_COMMIT_WAIT_LIMIT,
+        };
         Ok(Config {
             host: host.to_owned(),
             expires_after,
@@ -595,6 +629,8 @@ impl Config {
             item_limit,
             storage,
             inline_read_wait,
+            commit_before_delivery,
+            commit_wait_limit,
             warnings,
         })
     }
@@ -670,6 +706,40 @@ mod tests {
                 "{err}"
             );
         }
+    }
+
+    #[test]
+    fn deliveries_wait_for_the_commit_by_default_up_to_a_bounded_time() {
+        let c = config_with(&[]).unwrap();
+        assert!(c.commit_before_delivery);
+        assert_eq!(c.commit_wait_limit, DEFAULT_COMMIT_WAIT_LIMIT);
+        let off = config_with(&[("mam_commit_before_delivery", RawValue::Bool(false))]);
+        assert!(!off.unwrap().commit_before_delivery);
+        let limit = |v: RawValue| config_with(&[("mam_commit_wait_limit", v)]);
+        assert_eq!(
+            limit(RawValue::Number(0.5)).unwrap().commit_wait_limit,
+            Duration::from_millis(500)
+        );
+        assert_eq!(
+            limit(s("10")).unwrap().commit_wait_limit,
+            Duration::from_secs(10)
+        );
+        for bad in [
+            RawValue::Number(0.0),
+            RawValue::Number(61.0),
+            RawValue::Number(f64::INFINITY),
+            s("2 seconds"),
+        ] {
+            let err = limit(bad).unwrap_err().to_string();
+            assert!(
+                err.contains("mam_commit_wait_limit") && err.contains("seconds from 0.05 to 60"),
+                "{err}"
+            );
+        }
+        let err = config_with(&[("mam_commit_before_delivery", s("sometimes"))])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("mam_commit_before_delivery"), "{err}");
     }
 
     #[test]

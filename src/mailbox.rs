@@ -20,6 +20,10 @@ use crate::stanza::Element;
 /// Identifies one asynchronous request from the shim.
 pub type JobId = u64;
 
+/// The job of [`Outcome::Committed`] notices, which answer no request (jobs the
+/// archive hands out start at 1).
+pub const COMMITTED_JOB: JobId = 0;
+
 /// Whom a query's answer goes to, and in which form.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Reply {
@@ -76,6 +80,9 @@ pub enum Outcome {
     Removed(MamResult<u64>),
     /// One expiry batch ([`crate::expiry::Expirer::step`]).
     Expired(MamResult<crate::expiry::Step>),
+    /// Every write up to this sequence number is committed: posted after a commit
+    /// that a delivery waits for ([`crate::writer::Delivery::AfterCommit`]).
+    Committed(u64),
 }
 
 /// A finished job.

@@ -5,10 +5,18 @@
 //! [`LINGER`], and commits consecutive appends in one transaction (group commit):
 //! one WAL write for many messages.
 //!
-//! Durability window: a message is on disk once the writer commits it, normally
-//! within a few milliseconds of being queued (the linger plus the commit). At most [`QUEUE_CAPACITY`] writes are ever accepted
-//! and not yet committed; a graceful stop or module unload commits them all, a
-//! `kill -9` loses at most those. When storage fails, the writer retries with backoff
+//! A message whose delivery waits for its commit ([`Delivery::AfterCommit`], the
+//! default: see docs/durability.md) skips the linger: the writer commits what it has
+//! as soon as the queue is empty, and tells the event loop how far it got
+//! ([`Outcome::Committed`]) so the waiting deliveries go out. Under load the group
+//! still forms by itself: whatever arrives while one commit runs goes into the next.
+//!
+//! Durability window for the others (`mam_commit_before_delivery = false`, messages
+//! routed outside a session's async runner): a message is on disk once the writer
+//! commits it, normally within a few milliseconds of being queued (the linger plus
+//! the commit). At most [`QUEUE_CAPACITY`] writes are ever accepted and not yet
+//! committed; a graceful stop or module unload commits them all, a `kill -9` loses at
+//! most those not waited for. When storage fails, the writer retries with backoff
 //! (logging the cause once and the recovery once); while it cannot write, the queue
 //! fills and further messages are delivered but not archived, each one logged.
 
@@ -20,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::{MamError, Result};
 use crate::expiry::period::cutoff;
-use crate::mailbox::{Completion, JobId, Level, Mailbox, Outcome};
+use crate::mailbox::{Completion, JobId, Level, Mailbox, Outcome, COMMITTED_JOB};
 use crate::policy::Prefs;
 use crate::store::{ArchiveStore, ArchivedMessage, Owner, Quota};
 
@@ -41,12 +49,31 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const ATTEMPTS_WHEN_STOPPING: u32 = 3;
 const BACKOFF_WHEN_STOPPING: Duration = Duration::from_millis(100);
 
+/// Whether a message's delivery waits for its commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Delivered at once; committed within the linger.
+    AtOnce,
+    /// Delivered once committed: commit without lingering and say so.
+    AfterCommit,
+}
+
 /// One write, in queue order.
 #[derive(Debug)]
 pub enum WriteOp {
-    Append { owner: Owner, msg: ArchivedMessage },
-    SetPrefs { owner: Owner, prefs: Prefs },
-    DeleteUser { owner: Owner, job: JobId },
+    Append {
+        owner: Owner,
+        msg: ArchivedMessage,
+        delivery: Delivery,
+    },
+    SetPrefs {
+        owner: Owner,
+        prefs: Prefs,
+    },
+    DeleteUser {
+        owner: Owner,
+        job: JobId,
+    },
 }
 
 enum Command {
@@ -67,6 +94,11 @@ impl Progress {
             *c = seq;
         }
         self.changed.notify_all();
+    }
+
+    /// Sequence number of the last committed write.
+    pub fn committed(&self) -> u64 {
+        *self.committed.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Waits until write `seq` is committed, or `timeout` passes. Returns whether it
@@ -208,11 +240,7 @@ impl Drop for Writer {
 impl Writer {
     /// Sequence number of the last committed write.
     pub fn committed(&self) -> u64 {
-        *self
-            .progress
-            .committed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        self.progress.committed()
     }
 }
 
@@ -256,23 +284,44 @@ struct WriterThread {
 /// How often the writer measures the database size while it writes.
 pub const SIZE_INTERVAL: Duration = Duration::from_secs(10);
 
+/// Writes taken off the queue and not yet committed, and whether a delivery waits
+/// for any of them.
+#[derive(Default)]
+struct Pending {
+    writes: Vec<(u64, WriteOp)>,
+    awaited: bool,
+}
+
+impl Pending {
+    fn push(&mut self, seq: u64, op: WriteOp) {
+        self.awaited |= matches!(
+            op,
+            WriteOp::Append {
+                delivery: Delivery::AfterCommit,
+                ..
+            }
+        );
+        self.writes.push((seq, op));
+    }
+}
+
 impl WriterThread {
     fn run(mut self, rx: Receiver<Command>) {
         self.measure_size();
-        let mut pending: Vec<(u64, WriteOp)> = Vec::new();
+        let mut pending = Pending::default();
         loop {
             if self.stopping {
                 // Stop was received: commit what is still queued behind it, then end.
                 while let Ok(Command::Write(seq, op)) = rx.try_recv() {
-                    pending.push((seq, op));
+                    pending.push(seq, op);
                 }
-                if pending.is_empty() {
+                if pending.writes.is_empty() {
                     return;
                 }
-            } else if pending.is_empty() {
+            } else if pending.writes.is_empty() {
                 // Wait for work, then take everything already queued behind it.
                 match rx.recv() {
-                    Ok(Command::Write(seq, op)) => pending.push((seq, op)),
+                    Ok(Command::Write(seq, op)) => pending.push(seq, op),
                     Ok(Command::Stop) | Err(_) => {
                         self.stopping = true;
                         continue;
@@ -283,25 +332,38 @@ impl WriterThread {
             // parked in the queue turns every send into a wake-up (a futex syscall on
             // Prosody's thread and a context switch here, per message); a sleeping
             // one costs the sender nothing, and the queue is drained when it wakes.
+            // Not while a delivery waits: then the group is what has arrived so far.
             let linger_until = Instant::now() + LINGER;
-            while pending.len() < MAX_GROUP && !self.stopping {
+            while pending.writes.len() < MAX_GROUP && !self.stopping {
                 match rx.try_recv() {
                     Ok(Command::Write(seq, op)) => {
-                        pending.push((seq, op));
+                        pending.push(seq, op);
                         continue;
                     }
                     Ok(Command::Stop) => self.stopping = true,
                     Err(TryRecvError::Disconnected) => break,
                     Err(TryRecvError::Empty) => {
                         let now = Instant::now();
-                        if now >= linger_until {
+                        if pending.awaited || now >= linger_until {
                             break;
                         }
                         std::thread::sleep(linger_until - now);
                     }
                 }
             }
-            self.apply_with_retry(&mut pending);
+            let last = pending.writes.last().map_or(0, |(seq, _)| *seq);
+            self.apply_with_retry(&mut pending.writes);
+            if pending.writes.is_empty() {
+                // Committed, or given up at shutdown (then the stop releases the
+                // waiting deliveries itself).
+                if pending.awaited && self.progress.committed() >= last {
+                    self.mailbox.post(Completion {
+                        job: COMMITTED_JOB,
+                        outcome: Outcome::Committed(last),
+                    });
+                }
+                pending.awaited = false;
+            }
             self.measure_size();
         }
     }
@@ -407,7 +469,7 @@ impl WriterThread {
                 let items: Vec<(Owner, ArchivedMessage)> = pending[..run]
                     .iter()
                     .filter_map(|(_, op)| match op {
-                        WriteOp::Append { owner, msg } => Some((owner.clone(), msg.clone())),
+                        WriteOp::Append { owner, msg, .. } => Some((owner.clone(), msg.clone())),
                         _ => None,
                     })
                     .collect();
@@ -515,6 +577,7 @@ mod tests {
                 .submit(WriteOp::Append {
                     owner: owner.clone(),
                     msg,
+                    delivery: Delivery::AtOnce,
                 })
                 .unwrap();
         }
@@ -526,6 +589,7 @@ mod tests {
                 .submit(WriteOp::Append {
                     owner: owner.clone(),
                     msg,
+                    delivery: Delivery::AtOnce,
                 })
                 .unwrap();
         }

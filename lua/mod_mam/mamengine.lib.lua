@@ -59,6 +59,131 @@ local function open(native)
 		error("mod_mam: " .. first_err.log);
 	end
 
+	-- Deliveries held in their session's runner until the archive rows they carry are
+	-- committed (mam_commit_before_delivery, docs/durability.md): a queue in write
+	-- order, as three parallel arrays so holding a message allocates no table.
+	local held_seq, held_resume, held_since, held_origin = {}, {}, {}, {};
+	local held_first, held_last = 1, 0;
+	-- While commits lag past mam_commit_wait_limit: { since =, upto = (newest write
+	-- delivered before its commit), delivered = count }; deliveries go out at once
+	-- until the writer reports `upto` committed.
+	local outage;
+	local watchdog_armed = false;
+
+	-- A session's runner that waits pauses its connection, and the resume that
+	-- follows only watches the socket (net.server_epoll, 0.12 and 13): stanzas the
+	-- socket library had already read into its buffer would sit there until the
+	-- client sent more. Once the runner is ready again, such a session is read
+	-- from, as Prosody itself does after a timed pause. The runner gets ready in a
+	-- task of its own, so the check is repeated every millisecond for a while.
+	local kick_attempts = 50;
+	local to_kick = {}; -- session -> checks left
+	local kick_scheduled = false;
+	local function kick()
+		local again = false;
+		for origin, left in pairs(to_kick) do
+			local conn, thread = origin.conn, origin.thread;
+			if not (conn and conn.conn and thread) then
+				to_kick[origin] = nil;
+			elseif thread.state == "ready" then
+				to_kick[origin] = nil;
+				if conn._wantread and conn.conn:dirty() then
+					conn:onreadable();
+				end
+			elseif left > 1 then
+				to_kick[origin] = left - 1;
+				again = true;
+			else
+				to_kick[origin] = nil;
+			end
+		end
+		if again then return 0.001; end
+		kick_scheduled = false;
+	end
+	local function kick_if_buffered(origin)
+		local conn = origin and origin.conn;
+		local sock = type(conn) == "table" and conn.conn;
+		if not (sock and sock.dirty and conn.onreadable and sock:dirty()) then return; end
+		to_kick[origin] = kick_attempts;
+		if not kick_scheduled then
+			kick_scheduled = true;
+			module:add_timer(0.001, kick);
+		end
+	end
+
+	-- Resumes the held deliveries whose writes are committed (all of them with no
+	-- argument). A resumed runner may go on to hold its session's next message:
+	-- that one's write is newer than anything committed, so it stays held.
+	local function release(upto)
+		while held_first <= held_last do
+			if upto and held_seq[held_first] > upto then break; end
+			local resume, origin = held_resume[held_first], held_origin[held_first];
+			held_seq[held_first], held_resume[held_first], held_since[held_first], held_origin[held_first] = nil, nil, nil, nil;
+			held_first = held_first + 1;
+			local ok, err = pcall(resume);
+			if not ok then module:log("error", "Resuming a delivery held for its commit failed: %s", err); end
+			kick_if_buffered(origin);
+		end
+	end
+
+	local function committed(upto)
+		release(upto);
+		if outage and upto >= outage.upto then
+			module:log("info", "Archive commits caught up after %.1f s; %d messages were delivered before their commit meanwhile",
+				time_now() - outage.since, outage.delivered);
+			outage = nil;
+		end
+	end
+
+	-- Storage that takes longer than the limit to commit (failing, locked, too slow)
+	-- must not stop delivery: the held messages go out, still queued for the archive.
+	local function watchdog()
+		if held_first > held_last or outage then
+			watchdog_armed = false;
+			return;
+		end
+		local limit = engine.config.commit_wait_limit;
+		local waited = time_now() - held_since[held_first];
+		if waited < limit then return limit - waited; end
+		local count = held_last - held_first + 1;
+		outage = { since = time_now(); upto = held_seq[held_last]; delivered = count };
+		module:log("error", "Archive commits are taking longer than %g s: delivering messages before their commit "
+			.. "until the archive catches up (they stay queued for it; %d held messages released)", limit, count);
+		metrics.delivered_uncommitted["storage slow"]:add(count);
+		watchdog_armed = false;
+		release();
+	end
+
+	-- Whether this message's delivery will wait for its commit: the option is on and
+	-- the stanza is being processed in a session's async runner (c2s, s2s, BOSH,
+	-- websocket), where waiting holds that session's stanzas and not the server.
+	-- Elsewhere (components, messages the server makes itself) it goes out at once.
+	function engine.holds_delivery()
+		if not engine.config.commit_before_delivery then return false; end
+		if async.ready() then return true; end
+		metrics.delivered_uncommitted["outside runner"]:add(1);
+		return false;
+	end
+
+	-- Holds the running delivery until write `seq` is committed. Call only where
+	-- holds_delivery() said so, right after appending with { wait = true };
+	-- `origin` is the session whose runner this is.
+	function engine.await_commit(seq, origin)
+		if outage then
+			outage.upto, outage.delivered = seq, outage.delivered + 1;
+			metrics.delivered_uncommitted["storage slow"]:add(1);
+			return;
+		end
+		local wait, done = async.waiter();
+		held_last = held_last + 1;
+		held_seq[held_last], held_resume[held_last], held_since[held_last], held_origin[held_last] = seq, done, time_now(), origin;
+		if not watchdog_armed then
+			watchdog_armed = true;
+			module:add_timer(engine.config.commit_wait_limit, watchdog);
+		end
+		wait();
+	end
+
 	-- Jobs finished on the engine's threads come back here: the engine makes a socket
 	-- readable, the loop calls us, we hand each result to whoever waits for it.
 	local waiting = {}; -- job id -> function (completion)
@@ -68,6 +193,8 @@ local function open(native)
 			local c = done[i];
 			if c.log then
 				module:log(c.level, "%s", c.log);
+			elseif c.committed then
+				committed(c.committed);
 			else
 				local callback = waiting[c.job];
 				waiting[c.job] = nil;
@@ -213,6 +340,9 @@ local function open(native)
 		for i = 1, #last do
 			module:log(last[i].level, "%s", last[i].log);
 		end
+		-- Everything queued is committed now (or logged above as given up on):
+		-- the held deliveries go out, each once.
+		release();
 	end
 
 	return engine;

@@ -26,6 +26,10 @@ return {
 		"Messages archived (queued for the writer thread)"):with_labels();
 	skipped = by_label(metric("counter", "messages_skipped", "",
 		"Messages not archived, by reason", { "reason" }));
+	delivered_uncommitted = by_label(metric("counter", "messages_delivered_uncommitted", "",
+		"Archived messages delivered before their commit although mam_commit_before_delivery is on, "
+		.. "by reason: outside runner (no session to hold), storage slow (commits lag past mam_commit_wait_limit)",
+		{ "reason" }));
 	queries = by_label(metric("counter", "queries", "",
 		"Archive queries by outcome: ok or the error condition sent", { "outcome" }));
 	query_latency = metric("histogram", "query_latency", "seconds",

@@ -181,11 +181,19 @@ local function lazy_top_tag(stanza)
 	return setmetatable({ stanza }, lazy_top_tag_mt);
 end
 
--- append()'s options, built once: archiving allocates no table per message.
-local append_options = {
-	[true] = { [true] = { check = true; announce = true }; [false] = { check = true } };
-	[false] = { [true] = { announce = true }; [false] = {} };
-};
+-- append()'s options, built once, by [check][announce][wait]: archiving allocates
+-- no table per message.
+local append_options = {};
+for _, check in ipairs { true, false } do
+	append_options[check] = {};
+	for _, announce in ipairs { true, false } do
+		append_options[check][announce] = {
+			[true] = { check = check; announce = announce; wait = true };
+			[false] = { check = check; announce = announce };
+		};
+	end
+end
+local holds_delivery, await_commit = engine.holds_delivery, engine.await_commit;
 
 local function message_handler(event, c2s)
 	local archive = engine.archive;
@@ -250,8 +258,11 @@ local function message_handler(event, c2s)
 	-- The stanza-id goes onto the stanza itself (no copy: copies were most of the
 	-- garbage this module made, and Prosody's collector is where its time goes under
 	-- load). The sender's is taken off again before routing, below.
-	local id, stanza_id, stored = archive:append(store_user, with, stanza,
-		append_options[check_in_append][announce]);
+	-- Held until committed (see holds_delivery): what a client is given is in the
+	-- archive whatever happens to the server next.
+	local hold = holds_delivery();
+	local id, stanza_id, stored, seq = archive:append(store_user, with, stanza,
+		append_options[check_in_append][announce][hold]);
 	if not id then
 		local err = stanza_id;
 		if err.reason then
@@ -265,6 +276,9 @@ local function message_handler(event, c2s)
 	end
 	m_archived:add(1);
 	log("debug", "Archived message %s as %s", stanza.attr.id, id);
+	if hold then
+		await_commit(seq, origin);
+	end
 	if c2s then
 		senders_ids[stanza] = stanza_id;
 	end

@@ -24,6 +24,7 @@ use crate::error::MamError;
 use crate::mailbox::{Completion, JobId, Level, Outcome, QueryResults, Reply, ResultStanzas};
 use crate::policy::{self, Rule};
 use crate::stanza::{parse_xml, to_wire_xml, Element};
+use crate::writer::Delivery;
 
 use failure::{failure, returned, Failure};
 use stanza_lua::{
@@ -205,6 +206,8 @@ fn config_table(lua: &Lua, c: &Config) -> LuaResult<Table> {
     t.raw_set("smart_enable", c.smart_enable)?;
     t.raw_set("include_total", c.include_total)?;
     t.raw_set("storage", c.storage.describe())?;
+    t.raw_set("commit_before_delivery", c.commit_before_delivery)?;
+    t.raw_set("commit_wait_limit", c.commit_wait_limit.as_secs_f64())?;
     if let Some(limit) = c.item_limit {
         t.raw_set("item_limit", limit)?;
     }
@@ -263,8 +266,9 @@ impl UserData for ArchiveHandle {
             returned(lua, rule)
         });
 
-        // append(user, with, stanza, { announce =, check = })
-        //   -> id, stanza_id, stored | nil, err (err.reason: not archived on purpose)
+        // append(user, with, stanza, { announce =, check =, wait = })
+        //   -> id, stanza_id, stored, seq | nil, err (err.reason: not archived on
+        //   purpose)
         // `with` is the other party as addressed. Our <stanza-id> (returned as
         // stanza_id) is added to `stanza` itself: copies were most of the garbage
         // this module made. `stored`, the copy as archived, only with `announce`
@@ -272,6 +276,8 @@ impl UserData for ArchiveHandle {
         // selection rules in the same call (one conversion of the stanza) when no
         // other module needs the archive-should-store event. The options table is
         // one of a few the shim builds once: one call per message allocates nothing.
+        // `wait`: the shim holds the delivery until a completion { committed = n }
+        // with n >= seq arrives, so the writer commits without lingering.
         methods.add_method_mut(
             "append",
             |lua, this, (user, with, stanza, options): (String, String, Table, Option<Table>)| {
@@ -282,15 +288,19 @@ impl UserData for ArchiveHandle {
                     }
                 };
                 let (announce, check) = (flag("announce")?, flag("check")?);
+                let delivery = match flag("wait")? {
+                    true => Delivery::AfterCommit,
+                    false => Delivery::AtOnce,
+                };
                 let Ok(el) = element_from_lua(lua, &stanza) else {
                     // As in should_store: deliver it, do not archive it.
                     return failure(lua, Failure::not_stored(TOO_DEEP_REASON, TOO_DEEP));
                 };
                 let archive = this.archive()?;
                 let result = if check {
-                    archive.append_if_eligible(&user, &with, el)
+                    archive.append_if_eligible(&user, &with, el, delivery)
                 } else {
-                    archive.append(&user, &with, el)
+                    archive.append(&user, &with, el, delivery)
                 };
                 let appended = match result {
                     Ok(Ok(appended)) => appended,
@@ -307,7 +317,7 @@ impl UserData for ArchiveHandle {
                     true => Some(this.to_lua(lua, &appended.stored)?),
                     false => None,
                 };
-                (appended.id, stanza_id, stored).into_lua_multi(lua)
+                (appended.id, stanza_id, stored, appended.seq).into_lua_multi(lua)
             },
         );
 
@@ -392,7 +402,7 @@ impl UserData for ArchiveHandle {
             }
         });
 
-        // completions() -> { { job =, … } | { log =, level = } ... }
+        // completions() -> { { job =, … } | { committed = seq } | { log =, level = } ... }
         methods.add_method_mut("completions", |lua, this, ()| {
             let (done, logs) = this.archive()?.completions();
             let out = lua.create_table_with_capacity(done.len() + logs.len(), 0)?;
@@ -528,6 +538,10 @@ impl ArchiveHandle {
             Outcome::Expired(Ok(step)) => {
                 t.raw_set("deleted", step.deleted as i64)?;
                 t.raw_set("more", step.more)?;
+                None
+            }
+            Outcome::Committed(seq) => {
+                t.raw_set("committed", seq)?;
                 None
             }
             Outcome::Query(Err(e))

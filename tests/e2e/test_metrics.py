@@ -24,6 +24,7 @@ PREFIX = "prosody_mod_mam__"
 FAMILIES = {
     "messages_archived": "counter",
     "messages_skipped": "counter",
+    "messages_delivered_uncommitted": "counter",
     "queries": "counter",
     "query_latency_seconds": "histogram",
     "expiry_runs": "counter",
