@@ -129,7 +129,7 @@ local function open(native)
 	local function committed(upto)
 		release(upto);
 		if outage and upto >= outage.upto then
-			module:log("info", "Archive commits caught up after %.1f s; %d messages were delivered before their commit meanwhile",
+			module:log("info", "Archive commits caught up after %.1f s; %d archive entries (a message has one per archive it is in) were delivered before their commit meanwhile",
 				time_now() - outage.since, outage.delivered);
 			outage = nil;
 		end
@@ -332,7 +332,15 @@ local function open(native)
 		if closed then return; end
 		closed = true;
 		local archive = engine.archive;
-		if not archive then return; end
+		if not archive then return release(); end
+		-- Held deliveries go out once committed, as always: resumed, a sender's copy
+		-- goes on to the recipient's archive and is held again, so a few rounds
+		-- (blocking, as the close below does: the module is going away).
+		for _ = 1, 3 do
+			if held_first > held_last then break; end
+			archive:flush(engine.config.commit_wait_limit);
+			release(archive:stats().writes_committed);
+		end
 		engine.archive = nil;
 		completion_watch:close();
 		-- Log lines from the last moments of the threads (e.g. writes given up on).
@@ -340,8 +348,8 @@ local function open(native)
 		for i = 1, #last do
 			module:log(last[i].level, "%s", last[i].log);
 		end
-		-- Everything queued is committed now (or logged above as given up on):
-		-- the held deliveries go out, each once.
+		-- Whatever is still held could not be committed in time (logged above):
+		-- it goes out now, each once.
 		release();
 	end
 
