@@ -89,8 +89,14 @@ dpkg-deb --root-owner-group -Zxz --build "$root" "$deb" >/dev/null
 # ------------------------------------------------------------------ source tarball
 # Tracked files as they are now (committed or not), for the rockspec's source build.
 tarball="$dist/$name-$version.tar.gz"
-tree="$(git stash create 2>/dev/null || true)"
-git archive --format=tar.gz --prefix="$name-$version/" "${tree:-HEAD}" >"$tarball"
+if git rev-parse --git-dir >/dev/null 2>&1; then
+	tree="$(git stash create 2>/dev/null || true)"
+	git archive --format=tar.gz --prefix="$name-$version/" "${tree:-HEAD}" >"$tarball"
+else
+	# Not a git checkout (e.g. built from that tarball): pack it again as it is.
+	tar --exclude=./target --exclude=./dist --transform "s|^\.|$name-$version|" \
+		-czf "$tarball" .
+fi
 
 # ------------------------------------------------------------------ rock
 rock_version="$version-$revision"
