@@ -3,9 +3,12 @@
 #   make plugin   -> target/prosody-plugin/mod_mam/ (mod_mam.lua + mam_native.so)
 #   make run      -> a loopback Prosody with the module and two demo accounts
 #                    (PROSODY=13 for Prosody 13 instead of the system's 0.12)
+#   make package  -> dist/: the Debian package, the rockspec and the binary rock
+#                    (docs/packaging.md)
 #   make test     -> the whole suite (Rust unit tests, Lua load test, end-to-end on
 #                    Prosody 0.12 and 13, each on both archive backends: embedded
-#                    SQLite and PostgreSQL)
+#                    SQLite and PostgreSQL, and the packages installed, upgraded and
+#                    removed as an admin would, on both Prosody versions)
 #
 # Tests that need PostgreSQL run under scripts/with-postgres.sh, which starts a private
 # loopback cluster for them and stops it afterwards (or uses the one MAM_TEST_PG names).
@@ -13,7 +16,7 @@
 PLUGIN_DIR := target/prosody-plugin/mod_mam
 LIB := target/release/libmam_native.so
 
-.PHONY: all deps prosody13 plugin run test unit-test lint lua-test e2e-test e2e-test-012 e2e-test-13 fuzz soak bench clean
+.PHONY: all deps prosody13 plugin package package-test run test unit-test lint lua-test e2e-test e2e-test-012 e2e-test-13 fuzz soak bench clean
 
 all: plugin
 
@@ -29,6 +32,23 @@ plugin: deps $(LIB)
 	# install writes a new file instead of overwriting in place: a Prosody that has
 	# the old library mapped keeps running on it until it reloads the module.
 	install -m 0755 $(LIB) $(PLUGIN_DIR)/mam_native.so
+
+# dist/: the .deb, the rockspec, the binary rock and the source tarball, versioned
+# from Cargo.toml (scripts/package.sh).
+package: deps $(LIB)
+	scripts/package.sh
+
+# The packages installed, used, upgraded while Prosody runs, and removed, on Prosody 0.12
+# and 13 (tests/e2e/test_package.py). The "newer" version to upgrade to is the same
+# build packaged again with revision 2, in target/dist-next.
+package-test: package prosody13
+	rm -rf target/dist-next
+	PACKAGE_REVISION=2 DIST=$(CURDIR)/target/dist-next scripts/package.sh >/dev/null
+	MAM_TEST_DIST=$(CURDIR)/dist MAM_TEST_DIST_NEXT=$(CURDIR)/target/dist-next \
+		python3 -m pytest tests/e2e/test_package.py -q
+	MAM_TEST_DIST=$(CURDIR)/dist MAM_TEST_DIST_NEXT=$(CURDIR)/target/dist-next \
+		MAM_TEST_PROSODY_BIN=$(CURDIR)/target/prosody13/root/usr/bin \
+		python3 -m pytest tests/e2e/test_package.py -q
 
 # Prosody 13 (Debian 13's version, from bookworm-backports) in target/prosody13,
 # beside the system's 0.12 and without touching it.
@@ -67,7 +87,7 @@ e2e-test-13: plugin prosody13
 	MAM_TEST_PROSODY_BIN=$(CURDIR)/target/prosody13/root/usr/bin MAM_TEST_BACKEND=postgres \
 		scripts/with-postgres.sh python3 -m pytest tests/e2e -q
 
-test: deps lint unit-test lua-test e2e-test
+test: deps lint unit-test lua-test e2e-test package-test
 
 # Opt-in, not part of `make test`: needs a nightly toolchain and `cargo install cargo-fuzz`.
 FUZZ_SECONDS ?= 60

@@ -40,6 +40,12 @@
 //! SQL-injection and layering checks, `tests/lua/load_test.lua` (the built library
 //! loaded by a real `lua5.4` as Prosody loads it) and `tests/e2e/` (real Prosody,
 //! real XMPP client, both backends); `bench/` is `make bench`.
+//!
+//! Packaging: `make package` (`scripts/package.sh`, templates in `packaging/`) builds
+//! the Debian package and the rock into `dist/`; `tests/e2e/test_package.py` installs,
+//! upgrades and removes them (`docs/packaging.md`). The version everywhere is this
+//! crate's (`Cargo.toml`), exported to Lua as `version`; `CHANGELOG.md` says what
+//! changed.
 
 pub mod admin;
 pub mod archive;

@@ -1,5 +1,5 @@
 -- prosodyctl mod_mam <command>: the operator's commands (import, expire, delete,
--- export, stats).
+-- export, stats, version).
 --
 -- prosodyctl loads mod_mam on the pseudo-host "*" and calls module.command(arg).
 -- This file does the Prosody-side work only: which hosts, their options, opening the
@@ -276,6 +276,12 @@ return function (native)
 			io.stdout:write(report);
 		end
 		io.stdout:flush();
+		return 0;
+	end
+
+	function commands.version()
+		say("prosody-mam-native %s", native.version);
+		say("native library: %s", native.library_path);
 		return 0;
 	end
 

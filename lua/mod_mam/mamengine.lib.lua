@@ -1,5 +1,5 @@
 -- The native engine for this module on this host, as Prosody sees it: the library
--- (mam_native.so, from this module's folder: no lua_cpath changes needed), the
+-- (mam_native.so, found by path: no lua_cpath changes needed), the
 -- archive handle (reopened in the background while the database cannot be opened),
 -- the jobs whose results come back through a watched socket, expiry on its
 -- schedule, and a close that commits every queued write. The module file only wires
@@ -16,14 +16,37 @@ local host = module.host;
 -- Seconds between attempts to open a database that could not be opened.
 local open_retry_interval = 5;
 
+-- Where mam_native.so is: beside this file (make plugin, the Debian package); else
+-- where LuaRocks put it, <tree>/lib/lua/<version>/ for a module in
+-- <tree>/share/lua/<version>/mod_mam/ (Prosody 13's `prosodyctl install` does not add
+-- that directory to package.cpath, so it is found by path); else on package.cpath.
+local function native_library_path()
+	local dir = module:get_directory();
+	local candidates = { dir .. "/mam_native.so" };
+	local tree, lua_version = dir:match("^(.*)/share/lua/([^/]+)/mod_mam/*$");
+	if tree then
+		candidates[#candidates + 1] = tree .. "/lib/lua/" .. lua_version .. "/mam_native.so";
+	end
+	for _, path in ipairs(candidates) do
+		local file = io.open(path, "rb");
+		if file then
+			file:close();
+			return path;
+		end
+	end
+	return package.searchpath("mam_native", package.cpath) or candidates[1];
+end
+
 local function load_native()
-	local native_path = module:get_directory() .. "/mam_native.so";
+	local native_path = native_library_path();
 	local luaopen, load_err = package.loadlib(native_path, "luaopen_mam_native");
 	if not luaopen then
 		module:log("error", "Could not load the native MAM engine from %s: %s", native_path, tostring(load_err));
 		error("mod_mam: native library missing or incompatible: " .. tostring(load_err));
 	end
-	return luaopen();
+	local native = luaopen();
+	native.library_path = native_path;
+	return native;
 end
 
 -- Opens the archive: returns the engine table, whose `archive` is nil while the

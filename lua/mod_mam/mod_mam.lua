@@ -29,6 +29,8 @@ if host == "*" then
 	return;
 end
 
+module:log("info", "prosody-mam-native %s (native library %s)", native.version, native.library_path);
+
 local host_events = prosody.hosts[host].events;
 
 local engine = engine_lib.open(native);

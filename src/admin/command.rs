@@ -76,6 +76,8 @@ pub enum Command {
     Stats {
         host: Option<String>,
     },
+    /// Print the module's version (the native library's) and exit 0.
+    Version,
 }
 
 pub const USAGE: &str = "\
@@ -96,6 +98,7 @@ Commands:
                  Write a user's archive to standard output.
   stats [--host HOST]
                  Messages and size per host and per user, oldest and newest.
+  version        The version of this module and where its native library is.
 
 Run `prosodyctl mod_mam <command> --help` for details. Exit codes: 0 done,
 1 failed, 2 usage error.";
@@ -152,6 +155,12 @@ Usage: prosodyctl mod_mam export USER@HOST [--format xml|jsonl]
 Writes USER's whole archive, oldest first, to standard output:
   xml    (default) XEP-0227-style <server-data>, each message as a MAM <result>
   jsonl  one JSON object per line: {\"id\", \"timestamp\", \"with\", \"stanza\"}";
+
+const VERSION_HELP: &str = "\
+Usage: prosodyctl mod_mam version
+
+Prints this module's version (prosody-mam-native, from the native library) and the
+path of the native library Prosody loads.";
 
 const STATS_HELP: &str = "\
 Usage: prosodyctl mod_mam stats [--host HOST]
@@ -308,6 +317,14 @@ pub fn parse(
             Ok(Command::Expire {
                 host: host_option(&a, prep, EXPIRE_HELP)?,
             })
+        }
+        "version" => {
+            let a = split_args(rest, &[], VERSION_HELP)?;
+            if a.help {
+                return Ok(Command::Help(VERSION_HELP.to_owned()));
+            }
+            a.at_most(0, VERSION_HELP)?;
+            Ok(Command::Version)
         }
         "stats" => {
             let a = split_args(rest, &["host"], STATS_HELP)?;
@@ -515,6 +532,7 @@ mod tests {
             parse_str("stats").expect("stats"),
             Command::Stats { host: None }
         );
+        assert_eq!(parse_str("version").expect("version"), Command::Version);
         assert_eq!(
             parse_str("expire --host capulet.lit").expect("expire"),
             Command::Expire {
@@ -525,7 +543,7 @@ mod tests {
 
     #[test]
     fn help_is_available_for_every_command() {
-        for cmd in ["import", "expire", "delete", "export", "stats"] {
+        for cmd in ["import", "expire", "delete", "export", "stats", "version"] {
             match parse_str(&format!("{cmd} --help")) {
                 Ok(Command::Help(text)) => {
                     assert!(text.starts_with(&format!("Usage: prosodyctl mod_mam {cmd}")))
@@ -587,6 +605,8 @@ mod tests {
             ("import --hots x", "Unknown option --hots"),
             ("stats extra", "Unexpected argument 'extra'"),
             ("stats --host a --host b", "--host given twice"),
+            ("version extra", "Unexpected argument 'extra'"),
+            ("version --host a", "Unknown option --host"),
         ];
         for (line, message) in cases {
             let err = parse_str(line).expect_err(line);

@@ -58,6 +58,9 @@ fn parse(lua: &Lua, (argv, jid_prep): (Table, Function)) -> LuaResult<MultiValue
             t.raw_set("command", "stats")?;
             t.raw_set("host", host)?;
         }
+        Command::Version => {
+            t.raw_set("command", "version")?;
+        }
         Command::Delete { owner, filter } => {
             t.raw_set("command", "delete")?;
             t.raw_set("host", owner.host)?;

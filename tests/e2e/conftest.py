@@ -467,27 +467,34 @@ def archive_count(server):
         conn.close()
 
 
+BUILT_PLUGIN = object()  # Prosody(plugin=...): the module `make plugin` built (MAM_MODULE)
+
+
 class Prosody:
     """A private Prosody on 127.0.0.1 in a temp dir, serving one VirtualHost. Stopped by PID.
 
     On the PostgreSQL backend it gets a fresh database of its own (`pg_database`, kept
     across restarts, dropped at cleanup) as `mam_sql`, unless `options` choose the
-    archive's database themselves."""
+    archive's database themselves.
+
+    `plugin`: by default the module under test (MAM_MODULE); the package tests give the
+    folder a package installed the module in, or None for no plugin folder at all."""
 
     running = set()
 
-    def __init__(self, name, options=None, users=40, host=HOST):
+    def __init__(self, name, options=None, users=40, host=HOST, plugin=BUILT_PLUGIN):
         if MAM_MODULE not in ("native", "stock"):
             pytest.exit(f"MAM_MODULE must be 'native' or 'stock', not {MAM_MODULE!r}", returncode=2)
-        plugin = None
-        if MAM_MODULE == "native":
-            if not (PLUGIN_PATH / "mod_mam" / "mod_mam.lua").is_file():
-                pytest.exit(
-                    f"MAM_MODULE=native but {PLUGIN_PATH}/mod_mam/mod_mam.lua is missing: "
-                    "run `make plugin` first, or use MAM_MODULE=stock",
-                    returncode=2,
-                )
-            plugin = PLUGIN_PATH
+        if plugin is BUILT_PLUGIN:
+            plugin = None
+            if MAM_MODULE == "native":
+                if not (PLUGIN_PATH / "mod_mam" / "mod_mam.lua").is_file():
+                    pytest.exit(
+                        f"MAM_MODULE=native but {PLUGIN_PATH}/mod_mam/mod_mam.lua is missing: "
+                        "run `make plugin` first, or use MAM_MODULE=stock",
+                        returncode=2,
+                    )
+                plugin = PLUGIN_PATH
         self.name = name
         self.host = host
         self.options = dict(options or {})

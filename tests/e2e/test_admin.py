@@ -2,6 +2,7 @@
 codes, output, and the effect as a client sees it through MAM."""
 
 import json
+import re
 import time
 import xml.etree.ElementTree as ET
 from datetime import datetime, timedelta, timezone
@@ -9,7 +10,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from conftest import (
-    HOST, NS_CLIENT, NS_MAM, canonical, chat_xml, mam_all, prosodyctl, q, send_and_flush,
+    HOST, NS_CLIENT, NS_MAM, PLUGIN_PATH, REPO, canonical, chat_xml, mam_all, prosodyctl, q,
+    send_and_flush, wait_log,
 )
 
 pytestmark = pytest.mark.native_only
@@ -45,6 +47,15 @@ def test_usage_errors_exit_2_with_a_clear_message(admin_server):
     for command in ["import", "expire", "delete", "export", "stats"]:
         r = prosodyctl(admin_server, "mod_mam", command, "--help")
         assert r.returncode == 0 and r.stdout.startswith(f"Usage: prosodyctl mod_mam {command}"), r
+
+
+async def test_version_prints_cargo_s_version_and_the_library_the_log_names_at_load(admin_server):
+    version = re.search(r'^version = "([^"]+)"', (REPO / "Cargo.toml").read_text(), re.M).group(1)
+    library = PLUGIN_PATH / "mod_mam" / "mam_native.so"
+    done = prosodyctl(admin_server, "mod_mam", "version")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"prosody-mam-native {version}\nnative library: {library}\n"
+    await wait_log(admin_server, f"prosody-mam-native {version} (native library {library})")
 
 
 def test_an_unknown_host_fails_with_exit_1(admin_server):
