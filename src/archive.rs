@@ -702,6 +702,48 @@ mod tests {
     }
 
     #[test]
+    fn an_append_whose_delivery_waits_gets_its_sequence_number_and_a_committed_notice() {
+        let (mut a, _, _dir) = archive_with(&[]);
+        let at_once = a
+            .append(
+                "juliet",
+                "romeo@montague.lit",
+                chat("first"),
+                Delivery::AtOnce,
+            )
+            .unwrap()
+            .unwrap();
+        let waiting = a
+            .append(
+                "juliet",
+                "romeo@montague.lit",
+                chat("second"),
+                Delivery::AfterCommit,
+            )
+            .unwrap()
+            .unwrap();
+        assert!(waiting.seq > at_once.seq);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let mut committed = 0;
+        while committed < waiting.seq && std::time::Instant::now() < deadline {
+            a.mailbox.wait(Duration::from_millis(100));
+            for c in a.completions().0 {
+                if let Outcome::Committed(n) = c.outcome {
+                    assert_eq!(c.job, crate::mailbox::COMMITTED_JOB);
+                    committed = committed.max(n);
+                }
+            }
+        }
+        assert!(
+            committed >= waiting.seq,
+            "no notice covering {}",
+            waiting.seq
+        );
+        // And what it announces is there for a query.
+        assert_eq!(query_all(&mut a, "juliet"), vec![at_once.id, waiting.id]);
+    }
+
+    #[test]
     fn closing_commits_every_queued_write() {
         let (mut a, _clock, dir) = archive_with(&[]);
         for i in 0..500 {

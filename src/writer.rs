@@ -562,6 +562,90 @@ mod tests {
             .collect()
     }
 
+    /// Every `Committed(n)` notice in the mailbox, in order.
+    fn committed_notices(mailbox: &Mailbox) -> Vec<u64> {
+        let (done, _) = mailbox.take();
+        done.into_iter()
+            .filter_map(|c| match c.outcome {
+                Outcome::Committed(n) => Some(n),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn append(writer: &mut Writer, owner: &Owner, i: usize, delivery: Delivery) -> u64 {
+        writer
+            .submit(WriteOp::Append {
+                owner: owner.clone(),
+                msg: message(i, 10),
+                delivery,
+            })
+            .unwrap()
+    }
+
+    #[test]
+    fn a_waiting_delivery_is_told_when_its_write_is_committed_and_no_one_else_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("a.sqlite")).unwrap();
+        let mailbox = Arc::new(Mailbox::new().unwrap());
+        let mut writer = Writer::start(Box::new(store), None, mailbox.clone()).unwrap();
+        let owner = Owner::new("capulet.lit", "juliet");
+
+        // Nobody waits: committed, and no notice posted.
+        for i in 0..5 {
+            append(&mut writer, &owner, i, Delivery::AtOnce);
+        }
+        assert!(writer.flush(Duration::from_secs(5)));
+        assert_eq!(committed_notices(&mailbox), Vec::<u64>::new());
+
+        // A waiting delivery among others: one notice covering it, from the commit
+        // that took it (never a notice for something not yet committed).
+        append(&mut writer, &owner, 5, Delivery::AtOnce);
+        let waited = append(&mut writer, &owner, 6, Delivery::AfterCommit);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut notices = Vec::new();
+        while !notices.iter().any(|&n| n >= waited) && Instant::now() < deadline {
+            mailbox.wait(Duration::from_millis(100));
+            notices.extend(committed_notices(&mailbox));
+        }
+        assert!(notices.iter().any(|&n| n >= waited), "{notices:?}");
+        assert!(
+            notices.iter().all(|&n| n <= writer.committed()),
+            "{notices:?}"
+        );
+        writer.stop();
+    }
+
+    #[test]
+    fn a_waiting_delivery_is_not_told_while_its_write_cannot_be_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("full.sqlite");
+        let mut store = SqliteStore::open(&path).unwrap();
+        store.set_max_pages(30).unwrap();
+        let mailbox = Arc::new(Mailbox::new().unwrap());
+        let mut writer = Writer::start(Box::new(store), None, mailbox.clone()).unwrap();
+        let owner = Owner::new("capulet.lit", "juliet");
+        for i in 0..200 {
+            writer
+                .submit(WriteOp::Append {
+                    owner: owner.clone(),
+                    msg: message(i, 2000),
+                    delivery: Delivery::AfterCommit,
+                })
+                .unwrap();
+        }
+        assert!(!writer.flush(Duration::from_millis(500)), "all 200 fit?");
+        let notices = committed_notices(&mailbox);
+        let committed = writer.committed();
+        assert!(committed < 200);
+        // Only what really was committed before the database filled up is announced.
+        assert!(
+            notices.iter().all(|&n| n <= committed),
+            "{notices:?} vs {committed}"
+        );
+        writer.stop();
+    }
+
     #[test]
     fn a_full_database_is_logged_once_and_a_stop_during_it_ends_promptly() {
         let dir = tempfile::tempdir().unwrap();

@@ -111,6 +111,25 @@ check("append returns the id, the stanza-id it added and the stored copy", funct
 	stored_id = id;
 end);
 
+check("append with wait returns the write's sequence number and a committed notice follows", function ()
+	local _, _, _, first = archive:append("tybalt", "romeo@montague.lit", st.clone(msg));
+	local id, sid, stored, seq = archive:append("tybalt", "romeo@montague.lit", st.clone(msg), { wait = true });
+	assert(id and sid, "appended");
+	eq(stored, nil, "no stored copy without announce");
+	assert(math.type(seq) == "integer" and seq > first, "seq " .. tostring(seq) .. " after " .. tostring(first));
+	local deadline = os.time() + 10;
+	local committed;
+	repeat
+		for _, c in ipairs(archive:completions()) do
+			if c.committed then committed = math.max(committed or 0, c.committed);
+			elseif c.job then parked[c.job] = c; end
+		end
+	until (committed and committed >= seq) or os.time() > deadline;
+	assert(committed and committed >= seq, "no committed notice covering " .. seq);
+	eq(archive:config().commit_before_delivery, true, "default mode");
+	eq(archive:config().commit_wait_limit, 2.0, "default wait limit");
+end);
+
 check("a forged stanza-id is stripped into a new stanza", function ()
 	local forged = st.clone(msg):tag("stanza-id", { xmlns = "urn:xmpp:sid:0", by = "juliet@localhost", id = "forged" }):up();
 	local stripped = archive:strip_forged_ids(forged);
