@@ -12,6 +12,7 @@ use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::checkpoint::Checkpointer;
 use crate::config::Config;
 use crate::error::Result;
 use crate::expiry::Expirer;
@@ -81,6 +82,8 @@ pub struct Archive {
     readers: Readers,
     /// Retention: the deleting thread, at idle priority, on its own connection.
     expirer: Expirer,
+    /// SQLite: the write-ahead log's checkpoints, off the writer's commits.
+    checkpointer: Option<Checkpointer>,
     next_job: JobId,
 }
 
@@ -92,12 +95,25 @@ impl Archive {
             path: config.storage.describe(),
             cause: e.to_string(),
         };
-        let writer_store = store::open(&config.storage, true).map_err(named)?;
+        let mut writer_store = store::open(&config.storage, true).map_err(named)?;
+        let checkpoint_store = match writer_store.hand_off_checkpoints().map_err(named)? {
+            true => Some(store::open(&config.storage, false).map_err(named)?),
+            false => None,
+        };
         let mut readers: Vec<Box<dyn ArchiveStore>> = Vec::new();
         for _ in 0..READER_THREADS {
             readers.push(store::open(&config.storage, false).map_err(named)?);
         }
-        Archive::with_stores(config, writer_store, readers, Arc::new(SystemClock))
+        let mut archive =
+            Archive::with_stores(config, writer_store, readers, Arc::new(SystemClock))?;
+        if let Some(store) = checkpoint_store {
+            archive.checkpointer = Some(Checkpointer::start(
+                store,
+                archive.writer.progress(),
+                archive.mailbox.clone(),
+            )?);
+        }
+        Ok(archive)
     }
 
     /// An archive over any backend and clock (tests inject both). `writer_store` must
@@ -132,6 +148,7 @@ impl Archive {
             writer,
             readers,
             expirer,
+            checkpointer: None,
             next_job: 0,
         })
     }
@@ -397,6 +414,9 @@ impl Archive {
         self.expirer.stop();
         self.readers.stop();
         self.writer.stop();
+        if let Some(checkpointer) = &mut self.checkpointer {
+            checkpointer.stop();
+        }
         self.mailbox.take().1
     }
 }

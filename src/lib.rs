@@ -49,6 +49,7 @@
 
 pub mod admin;
 pub mod archive;
+pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod expiry;

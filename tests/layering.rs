@@ -25,7 +25,14 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("query", &["query"]),
     (
         "running archive",
-        &["mailbox", "writer", "reader", "archive", "expiry"],
+        &[
+            "mailbox",
+            "writer",
+            "checkpoint",
+            "reader",
+            "archive",
+            "expiry",
+        ],
     ),
     ("operations", &["admin"]),
     ("Lua boundary", &["lua_api"]),

@@ -1,6 +1,7 @@
 //! mam-bench: starts a loopback Prosody in each configuration (no MAM, stock mod_mam on
-//! the file store, stock on SQLite, prosody-mam-native on SQLite and on PostgreSQL) and
-//! measures them side by side.
+//! the file store, stock on SQLite, prosody-mam-native on SQLite, also with
+//! `mam_commit_before_delivery = false`, and on PostgreSQL) and measures them side by
+//! side.
 //!
 //! Layout:
 //! - `xmpp.rs`: the load client (SASL PLAIN, bind, pipelined sends, incremental parsing).
@@ -46,7 +47,12 @@ struct Opts {
     window: usize,
     warmup: Duration,
     duration: Duration,
+    /// The high open-loop rate, msgs/s (each configuration runs at most half its
+    /// closed-loop saturation).
     open_rate: f64,
+    /// The low open-loop rate, msgs/s (same cap): a lightly loaded server, whose
+    /// commits each carry few messages (issue 16 asks for the latency at both rates).
+    open_rate_low: f64,
     open_duration: Duration,
     query_iters: usize,
     query_budget: Duration,
@@ -67,10 +73,11 @@ struct Opts {
     keep: bool,
 }
 
-const USAGE: &str =
-    "mam-bench [--quick] [--configs nomam,nomam-sid,stock-internal,stock-sql,native,native-pg]
+const USAGE: &str = "mam-bench [--quick]
+  [--configs nomam,nomam-sid,stock-internal,stock-sql,native,native-nowait,native-pg]
   [--sizes 10000,100000,1000000] [--pairs 20] [--window 32] [--duration S] [--warmup S]
-  [--open-rate MSGS_PER_S] [--open-duration S] [--query-iters N] [--query-budget S]
+  [--open-rate MSGS_PER_S] [--open-rate-low MSGS_PER_S] [--open-duration S]
+  [--query-iters N] [--query-budget S]
   [--query-timeout S] [--internal-max N] [--stall-duration S] [--no-expiry]
   [--expiry-limit S] [--rounds N] [--round-duration S] [--no-raw] [--plugin-dir DIR]
   [--prosody-bin DIR] [--out DIR] [--work-dir DIR] [--keep]
@@ -100,6 +107,7 @@ fn parse_opts() -> Result<Opts> {
         warmup: secs(if quick { 1.0 } else { 2.0 }),
         duration: secs(if quick { 3.0 } else { 10.0 }),
         open_rate: 2000.0,
+        open_rate_low: 150.0,
         open_duration: secs(if quick { 3.0 } else { 10.0 }),
         // 200: with 30, the reported p99 was the slowest query, i.e. one hiccup of
         // the machine; shapes slower than the budget allows stop earlier anyway.
@@ -150,6 +158,7 @@ fn parse_opts() -> Result<Opts> {
             "--duration" => o.duration = secs(val()?.parse()?),
             "--warmup" => o.warmup = secs(val()?.parse()?),
             "--open-rate" => o.open_rate = val()?.parse()?,
+            "--open-rate-low" => o.open_rate_low = val()?.parse()?,
             "--open-duration" => o.open_duration = secs(val()?.parse()?),
             "--query-iters" => o.query_iters = val()?.parse()?,
             "--query-budget" => o.query_budget = secs(val()?.parse()?),
@@ -171,6 +180,11 @@ fn parse_opts() -> Result<Opts> {
     }
     if o.pairs == 0 || o.window == 0 || o.sizes.is_empty() || o.sizes.iter().any(|&s| s < 100) {
         bail!("--pairs and --window must be positive and every size at least 100");
+    }
+    // Each open loop sends one message per pair every pairs ÷ rate seconds.
+    let positive = |rate: f64| rate > 0.0 && rate.is_finite();
+    if !positive(o.open_rate) || !positive(o.open_rate_low) {
+        bail!("--open-rate and --open-rate-low must be positive");
     }
     o.sizes.sort_unstable();
     // Prosody runs in its own directory, where a relative plugin path would name
@@ -197,7 +211,7 @@ fn log(msg: impl AsRef<str>) {
 fn datasets_for(kind: Kind, o: &Opts) -> (Vec<Dataset>, Vec<String>) {
     let mut ds = Vec::new();
     let mut skipped = Vec::new();
-    if !kind.has_mam() {
+    if !kind.runs_archive_phases() {
         return (ds, skipped);
     }
     for &n in &o.sizes {
@@ -234,6 +248,34 @@ async fn closed_loop(
         measure,
     )
     .await
+}
+
+/// An open loop at `rate_per_s` (after a 500 ms warm-up, for `--open-duration`), then,
+/// for MAM configurations, the archive check of everything the pairs had delivered.
+async fn open_loop(
+    srv: &Server,
+    pairs: &mut phases::Pairs,
+    kind: Kind,
+    o: &Opts,
+    rate_per_s: f64,
+) -> Result<phases::MessagingResult> {
+    log(format!(
+        "{}: open loop at {rate_per_s:.0} msgs/s",
+        kind.name()
+    ));
+    let mut ol = phases::messaging(
+        srv,
+        pairs,
+        Load::Open { rate_per_s },
+        Duration::from_millis(500),
+        o.open_duration,
+    )
+    .await?;
+    if kind.has_mam() {
+        ol.archived = Some(phases::archived_count(pairs).await?);
+        ol.archived_expected = Some(2 * pairs.delivered_total.iter().sum::<u64>());
+    }
+    Ok(ol)
 }
 
 /// The database `native-pg` archives into, in the run's private cluster.
@@ -330,27 +372,16 @@ async fn run_config(
     res.throughput = Some(t);
     res.rss_kib.push(("throughput".into(), srv.rss_kib()));
 
-    // Open loop at a fixed rate below saturation.
-    let rate = o.open_rate.min((saturation * 0.5).max(10.0));
-    log(format!("{}: open loop at {rate:.0} msgs/s", kind.name()));
-    let mut ol = phases::messaging(
-        &srv,
-        &mut pairs,
-        Load::Open { rate_per_s: rate },
-        Duration::from_millis(500),
-        o.open_duration,
-    )
-    .await?;
-    if kind.has_mam() {
-        ol.archived = Some(phases::archived_count(&mut pairs).await?);
-        ol.archived_expected = Some(2 * pairs.delivered_total.iter().sum::<u64>());
-    }
-    res.open_loop = Some(ol);
+    // Open loops at fixed rates below saturation: the high rate, then the low one
+    // (a lightly loaded server, whose commits each carry few messages).
+    let cap = (saturation * 0.5).max(10.0);
+    res.open_loop = Some(open_loop(&srv, &mut pairs, kind, o, o.open_rate.min(cap)).await?);
     res.rss_kib.push(("open-loop".into(), srv.rss_kib()));
+    res.open_loop_low = Some(open_loop(&srv, &mut pairs, kind, o, o.open_rate_low.min(cap)).await?);
     let delivered_so_far = pairs.delivered_total.clone();
     pairs.close().await;
     srv.stop()?;
-    if !kind.has_mam() {
+    if !kind.runs_archive_phases() {
         return Ok(spec);
     }
 
@@ -374,7 +405,8 @@ async fn run_config(
                     populate::populate_native_pg(&mut client, ds)
                 })?
             }
-            Kind::NoMam | Kind::NoMamStanzaId => 0.0,
+            // No data sets: these stop after the throughput phases.
+            Kind::NoMam | Kind::NoMamStanzaId | Kind::NativeNoWait => 0.0,
         };
         res.populated.push(Populated {
             owner: ds.owner.clone(),
@@ -449,7 +481,7 @@ async fn run_config(
         let before: u64 = datasets.iter().map(|d| d.n).sum();
         let how;
         match kind {
-            Kind::Native | Kind::NativePg => {
+            Kind::Native | Kind::NativeNoWait | Kind::NativePg => {
                 spec.expiry = Some(Expiry {
                     expires_after: "1d".into(),
                     cleanup_interval: 1,
@@ -715,7 +747,8 @@ async fn run(o: Opts) -> Result<()> {
         parameters: json!({
             "quick": o.quick, "pairs": o.pairs, "window": o.window, "sizes": o.sizes,
             "closed_loop_s": o.duration.as_secs_f64(), "warmup_s": o.warmup.as_secs_f64(),
-            "open_rate_cap": o.open_rate, "open_loop_s": o.open_duration.as_secs_f64(),
+            "open_rate_cap": o.open_rate, "open_rate_low_cap": o.open_rate_low,
+            "open_loop_s": o.open_duration.as_secs_f64(),
             "query_iters": o.query_iters, "query_budget_s": o.query_budget.as_secs_f64(),
             "internal_max": o.internal_max, "body_bytes": populate::BODY_LEN,
             "rounds": o.rounds, "round_s": o.round_duration.as_secs_f64(),

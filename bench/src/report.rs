@@ -36,7 +36,12 @@ pub struct ConfigResult {
     /// The closed loop again after pre-population (half as long).
     #[serde(default)]
     pub throughput_populated: Option<MessagingResult>,
+    /// The open loop at the high rate (`--open-rate`, at most half of saturation).
     pub open_loop: Option<MessagingResult>,
+    /// The open loop at the low rate (`--open-rate-low`), right after the high one;
+    /// absent from runs before issue 16.
+    #[serde(default)]
+    pub open_loop_low: Option<MessagingResult>,
     /// Closed-loop msgs/s of each interleaved round (after every configuration ran).
     #[serde(default)]
     pub throughput_rounds: Vec<f64>,
@@ -108,13 +113,19 @@ fn ratio_text(a: Option<f64>, b: Option<f64>) -> String {
 const COMPARISONS: [(&str, &[&str]); 2] = [
     (
         "native",
-        &["stock-internal", "stock-sql", "nomam", "nomam-sid"],
+        &[
+            "stock-internal",
+            "stock-sql",
+            "nomam",
+            "nomam-sid",
+            "native-nowait",
+        ],
     ),
     ("native-pg", &["stock-sql", "nomam", "nomam-sid", "native"]),
 ];
 
 /// Ratios of ours (`native`, `native-pg`) to other configurations (`"native/stock-sql"`,
-/// `"native-pg/nomam"`, ...): throughput, open-loop p99, query p50 per size and shape,
+/// `"native-pg/nomam"`, ...): throughput, open-loop p99 at both rates, query p50 per size and shape,
 /// ping max during queries, RSS after queries.
 pub fn ratios(configs: &[ConfigResult], sizes: &[u64]) -> Value {
     let get = |n: &str| configs.iter().find(|c| c.config == n && c.status == "ran");
@@ -154,6 +165,7 @@ fn ratios_of(ours: &ConfigResult, o: &ConfigResult, sizes: &[u64]) -> Value {
         "throughput_rounds_median_msgs_per_s": ratio(median(&ours.throughput_rounds), median(&o.throughput_rounds)),
         "closed_loop_latency_p50": ratio(ours.throughput.as_ref().map(|t| t.latency.p50_ms), o.throughput.as_ref().map(|t| t.latency.p50_ms)),
         "open_loop_latency_p99": ratio(ours.open_loop.as_ref().map(|t| t.latency.p99_ms), o.open_loop.as_ref().map(|t| t.latency.p99_ms)),
+        "open_loop_low_latency_p99": ratio(ours.open_loop_low.as_ref().map(|t| t.latency.p99_ms), o.open_loop_low.as_ref().map(|t| t.latency.p99_ms)),
         "query_p50": Value::Object(q),
         "ping_max_during_queries": ratio(ours.stall_queries.as_ref().map(|s| s.ping.max_ms), o.stall_queries.as_ref().map(|s| s.ping.max_ms)),
         "rss_after_queries": ratio(ours.rss("queries").map(|v| v as f64), o.rss("queries").map(|v| v as f64)),
@@ -264,7 +276,13 @@ pub fn markdown(r: &Report, sizes: &[u64]) -> String {
     );
     let _ = writeln!(m, "|---|---|---|---|---|---|---|");
     for c in &r.configs {
-        if let Some(t) = &c.open_loop {
+        let mut loops: Vec<&MessagingResult> = c.open_loop.iter().chain(&c.open_loop_low).collect();
+        loops.sort_by(|a, b| {
+            a.target_rate_per_s
+                .unwrap_or(0.0)
+                .total_cmp(&b.target_rate_per_s.unwrap_or(0.0))
+        });
+        for t in loops {
             let _ = writeln!(
                 m,
                 "| {} | {:.0} | {:.0} | {} | {} | {} | {} |",
@@ -278,6 +296,15 @@ pub fn markdown(r: &Report, sizes: &[u64]) -> String {
             );
         }
     }
+    // Runs before issue 16 have the high rate only.
+    if r.configs.iter().any(|c| c.open_loop_low.is_some()) {
+        let _ = writeln!(
+            m,
+            "\nEach configuration at the low rate (`--open-rate-low`) and at the high one (`--open-rate`), \
+             each at most half of its closed-loop saturation; latency from the intended send time.\n"
+        );
+    }
+    commit_before_delivery(&mut m, r);
 
     let mam: Vec<&ConfigResult> = r
         .configs
@@ -528,7 +555,7 @@ fn native_pg_compared(m: &mut String, r: &Report, sizes: &[u64]) {
         fn(&ConfigResult) -> Option<f64>,
         fn(f64) -> String,
     );
-    let rows: [Measure; 4] = [
+    let rows: [Measure; 5] = [
         (
             "msgs/s, closed loop, empty store",
             |c| c.throughput.as_ref().map(|t| t.delivered_per_s),
@@ -542,6 +569,11 @@ fn native_pg_compared(m: &mut String, r: &Report, sizes: &[u64]) {
         (
             "open loop p99 ms",
             |c| c.open_loop.as_ref().map(|t| t.latency.p99_ms),
+            ms,
+        ),
+        (
+            "open loop p99 ms, low rate",
+            |c| c.open_loop_low.as_ref().map(|t| t.latency.p99_ms),
             ms,
         ),
         (
@@ -577,6 +609,148 @@ fn native_pg_compared(m: &mut String, r: &Report, sizes: &[u64]) {
         m,
         "\nThroughput ratios above 1 mean `native-pg` is faster; latency ratios below 1 mean it is faster."
     );
+}
+
+/// Issue 16's bar: with commit before delivery (the default), closed-loop throughput
+/// stays within 10% of the opt-out's (the behaviour before it).
+const COMMIT_BEFORE_DELIVERY_MIN_RATIO: f64 = 0.9;
+
+/// A latency difference in ms with its sign (`+0.42`, `-0.07`).
+fn signed_ms(v: f64) -> String {
+    if v < 0.0 {
+        format!("-{}", ms(-v))
+    } else {
+        format!("+{}", ms(v))
+    }
+}
+
+/// Commit before delivery (issue 16): `native` (the default) against `native-nowait`
+/// (`mam_commit_before_delivery = false`), with `nomam-sid` (the ceiling for any
+/// XEP-0313 module) for reference. Rendered only when both of ours ran.
+fn commit_before_delivery(m: &mut String, r: &Report) {
+    let get = |n: &str| {
+        r.configs
+            .iter()
+            .find(|c| c.config == n && c.status == "ran")
+    };
+    let (Some(native), Some(nowait)) = (get("native"), get("native-nowait")) else {
+        return;
+    };
+    let sid = get("nomam-sid");
+    let _ = writeln!(m, "\n## Commit before delivery (issue 16)\n");
+    let _ = writeln!(
+        m,
+        "`native` runs the default, `mam_commit_before_delivery = true`: a message archived inside a \
+         session's async runner is delivered only once its archive rows are committed (the writer \
+         commits at once, without its 2 ms linger, when a delivery waits). `native-nowait` sets it to \
+         `false`, the behaviour before issue 16: delivery at once, commit within the linger.\n"
+    );
+    let _ = writeln!(
+        m,
+        "| config | low rate msgs/s | p50 ms | p99 ms | high rate msgs/s | p50 ms | p99 ms | \
+         closed loop msgs/s, empty store | interleaved rounds median msgs/s |"
+    );
+    let _ = writeln!(m, "|---|---|---|---|---|---|---|---|---|");
+    let open_cells = |t: Option<&MessagingResult>| match t {
+        Some(t) => format!(
+            "{:.0} | {} | {}",
+            t.target_rate_per_s.unwrap_or(0.0),
+            ms(t.latency.p50_ms),
+            ms(t.latency.p99_ms)
+        ),
+        None => "- | - | -".into(),
+    };
+    for c in [Some(native), Some(nowait), sid].into_iter().flatten() {
+        let _ = writeln!(
+            m,
+            "| {} | {} | {} | {} | {} |",
+            c.config,
+            open_cells(c.open_loop_low.as_ref()),
+            open_cells(c.open_loop.as_ref()),
+            c.throughput
+                .as_ref()
+                .map(|t| format!("{:.0}", t.delivered_per_s))
+                .unwrap_or("-".into()),
+            median(&c.throughput_rounds)
+                .map(|v| format!("{v:.0}"))
+                .unwrap_or("-".into())
+        );
+    }
+    m.push('\n');
+
+    // Throughput from the interleaved rounds when both of ours have them (a single
+    // closed loop moves ±20% with the shared machine), else from the first closed loop.
+    let rounds = |c: &ConfigResult| median(&c.throughput_rounds);
+    let first = |c: &ConfigResult| c.throughput.as_ref().map(|t| t.delivered_per_s);
+    let from_rounds = rounds(native).is_some() && rounds(nowait).is_some();
+    let (basis, rate_native, rate_nowait, rate_sid) = if from_rounds {
+        (
+            "median of the interleaved rounds",
+            rounds(native),
+            rounds(nowait),
+            sid.and_then(rounds),
+        )
+    } else {
+        (
+            "first closed loop: this run has no interleaved rounds, and one run moves ±20%",
+            first(native),
+            first(nowait),
+            sid.and_then(first),
+        )
+    };
+    let bar = match (rate_native, rate_nowait) {
+        (Some(a), Some(b)) if from_rounds && b > 0.0 => {
+            let met = if a / b >= COMMIT_BEFORE_DELIVERY_MIN_RATIO {
+                "met"
+            } else {
+                "not met"
+            };
+            format!(" (issue 16 asks for at least {COMMIT_BEFORE_DELIVERY_MIN_RATIO}: {met})")
+        }
+        _ => String::new(),
+    };
+    let _ = writeln!(
+        m,
+        "- native ÷ native-nowait ({basis}): {}{bar}",
+        ratio_text(rate_native, rate_nowait)
+    );
+    let _ = writeln!(
+        m,
+        "- native ÷ nomam-sid: {}",
+        ratio_text(rate_native, rate_sid)
+    );
+    for (which, ours, before) in [
+        (
+            "low rate",
+            native.open_loop_low.as_ref(),
+            nowait.open_loop_low.as_ref(),
+        ),
+        (
+            "high rate",
+            native.open_loop.as_ref(),
+            nowait.open_loop.as_ref(),
+        ),
+    ] {
+        let (Some(ours), Some(before)) = (ours, before) else {
+            continue;
+        };
+        let (at, at_before) = (
+            ours.target_rate_per_s.unwrap_or(0.0),
+            before.target_rate_per_s.unwrap_or(0.0),
+        );
+        // Each runs at most half its own saturation, so the two rates can differ.
+        let rates = if (at - at_before).abs() < 0.5 {
+            format!("{at:.0} msgs/s")
+        } else {
+            format!("{at:.0} msgs/s, native-nowait at {at_before:.0}")
+        };
+        let _ = writeln!(
+            m,
+            "- added delivery latency, native − native-nowait, {which} ({rates}): p50 {} ms, p99 {} ms",
+            signed_ms(ours.latency.p50_ms - before.latency.p50_ms),
+            signed_ms(ours.latency.p99_ms - before.latency.p99_ms)
+        );
+    }
 }
 
 /// A log-log SVG chart of `newest`-page p50 latency against archive size, one line per

@@ -73,17 +73,22 @@ pub enum Kind {
     StockSql,
     /// prosody-mam-native (plugin folder replacing mod_mam) on its embedded SQLite file.
     Native,
+    /// `Native` with `mam_commit_before_delivery = false`: the behaviour before issue 16
+    /// (delivery at once, commit within the writer's 2 ms linger), measured against the
+    /// default's commit before delivery. Throughput phases only.
+    NativeNoWait,
     /// prosody-mam-native on PostgreSQL (`mam_sql`), in the run's private cluster.
     NativePg,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 7] = [
         Kind::NoMam,
         Kind::NoMamStanzaId,
         Kind::StockInternal,
         Kind::StockSql,
         Kind::Native,
+        Kind::NativeNoWait,
         Kind::NativePg,
     ];
 
@@ -94,6 +99,7 @@ impl Kind {
             Kind::StockInternal => "stock-internal",
             Kind::StockSql => "stock-sql",
             Kind::Native => "native",
+            Kind::NativeNoWait => "native-nowait",
             Kind::NativePg => "native-pg",
         }
     }
@@ -106,9 +112,17 @@ impl Kind {
         !matches!(self, Kind::NoMam | Kind::NoMamStanzaId)
     }
 
-    /// Ours (the plugin folder), on either backend.
+    /// Ours (the plugin folder), on either backend and in either delivery mode.
     pub fn is_native(self) -> bool {
-        matches!(self, Kind::Native | Kind::NativePg)
+        matches!(self, Kind::Native | Kind::NativeNoWait | Kind::NativePg)
+    }
+
+    /// Whether the phases after the throughput ones (pre-population, queries, the
+    /// stall during queries, expiry) run. Not for the ceilings, which have no archive,
+    /// nor for `native-nowait`, whose archive is `native`'s: it differs only in when a
+    /// message is delivered, which only the throughput phases see.
+    pub fn runs_archive_phases(self) -> bool {
+        self.has_mam() && self != Kind::NativeNoWait
     }
 }
 
@@ -199,9 +213,12 @@ impl ServerSpec {
             Kind::NoMamStanzaId => {
                 let _ = writeln!(c, "plugin_paths = {{ \"{BENCH_PLUGINS}\" }}");
             }
-            Kind::Native | Kind::NativePg => {
+            Kind::Native | Kind::NativeNoWait | Kind::NativePg => {
                 if let Some(p) = &self.plugin_dir {
                     let _ = writeln!(c, "plugin_paths = {{ \"{}\" }}", p.display());
+                }
+                if self.kind == Kind::NativeNoWait {
+                    let _ = writeln!(c, "mam_commit_before_delivery = false");
                 }
                 if let Some(pg) = &self.pg {
                     let _ = writeln!(
@@ -457,7 +474,8 @@ pub fn proc_tree_cpu_seconds(pid: u32) -> f64 {
     total
 }
 
-/// The plugin folder to use for `native`, or why it cannot be used.
+/// The plugin folder to use for ours (`native`, `native-nowait`, `native-pg`), or why
+/// it cannot be used.
 pub fn check_plugin_dir(dir: &Path) -> std::result::Result<(), String> {
     let m = dir.join("mod_mam");
     for f in ["mod_mam.lua", "mam_native.so"] {

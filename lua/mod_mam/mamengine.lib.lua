@@ -10,6 +10,7 @@ local jid_prep = require "util.jid".prep;
 local async = require "util.async";
 local server = require "net.server";
 local time_now = require "util.time".monotonic or require "util.time".now;
+local add_task = require "util.timer".add_task;
 
 local host = module.host;
 
@@ -98,15 +99,17 @@ local function open(native)
 	-- socket library had already read into its buffer would sit there until the
 	-- client sent more. Once the runner is ready again, such a session is read
 	-- from, as Prosody itself does after a timed pause. The runner gets ready in a
-	-- task of its own, so the check is repeated every millisecond for a while.
-	local kick_attempts = 50;
-	local to_kick = {}; -- session -> checks left
+	-- zero-delay task of its own, so the check runs in the loop's next turns, until
+	-- the runner is ready, waits for us again (a later release checks then), or a
+	-- few turns passed (it waits for something else, which resumes it itself).
+	local holds = {}; -- session -> deliveries of it held now
+	local to_kick = {}; -- session -> turns left
 	local kick_scheduled = false;
 	local function kick()
 		local again = false;
 		for origin, left in pairs(to_kick) do
 			local conn, thread = origin.conn, origin.thread;
-			if not (conn and conn.conn and thread) then
+			if not (conn and conn.conn and thread) or holds[origin] then
 				to_kick[origin] = nil;
 			elseif thread.state == "ready" then
 				to_kick[origin] = nil;
@@ -120,17 +123,17 @@ local function open(native)
 				to_kick[origin] = nil;
 			end
 		end
-		if again then return 0.001; end
+		if again then return 0; end
 		kick_scheduled = false;
 	end
 	local function kick_if_buffered(origin)
 		local conn = origin and origin.conn;
 		local sock = type(conn) == "table" and conn.conn;
 		if not (sock and sock.dirty and conn.onreadable and sock:dirty()) then return; end
-		to_kick[origin] = kick_attempts;
+		to_kick[origin] = 20;
 		if not kick_scheduled then
 			kick_scheduled = true;
-			module:add_timer(0.001, kick);
+			add_task(0, kick);
 		end
 	end
 
@@ -143,8 +146,12 @@ local function open(native)
 			local resume, origin = held_resume[held_first], held_origin[held_first];
 			held_seq[held_first], held_resume[held_first], held_since[held_first], held_origin[held_first] = nil, nil, nil, nil;
 			held_first = held_first + 1;
-			local ok, err = pcall(resume);
-			if not ok then module:log("error", "Resuming a delivery held for its commit failed: %s", err); end
+			if origin then
+				local n = holds[origin];
+				holds[origin] = n > 1 and n - 1 or nil;
+			end
+			-- util.async resumes the runner protected and reports its errors itself.
+			resume();
 			kick_if_buffered(origin);
 		end
 	end
@@ -152,7 +159,7 @@ local function open(native)
 	local function committed(upto)
 		release(upto);
 		if outage and upto >= outage.upto then
-			module:log("info", "Archive commits caught up after %.1f s; %d archive entries (a message has one per archive it is in) were delivered before their commit meanwhile",
+			module:log("info", "Archive commits caught up after %.1f s; %d deliveries went out before their commit meanwhile",
 				time_now() - outage.since, outage.delivered);
 			outage = nil;
 		end
@@ -200,6 +207,7 @@ local function open(native)
 		local wait, done = async.waiter();
 		held_last = held_last + 1;
 		held_seq[held_last], held_resume[held_last], held_since[held_last], held_origin[held_last] = seq, done, time_now(), origin;
+		if origin then holds[origin] = (holds[origin] or 0) + 1; end
 		if not watchdog_armed then
 			watchdog_armed = true;
 			module:add_timer(engine.config.commit_wait_limit, watchdog);

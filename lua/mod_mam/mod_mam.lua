@@ -197,6 +197,21 @@ for _, check in ipairs { true, false } do
 end
 local holds_delivery, await_commit = engine.holds_delivery, engine.await_commit;
 
+-- The event field holding the newest archive write a message's delivery must wait
+-- for. A message between two users of this host goes through pre-message/* (the
+-- sender's copy) and message/* (the recipient's) with one event table: the two copies
+-- share one wait, since the writer commits in order. A key of this module instance's
+-- own, because sequence numbers are per host.
+local commit_pending = {};
+
+local function hold_until_committed(event)
+	local seq = event[commit_pending];
+	if seq then
+		event[commit_pending] = nil;
+		await_commit(seq, event.origin);
+	end
+end
+
 local function message_handler(event, c2s)
 	local archive = engine.archive;
 	if not archive then
@@ -279,18 +294,50 @@ local function message_handler(event, c2s)
 	m_archived:add(1);
 	log("debug", "Archived message %s as %s", stanza.attr.id, id);
 	if hold then
-		await_commit(seq, origin);
+		-- The newest write this message's delivery waits for (see hold_until_committed).
+		event[commit_pending] = seq;
 	end
 	if c2s then
 		senders_ids[stanza] = stanza_id;
 	end
 	if announce then
+		-- Listeners (push notifications) tell clients about the message: committed first.
+		hold_until_committed(event);
 		module:fire_event("archive-message-added", { origin = origin, stanza = stored, for_user = store_user, id = id });
 	end
 end
 
+-- Whether a message a local user sends will reach this host's message/* handler
+-- before anyone is given it: addressed to a user of this host, and no carbon of the
+-- sender's copy goes out first (the sender has no other session). Then the recipient's
+-- handler waits for both copies at once.
+local bare_sessions = prosody.bare_sessions;
+local function recipient_handler_waits(origin, stanza)
+	local to = stanza.attr.to;
+	if to then
+		local node, to_host = jid_split(to);
+		if not node or to_host ~= host then return false; end
+	end
+	local own = bare_sessions[origin.username .. "@" .. host];
+	local sessions = own and own.sessions;
+	local first = sessions and next(sessions);
+	return not (first and next(sessions, first));
+end
+
+-- Sender's copy: held here unless the recipient's handler on this host holds the
+-- delivery for both copies.
 local function c2s_message_handler(event)
-	return message_handler(event, true);
+	message_handler(event, true);
+	if event[commit_pending] and not recipient_handler_waits(event.origin, event.stanza) then
+		hold_until_committed(event);
+	end
+end
+
+-- Recipient's copy (and the sender's, when it came from this host): held until
+-- committed before carbons (-0.5) and delivery or offline storage (-1).
+local function incoming_message_handler(event)
+	message_handler(event, false);
+	hold_until_committed(event);
 end
 
 -- The sender's stanza-id (added above at priority 0) is for their carbons (-0.5) only:
@@ -335,8 +382,8 @@ end);
 
 module:hook("pre-message/bare", c2s_message_handler, 0);
 module:hook("pre-message/full", c2s_message_handler, 0);
-module:hook("message/bare", message_handler, 0);
-module:hook("message/full", message_handler, 0);
+module:hook("message/bare", incoming_message_handler, 0);
+module:hook("message/full", incoming_message_handler, 0);
 
 module:hook("account-disco-info", function (event)
 	local reply = event.reply or event.stanza;

@@ -277,6 +277,21 @@ pub trait ArchiveStore: Send {
 
     /// The size of the whole database in bytes (all hosts), when the backend knows.
     fn database_bytes(&mut self) -> Result<Option<u64>>;
+
+    /// Stops this connection's commits from running the backend's periodic
+    /// maintenance of its write-ahead log themselves (SQLite's automatic checkpoint,
+    /// which makes the commit that crosses the threshold copy and fsync the log):
+    /// another connection's [`ArchiveStore::checkpoint`] does it instead. Returns
+    /// whether the backend has such maintenance (PostgreSQL's server does its own).
+    fn hand_off_checkpoints(&mut self) -> Result<bool> {
+        Ok(false)
+    }
+
+    /// Moves what the write-ahead log holds into the database as far as it can
+    /// without waiting for readers or writers (SQLite `wal_checkpoint(PASSIVE)`).
+    fn checkpoint(&mut self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// The two per-owner steps of an expiry batch, on one backend's open transaction;

@@ -752,6 +752,21 @@ impl ArchiveStore for SqliteStore {
     fn database_bytes(&mut self) -> Result<Option<u64>> {
         self.database_bytes_impl()
     }
+
+    fn hand_off_checkpoints(&mut self) -> Result<bool> {
+        self.conn
+            .pragma_update(None, "wal_autocheckpoint", 0)
+            .map_err(MamError::storage("set wal_autocheckpoint=0"))?;
+        Ok(true)
+    }
+
+    fn checkpoint(&mut self) -> Result<()> {
+        // PASSIVE never waits for a lock: it copies what no reader still needs and
+        // leaves the rest for the next time.
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+            .map_err(MamError::storage("checkpoint the write-ahead log"))
+    }
 }
 
 #[cfg(test)]
