@@ -68,6 +68,8 @@ def render(directory, port, plugin_path=None, extra=None, log_level="debug", hos
         "modules_enabled": MODULES,
     }
     extra = dict(extra or {})
+    # {"conference.localhost": "muc"}: components after the VirtualHost.
+    components = extra.pop("components", {})
     # Extra plugin folders (test probes) come after the module under test.
     paths = [plugin_path] if plugin_path else []
     paths += extra.pop("plugin_paths", [])
@@ -79,6 +81,8 @@ def render(directory, port, plugin_path=None, extra=None, log_level="debug", hos
     for key, value in options.items():
         lines.append(f"{key} = {lua_value(value)}")
     lines += ["", f'VirtualHost "{host}"', ""]
+    for name, module in components.items():
+        lines += [f'Component "{name}" "{module}"', ""]
     return "\n".join(lines)
 
 

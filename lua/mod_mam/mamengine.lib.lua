@@ -1,7 +1,8 @@
 -- The native engine for this module on this host, as Prosody sees it: the library
 -- (mam_native.so, found by path: no lua_cpath changes needed), the
 -- archive handle (reopened in the background while the database cannot be opened),
--- the jobs whose results come back through a watched socket, expiry on its
+-- the jobs whose results come back through a watched socket, the output barrier
+-- that sends nothing to a session ahead of the archive's commits, expiry on its
 -- schedule, and a close that commits every queued write. The module file only wires
 -- Prosody's events to what start() returns.
 
@@ -11,6 +12,10 @@ local async = require "util.async";
 local server = require "net.server";
 local time_now = require "util.time".monotonic or require "util.time".now;
 local add_task = require "util.timer".add_task;
+local filters = require "util.filters";
+
+-- Before every other stanzas/out filter (stream management counts what passes).
+local hold_filter_priority = 1000;
 
 local host = module.host;
 
@@ -83,9 +88,9 @@ local function open(native)
 		error("mod_mam: " .. first_err.log);
 	end
 
-	-- Deliveries held in their session's runner until the archive rows they carry are
-	-- committed (mam_commit_before_delivery, docs/durability.md): a queue in write
-	-- order, as three parallel arrays so holding a message allocates no table.
+	-- Work held in its session's runner until the archive rows it depends on are
+	-- committed (offline storage, listeners; see holds_delivery): a queue in write
+	-- order, as parallel arrays so holding allocates no table.
 	local held_seq, held_resume, held_since, held_origin = {}, {}, {}, {};
 	local held_first, held_last = 1, 0;
 	-- While commits lag past mam_commit_wait_limit: { since =, upto = (newest write
@@ -156,9 +161,116 @@ local function open(native)
 		end
 	end
 
+	-- The output barrier (mam_commit_before_delivery): a session's outgoing stanzas
+	-- pass a filter that holds a message while any archive write queued before it is
+	-- not committed yet, and everything sent to that session after it (order kept),
+	-- until the writer reports the commit. What a client is given (a message with its
+	-- stanza-id, a carbon, a reply) is then always in the archive, whatever happens to
+	-- the server next, and nobody's stanzas wait to be processed: the sender's session
+	-- goes on at once, and each recipient gets what one commit covered in one go.
+	local queued_seq, committed_seq = 0, 0;
+	-- session -> { first =, last =, since =, stanzas = {}, need = {} }
+	local held_out = setmetatable({}, { __mode = "k" });
+	local ours = setmetatable({}, { __mode = "k" }); -- messages we archived
+	local passing; -- the session whose held stanzas are being sent on now
+
+	local arm_watchdog; -- below, with the watchdog
+
+	local function hold_filter(stanza, session)
+		if passing == session then return stanza; end
+		local q = held_out[session];
+		if not q then
+			if committed_seq >= queued_seq or stanza.name ~= "message" then
+				return stanza;
+			end
+			if outage then
+				outage.delivered = outage.delivered + 1;
+				metrics.delivered_uncommitted["storage slow"]:add(1);
+				return stanza;
+			end
+			q = { first = 1; last = 0; since = time_now(); stanzas = {}; need = {} };
+			held_out[session] = q;
+			arm_watchdog();
+		end
+		local last = q.last + 1;
+		q.last = last;
+		-- Prosody's modules may change a stanza once sent (MUC readdresses one object
+		-- for each occupant): held, it is sent as it was now. Our own archived
+		-- messages are final when delivered and need no copy.
+		q.stanzas[last] = ours[stanza] and stanza or st.clone(stanza);
+		-- A message waits for every write queued before it; anything else only for
+		-- what is ahead of it.
+		q.need[last] = stanza.name == "message" and queued_seq or 0;
+		return nil;
+	end
+	engine.hold_filter = hold_filter;
+
+	local function send_held(session, q, upto)
+		local first, last, stanzas, need = q.first, q.last, q.stanzas, q.need;
+		passing = session;
+		while first <= last and (not upto or need[first] <= upto) do
+			local stanza = stanzas[first];
+			stanzas[first], need[first] = nil, nil;
+			first = first + 1;
+			local ok, err = pcall(session.send, stanza);
+			if not ok then module:log("error", "Sending a stanza held for its commit failed: %s", err); end
+		end
+		passing = nil;
+		if first > last then
+			held_out[session] = nil;
+		else
+			q.first, q.since = first, time_now();
+		end
+	end
+
+	local function release_outputs(upto)
+		for session, q in pairs(held_out) do
+			send_held(session, q, upto);
+		end
+	end
+
+	-- Called with every archive write a delivery must not overtake, and the message
+	-- it archived.
+	function engine.queued(seq, stanza)
+		if seq > queued_seq then queued_seq = seq; end
+		ours[stanza] = true;
+	end
+
+	-- The newest such write when it is not committed yet, else nil.
+	function engine.pending_seq()
+		if queued_seq > committed_seq and not outage then return queued_seq; end
+	end
+
+	-- Adds the filter to a session (every new one, through util.filters' hook).
+	local filtered = setmetatable({}, { __mode = "k" });
+	local function add_hold_filter(session)
+		filtered[session] = true;
+		filters.add_filter(session, "stanzas/out", hold_filter, hold_filter_priority);
+	end
+
+	local function install_output_barrier()
+		filters.add_filter_hook(add_hold_filter);
+		-- Sessions that exist already (a module reload).
+		for _, session in pairs(prosody.full_sessions) do add_hold_filter(session); end
+		for session in pairs(prosody.incoming_s2s) do add_hold_filter(session); end
+		for _, h in pairs(prosody.hosts) do
+			for _, session in pairs(h.s2sout or {}) do add_hold_filter(session); end
+		end
+	end
+
+	local function remove_output_barrier()
+		filters.remove_filter_hook(add_hold_filter);
+		for session in pairs(filtered) do
+			filters.remove_filter(session, "stanzas/out", hold_filter);
+		end
+		queued_seq = committed_seq;
+	end
+
 	local function committed(upto)
+		if upto > committed_seq then committed_seq = upto; end
 		release(upto);
-		if outage and upto >= outage.upto then
+		release_outputs(upto);
+		if outage and upto >= math.max(outage.upto, queued_seq) then
 			module:log("info", "Archive commits caught up after %.1f s; %d deliveries went out before their commit meanwhile",
 				time_now() - outage.since, outage.delivered);
 			outage = nil;
@@ -167,27 +279,44 @@ local function open(native)
 
 	-- Storage that takes longer than the limit to commit (failing, locked, too slow)
 	-- must not stop delivery: the held messages go out, still queued for the archive.
+	local function oldest_hold()
+		local oldest = held_first <= held_last and held_since[held_first] or nil;
+		for _, q in pairs(held_out) do
+			if not oldest or q.since < oldest then oldest = q.since; end
+		end
+		return oldest;
+	end
+
 	local function watchdog()
-		if held_first > held_last or outage then
+		local oldest = not outage and oldest_hold();
+		if not oldest then
 			watchdog_armed = false;
 			return;
 		end
 		local limit = engine.config.commit_wait_limit;
-		local waited = time_now() - held_since[held_first];
+		local waited = time_now() - oldest;
 		if waited < limit then return limit - waited; end
 		local count = held_last - held_first + 1;
-		outage = { since = time_now(); upto = held_seq[held_last]; delivered = count };
+		for _, q in pairs(held_out) do count = count + (q.last - q.first + 1); end
+		outage = { since = time_now(); upto = queued_seq; delivered = count };
 		module:log("error", "Archive commits are taking longer than %g s: delivering messages before their commit "
-			.. "until the archive catches up (they stay queued for it; %d held messages released)", limit, count);
+			.. "until the archive catches up (they stay queued for it; %d held stanzas released)", limit, count);
 		metrics.delivered_uncommitted["storage slow"]:add(count);
 		watchdog_armed = false;
 		release();
+		release_outputs();
+	end
+	arm_watchdog = function ()
+		if not watchdog_armed then
+			watchdog_armed = true;
+			module:add_timer(engine.config.commit_wait_limit, watchdog);
+		end
 	end
 
-	-- Whether this message's delivery will wait for its commit: the option is on and
+	-- Whether what is about to leave outside any session's output (offline storage,
+	-- archive-message-added listeners) can wait for its commit: the option is on and
 	-- the stanza is being processed in a session's async runner (c2s, s2s, BOSH,
 	-- websocket), where waiting holds that session's stanzas and not the server.
-	-- Elsewhere (components, messages the server makes itself) it goes out at once.
 	function engine.holds_delivery()
 		if not engine.config.commit_before_delivery then return false; end
 		if async.ready() then return true; end
@@ -208,10 +337,7 @@ local function open(native)
 		held_last = held_last + 1;
 		held_seq[held_last], held_resume[held_last], held_since[held_last], held_origin[held_last] = seq, done, time_now(), origin;
 		if origin then holds[origin] = (holds[origin] or 0) + 1; end
-		if not watchdog_armed then
-			watchdog_armed = true;
-			module:add_timer(engine.config.commit_wait_limit, watchdog);
-		end
+		arm_watchdog();
 		wait();
 	end
 
@@ -318,6 +444,7 @@ local function open(native)
 			module:log("warn", "%s", warning);
 		end
 		completion_watch = server.watchfd(handle:notify_fd(), on_completions);
+		if engine.config.commit_before_delivery then install_output_barrier(); end
 		module:log("debug", "Archive at %s, expiry %s", engine.config.storage,
 			engine.config.expires_after and (engine.config.expires_after .. "s") or "never");
 		start_expiry();
@@ -363,14 +490,20 @@ local function open(native)
 		if closed then return; end
 		closed = true;
 		local archive = engine.archive;
-		if not archive then return release(); end
+		if not archive then
+			release();
+			release_outputs();
+			return remove_output_barrier();
+		end
 		-- Held deliveries go out once committed, as always: resumed, a sender's copy
 		-- goes on to the recipient's archive and is held again, so a few rounds
 		-- (blocking, as the close below does: the module is going away).
 		for _ = 1, 3 do
-			if held_first > held_last then break; end
+			if held_first > held_last and next(held_out) == nil then break; end
 			archive:flush(engine.config.commit_wait_limit);
-			release(archive:stats().writes_committed);
+			local upto = archive:stats().writes_committed;
+			release(upto);
+			release_outputs(upto);
 		end
 		engine.archive = nil;
 		completion_watch:close();
@@ -382,6 +515,8 @@ local function open(native)
 		-- Whatever is still held could not be committed in time (logged above):
 		-- it goes out now, each once.
 		release();
+		release_outputs();
+		remove_output_barrier();
 	end
 
 	return engine;

@@ -28,7 +28,8 @@ return {
 		"Messages not archived, by reason", { "reason" }));
 	delivered_uncommitted = by_label(metric("counter", "messages_delivered_uncommitted", "",
 		"Archived messages delivered before their commit although mam_commit_before_delivery is on, "
-		.. "by reason: outside runner (no session to hold), storage slow (commits lag past mam_commit_wait_limit)",
+		.. "by reason: outside runner (offline storage or listeners reached where nothing can wait), "
+		.. "storage slow (commits lag past mam_commit_wait_limit)",
 		{ "reason" }));
 	queries = by_label(metric("counter", "queries", "",
 		"Archive queries by outcome: ok or the error condition sent", { "outcome" }));

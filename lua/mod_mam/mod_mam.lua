@@ -91,7 +91,11 @@ local function output_form(session)
 	local filters = session.filters;
 	if not filters then return "joined"; end
 	local stanzas_out, bytes_out = filters["stanzas/out"], filters["bytes/out"];
-	if stanzas_out and stanzas_out[1] then return "stanzas"; end
+	-- The commit barrier's own filter needs no stanza objects: strings (query
+	-- results, committed already) pass it untouched.
+	if stanzas_out and (stanzas_out[2] or (stanzas_out[1] and stanzas_out[1] ~= engine.hold_filter)) then
+		return "stanzas";
+	end
 	if bytes_out and bytes_out[1] then return "strings"; end
 	return "joined";
 end
@@ -195,22 +199,7 @@ for _, check in ipairs { true, false } do
 		};
 	end
 end
-local holds_delivery, await_commit = engine.holds_delivery, engine.await_commit;
-
--- The event field holding the newest archive write a message's delivery must wait
--- for. A message between two users of this host goes through pre-message/* (the
--- sender's copy) and message/* (the recipient's) with one event table: the two copies
--- share one wait, since the writer commits in order. A key of this module instance's
--- own, because sequence numbers are per host.
-local commit_pending = {};
-
-local function hold_until_committed(event)
-	local seq = event[commit_pending];
-	if seq then
-		event[commit_pending] = nil;
-		await_commit(seq, event.origin);
-	end
-end
+local holds_delivery, await_commit, note_queued = engine.holds_delivery, engine.await_commit, engine.queued;
 
 local function message_handler(event, c2s)
 	local archive = engine.archive;
@@ -275,11 +264,12 @@ local function message_handler(event, c2s)
 	-- The stanza-id goes onto the stanza itself (no copy: copies were most of the
 	-- garbage this module made, and Prosody's collector is where its time goes under
 	-- load). The sender's is taken off again before routing, below.
-	-- Held until committed (see holds_delivery): what a client is given is in the
-	-- archive whatever happens to the server next.
-	local hold = holds_delivery();
+	-- With mam_commit_before_delivery the writer commits this at once and reports it,
+	-- and no session is sent anything after it until then (mamengine's output
+	-- barrier): what a client is given is in the archive whatever happens next.
+	local wait = engine.config.commit_before_delivery;
 	local id, stanza_id, stored, seq = archive:append(store_user, with, stanza,
-		append_options[check_in_append][announce][hold]);
+		append_options[check_in_append][announce][wait]);
 	if not id then
 		local err = stanza_id;
 		if err.reason then
@@ -293,52 +283,36 @@ local function message_handler(event, c2s)
 	end
 	m_archived:add(1);
 	log("debug", "Archived message %s as %s", stanza.attr.id, id);
-	if hold then
-		-- The newest write this message's delivery waits for (see hold_until_committed).
-		event[commit_pending] = seq;
+	if wait then
+		note_queued(seq, stanza);
 	end
 	if c2s then
 		senders_ids[stanza] = stanza_id;
 	end
 	if announce then
-		-- Listeners (push notifications) tell clients about the message: committed first.
-		hold_until_committed(event);
+		-- Listeners (push notifications) tell clients about the message outside any
+		-- session's output: committed first, where the stanza's runner can wait.
+		if wait and holds_delivery() then
+			await_commit(seq, origin);
+		end
 		module:fire_event("archive-message-added", { origin = origin, stanza = stored, for_user = store_user, id = id });
 	end
 end
 
--- Whether a message a local user sends will reach this host's message/* handler
--- before anyone is given it: addressed to a user of this host, and no carbon of the
--- sender's copy goes out first (the sender has no other session). Then the recipient's
--- handler waits for both copies at once.
-local bare_sessions = prosody.bare_sessions;
-local function recipient_handler_waits(origin, stanza)
-	local to = stanza.attr.to;
-	if to then
-		local node, to_host = jid_split(to);
-		if not node or to_host ~= host then return false; end
-	end
-	local own = bare_sessions[origin.username .. "@" .. host];
-	local sessions = own and own.sessions;
-	local first = sessions and next(sessions);
-	return not (first and next(sessions, first));
-end
-
--- Sender's copy: held here unless the recipient's handler on this host holds the
--- delivery for both copies.
 local function c2s_message_handler(event)
-	message_handler(event, true);
-	if event[commit_pending] and not recipient_handler_waits(event.origin, event.stanza) then
-		hold_until_committed(event);
-	end
+	return message_handler(event, true);
 end
 
--- Recipient's copy (and the sender's, when it came from this host): held until
--- committed before carbons (-0.5) and delivery or offline storage (-1).
-local function incoming_message_handler(event)
-	message_handler(event, false);
-	hold_until_committed(event);
-end
+-- Offline storage is not a session's output: a message stored for later is
+-- committed first, where the stanza's runner can wait (mod_offline stores at 0).
+module:hook("message/offline/handle", function (event)
+	if engine.archive and engine.config.commit_before_delivery and holds_delivery() then
+		local pending = engine.pending_seq();
+		if pending then
+			await_commit(pending, event.origin);
+		end
+	end
+end, 1);
 
 -- The sender's stanza-id (added above at priority 0) is for their carbons (-0.5) only:
 -- strip stanza-ids naming our accounts before the message is routed (stock's -1).
@@ -382,8 +356,8 @@ end);
 
 module:hook("pre-message/bare", c2s_message_handler, 0);
 module:hook("pre-message/full", c2s_message_handler, 0);
-module:hook("message/bare", incoming_message_handler, 0);
-module:hook("message/full", incoming_message_handler, 0);
+module:hook("message/bare", message_handler, 0);
+module:hook("message/full", message_handler, 0);
 
 module:hook("account-disco-info", function (event)
 	local reply = event.reply or event.stanza;

@@ -122,6 +122,35 @@ async def test_kill_9_under_load_never_leaves_a_delivered_message_out_of_the_arc
     print(f"kill -9 x{KILL_ROUNDS} (seed {seed}): " + ", ".join(summary))
 
 
+async def test_a_held_stanza_goes_out_as_it_was_when_held(prosody_factory, connect):
+    """MUC sends one stanza object to each occupant, readdressing it in between: one
+    held behind an uncommitted message must still reach each occupant addressed to it."""
+    muc = "conference.localhost"
+    server = prosody_factory("heldmuc", {"components": {muc: "muc"}, "muc_room_locking": False}, users=2)
+    a, b = server.take_users(2)
+    alice, bob = await connect(server, a), await connect(server, b)
+    room = f"room@{muc}"
+    for client, nick in ((alice, "alice"), (bob, "bob")):
+        client.send(f"<presence to='{room}/{nick}'><x xmlns='http://jabber.org/protocol/muc'/></presence>")
+        await client.roundtrip()
+    for i in range(20):
+        # In one write: the chat message is archived and held for bob, and the
+        # groupchat message that follows is routed to bob while it waits.
+        alice.send(chat_xml(bob.bare, f"c{i}")
+                   + f"<message to='{room}' type='groupchat'><body>g{i}</body></message>")
+    want = {f"g{i}" for i in range(20)}
+    deadline = time.monotonic() + WAIT
+    while not want <= {body(m) for m in bob.delivered()}:
+        assert time.monotonic() < deadline, "groupchat messages not delivered"
+        await asyncio.sleep(0.02)
+    for m in bob.delivered():
+        if (body(m) or "").startswith("g"):
+            assert m.get("to") == bob.full, f"groupchat to {m.get('to')}, not {bob.full}"
+    # And the chat messages came in the order sent, each before the next groupchat one.
+    order = [body(m) for m in bob.delivered() if body(m)]
+    assert [t for t in order if t.startswith("c")] == [f"c{i}" for i in range(20)]
+
+
 # --------------------------------------------------------------------------- storage that cannot commit
 
 class SqliteLock:
