@@ -171,10 +171,25 @@ local function open(native)
 	local queued_seq, committed_seq = 0, 0;
 	-- session -> { first =, last =, since =, stanzas = {}, need = {} }
 	local held_out = setmetatable({}, { __mode = "k" });
-	local ours = setmetatable({}, { __mode = "k" }); -- messages we archived
 	local passing; -- the session whose held stanzas are being sent on now
 
 	local arm_watchdog; -- below, with the watchdog
+
+	-- A copy of the stanza's own element (name, attributes, list of children); the
+	-- children are shared: modules readdress a sent stanza, they do not rebuild it.
+	local stanza_mt = st.stanza_mt;
+	local function as_sent(stanza)
+		local attr = {};
+		for k, v in pairs(stanza.attr) do attr[k] = v; end
+		local tags = {};
+		local copy = setmetatable({ name = stanza.name; attr = attr; tags = tags }, stanza_mt);
+		for i = 1, #stanza do
+			local child = stanza[i];
+			copy[i] = child;
+			if type(child) == "table" then tags[#tags + 1] = child; end
+		end
+		return copy;
+	end
 
 	local function hold_filter(stanza, session)
 		if passing == session then return stanza; end
@@ -195,9 +210,9 @@ local function open(native)
 		local last = q.last + 1;
 		q.last = last;
 		-- Prosody's modules may change a stanza once sent (MUC readdresses one object
-		-- for each occupant): held, it is sent as it was now. Our own archived
-		-- messages are final when delivered and need no copy.
-		q.stanzas[last] = ours[stanza] and stanza or st.clone(stanza);
+		-- for each occupant, private messages we archive included): held, it is sent
+		-- as it was now.
+		q.stanzas[last] = as_sent(stanza);
 		-- A message waits for every write queued before it; anything else only for
 		-- what is ahead of it.
 		q.need[last] = stanza.name == "message" and queued_seq or 0;
@@ -229,11 +244,9 @@ local function open(native)
 		end
 	end
 
-	-- Called with every archive write a delivery must not overtake, and the message
-	-- it archived.
-	function engine.queued(seq, stanza)
+	-- Called with every archive write a delivery must not overtake.
+	function engine.queued(seq)
 		if seq > queued_seq then queued_seq = seq; end
-		ours[stanza] = true;
 	end
 
 	-- The newest such write when it is not committed yet, else nil.

@@ -284,7 +284,7 @@ local function message_handler(event, c2s)
 	m_archived:add(1);
 	log("debug", "Archived message %s as %s", stanza.attr.id, id);
 	if wait then
-		note_queued(seq, stanza);
+		note_queued(seq);
 	end
 	if c2s then
 		senders_ids[stanza] = stanza_id;
