@@ -506,6 +506,13 @@ mod tests {
         .unwrap()
     }
 
+    /// Archives a chat message from Romeo in Juliet's archive, delivered at once.
+    fn juliet_gets(a: &mut Archive, body: &str) -> Appended {
+        a.append("juliet", "romeo@montague.lit", chat(body), Delivery::AtOnce)
+            .unwrap()
+            .unwrap()
+    }
+
     fn wait(a: &Archive, job: JobId) -> Outcome {
         a.wait_job(job, WAIT, &mut Vec::new())
             .expect("job completes")
@@ -667,14 +674,7 @@ mod tests {
         let path = a.config().storage.sqlite_path().unwrap().to_path_buf();
         let other = rusqlite::Connection::open(&path).unwrap();
         other.execute_batch("BEGIN EXCLUSIVE").unwrap();
-        a.append(
-            "juliet",
-            "romeo@montague.lit",
-            chat("second"),
-            Delivery::AtOnce,
-        )
-        .unwrap()
-        .unwrap();
+        juliet_gets(&mut a, "second");
         let held = a
             .start_query("juliet", &q, &prep, Reply::default())
             .unwrap();
@@ -705,9 +705,7 @@ mod tests {
     fn with_no_inline_wait_every_read_comes_through_the_mailbox() {
         let (mut a, _clock, _dir) =
             archive_with(&[("mam_inline_read_wait", RawValue::Number(0.0))]);
-        a.append("juliet", "romeo@montague.lit", chat("x"), Delivery::AtOnce)
-            .unwrap()
-            .unwrap();
+        juliet_gets(&mut a, "x");
         assert!(a.flush(WAIT));
         let job = a.start_metadata("juliet").unwrap();
         // Finished by now, but the loop is not to wait for it, however short.
@@ -724,24 +722,13 @@ mod tests {
     #[test]
     fn an_append_whose_delivery_waits_gets_its_sequence_number_and_a_committed_notice() {
         let (mut a, _, _dir) = archive_with(&[]);
-        let at_once = a
-            .append(
-                "juliet",
-                "romeo@montague.lit",
-                chat("first"),
-                Delivery::AtOnce,
-            )
-            .unwrap()
-            .unwrap();
-        let waiting = a
-            .append(
-                "juliet",
-                "romeo@montague.lit",
-                chat("second"),
-                Delivery::AfterCommit,
-            )
-            .unwrap()
-            .unwrap();
+        let mut append = |body: &str, delivery| {
+            a.append("juliet", "romeo@montague.lit", chat(body), delivery)
+                .unwrap()
+                .unwrap()
+        };
+        let at_once = append("first", Delivery::AtOnce);
+        let waiting = append("second", Delivery::AfterCommit);
         assert!(waiting.seq > at_once.seq);
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         let mut committed = 0;
@@ -767,14 +754,7 @@ mod tests {
     fn closing_commits_every_queued_write() {
         let (mut a, _clock, dir) = archive_with(&[]);
         for i in 0..500 {
-            a.append(
-                "juliet",
-                "romeo@montague.lit",
-                chat(&i.to_string()),
-                Delivery::AtOnce,
-            )
-            .unwrap()
-            .unwrap();
+            juliet_gets(&mut a, &i.to_string());
         }
         let path = a.config().storage.sqlite_path().unwrap().to_path_buf();
         a.close();
@@ -857,14 +837,7 @@ mod tests {
     fn expiry_removes_only_messages_older_than_the_window() {
         let (mut a, clock, _dir) =
             archive_with(&[("archive_expires_after", RawValue::String("1d".into()))]);
-        a.append(
-            "juliet",
-            "romeo@montague.lit",
-            chat("old"),
-            Delivery::AtOnce,
-        )
-        .unwrap()
-        .unwrap();
+        juliet_gets(&mut a, "old");
         clock.0.fetch_add(2 * 86_400 * 1_000_000, Ordering::SeqCst);
         let new = a
             .append(
@@ -902,9 +875,7 @@ mod tests {
             ("storage_archive_item_limit", RawValue::Number(3.0)),
         ]);
         for body in ["old 1", "old 2"] {
-            a.append("juliet", "romeo@montague.lit", chat(body), Delivery::AtOnce)
-                .unwrap()
-                .unwrap();
+            juliet_gets(&mut a, body);
         }
         clock.0.fetch_add(2 * 86_400 * 1_000_000, Ordering::SeqCst);
         let mut fresh = Vec::new();
@@ -943,9 +914,7 @@ mod tests {
         let (mut a, _, _dir) = archive_with(&[]);
         let set = parse_xml("<prefs xmlns='urn:xmpp:mam:2' default='never'/>").unwrap();
         a.prefs_iq("juliet", Some(&set), &prep).unwrap();
-        a.append("juliet", "romeo@montague.lit", chat("x"), Delivery::AtOnce)
-            .unwrap()
-            .unwrap();
+        juliet_gets(&mut a, "x");
         assert_eq!(a.rule("juliet", "romeo@montague.lit").unwrap(), Rule::Skip);
         let job = a.start_delete_user("juliet").unwrap();
         assert_eq!(removed(&a, job), 1);
@@ -960,14 +929,7 @@ mod tests {
         assert_eq!((before.writes_queued, before.writes_committed), (0, 0));
         assert_eq!(before.queue_depth, 0);
         for i in 0..3 {
-            a.append(
-                "juliet",
-                "romeo@montague.lit",
-                chat(&i.to_string()),
-                Delivery::AtOnce,
-            )
-            .unwrap()
-            .unwrap();
+            juliet_gets(&mut a, &i.to_string());
         }
         let queued = a.stats();
         assert_eq!(queued.writes_queued, 3);

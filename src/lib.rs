@@ -19,8 +19,10 @@
 //! 3. **The running archive** and, beside it, **the operations**:
 //!    - [`archive`]: one host's archive as the live module drives it: decisions from
 //!      memory, ids and timestamps on the spot, work handed to threads:
-//!      [`writer`] (group commit), [`reader`] (queries), [`expiry`] (retention, at
-//!      idle priority), with results handed back to Prosody's loop by [`mailbox`].
+//!      [`writer`] (group commit; tells the loop how far it committed, for the
+//!      shim's commit-before-delivery barrier), [`checkpoint`] (SQLite's log written
+//!      back off the commits), [`reader`] (queries), [`expiry`] (retention, at idle
+//!      priority), with results handed back to Prosody's loop by [`mailbox`].
 //!    - [`admin`]: `prosodyctl mod_mam` import, expire, delete, export, stats, behind
 //!      one entry point ([`admin::Operations`]) that owns store opening, credentials
 //!      and filters.

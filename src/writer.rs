@@ -616,14 +616,21 @@ mod tests {
         writer.stop();
     }
 
-    #[test]
-    fn a_waiting_delivery_is_not_told_while_its_write_cannot_be_committed() {
+    /// A writer over a database capped at 30 pages of 4 KiB: about 120 KB.
+    fn writer_on_a_tiny_database() -> (tempfile::TempDir, std::path::PathBuf, Arc<Mailbox>, Writer)
+    {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("full.sqlite");
         let mut store = SqliteStore::open(&path).unwrap();
         store.set_max_pages(30).unwrap();
         let mailbox = Arc::new(Mailbox::new().unwrap());
-        let mut writer = Writer::start(Box::new(store), None, mailbox.clone()).unwrap();
+        let writer = Writer::start(Box::new(store), None, mailbox.clone()).unwrap();
+        (dir, path, mailbox, writer)
+    }
+
+    #[test]
+    fn a_waiting_delivery_is_not_told_while_its_write_cannot_be_committed() {
+        let (_dir, _path, mailbox, mut writer) = writer_on_a_tiny_database();
         let owner = Owner::new("capulet.lit", "juliet");
         for i in 0..200 {
             writer
@@ -648,12 +655,7 @@ mod tests {
 
     #[test]
     fn a_full_database_is_logged_once_and_a_stop_during_it_ends_promptly() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("full.sqlite");
-        let mut store = SqliteStore::open(&path).unwrap();
-        store.set_max_pages(30).unwrap();
-        let mailbox = Arc::new(Mailbox::new().unwrap());
-        let mut writer = Writer::start(Box::new(store), None, mailbox.clone()).unwrap();
+        let (_dir, path, mailbox, mut writer) = writer_on_a_tiny_database();
         let owner = Owner::new("capulet.lit", "juliet");
         for i in 0..5 {
             let msg = message(i, 10);
