@@ -238,9 +238,20 @@ local function open(native)
 		end
 	end
 
+	-- The sessions first: sending may make another session hold something, and a
+	-- table must not gain keys while it is traversed.
+	local releasing = {};
 	local function release_outputs(upto)
-		for session, q in pairs(held_out) do
-			send_held(session, q, upto);
+		local n = 0;
+		for session in pairs(held_out) do
+			n = n + 1;
+			releasing[n] = session;
+		end
+		for i = 1, n do
+			local session = releasing[i];
+			releasing[i] = nil;
+			local q = held_out[session];
+			if q then send_held(session, q, upto); end
 		end
 	end
 
