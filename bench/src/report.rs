@@ -640,9 +640,9 @@ fn commit_before_delivery(m: &mut String, r: &Report) {
     let _ = writeln!(m, "\n## Commit before delivery (issue 16)\n");
     let _ = writeln!(
         m,
-        "`native` runs the default, `mam_commit_before_delivery = true`: a message archived inside a \
-         session's async runner is delivered only once its archive rows are committed (the writer \
-         commits at once, without its 2 ms linger, when a delivery waits). `native-nowait` sets it to \
+        "`native` runs the default, `mam_commit_before_delivery = true`: nothing is sent to a \
+         session while an archive write queued before it is uncommitted (the writer commits at \
+         once, without its 2 ms linger, and reports each commit). `native-nowait` sets it to \
          `false`, the behaviour before issue 16: delivery at once, commit within the linger.\n"
     );
     let _ = writeln!(
