@@ -142,7 +142,8 @@ mod tests {
         assert!(grown > 6_000_000, "log {grown} bytes");
 
         // With one, it is checkpointed and SQLite starts the log over, so writing as
-        // much again leaves it no bigger.
+        // much again leaves it about as big (a few frames more when a checkpoint runs
+        // late on a busy machine), where without it the log would double.
         let mut checkpointer = Checkpointer::start(
             Box::new(SqliteStore::open(&path).unwrap()),
             writer.progress(),
@@ -153,10 +154,10 @@ mod tests {
         append(3000, 6000, &mut writer);
         std::thread::sleep(INTERVAL * 3);
         append(6000, 6100, &mut writer);
+        let after = wal_bytes(&path);
         assert!(
-            wal_bytes(&path) <= grown,
-            "log {} > {grown}",
-            wal_bytes(&path)
+            after < grown + grown / 2,
+            "log {after} bytes, {grown} before"
         );
         checkpointer.stop();
         writer.stop();
