@@ -238,8 +238,8 @@ impl Archive {
     /// addressed (bare or full). The caller has already decided the message is
     /// eligible ([`policy::should_store`], preferences). The id is assigned here and
     /// the write queued: the event loop never waits for the disk, and `delivery` says
-    /// whether the shim holds the message back (in its session's runner) until the
-    /// commit.
+    /// whether the shim holds what it sends next until the commit (its output
+    /// barrier), so the writer commits at once and reports it.
     pub fn append(
         &mut self,
         user: &str,

@@ -8,11 +8,11 @@
 //! A message whose delivery waits for its commit ([`Delivery::AfterCommit`], the
 //! default: see docs/durability.md) skips the linger: the writer commits what it has
 //! as soon as the queue is empty, and tells the event loop how far it got
-//! ([`Outcome::Committed`]) so the waiting deliveries go out. Under load the group
+//! ([`Outcome::Committed`]) so what the shim held back goes out. Under load the group
 //! still forms by itself: whatever arrives while one commit runs goes into the next.
 //!
-//! Durability window for the others (`mam_commit_before_delivery = false`, messages
-//! routed outside a session's async runner): a message is on disk once the writer
+//! Durability window with `mam_commit_before_delivery = false` (delivery at once):
+//! a message is on disk once the writer
 //! commits it, normally within a few milliseconds of being queued (the linger plus
 //! the commit). At most [`QUEUE_CAPACITY`] writes are ever accepted and not yet
 //! committed; a graceful stop or module unload commits them all, a `kill -9` loses at

@@ -93,9 +93,9 @@ local function open(native)
 	-- order, as parallel arrays so holding allocates no table.
 	local held_seq, held_resume, held_since, held_origin = {}, {}, {}, {};
 	local held_first, held_last = 1, 0;
-	-- While commits lag past mam_commit_wait_limit: { since =, upto = (newest write
-	-- delivered before its commit), delivered = count }; deliveries go out at once
-	-- until the writer reports `upto` committed.
+	-- While commits lag past mam_commit_wait_limit: { since =, delivered = count };
+	-- everything goes out at once until the writer reports every queued write
+	-- committed.
 	local outage;
 	local watchdog_armed = false;
 
@@ -294,7 +294,7 @@ local function open(native)
 		if upto > committed_seq then committed_seq = upto; end
 		release(upto);
 		release_outputs(upto);
-		if outage and upto >= math.max(outage.upto, queued_seq) then
+		if outage and upto >= queued_seq then
 			module:log("info", "Archive commits caught up after %.1f s; %d deliveries went out before their commit meanwhile",
 				time_now() - outage.since, outage.delivered);
 			outage = nil;
@@ -322,7 +322,7 @@ local function open(native)
 		if waited < limit then return limit - waited; end
 		local count = held_last - held_first + 1;
 		for _, q in pairs(held_out) do count = count + (q.last - q.first + 1); end
-		outage = { since = time_now(); upto = queued_seq; delivered = count };
+		outage = { since = time_now(); delivered = count };
 		module:log("error", "Archive commits are taking longer than %g s: delivering messages before their commit "
 			.. "until the archive catches up (they stay queued for it; %d held stanzas released)", limit, count);
 		metrics.delivered_uncommitted["storage slow"]:add(count);
@@ -353,7 +353,7 @@ local function open(native)
 	-- `origin` is the session whose runner this is.
 	function engine.await_commit(seq, origin)
 		if outage then
-			outage.upto, outage.delivered = seq, outage.delivered + 1;
+			outage.delivered = outage.delivered + 1;
 			metrics.delivered_uncommitted["storage slow"]:add(1);
 			return;
 		end
@@ -519,9 +519,9 @@ local function open(native)
 			release_outputs();
 			return remove_output_barrier();
 		end
-		-- Held deliveries go out once committed, as always: resumed, a sender's copy
-		-- goes on to the recipient's archive and is held again, so a few rounds
-		-- (blocking, as the close below does: the module is going away).
+		-- What is held goes out once committed, as always; a resumed runner may queue
+		-- and wait again, so a few rounds (blocking, as the close below does: the
+		-- module is going away).
 		for _ = 1, 3 do
 			if held_first > held_last and next(held_out) == nil then break; end
 			archive:flush(engine.config.commit_wait_limit);

@@ -292,7 +292,7 @@ local function message_handler(event, c2s)
 	if announce then
 		-- Listeners (push notifications) tell clients about the message outside any
 		-- session's output: committed first, where the stanza's runner can wait.
-		if wait and holds_delivery() then
+		if holds_delivery() then
 			await_commit(seq, origin);
 		end
 		module:fire_event("archive-message-added", { origin = origin, stanza = stored, for_user = store_user, id = id });
@@ -306,7 +306,7 @@ end
 -- Offline storage is not a session's output: a message stored for later is
 -- committed first, where the stanza's runner can wait (mod_offline stores at 0).
 module:hook("message/offline/handle", function (event)
-	if engine.archive and engine.config.commit_before_delivery and holds_delivery() then
+	if engine.archive and holds_delivery() then
 		local pending = engine.pending_seq();
 		if pending then
 			await_commit(pending, event.origin);

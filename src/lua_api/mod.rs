@@ -276,8 +276,9 @@ impl UserData for ArchiveHandle {
         // selection rules in the same call (one conversion of the stanza) when no
         // other module needs the archive-should-store event. The options table is
         // one of a few the shim builds once: one call per message allocates nothing.
-        // `wait`: the shim holds the delivery until a completion { committed = n }
-        // with n >= seq arrives, so the writer commits without lingering.
+        // `wait`: the shim holds what it sends next until a completion
+        // { committed = n } with n >= seq arrives, so the writer commits without
+        // lingering.
         methods.add_method_mut(
             "append",
             |lua, this, (user, with, stanza, options): (String, String, Table, Option<Table>)| {
