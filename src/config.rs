@@ -354,21 +354,27 @@ fn parse_interval(
 
 /// A duration in milliseconds, fractions allowed, from 0 to `max`.
 fn parse_millis(option: &str, value: &RawValue, max: f64) -> Result<Duration> {
-    let accepted = format!("a number of milliseconds from 0 to {max}");
-    let ms = parse_number(option, value, &accepted)?;
-    if !ms.is_finite() || !(0.0..=max).contains(&ms) {
-        return Err(invalid(option, value, &accepted));
-    }
+    let ms = parse_in_range(option, value, "milliseconds", (0.0, max))?;
     Ok(Duration::from_secs_f64(ms / 1000.0))
 }
 
-fn parse_seconds(option: &str, value: &RawValue, (min, max): (f64, f64)) -> Result<Duration> {
-    let accepted = format!("a number of seconds from {min} to {max}");
-    let secs = parse_number(option, value, &accepted)?;
-    if !secs.is_finite() || !(min..=max).contains(&secs) {
+fn parse_seconds(option: &str, value: &RawValue, range: (f64, f64)) -> Result<Duration> {
+    parse_in_range(option, value, "seconds", range).map(Duration::from_secs_f64)
+}
+
+/// A finite number of `unit` from `min` to `max`, both included.
+fn parse_in_range(
+    option: &str,
+    value: &RawValue,
+    unit: &str,
+    (min, max): (f64, f64),
+) -> Result<f64> {
+    let accepted = format!("a number of {unit} from {min} to {max}");
+    let n = parse_number(option, value, &accepted)?;
+    if !n.is_finite() || !(min..=max).contains(&n) {
         return Err(invalid(option, value, &accepted));
     }
-    Ok(Duration::from_secs_f64(secs))
+    Ok(n)
 }
 
 fn parse_string(option: &str, value: &RawValue) -> Result<String> {
