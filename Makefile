@@ -1,6 +1,7 @@
 # prosody-mam-native: build the Prosody plugin, run a demo server, run the tests.
 #
-#   make plugin   -> target/prosody-plugin/mod_mam/ (mod_mam.lua + mam_native.so)
+#   make plugin   -> target/prosody-plugin/mod_mam/ (mod_mam.lua + mam_native.so) and
+#                    mod_muc_mam/ (room archives on the same engine)
 #   make run      -> a loopback Prosody with the module and two demo accounts
 #                    (PROSODY=13 for Prosody 13 instead of the system's 0.12)
 #   make package  -> dist/: the Debian package, the rockspec and the binary rock
@@ -14,6 +15,7 @@
 # loopback cluster for them and stops it afterwards (or uses the one MAM_TEST_PG names).
 
 PLUGIN_DIR := target/prosody-plugin/mod_mam
+MUC_PLUGIN_DIR := target/prosody-plugin/mod_muc_mam
 LIB := target/release/libmam_native.so
 
 .PHONY: all deps prosody13 plugin package package-test run test unit-test lint lua-test e2e-test e2e-test-012 e2e-test-13 fuzz soak bench clean
@@ -32,6 +34,11 @@ plugin: deps $(LIB)
 	# install writes a new file instead of overwriting in place: a Prosody that has
 	# the old library mapped keeps running on it until it reloads the module.
 	install -m 0755 $(LIB) $(PLUGIN_DIR)/mam_native.so
+	# Room archives: their own shim, the same engine files and the same library (a
+	# link, so both modules load one copy of it).
+	mkdir -p $(MUC_PLUGIN_DIR)
+	install -m 0644 lua/mod_muc_mam/*.lua lua/mod_mam/*.lib.lua $(MUC_PLUGIN_DIR)/
+	ln -sf ../mod_mam/mam_native.so $(MUC_PLUGIN_DIR)/mam_native.so
 
 # dist/: the .deb, the rockspec, the binary rock and the source tarball, versioned
 # from Cargo.toml (scripts/package.sh).

@@ -24,12 +24,12 @@ local open_retry_interval = 5;
 
 -- Where mam_native.so is: beside this file (make plugin, the Debian package); else
 -- where LuaRocks put it, <tree>/lib/lua/<version>/ for a module in
--- <tree>/share/lua/<version>/mod_mam/ (Prosody 13's `prosodyctl install` does not add
+-- <tree>/share/lua/<version>/mod_mam/ or mod_muc_mam/ (Prosody 13's `prosodyctl install` does not add
 -- that directory to package.cpath, so it is found by path); else on package.cpath.
 local function native_library_path()
 	local dir = module:get_directory();
 	local candidates = { dir .. "/mam_native.so" };
-	local tree, lua_version = dir:match("^(.*)/share/lua/([^/]+)/mod_mam/*$");
+	local tree, lua_version = dir:match("^(.*)/share/lua/([^/]+)/mod_[%w_]+/*$");
 	if tree then
 		candidates[#candidates + 1] = tree .. "/lib/lua/" .. lua_version .. "/mam_native.so";
 	end
