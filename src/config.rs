@@ -52,7 +52,72 @@ pub const OPTION_NAMES: &[&str] = &[
     "sql",
     "storage",
     "default_storage",
+    // Room archives (mod_muc_mam on a MUC component): stock's names for the same
+    // settings, read instead of the personal ones (see [`Owners::Rooms`]).
+    "muc_log_expires_after",
+    "muc_log_include_total",
+    "muc_mam_remove_expired_messages_period",
+    "muc_mam_database",
 ];
+
+/// Whose archives a host keeps, which decides the option names it reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owners {
+    /// `mod_mam` on a VirtualHost: one archive per account.
+    Accounts,
+    /// `mod_muc_mam` on a MUC component: one archive per room (the room's node is
+    /// the archive's user). Stock's room option names apply: `muc_log_expires_after`
+    /// (default one week), `muc_log_include_total` (default true; when the archive
+    /// never expires `mam_include_total` replaces it, as stock does), the store
+    /// `muc_log` (so the default file is `mam_muc_log.sqlite`, never the accounts'
+    /// one), `muc_mam_database` for that file; no archiving preferences and nothing
+    /// stripped by namespace (stock stores a room's message as it was broadcast).
+    Rooms,
+}
+
+/// The option names that differ between [`Owners`]; everything else is shared.
+struct OwnerOptions {
+    expires_after: &'static str,
+    /// Prosody 13's option for the period of stock's cleanup task (`mod_cron`: the
+    /// task id `mam/remove_expired_messages`, `/` as `_`, then `_period`); honoured
+    /// when `archive_cleanup_interval` is not set.
+    cleanup_period: &'static str,
+    database: &'static str,
+    /// The store name when the host sets none (rooms: stock's fixed `muc_log`).
+    default_store: &'static str,
+}
+
+const ACCOUNT_OPTIONS: OwnerOptions = OwnerOptions {
+    expires_after: "archive_expires_after",
+    cleanup_period: "mam_remove_expired_messages_period",
+    database: "mam_database",
+    default_store: "archive",
+};
+
+const ROOM_OPTIONS: OwnerOptions = OwnerOptions {
+    expires_after: "muc_log_expires_after",
+    cleanup_period: "muc_mam_remove_expired_messages_period",
+    database: "muc_mam_database",
+    default_store: "muc_log",
+};
+
+impl Owners {
+    fn options(self) -> &'static OwnerOptions {
+        match self {
+            Owners::Accounts => &ACCOUNT_OPTIONS,
+            Owners::Rooms => &ROOM_OPTIONS,
+        }
+    }
+
+    /// For the shim and commands: `"accounts"` or `"rooms"`.
+    pub fn parse(name: &str) -> Option<Owners> {
+        match name {
+            "accounts" => Some(Owners::Accounts),
+            "rooms" => Some(Owners::Rooms),
+            _ => None,
+        }
+    }
+}
 
 /// Default `archive_cleanup_interval`: four hours, as Prosody documents it.
 pub const DEFAULT_CLEANUP_INTERVAL: u64 = 4 * 60 * 60;
@@ -81,8 +146,10 @@ const COMMIT_WAIT_LIMIT_RANGE: (f64, f64) = (0.05, 60.0);
 /// The module's validated configuration for one virtual host.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
-    /// The virtual host this instance serves.
+    /// The virtual host (or MUC component) this instance serves.
     pub host: String,
+    /// Accounts' archives or rooms'.
+    pub owners: Owners,
     /// `archive_expires_after` in seconds; `None` for `"never"`.
     pub expires_after: Option<u64>,
     /// `archive_cleanup_interval`, seconds between expiry runs.
@@ -317,10 +384,6 @@ fn parse_stock_integer(
     Ok(whole as u64)
 }
 
-/// Prosody 13's option for the period of stock's cleanup task (`mod_cron`: the
-/// task id `mam/remove_expired_messages`, `/` as `_`, then `_period`).
-const CRON_CLEANUP_PERIOD: &str = "mam_remove_expired_messages_period";
-
 /// Longest interval between expiry runs: 13's bound for a cron task's period.
 const MAX_CLEANUP_INTERVAL: u64 = 53 * 7 * 86_400;
 
@@ -527,7 +590,12 @@ fn parse_sql_table(
 /// archive store is configured as `"sql"` with PostgreSQL (so an admin who already
 /// keeps Prosody's data in PostgreSQL changes nothing); else the SQLite file
 /// (`mam_database`, default `mam_<archive_store>.sqlite` in the data directory).
-fn parse_storage(data_path: &str, archive_store: &str, opts: &dyn OptionSource) -> Result<Storage> {
+fn parse_storage(
+    data_path: &str,
+    archive_store: &str,
+    database_option: &str,
+    opts: &dyn OptionSource,
+) -> Result<Storage> {
     if let Some(v) = opts.get("mam_sql") {
         if let Some(storage) = parse_sql_table("mam_sql", &v, data_path, true)? {
             return Ok(storage);
@@ -540,8 +608,8 @@ fn parse_storage(data_path: &str, archive_store: &str, opts: &dyn OptionSource) 
             }
         }
     }
-    let path = match opts.get("mam_database") {
-        Some(v) => data_file(data_path, &parse_string("mam_database", &v)?),
+    let path = match opts.get(database_option) {
+        Some(v) => data_file(data_path, &parse_string(database_option, &v)?),
         None => default_sqlite_file(data_path, archive_store),
     };
     let max_pages = match opts.get("mam_max_db_pages") {
@@ -552,12 +620,24 @@ fn parse_storage(data_path: &str, archive_store: &str, opts: &dyn OptionSource) 
 }
 
 impl Config {
-    /// Reads every option for `host`; `data_path` is Prosody's data directory.
+    /// Reads every option for `host`, a VirtualHost; `data_path` is Prosody's data
+    /// directory.
     pub fn from_options(host: &str, data_path: &str, opts: &dyn OptionSource) -> Result<Config> {
+        Config::for_owners(Owners::Accounts, host, data_path, opts)
+    }
+
+    /// Reads every option for `host`, whose archives belong to `owners`.
+    pub fn for_owners(
+        owners: Owners,
+        host: &str,
+        data_path: &str,
+        opts: &dyn OptionSource,
+    ) -> Result<Config> {
+        let names = owners.options();
         let mut warnings = Vec::new();
-        let expires_after = match opts.get("archive_expires_after") {
+        let expires_after = match opts.get(names.expires_after) {
             Some(v) => {
-                let period = parse_period("archive_expires_after", &v)?;
+                let period = parse_period(names.expires_after, &v)?;
                 warnings.extend(period.warning);
                 period.seconds
             }
@@ -565,10 +645,10 @@ impl Config {
         };
         let cleanup_interval = match (
             opts.get("archive_cleanup_interval"),
-            opts.get(CRON_CLEANUP_PERIOD),
+            opts.get(names.cleanup_period),
         ) {
             (Some(v), _) => parse_interval("archive_cleanup_interval", &v, 1, &mut warnings)?,
-            (None, Some(v)) => parse_interval(CRON_CLEANUP_PERIOD, &v, 60, &mut warnings)?,
+            (None, Some(v)) => parse_interval(names.cleanup_period, &v, 60, &mut warnings)?,
             (None, None) => DEFAULT_CLEANUP_INTERVAL,
         };
         let max_results = match opts.get("max_archive_query_results") {
@@ -577,27 +657,36 @@ impl Config {
             }
             None => DEFAULT_MAX_RESULTS,
         };
+        let rooms = owners == Owners::Rooms;
+        // Rooms have no archiving preferences: every room message is archived.
         let default_policy = match opts.get("default_archive_policy") {
-            Some(v) => parse_default_policy(&v)?,
-            None => DefaultPolicy::Always,
+            Some(v) if !rooms => parse_default_policy(&v)?,
+            _ => DefaultPolicy::Always,
         };
         let dont_archive_namespaces = match opts.get("dont_archive_namespaces") {
+            _ if rooms => Vec::new(),
             Some(v) => parse_list("dont_archive_namespaces", &v)?,
             None => vec![crate::ns::CHATSTATES.to_owned()],
         };
         let smart_enable = match opts.get("mam_smart_enable") {
-            Some(v) => parse_bool("mam_smart_enable", &v)?,
-            None => false,
+            Some(v) if !rooms => parse_bool("mam_smart_enable", &v)?,
+            _ => false,
         };
         // Stock: counting an archive that never expires can get slow, so the default
-        // flips to false with "never".
-        let include_total = match opts.get("mam_include_total") {
-            Some(v) => parse_bool("mam_include_total", &v)?,
-            None => expires_after.is_some(),
+        // flips to false with "never". Rooms count by default, unless they never
+        // expire: then mam_include_total decides, as in stock mod_muc_mam.
+        let total_option = match (rooms, expires_after) {
+            (true, Some(_)) => ("muc_log_include_total", true),
+            (true, None) => ("mam_include_total", false),
+            (false, _) => ("mam_include_total", expires_after.is_some()),
+        };
+        let include_total = match opts.get(total_option.0) {
+            Some(v) => parse_bool(total_option.0, &v)?,
+            None => total_option.1,
         };
         let archive_store = match opts.get("archive_store") {
-            Some(v) => parse_string("archive_store", &v)?,
-            None => "archive".to_owned(),
+            Some(v) if !rooms => parse_string("archive_store", &v)?,
+            _ => names.default_store.to_owned(),
         };
         let item_limit = match opts.get("storage_archive_item_limit") {
             Some(v) => Some(parse_stock_integer(
@@ -608,7 +697,7 @@ impl Config {
             )?),
             None => None,
         };
-        let storage = parse_storage(data_path, &archive_store, opts)?;
+        let storage = parse_storage(data_path, &archive_store, names.database, opts)?;
         let inline_read_wait = match opts.get("mam_inline_read_wait") {
             Some(v) => parse_millis("mam_inline_read_wait", &v, MAX_INLINE_READ_WAIT_MS)?,
             None => DEFAULT_INLINE_READ_WAIT,
@@ -623,6 +712,7 @@ impl Config {
         };
         Ok(Config {
             host: host.to_owned(),
+            owners,
             expires_after,
             cleanup_interval,
             max_results,

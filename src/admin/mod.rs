@@ -22,7 +22,7 @@ pub mod stats;
 use std::io::Write;
 use std::sync::Arc;
 
-use crate::config::{Config, OptionSource};
+use crate::config::{Config, OptionSource, Owners};
 use crate::error::MamError;
 use crate::store::{self, ArchiveStore, DeleteFilter, Owner, WithFilter};
 use crate::time::{Micros, SystemClock};
@@ -80,11 +80,12 @@ pub struct Operations {
 impl Operations {
     /// Validates the host's options (as the live module would) and opens its archive.
     pub fn open(
+        owners: Owners,
         host: &str,
         data_path: &str,
         options: &dyn OptionSource,
     ) -> Result<Operations, AdminError> {
-        let config = Config::from_options(host, data_path, options)
+        let config = Config::for_owners(owners, host, data_path, options)
             .map_err(|e| AdminError::Failed(format!("{host}: {e}")))?;
         let store = store::open(&config.storage, true).map_err(|e| {
             AdminError::Failed(format!("{host}: {e} ({})", config.storage.describe()))

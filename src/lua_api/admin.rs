@@ -84,15 +84,17 @@ fn parse(lua: &Lua, (argv, jid_prep): (Table, Function)) -> LuaResult<MultiValue
     Ok(MultiValue::from_iter([Value::Table(t)]))
 }
 
-/// `admin.open{ host =, data_path =, options = {…} }` -> operations | nil, err
+/// `admin.open{ host =, data_path =, options = {…}, owners = "accounts" | "rooms" }`
+/// -> operations | nil, err
 fn open(lua: &Lua, args: Table) -> LuaResult<MultiValue> {
     let host: String = args.get("host")?;
     let data_path: String = args.get("data_path")?;
     let options: Table = args.get("options")?;
+    let owners = super::owners_arg(&args)?;
     let source = |name: &str| raw_value(options.get::<Value>(name).unwrap_or(Value::Nil));
     returned(
         lua,
-        Operations::open(&host, &data_path, &source).map(OperationsHandle),
+        Operations::open(owners, &host, &data_path, &source).map(OperationsHandle),
     )
 }
 

@@ -19,7 +19,7 @@ use mlua::{
 };
 
 use crate::archive::{Archive, NotStored, Stats};
-use crate::config::{Config, RawValue, OPTION_NAMES};
+use crate::config::{Config, Owners, RawValue, OPTION_NAMES};
 use crate::error::MamError;
 use crate::mailbox::{Completion, JobId, Level, Outcome, QueryResults, Reply, ResultStanzas};
 use crate::policy::{self, Rule};
@@ -72,6 +72,15 @@ impl ArchiveHandle {
     }
 }
 
+/// The `owners` field of an open call: `"accounts"` (the default) or `"rooms"`.
+pub(crate) fn owners_arg(args: &Table) -> LuaResult<Owners> {
+    match args.get::<Option<String>>("owners")? {
+        None => Ok(Owners::Accounts),
+        Some(name) => Owners::parse(&name)
+            .ok_or_else(|| mlua::Error::runtime(format!("mam_native: unknown owners '{name}'"))),
+    }
+}
+
 /// Calls `util.jid.prep` from Rust: `Some(prepped)` or `None` if invalid.
 fn prep_with(f: &Function) -> impl Fn(&str) -> Option<String> + '_ {
     move |s: &str| f.call::<Option<String>>(s).ok().flatten()
@@ -121,7 +130,7 @@ fn raw_table(t: Table) -> RawValue {
 }
 
 /// `native.open{ host =, data_path =, options = {…}, stanza_mt =, jid_prep =,
-/// background = bool }` -> handle | opening | nil, err
+/// background = bool, owners = "accounts" | "rooms" }` -> handle | opening | nil, err
 ///
 /// A bad option fails at once (marked `config`), whatever `background` says. With
 /// `background`, connecting to the database and loading preferences happen on a new
@@ -134,8 +143,9 @@ fn open(lua: &Lua, args: Table) -> LuaResult<MultiValue> {
     let stanza_mt: Table = args.get("stanza_mt")?;
     let jid_prep: Function = args.get("jid_prep")?;
     let background: bool = args.get::<Option<bool>>("background")?.unwrap_or(false);
+    let owners = owners_arg(&args)?;
     let source = |name: &str| raw_value(options.get::<Value>(name).unwrap_or(Value::Nil));
-    let config = match Config::from_options(&host, &data_path, &source) {
+    let config = match Config::for_owners(owners, &host, &data_path, &source) {
         Ok(c) => c,
         // A bad option will not fix itself: `config` tells the shim to fail the load.
         Err(e) => return failure(lua, e),
