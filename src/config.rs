@@ -109,6 +109,13 @@ impl Owners {
         }
     }
 
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Owners::Accounts => "accounts",
+            Owners::Rooms => "rooms",
+        }
+    }
+
     /// For the shim and commands: `"accounts"` or `"rooms"`.
     pub fn parse(name: &str) -> Option<Owners> {
         match name {

@@ -19,6 +19,11 @@ local hold_filter_priority = 1000;
 
 local host = module.host;
 
+-- Every engine open in this Prosody, by host and then archive store name: another
+-- module on the same host (the storage provider, mod_storage_mam_native) uses the
+-- engine already open on a database instead of opening a second one on it.
+local open_engines = module:shared("/*/mam_native/engines");
+
 -- Seconds between attempts to open a database that could not be opened.
 local open_retry_interval = 5;
 
@@ -469,6 +474,9 @@ local function open(native)
 		end
 		completion_watch = server.watchfd(handle:notify_fd(), on_completions);
 		if engine.config.commit_before_delivery then install_output_barrier(); end
+		local by_store = open_engines[host] or {};
+		open_engines[host] = by_store;
+		by_store[engine.config.archive_store] = engine;
 		module:log("debug", "Archive at %s, expiry %s", engine.config.storage,
 			engine.config.expires_after and (engine.config.expires_after .. "s") or "never");
 		start_expiry();
@@ -513,6 +521,10 @@ local function open(native)
 	function engine.close()
 		if closed then return; end
 		closed = true;
+		local by_store = open_engines[host];
+		if by_store and engine.config and by_store[engine.config.archive_store] == engine then
+			by_store[engine.config.archive_store] = nil;
+		end
 		local archive = engine.archive;
 		if not archive then
 			release();
@@ -546,7 +558,14 @@ local function open(native)
 	return engine;
 end
 
+-- The engine open on `on_host` for the archive store `store`, if any module opened one.
+local function find_engine(on_host, store)
+	local by_store = open_engines[on_host];
+	return by_store and by_store[store] or nil;
+end
+
 return {
 	load_native = load_native;
 	open = open;
+	find_engine = find_engine;
 };

@@ -216,6 +216,8 @@ fn config_table(lua: &Lua, c: &Config) -> LuaResult<Table> {
     t.raw_set("smart_enable", c.smart_enable)?;
     t.raw_set("include_total", c.include_total)?;
     t.raw_set("storage", c.storage.describe())?;
+    t.raw_set("archive_store", c.archive_store.as_str())?;
+    t.raw_set("owners", c.owners.as_str())?;
     t.raw_set("commit_before_delivery", c.commit_before_delivery)?;
     t.raw_set("commit_wait_limit", c.commit_wait_limit.as_secs_f64())?;
     if let Some(limit) = c.item_limit {
