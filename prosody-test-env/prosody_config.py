@@ -81,8 +81,16 @@ def render(directory, port, plugin_path=None, extra=None, log_level="debug", hos
     for key, value in options.items():
         lines.append(f"{key} = {lua_value(value)}")
     lines += ["", f'VirtualHost "{host}"', ""]
-    for name, module in components.items():
-        lines += [f'Component "{name}" "{module}"', ""]
+    # A component is its module's name, or {"module": "muc", option: value, ...} with
+    # options of its own (e.g. "modules_enabled": ["muc_mam"]).
+    for name, component in components.items():
+        if isinstance(component, str):
+            component = {"module": component}
+        component = dict(component)
+        lines.append(f'Component "{name}" "{component.pop("module")}"')
+        for key, value in component.items():
+            lines.append(f"    {key} = {lua_value(value)}")
+        lines.append("")
     return "\n".join(lines)
 
 

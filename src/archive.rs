@@ -312,16 +312,21 @@ impl Archive {
 
     /// Validates a client's `<query>` at once (errors go straight back) and queues it.
     /// The answer arrives as a [`crate::mailbox::Outcome::Query`] for the returned job.
+    /// `hide_real_jids`: a room archive's results go out without the senders' real
+    /// JIDs ([`query::Plan::hide_real_jids`]); the shim decides it from the room's
+    /// current setting and the requester's role.
     pub fn start_query(
         &mut self,
         user: &str,
         query_el: &Element,
         jid_prep: JidPrep,
         reply: Reply,
+        hide_real_jids: bool,
     ) -> Result<JobId> {
         self.prefs(user, true)?;
         let q = query::parse_query(query_el, jid_prep)?;
-        let plan = q.plan(&self.config);
+        let mut plan = q.plan(&self.config);
+        plan.hide_real_jids = hide_real_jids;
         let job = self.new_job();
         self.readers.submit(ReadJob {
             job,
@@ -344,6 +349,25 @@ impl Archive {
             after_write: self.writer.queued(),
             owner: self.owner(user),
             op: ReadOp::Metadata,
+        })?;
+        Ok(job)
+    }
+
+    /// Queues a room's join history: its newest `limit` messages at or after `since`
+    /// (XEP-0045 `<history>`); the answer is an
+    /// [`crate::mailbox::Outcome::History`], newest first.
+    pub fn start_history(
+        &mut self,
+        room: &str,
+        limit: usize,
+        since: Option<crate::time::Micros>,
+    ) -> Result<JobId> {
+        let job = self.new_job();
+        self.readers.submit(ReadJob {
+            job,
+            after_write: self.writer.queued(),
+            owner: self.owner(room),
+            op: ReadOp::History { limit, since },
         })?;
         Ok(job)
     }

@@ -71,6 +71,16 @@ pub struct QueryResults {
     pub reply: Element,
 }
 
+/// One message of a room's join history, parsed for the event loop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryItem {
+    /// The archive id (the stanza-id occupants were given).
+    pub id: String,
+    pub when: crate::time::Micros,
+    /// The stored message.
+    pub stanza: crate::stanza::Element,
+}
+
 /// What a job produced.
 #[derive(Debug)]
 pub enum Outcome {
@@ -80,6 +90,8 @@ pub enum Outcome {
     Removed(MamResult<u64>),
     /// One expiry batch ([`crate::expiry::Expirer::step`]).
     Expired(MamResult<crate::expiry::Step>),
+    /// A room's join history, newest first.
+    History(MamResult<Vec<HistoryItem>>),
     /// Every write up to this sequence number is committed: posted after a commit
     /// that a delivery waits for ([`crate::writer::Delivery::AfterCommit`]).
     Committed(u64),

@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 
-use crate::config::Config;
+use crate::config::{Config, Owners};
 use crate::error::{MamError, Result};
 use crate::ns;
 use crate::stanza::{
@@ -232,6 +232,14 @@ pub struct Plan {
     pub reverse: bool,
     /// Deliver newest first.
     pub deliver_newest_first: bool,
+    /// `ids` naming a message this archive does not have fail the query with
+    /// `item-not-found` (XEP-0313 §4.1.4) instead of leaving it out of the page.
+    /// Room archives do this; personal ones keep stock mod_mam's answer.
+    pub unknown_ids_fail: bool,
+    /// Room archives: take every `<x xmlns='…muc#user'>` out of the results, which
+    /// is where a non-anonymous room keeps its senders' real JIDs; set when the room
+    /// is not (any longer) non-anonymous and the requester is no moderator.
+    pub hide_real_jids: bool,
 }
 
 impl Query {
@@ -266,6 +274,8 @@ impl Query {
             // A reverse query reads newest first; flip-page asks for the opposite of
             // the natural (oldest first) order.
             deliver_newest_first: self.flip_page,
+            unknown_ids_fail: config.owners == Owners::Rooms,
+            hide_real_jids: false,
         }
     }
 }
@@ -318,6 +328,29 @@ pub fn answer(plan: &Plan, page: Page) -> QueryAnswer {
     }
     fin.push(set);
     QueryAnswer { items, fin }
+}
+
+/// The ids of `requested` that are not among `found`, each once, in request order.
+pub fn missing_ids<'a>(requested: &'a [String], found: &[ArchivedMessage]) -> Vec<&'a String> {
+    let found: HashSet<&str> = found.iter().map(|m| m.id.as_str()).collect();
+    let mut seen = HashSet::new();
+    requested
+        .iter()
+        .filter(|id| !found.contains(id.as_str()) && seen.insert(id.as_str()))
+        .collect()
+}
+
+/// `msg` without its `<x xmlns='…muc#user'>` children (a room's record of its
+/// senders' real JIDs); untouched, with no parse, when it has none.
+pub fn without_real_jids(msg: &mut ArchivedMessage) -> Result<()> {
+    if !msg.xml.contains(ns::MUC_USER) {
+        return Ok(());
+    }
+    let mut stored = parse_xml(&msg.xml)
+        .map_err(|e| MamError::Corrupt(format!("archived message {}: {e}", msg.id)))?;
+    stored.retain_tags(|child| !(child.name == "x" && child.xmlns() == Some(ns::MUC_USER)));
+    msg.xml = crate::stanza::to_xml(&stored);
+    Ok(())
 }
 
 /// Builds the `<result>` wrapper of one archived message (XEP-0313 §4.2):

@@ -12,11 +12,13 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::error::{MamError, Result};
-use crate::mailbox::{Completion, JobId, Mailbox, Outcome, QueryResults, Reply, ResultStanzas};
+use crate::mailbox::{
+    Completion, HistoryItem, JobId, Mailbox, Outcome, QueryResults, Reply, ResultStanzas,
+};
 use crate::ns;
 use crate::query::{self, Plan};
 use crate::stanza::Element;
-use crate::store::{ArchiveStore, Owner};
+use crate::store::{ArchiveStore, FindRequest, Owner};
 use crate::time::format_datetime;
 use crate::writer::Progress;
 
@@ -40,6 +42,11 @@ pub enum ReadOp {
         reply: Reply,
     },
     Metadata,
+    /// A room's join history: its newest `limit` messages at or after `since`.
+    History {
+        limit: usize,
+        since: Option<crate::time::Micros>,
+    },
 }
 
 /// The event loop's handle on the reader threads.
@@ -138,6 +145,9 @@ fn reader_loop(
                 &reply,
             )),
             ReadOp::Metadata => Outcome::Metadata(metadata(store.as_mut(), &job.owner)),
+            ReadOp::History { limit, since } => {
+                Outcome::History(history(store.as_mut(), &job.owner, limit, since))
+            }
         };
         // Done before posting, so that whoever takes the completion sees this reader
         // free again.
@@ -157,7 +167,15 @@ pub fn run_query(
     query_id: Option<&str>,
     reply: &Reply,
 ) -> Result<QueryResults> {
-    let page = store.find(owner, &plan.find)?;
+    let mut page = store.find(owner, &plan.find)?;
+    if let (true, Some(ids)) = (plan.unknown_ids_fail, &plan.find.ids) {
+        require_ids(store, owner, ids, &page.items)?;
+    }
+    if plan.hide_real_jids {
+        for item in &mut page.items {
+            query::without_real_jids(item)?;
+        }
+    }
     let answer = query::answer(plan, page);
     let (to, from) = (reply.to.as_deref(), reply.from.as_deref());
     let items = answer.items.iter();
@@ -190,6 +208,61 @@ pub fn run_query(
         messages,
         reply: iq,
     })
+}
+
+/// Fails with `item-not-found` unless every id in `ids` is in the owner's archive:
+/// those not on the page (other filters, the page's limit) are looked up by id alone.
+fn require_ids(
+    store: &mut dyn ArchiveStore,
+    owner: &Owner,
+    ids: &[String],
+    on_page: &[crate::store::ArchivedMessage],
+) -> Result<()> {
+    let missing = query::missing_ids(ids, on_page);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let lookup = FindRequest {
+        ids: Some(missing.iter().map(|id| (*id).clone()).collect()),
+        limit: missing.len(),
+        ..FindRequest::default()
+    };
+    let found = store.find(owner, &lookup)?.items;
+    match query::missing_ids(lookup.ids.as_deref().unwrap_or_default(), &found).first() {
+        Some(id) => Err(MamError::ItemNotFound(format!("No message with id {id} in this archive"))),
+        None => Ok(()),
+    }
+}
+
+/// A room's join history ([`ReadOp::History`]), newest first, each stored stanza
+/// parsed here rather than on the event loop.
+pub fn history(
+    store: &mut dyn ArchiveStore,
+    owner: &Owner,
+    limit: usize,
+    since: Option<crate::time::Micros>,
+) -> Result<Vec<HistoryItem>> {
+    let page = store.find(
+        owner,
+        &FindRequest {
+            start: since,
+            limit,
+            reverse: true,
+            ..FindRequest::default()
+        },
+    )?;
+    page.items
+        .into_iter()
+        .map(|m| {
+            let stanza = crate::stanza::parse_xml(&m.xml)
+                .map_err(|e| MamError::Corrupt(format!("archived message {}: {e}", m.id)))?;
+            Ok(HistoryItem {
+                id: m.id,
+                when: m.when,
+                stanza,
+            })
+        })
+        .collect()
 }
 
 /// `<metadata>` (XEP-0313 §7): the archive's first and last message; an empty

@@ -64,7 +64,9 @@ end
 -- database cannot be opened; engine.run(metrics) then takes it into use. A bad
 -- option fails the module load at once, before any hook or metric is set (it will
 -- not fix itself, and Prosody keeps the hooks of a module that fails to load).
-local function open(native)
+-- `owners`: "accounts" (mod_mam) or "rooms" (mod_muc_mam), which decides the option
+-- names the engine reads (src/config.rs, Owners).
+local function open(native, owners)
 	local engine = {};
 	local metrics;
 
@@ -84,6 +86,7 @@ local function open(native)
 			stanza_mt = st.stanza_mt;
 			jid_prep = jid_prep;
 			background = background;
+			owners = owners;
 		};
 	end
 
@@ -488,6 +491,17 @@ local function open(native)
 	-- the fault is cleared.
 	function engine.run(module_metrics)
 		metrics = module_metrics;
+		-- Gauges from the engine, read whenever Prosody collects statistics (every
+		-- statistics_interval, or on each scrape with "manual"): two counters and a
+		-- stat(2).
+		module:hook_global("stats-update", function ()
+			local archive = engine.archive;
+			if not archive then return; end
+			local stats = archive:stats();
+			metrics.database_size:set(stats.database_bytes);
+			metrics.queue_depth:set(stats.queue_depth);
+			metrics.writes_committed:set(stats.writes_committed);
+		end);
 		if first_handle then
 			adopt(first_handle);
 			first_handle = nil;
@@ -553,6 +567,62 @@ local function open(native)
 		release();
 		release_outputs();
 		remove_output_barrier();
+	end
+
+	-- Replies the MAM hooks of both modules share.
+
+	-- An expected failure as the error reply; unexpected ones are logged too.
+	function engine.fail(origin, stanza, what, err)
+		if err.condition == "internal-server-error" or not err.condition then
+			module:log("error", "%s failed: %s", what, err.log);
+		else
+			module:log("debug", "%s rejected: %s", what, err.log);
+		end
+		origin.send(st.error_reply(stanza, err.type or "wait", err.condition or "internal-server-error", err.text));
+		return true;
+	end
+
+	-- While the database cannot be opened, MAM requests get a temporary error.
+	function engine.unavailable(origin, stanza)
+		if engine.archive then return false; end
+		origin.send(st.error_reply(stanza, "wait", "internal-server-error", "The archive is temporarily unavailable"));
+		return true;
+	end
+
+	-- How a session's outgoing stanzas reach the wire. A stanzas/out filter (stream
+	-- management, websocket framing, CSI buffering add one) needs stanza objects; a
+	-- bytes/out filter sees each send, so it gets one stanza per send; a session with
+	-- neither can be given a whole page in one send. The strings are what tostring()
+	-- would write, serialised on a reader thread.
+	local function output_form(session)
+		local session_filters = session.filters;
+		if not session_filters then return "joined"; end
+		local stanzas_out, bytes_out = session_filters["stanzas/out"], session_filters["bytes/out"];
+		-- The commit barrier's own filter needs no stanza objects: strings (query
+		-- results, committed already) pass it untouched.
+		if stanzas_out and (stanzas_out[2] or (stanzas_out[1] and stanzas_out[1] ~= engine.hold_filter)) then
+			return "stanzas";
+		end
+		if bytes_out and bytes_out[1] then return "strings"; end
+		return "joined";
+	end
+
+	-- Whether a query's results for `session` are serialised on the reader thread.
+	function engine.serialised_for(session)
+		return output_form(session) ~= "stanzas";
+	end
+
+	-- A finished query's results, then the iq reply with the fin.
+	function engine.send_page(session, page)
+		local form = output_form(session);
+		if form == "joined" then
+			session.send(page:xml(true));
+			return;
+		end
+		local replies = form == "strings" and page:xml() or page:stanzas();
+		for i = 1, #replies do
+			session.send(replies[i]);
+		end
 	end
 
 	return engine;

@@ -40,26 +40,7 @@ local m_archived, m_skipped, m_queries, m_query_latency =
 	metrics.archived, metrics.skipped, metrics.queries, metrics.query_latency;
 local when_read = engine.when_read;
 
-local function error_reply(stanza, err)
-	return st.error_reply(stanza, err.type or "wait", err.condition or "internal-server-error", err.text);
-end
-
-local function fail(origin, stanza, what, err)
-	if err.condition == "internal-server-error" or not err.condition then
-		module:log("error", "%s failed: %s", what, err.log);
-	else
-		module:log("debug", "%s rejected: %s", what, err.log);
-	end
-	origin.send(error_reply(stanza, err));
-	return true;
-end
-
--- While the database cannot be opened, MAM requests get a temporary error.
-local function unavailable(origin, stanza)
-	if engine.archive then return false; end
-	origin.send(st.error_reply(stanza, "wait", "internal-server-error", "The archive is temporarily unavailable"));
-	return true;
-end
+local fail, unavailable = engine.fail, engine.unavailable;
 
 -- Preferences (XEP-0313 §6).
 module:hook("iq/self/" .. xmlns_mam .. ":prefs", function (event)
@@ -82,24 +63,6 @@ module:hook("iq-get/self/" .. xmlns_mam .. ":query", function (event)
 	return true;
 end);
 
--- How a session's outgoing stanzas reach the wire. A stanzas/out filter (stream
--- management, websocket framing, CSI buffering add one) needs stanza objects; a
--- bytes/out filter sees each send, so it gets one stanza per send; a session with
--- neither can be given a whole page in one send. The strings are what tostring()
--- would write, serialised on a reader thread.
-local function output_form(session)
-	local filters = session.filters;
-	if not filters then return "joined"; end
-	local stanzas_out, bytes_out = filters["stanzas/out"], filters["bytes/out"];
-	-- The commit barrier's own filter needs no stanza objects: strings (query
-	-- results, committed already) pass it untouched.
-	if stanzas_out and (stanzas_out[2] or (stanzas_out[1] and stanzas_out[1] ~= engine.hold_filter)) then
-		return "stanzas";
-	end
-	if bytes_out and bytes_out[1] then return "strings"; end
-	return "joined";
-end
-
 -- Archive queries (XEP-0313 §4): validated at once, run on a reader thread.
 module:hook("iq-set/self/" .. xmlns_mam .. ":query", function (event)
 	local started = time_now();
@@ -116,7 +79,7 @@ module:hook("iq-set/self/" .. xmlns_mam .. ":query", function (event)
 		to = stanza.attr.from;
 		from = stanza.attr.to;
 		iq_id = stanza.attr.id;
-		serialised = output_form(origin) ~= "stanzas";
+		serialised = engine.serialised_for(origin);
 	};
 	if not job then
 		m_queries[err.condition or "internal-server-error"]:add(1);
@@ -127,16 +90,7 @@ module:hook("iq-set/self/" .. xmlns_mam .. ":query", function (event)
 			m_queries[c.err.condition or "internal-server-error"]:add(1);
 			return fail(origin, stanza, "Archive query", c.err);
 		end
-		-- The results, then the iq reply with the fin.
-		local form = output_form(origin);
-		if form == "joined" then
-			origin.send(c.page:xml(true));
-		else
-			local replies = form == "strings" and c.page:xml() or c.page:stanzas();
-			for i = 1, #replies do
-				origin.send(replies[i]);
-			end
-		end
+		engine.send_page(origin, c.page);
 		m_queries.ok:add(1);
 		m_query_latency:sample(time_now() - started);
 	end);
@@ -390,17 +344,6 @@ module:hook_global("user-deleted", function (event)
 end);
 
 module:hook_global("server-stopped", engine.close);
-
--- Gauges from the engine, read whenever Prosody collects statistics (every
--- statistics_interval, or on each scrape with "manual"): two counters and a stat(2).
-module:hook_global("stats-update", function ()
-	local archive = engine.archive;
-	if not archive then return; end
-	local stats = archive:stats();
-	metrics.database_size:set(stats.database_bytes);
-	metrics.queue_depth:set(stats.queue_depth);
-	metrics.writes_committed:set(stats.writes_committed);
-end);
 
 function module.unload()
 	engine.close();

@@ -340,7 +340,8 @@ impl UserData for ArchiveHandle {
             this.element_returned(lua, form)
         });
 
-        // query{ user =, query =, to =, from =, iq_id =, serialised = } -> job | nil, err
+        // query{ user =, query =, to =, from =, iq_id =, serialised =, hide_real_jids = }
+        //   -> job | nil, err
         // Validation errors come back at once; the answer arrives as a completion
         // { job =, count =, page = Page }, serialised on the reader thread if asked.
         // to/from/iq_id address the reply (st.reply's), `query` is the <query> element.
@@ -354,9 +355,25 @@ impl UserData for ArchiveHandle {
                 iq_id: args.raw_get("iq_id")?,
                 serialised: args.raw_get::<Option<bool>>("serialised")?.unwrap_or(false),
             };
+            let hide_real_jids = args.raw_get::<Option<bool>>("hide_real_jids")?.unwrap_or(false);
             let jid_prep = this.jid_prep.clone();
             let prep = prep_with(&jid_prep);
-            returned(lua, this.archive()?.start_query(&user, &el, &prep, reply))
+            returned(
+                lua,
+                this.archive()?
+                    .start_query(&user, &el, &prep, reply, hide_real_jids),
+            )
+        });
+
+        // history(room, { limit =, since = seconds or nil }) -> job | nil, err; the
+        // completion is { job =, items = { { id =, when = seconds, stanza = }, … } },
+        // newest first (a room's join history, XEP-0045 §7.2.15).
+        methods.add_method_mut("history", |lua, this, (room, args): (String, Table)| {
+            let limit: usize = args.raw_get("limit")?;
+            let since = args
+                .raw_get::<Option<f64>>("since")?
+                .map(|secs| (secs * 1_000_000.0) as crate::time::Micros);
+            returned(lua, this.archive()?.start_history(&room, limit, since))
         });
 
         // metadata(user) -> job | nil, err
@@ -553,6 +570,18 @@ impl ArchiveHandle {
                 t.raw_set("more", step.more)?;
                 None
             }
+            Outcome::History(Ok(items)) => {
+                let list = lua.create_table_with_capacity(items.len(), 0)?;
+                for item in items {
+                    let entry = lua.create_table_with_capacity(0, 3)?;
+                    entry.raw_set("id", item.id)?;
+                    entry.raw_set("when", item.when as f64 / 1_000_000.0)?;
+                    entry.raw_set("stanza", self.to_lua(lua, &item.stanza)?)?;
+                    list.raw_push(entry)?;
+                }
+                t.raw_set("items", list)?;
+                None
+            }
             Outcome::Committed(seq) => {
                 t.raw_set("committed", seq)?;
                 None
@@ -560,7 +589,8 @@ impl ArchiveHandle {
             Outcome::Query(Err(e))
             | Outcome::Metadata(Err(e))
             | Outcome::Removed(Err(e))
-            | Outcome::Expired(Err(e)) => Some(e),
+            | Outcome::Expired(Err(e))
+            | Outcome::History(Err(e)) => Some(e),
         };
         if let Some(e) = err {
             t.raw_set("err", Failure::from(&e).to_lua(lua)?)?;
