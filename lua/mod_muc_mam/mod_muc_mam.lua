@@ -285,6 +285,9 @@ module:hook("iq-get/bare/" .. xmlns_mam .. ":metadata", function (event)
 	return true;
 end);
 
+-- Extra archived messages join history reads, for the subject changes it skips.
+local history_slack = 10;
+
 -- Join history (XEP-0045 §7.2.15) from the archive, where the joining session's
 -- runner can wait for it; elsewhere, and when the room's memory already holds
 -- enough, the in-memory history (history.lib, at -1) answers as it does without us.
@@ -301,7 +304,9 @@ module:hook("muc-get-history", function (event)
 	if not async.ready() then return; end
 	local node = room_node(room);
 	if not node then return; end
-	local job, err = archive:history(node, { limit = maxstanzas; since = event.since });
+	-- A few more than asked: subject changes are archived, and skipped here (the
+	-- joiner gets the current subject right after the history).
+	local job, err = archive:history(node, { limit = maxstanzas + history_slack; since = event.since });
 	if not job then
 		module:log("error", "Could not read the history of %s: %s", room.jid, err.log);
 		return;
@@ -319,13 +324,14 @@ module:hook("muc-get-history", function (event)
 	local show_jids = room:get_whois() == "anyone";
 	local history, chars = {}, 0;
 	for i = 1, #items do -- newest first
+		if #history >= maxstanzas then break; end
 		local item = items[i];
 		local stanza = item.stanza;
 		if not is_subject_change(stanza) then
 			stanza.attr.to = to;
 			stanza.attr.xmlns = nil;
 			if not show_jids then stanza:remove_children("x", xmlns_muc_user); end
-			stanza:tag("delay", { xmlns = xmlns_delay; from = room_jid; stamp = datetime.datetime(item.when) }):up();
+			stanza:tag("delay", { xmlns = xmlns_delay; from = room_jid; stamp = datetime.datetime(math.floor(item.when)) }):up();
 			stanza:tag("stanza-id", { xmlns = xmlns_st_id; by = room_jid; id = item.id }):up();
 			if maxchars then
 				chars = chars + #tostring(stanza);

@@ -799,9 +799,9 @@ class Fin:
     set_element: Optional[ET.Element] = field(default=None)
 
 
-def parse_result(client, outer):
-    """Strictly parse one MAM result message."""
-    assert outer.get("from") in (None, client.bare), ET.tostring(outer)
+def parse_result(client, outer, archive=None):
+    """Strictly parse one MAM result message (from `archive`, by default the client's own)."""
+    assert outer.get("from") in (None, archive or client.bare), ET.tostring(outer)
     result = outer.find(q(NS_MAM, "result"))
     assert result is not None
     assert result.get("id"), "result without id"
@@ -844,15 +844,16 @@ def build_query(queryid=None, fields=None, rsm=None, flip=False, form_type=NS_MA
 _FIELD_NAMES = {"with_": "with", "before_id": "before-id", "after_id": "after-id"}
 
 
-async def mam_query(client, rsm=None, flip=False, form_type=NS_MAM, extra_fields=None, **fields):
+async def mam_query(client, rsm=None, flip=False, form_type=NS_MAM, extra_fields=None, to=None, **fields):
     """Run one archive query; return (results, fin). Errors raise StanzaError.
 
-    Field kwargs: with_, start, end, before_id, after_id, ids (list)."""
+    Field kwargs: with_, start, end, before_id, after_id, ids (list). `to`: another
+    archive (a room) instead of the client's own."""
     queryid = token()
     form = {_FIELD_NAMES.get(k, k): v for k, v in fields.items() if v is not None}
     form.update(extra_fields or {})
     already = len(client.messages)
-    reply = await client.iq("set", build_query(queryid, form, rsm, flip, form_type))
+    reply = await client.iq("set", build_query(queryid, form, rsm, flip, form_type), to=to)
     fins = reply.findall(q(NS_MAM, "fin"))
     assert len(fins) == 1, ET.tostring(reply)
     fin_el = fins[0]
@@ -870,7 +871,7 @@ async def mam_query(client, rsm=None, flip=False, form_type=NS_MAM, extra_fields
     for m in client.messages[already:]:
         r = m.find(q(NS_MAM, "result"))
         if r is not None and r.get("queryid") == queryid:
-            results.append(parse_result(client, m))
+            results.append(parse_result(client, m, to))
     # With results, RSM first/last name the page's ends.
     if results:
         assert (fin.first, fin.last) == (results[0].id, results[-1].id) or flip, \
@@ -879,7 +880,9 @@ async def mam_query(client, rsm=None, flip=False, form_type=NS_MAM, extra_fields
 
 
 async def mam_all(client, page=50, **fields):
-    """Page forward through the whole (filtered) archive; return every Result."""
+    """Page forward through the whole (filtered) archive; return every Result.
+
+    `to=` a room pages through that room's archive."""
     out, after = [], None
     for _ in range(1000):
         rsm = {"max": page}
