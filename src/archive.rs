@@ -545,7 +545,9 @@ mod tests {
 
     fn query_all(a: &mut Archive, user: &str) -> Vec<String> {
         let q = parse_xml("<query xmlns='urn:xmpp:mam:2'/>").unwrap();
-        let job = a.start_query(user, &q, &prep, Reply::default()).unwrap();
+        let job = a
+            .start_query(user, &q, &prep, Reply::default(), false)
+            .unwrap();
         match wait(a, job) {
             Outcome::Query(Ok(QueryResults {
                 messages: ResultStanzas::Elements(messages),
@@ -597,7 +599,7 @@ mod tests {
                 iq_id: Some("iq1".into()),
                 serialised,
             };
-            let job = a.start_query("juliet", &q, &prep, reply).unwrap();
+            let job = a.start_query("juliet", &q, &prep, reply, false).unwrap();
             match wait(&a, job) {
                 Outcome::Query(Ok(r)) => answers.push(r),
                 other => panic!("unexpected {other:?}"),
@@ -684,7 +686,7 @@ mod tests {
             .unwrap();
         let q = parse_xml("<query xmlns='urn:xmpp:mam:2'/>").unwrap();
         let job = a
-            .start_query("juliet", &q, &prep, Reply::default())
+            .start_query("juliet", &q, &prep, Reply::default(), false)
             .unwrap();
         match a.answer_within(job, WAIT).map(|c| c.outcome) {
             Some(Outcome::Query(Ok(r))) => assert_eq!(r.messages.len(), 1),
@@ -700,7 +702,7 @@ mod tests {
         other.execute_batch("BEGIN EXCLUSIVE").unwrap();
         juliet_gets(&mut a, "second");
         let held = a
-            .start_query("juliet", &q, &prep, Reply::default())
+            .start_query("juliet", &q, &prep, Reply::default(), false)
             .unwrap();
         let queued = a.start_metadata("juliet").unwrap();
         assert_eq!(a.readers.in_flight(), 2);

@@ -757,6 +757,88 @@ mod tests {
         RawValue::String(v.to_owned())
     }
 
+    fn room_config_with(pairs: &[(&str, RawValue)]) -> Result<Config> {
+        let map: HashMap<String, RawValue> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
+        let source = move |name: &str| map.get(name).cloned();
+        Config::for_owners(
+            Owners::Rooms,
+            "rooms.example.com",
+            "/var/lib/prosody",
+            &source,
+        )
+    }
+
+    #[test]
+    fn rooms_read_stock_mod_muc_mams_options_and_keep_their_own_file() {
+        let c = room_config_with(&[]).unwrap();
+        assert_eq!(c.owners, Owners::Rooms);
+        assert_eq!(c.expires_after, Some(7 * DAY));
+        assert!(c.include_total, "stock counts room archives by default");
+        assert_eq!(
+            c.storage.sqlite_path(),
+            Some(Path::new("/var/lib/prosody/mam_muc_log.sqlite"))
+        );
+        assert!(c.dont_archive_namespaces.is_empty());
+        // The personal options do not reach rooms.
+        let c = room_config_with(&[
+            ("archive_expires_after", s("1d")),
+            ("archive_store", s("other")),
+            ("mam_database", s("mine.sqlite")),
+            ("default_archive_policy", s("roster")),
+            ("mam_smart_enable", RawValue::Bool(true)),
+        ])
+        .unwrap();
+        assert_eq!(c.expires_after, Some(7 * DAY));
+        assert_eq!(c.archive_store, "muc_log");
+        assert_eq!(c.default_policy, DefaultPolicy::Always);
+        assert!(!c.smart_enable);
+        assert_eq!(
+            c.storage.sqlite_path(),
+            Some(Path::new("/var/lib/prosody/mam_muc_log.sqlite"))
+        );
+        let c = room_config_with(&[
+            ("muc_log_expires_after", s("2d")),
+            ("muc_log_include_total", RawValue::Bool(false)),
+            ("muc_mam_database", s("rooms.sqlite")),
+        ])
+        .unwrap();
+        assert_eq!(c.expires_after, Some(2 * DAY));
+        assert!(!c.include_total);
+        assert_eq!(
+            c.storage.sqlite_path(),
+            Some(Path::new("/var/lib/prosody/rooms.sqlite"))
+        );
+        // Never expiring: mam_include_total decides, false by default (stock's rule).
+        let never = ("muc_log_expires_after", s("never"));
+        assert!(!room_config_with(&[never.clone()]).unwrap().include_total);
+        assert!(
+            !room_config_with(&[
+                never.clone(),
+                ("muc_log_include_total", RawValue::Bool(true))
+            ])
+            .unwrap()
+            .include_total
+        );
+        assert!(
+            room_config_with(&[never, ("mam_include_total", RawValue::Bool(true))])
+                .unwrap()
+                .include_total
+        );
+        // A bad value names the room option.
+        let err = room_config_with(&[("muc_log_expires_after", s("soon"))])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("muc_log_expires_after"), "{err}");
+        // PostgreSQL through the room store's own mapping, as stock selects it.
+        let sql = table(&[("driver", s("PostgreSQL")), ("database", s("prosody"))]);
+        let c = room_config_with(&[("storage", table(&[("muc_log", s("sql"))])), ("sql", sql)])
+            .unwrap();
+        assert!(matches!(c.storage, Storage::Postgres(_)));
+    }
+
     fn table(pairs: &[(&str, RawValue)]) -> RawValue {
         RawValue::Table(
             pairs

@@ -453,6 +453,66 @@ mod tests {
     use super::*;
     use crate::config::Config;
 
+    fn archived(id: &str, xml: &str) -> ArchivedMessage {
+        ArchivedMessage {
+            id: id.to_owned(),
+            when: 1,
+            with_bare: "room@rooms.lit".to_owned(),
+            with_resource: Some("nick".to_owned()),
+            xml: xml.to_owned(),
+        }
+    }
+
+    #[test]
+    fn missing_ids_are_those_not_found_each_once_in_request_order() {
+        let found = [archived("b", "<message/>")];
+        let asked: Vec<String> = ["c", "b", "a", "c"].iter().map(|s| s.to_string()).collect();
+        let missing: Vec<&str> = missing_ids(&asked, &found)
+            .into_iter()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(missing, ["c", "a"]);
+    }
+
+    #[test]
+    fn real_jids_are_taken_out_of_a_room_message_and_nothing_else() {
+        let mut m = archived(
+            "a",
+            "<message xmlns='jabber:client' from='room@rooms.lit/nick' type='groupchat'>\
+             <body>hi</body><x xmlns='http://jabber.org/protocol/muc#user'>\
+             <item jid='juliet@capulet.lit' affiliation='member' role='participant'/></x>\
+             <x xmlns='jabber:x:oob'><url>u</url></x></message>",
+        );
+        without_real_jids(&mut m).unwrap();
+        let el = parse_xml(&m.xml).unwrap();
+        assert!(el.get_child("x", Some(ns::MUC_USER)).is_none());
+        assert_eq!(
+            el.get_child_text("body", Some(ns::JABBER_CLIENT))
+                .as_deref(),
+            Some("hi")
+        );
+        assert!(el.get_child("x", Some("jabber:x:oob")).is_some());
+        // Without one, the stored text is left exactly as it was.
+        let plain = "<message xmlns='jabber:client'><body>x</body></message>";
+        let mut m = archived("b", plain);
+        without_real_jids(&mut m).unwrap();
+        assert_eq!(m.xml, plain);
+    }
+
+    #[test]
+    fn only_room_archives_refuse_unknown_ids() {
+        let q = Query::default();
+        assert!(!q.plan(&config()).unknown_ids_fail);
+        let rooms = Config::for_owners(
+            crate::config::Owners::Rooms,
+            "rooms.lit",
+            "/tmp",
+            &|_: &str| None,
+        )
+        .unwrap();
+        assert!(q.plan(&rooms).unknown_ids_fail);
+    }
+
     fn prep(s: &str) -> Option<String> {
         if s.is_empty() || s.contains(' ') || s.starts_with('@') {
             None

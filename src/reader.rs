@@ -229,7 +229,9 @@ fn require_ids(
     };
     let found = store.find(owner, &lookup)?.items;
     match query::missing_ids(lookup.ids.as_deref().unwrap_or_default(), &found).first() {
-        Some(id) => Err(MamError::ItemNotFound(format!("No message with id {id} in this archive"))),
+        Some(id) => Err(MamError::ItemNotFound(format!(
+            "No message with id {id} in this archive"
+        ))),
         None => Ok(()),
     }
 }
@@ -301,6 +303,56 @@ mod tests {
                 "x".repeat(100)
             ),
         }
+    }
+
+    fn room_store(n: usize) -> (crate::store::sqlite::SqliteStore, Owner) {
+        let mut store = crate::store::sqlite::SqliteStore::open_in_memory().expect("open");
+        let owner = Owner::new("rooms.lit", "lobby");
+        for i in 0..n {
+            let mut m = stored(i);
+            if i == n - 1 {
+                m.xml = "<message xmlns='jabber:client' type='groupchat'><subject>s</subject></message>"
+                    .into();
+            }
+            store.append(&owner, &m, None).expect("append");
+        }
+        (store, owner)
+    }
+
+    #[test]
+    fn unknown_ids_fail_a_room_query_even_when_the_rest_are_beyond_the_page() {
+        let (mut store, owner) = room_store(5);
+        let ids: Vec<String> = (0..5).map(|i| stored(i).id).collect();
+        // All known, more than the page holds: fine.
+        assert!(require_ids(&mut store, &owner, &ids, &[]).is_ok());
+        let mut asked = ids.clone();
+        asked.push("01HZXnot-in-this-archive".into());
+        match require_ids(&mut store, &owner, &asked, &[]) {
+            Err(MamError::ItemNotFound(text)) => assert!(text.contains("not-in-this-archive")),
+            other => panic!("unexpected {other:?}"),
+        }
+        // Another room's ids are unknown here.
+        let other = Owner::new("rooms.lit", "elsewhere");
+        assert!(require_ids(&mut store, &other, &ids[..1], &[]).is_err());
+    }
+
+    #[test]
+    fn history_is_the_newest_messages_parsed_newest_first() {
+        let (mut store, owner) = room_store(6);
+        let items = history(&mut store, &owner, 3, None).unwrap();
+        let ids: Vec<String> = items.iter().map(|i| i.id.clone()).collect();
+        assert_eq!(ids, [stored(5).id, stored(4).id, stored(3).id]);
+        assert_eq!(
+            items[0]
+                .stanza
+                .get_child_text("subject", Some(ns::JABBER_CLIENT))
+                .as_deref(),
+            Some("s")
+        );
+        assert_eq!(items[1].when, stored(4).when);
+        // `since` is inclusive.
+        let since = history(&mut store, &owner, 10, Some(stored(4).when)).unwrap();
+        assert_eq!(since.len(), 2);
     }
 
     /// Where a page's time goes on the reader thread (run with --ignored --nocapture).

@@ -355,7 +355,9 @@ impl UserData for ArchiveHandle {
                 iq_id: args.raw_get("iq_id")?,
                 serialised: args.raw_get::<Option<bool>>("serialised")?.unwrap_or(false),
             };
-            let hide_real_jids = args.raw_get::<Option<bool>>("hide_real_jids")?.unwrap_or(false);
+            let hide_real_jids = args
+                .raw_get::<Option<bool>>("hide_real_jids")?
+                .unwrap_or(false);
             let jid_prep = this.jid_prep.clone();
             let prep = prep_with(&jid_prep);
             returned(
