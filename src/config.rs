@@ -813,7 +813,11 @@ mod tests {
         );
         // Never expiring: mam_include_total decides, false by default (stock's rule).
         let never = ("muc_log_expires_after", s("never"));
-        assert!(!room_config_with(&[never.clone()]).unwrap().include_total);
+        assert!(
+            !room_config_with(std::slice::from_ref(&never))
+                .unwrap()
+                .include_total
+        );
         assert!(
             !room_config_with(&[
                 never.clone(),
