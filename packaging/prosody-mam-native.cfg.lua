@@ -19,3 +19,9 @@ modules_enabled = {
 -- default_archive_policy = true       -- or false, "roster"
 -- The archive is <data_path>/mam_archive.sqlite; for PostgreSQL instead:
 -- mam_sql = { driver = "PostgreSQL"; database = "prosody"; host = "localhost"; username = "prosody"; password = "secret" }
+
+-- Room archives: the package's mod_muc_mam replaces the stock one the same way, on
+-- the MUC component (stock's options; its archive is <data_path>/mam_muc_log.sqlite):
+-- Component "rooms.example.com" "muc"
+--     modules_enabled = { "muc_mam" }
+--     muc_log_expires_after = "1w"

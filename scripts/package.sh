@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # make package: writes dist/ from the release build (target/release/libmam_native.so,
-# built by the Makefile) and lua/mod_mam/:
+# built by the Makefile), lua/mod_mam/ and lua/mod_muc_mam/:
 #
 #   prosody-mam-native_<V>-<R>_amd64.deb            Debian 12 and 13, amd64
 #   prosody-mam-native-<V>-<R>.rockspec             LuaRocks spec (a source build needs cargo)
@@ -51,6 +51,12 @@ docdir="$root/usr/share/doc/$name"
 install -d -m 0755 "$moddir" "$docdir/examples" "$docdir/docs" "$root/DEBIAN"
 install -m 0644 lua/mod_mam/*.lua "$moddir/"
 install -m 0644 "$stage/mam_native.so" "$moddir/mam_native.so"
+# Room archives: their shim beside the same engine files, and the same library (a
+# link: both modules load one copy of it).
+muc_moddir="$root/usr/lib/$name/modules/mod_muc_mam"
+install -d -m 0755 "$muc_moddir"
+install -m 0644 lua/mod_muc_mam/*.lua lua/mod_mam/*.lib.lua "$muc_moddir/"
+ln -s ../mod_mam/mam_native.so "$muc_moddir/mam_native.so"
 install -m 0644 packaging/debian/copyright "$docdir/copyright"
 install -m 0644 packaging/prosody-mam-native.cfg.lua "$docdir/examples/"
 gzip -9n -c README.md >"$docdir/README.md.gz"
@@ -108,8 +114,9 @@ grep -q "^version = \"$rock_version\"" "$dist/$rockspec_name"
 # The binary rock: `luarocks make` on a source tree that already holds the library
 # (so no cargo runs), into a scratch tree, then `luarocks pack` of what it installed.
 src="$stage/rock-src"
-mkdir -p "$src/lua/mod_mam" "$stage/rock-tree"
+mkdir -p "$src/lua/mod_mam" "$src/lua/mod_muc_mam" "$stage/rock-tree"
 install -m 0644 lua/mod_mam/*.lua "$src/lua/mod_mam/"
+install -m 0644 lua/mod_muc_mam/*.lua "$src/lua/mod_muc_mam/"
 install -m 0755 "$stage/mam_native.so" "$src/mam_native.so"
 cp "$dist/$rockspec_name" "$src/"
 luarocks=(luarocks --lua-version=5.4 --tree="$stage/rock-tree")

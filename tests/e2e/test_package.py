@@ -37,7 +37,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import NS_CLIENT, PROSODY_BIN, WAIT, Prosody, chat_xml, mam_bodies, prosody_program, q, send_and_flush
+from conftest import NS_CLIENT, PROSODY_BIN, WAIT, Prosody, chat_xml, wait_log, mam_bodies, prosody_program, q, send_and_flush
 
 DIST = os.environ.get("MAM_TEST_DIST")
 DIST_NEXT = os.environ.get("MAM_TEST_DIST_NEXT")
@@ -220,18 +220,24 @@ async def test_the_deb_installs_beside_prosody_archives_upgrades_while_running_a
     assert f'plugin_paths = {{ "{DEB_MODULES}" }}' in out, out
     assert deb_root.status() == f"install ok installed {VERSION}-1"
     files = [f for f in deb_root.files() if (deb_root.root / f.lstrip("/")).is_file()]
-    assert all(f.startswith((f"{DEB_MODULES}/mod_mam/", f"/usr/share/doc/{PACKAGE}/")) for f in files), files
+    assert all(f.startswith((f"{DEB_MODULES}/mod_mam/", f"{DEB_MODULES}/mod_muc_mam/",
+                             f"/usr/share/doc/{PACKAGE}/")) for f in files), files
     modules = deb_root.root / DEB_MODULES.lstrip("/")
     library = modules / "mod_mam" / "mam_native.so"
     assert library.is_file() and (modules / "mod_mam" / "mod_mam.lua").is_file()
+    # Room archives: their shim, and the same library through a link.
+    assert (modules / "mod_muc_mam" / "mod_muc_mam.lua").is_file()
+    assert (modules / "mod_muc_mam" / "mam_native.so").resolve() == library.resolve()
     assert (deb_root.root / f"usr/share/doc/{PACKAGE}/examples/{PACKAGE}.cfg.lua").is_file()
     assert sha(stock) == stock_before, "the package must not touch Prosody's own mod_mam"
 
     # Configure (README: the plugin_paths line) and run.
-    server = Prosody("package-deb", users=4, plugin=modules)
+    server = Prosody("package-deb", {"components": {"rooms.localhost": {
+        "module": "muc", "modules_enabled": ["muc_mam"]}}}, users=4, plugin=modules)
     try:
         server.start()
         await wait_loaded(server, library, 1)
+        await wait_log(server, "room archives (native library")
         alice, bob = server.take_users(2)
         assert await chat(server, connect, alice, bob, ["before-1", "before-2"]) == ["before-1", "before-2"]
         assert f"prosody-mam-native {VERSION}\nnative library: {library}\n" in version_command(server)
@@ -349,6 +355,7 @@ async def test_the_rock_installs_with_prosodyctl_archives_upgrades_while_running
         module = tree / "share/lua/5.4/mod_mam/mod_mam.lua"
         library = tree / "lib/lua/5.4/mam_native.so"
         assert module.is_file() and library.is_file()
+        assert (tree / "share/lua/5.4/mod_muc_mam/mod_muc_mam.lua").is_file()
         assert library.stat().st_uid == module.stat().st_uid != 0, "installed as the prosody user"
 
         # Nothing to configure: Prosody searches the plugin installer's tree itself.
