@@ -358,3 +358,65 @@ async def test_personal_and_room_archives_run_side_by_side_on_their_own_files(pr
     assert (data / "mam_archive.sqlite").is_file()
     assert (data / "mam_muc_log.sqlite").is_file()
     await wait_log(server, "room archives")
+
+
+ROOM_KILL_ROUNDS = max(1, int(__import__("os").environ.get("MAM_TEST_KILL_ROUNDS", "10")) // 2)
+
+
+async def test_kill_9_under_load_never_leaves_a_delivered_room_message_out_of_the_archive(prosody_factory, connect):
+    """What occupants were given with the room's stanza-id is in the room's archive
+    after a crash (the same output barrier as personal archives)."""
+    import random
+    from test_faults import kill_hard
+    senders = 3
+    server = room_server(prosody_factory, "roomkill", users=senders + 1)
+    users = server.take_users(senders + 1)
+    room = f"crash@{MUC}"
+    seed = time.time_ns()
+    rng = random.Random(seed)
+
+    async def pump(client, prefix, stop_at):
+        n = 0
+        while time.monotonic() < stop_at and n < 3000:
+            for _ in range(8):
+                client.send(groupchat(room, f"{prefix}-{n}"))
+                n += 1
+            await asyncio.sleep(0.004)
+
+    for round_ in range(ROOM_KILL_ROUNDS):
+        if server.proc is None:
+            server.start()
+        clients = [await connect(server, u, resource=f"r{round_}") for u in users]
+        for i, c in enumerate(clients):
+            await join(c, room, f"o{i}-{round_}")
+            if round_ == 0 and i == 0:
+                # Saved now (a configuration change is), so the room outlives the crash.
+                await configure(c, room, **{"muc#roomconfig_persistentroom": "1"})
+        receiver = clients[-1]
+        stop_at = time.monotonic() + rng.uniform(0.2, 0.8)
+        await asyncio.gather(*[pump(c, f"k{round_}.{i}", stop_at) for i, c in enumerate(clients[:-1])])
+        kill_hard(server)
+        # What the server wrote before it died and the client had not read yet
+        # counts as given too.
+        await asyncio.sleep(0.5)
+        given = {}
+        for m in receiver.messages:
+            sids = room_stanza_ids(m, room)
+            text = body(m)
+            if m.get("type") == "groupchat" and text and text.startswith(f"k{round_}.") and sids:
+                given[text] = sids[0]
+        for c in clients:
+            c.xmpp.abort()
+        server.start()
+        checker = await connect(server, users[-1], resource=f"check{round_}")
+        # Rooms are hidden by default: their archive is for occupants and members.
+        await join(checker, room, f"check{round_}")
+        archived = {r.body: r.id for r in await mam_all(checker, page=200, to=room)
+                    if (r.body or "").startswith(f"k{round_}.")}
+        missing = {t: sid for t, sid in given.items() if archived.get(t) != sid}
+        assert given, f"round {round_}: nothing was delivered before the kill"
+        assert not missing, f"seed {seed}, round {round_}: {len(missing)} delivered but not archived"
+        for i in range(senders):
+            numbers = [int(t.rsplit("-", 1)[1]) for t in archived if t.startswith(f"k{round_}.{i}-")]
+            assert numbers == sorted(numbers), "one sender's messages are out of order in the archive"
+        await checker.disconnect()
