@@ -40,6 +40,8 @@ pub enum ReadOp {
         reply: Reply,
     },
     Metadata,
+    /// The storage provider's reads ([`crate::archive::provider`]).
+    Provider(Box<crate::archive::provider::StoreRead>),
 }
 
 /// The event loop's handle on the reader threads.
@@ -138,6 +140,9 @@ fn reader_loop(
                 &reply,
             )),
             ReadOp::Metadata => Outcome::Metadata(metadata(store.as_mut(), &job.owner)),
+            ReadOp::Provider(read) => crate::archive::provider::outcome(
+                crate::archive::provider::run_read(store.as_mut(), &read),
+            ),
         };
         // Done before posting, so that whoever takes the completion sees this reader
         // free again.
