@@ -1,7 +1,8 @@
 # prosody-mam-native: build the Prosody plugin, run a demo server, run the tests.
 #
 #   make plugin   -> target/prosody-plugin/mod_mam/ (mod_mam.lua + mam_native.so) and
-#                    mod_muc_mam/ (room archives on the same engine)
+#                    mod_muc_mam/ (room archives on the same engine) and
+#                    mod_storage_mam_native/ (the engine as a storage provider)
 #   make run      -> a loopback Prosody with the module and two demo accounts
 #                    (PROSODY=13 for Prosody 13 instead of the system's 0.12)
 #   make package  -> dist/: the Debian package, the rockspec and the binary rock
@@ -16,6 +17,7 @@
 
 PLUGIN_DIR := target/prosody-plugin/mod_mam
 MUC_PLUGIN_DIR := target/prosody-plugin/mod_muc_mam
+STORAGE_PLUGIN_DIR := target/prosody-plugin/mod_storage_mam_native
 LIB := target/release/libmam_native.so
 
 .PHONY: all deps prosody13 plugin package package-test run test unit-test lint lua-test e2e-test e2e-test-012 e2e-test-13 fuzz soak bench clean
@@ -39,6 +41,10 @@ plugin: deps $(LIB)
 	mkdir -p $(MUC_PLUGIN_DIR)
 	install -m 0644 lua/mod_muc_mam/*.lua lua/mod_mam/*.lib.lua $(MUC_PLUGIN_DIR)/
 	ln -sf ../mod_mam/mam_native.so $(MUC_PLUGIN_DIR)/mam_native.so
+	# The storage provider (storage = { muc_log = "mam_native" }): the same way.
+	mkdir -p $(STORAGE_PLUGIN_DIR)
+	install -m 0644 lua/mod_storage_mam_native/*.lua lua/mod_mam/*.lib.lua $(STORAGE_PLUGIN_DIR)/
+	ln -sf ../mod_mam/mam_native.so $(STORAGE_PLUGIN_DIR)/mam_native.so
 
 # dist/: the .deb, the rockspec, the binary rock and the source tarball, versioned
 # from Cargo.toml (scripts/package.sh).

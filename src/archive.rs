@@ -7,6 +7,8 @@
 //! [`crate::writer`] thread and reads to the [`crate::reader`] threads, whose results
 //! come back through the [`Mailbox`] as completed jobs.
 
+pub mod provider;
+
 use std::collections::HashMap;
 use std::os::fd::RawFd;
 use std::sync::Arc;

@@ -11,7 +11,9 @@
 //!    retries in the background), hands finished jobs back to the hooks and schedules
 //!    expiry; `mammetrics.lib.lua` the metrics; `mamcommands.lib.lua` the
 //!    `prosodyctl mod_mam` commands (which hosts, their options, stock stores opened
-//!    through Prosody's drivers). A second module (rooms) reuses the engine library.
+//!    through Prosody's drivers). A second module (rooms) reuses the engine library,
+//!    and so does `lua/mod_storage_mam_native/`, the engine as Prosody's storage
+//!    driver for archive stores (`docs/storage-provider.md`).
 //! 2. **The Lua boundary**, [`lua_api`]: the only mlua code. Converts values (Prosody
 //!    stanzas to and from [`stanza::Element`] in [`lua_api::stanza_lua`]) and answers
 //!    every expected failure in one shape ([`lua_api::failure`]). It reaches data
@@ -22,7 +24,9 @@
 //!      [`writer`] (group commit; tells the loop how far it committed, for the
 //!      shim's commit-before-delivery barrier), [`checkpoint`] (SQLite's log written
 //!      back off the commits), [`reader`] (queries), [`expiry`] (retention, at idle
-//!      priority), with results handed back to Prosody's loop by [`mailbox`].
+//!      priority), with results handed back to Prosody's loop by [`mailbox`];
+//!      [`archive::provider`] answers Prosody's archive store API over the same
+//!      threads (the boundary's side is [`lua_api::provider`]).
 //!    - [`admin`]: `prosodyctl mod_mam` import, expire, delete, export, stats, behind
 //!      one entry point ([`admin::Operations`]) that owns store opening, credentials
 //!      and filters.

@@ -95,6 +95,8 @@ pub enum Outcome {
     /// Every write up to this sequence number is committed: posted after a commit
     /// that a delivery waits for ([`crate::writer::Delivery::AfterCommit`]).
     Committed(u64),
+    /// A storage provider job ([`crate::archive::provider`]).
+    Provider(Box<MamResult<crate::archive::provider::StoreAnswer>>),
 }
 
 /// A finished job.

@@ -47,6 +47,8 @@ pub enum ReadOp {
         limit: usize,
         since: Option<crate::time::Micros>,
     },
+    /// The storage provider's reads ([`crate::archive::provider`]).
+    Provider(Box<crate::archive::provider::StoreRead>),
 }
 
 /// The event loop's handle on the reader threads.
@@ -148,6 +150,9 @@ fn reader_loop(
             ReadOp::History { limit, since } => {
                 Outcome::History(history(store.as_mut(), &job.owner, limit, since))
             }
+            ReadOp::Provider(read) => crate::archive::provider::outcome(
+                crate::archive::provider::run_read(store.as_mut(), &read),
+            ),
         };
         // Done before posting, so that whoever takes the completion sees this reader
         // free again.

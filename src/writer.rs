@@ -74,6 +74,12 @@ pub enum WriteOp {
         owner: Owner,
         job: JobId,
     },
+    /// The storage provider's writes ([`crate::archive::provider`]): applied once,
+    /// never retried, the answer (or the failure) posted as job `job`.
+    Provider {
+        job: JobId,
+        op: Box<crate::archive::provider::StoreWrite>,
+    },
 }
 
 enum Command {
@@ -516,6 +522,14 @@ impl WriterThread {
             WriteOp::DeleteUser { owner, job } => {
                 let result = self.store.delete_user(owner);
                 self.finish(*job, result)
+            }
+            WriteOp::Provider { job, op } => {
+                let answer = crate::archive::provider::apply_write(self.store.as_mut(), op);
+                self.mailbox.post(Completion {
+                    job: *job,
+                    outcome: crate::archive::provider::outcome(answer),
+                });
+                Ok(())
             }
         }
     }

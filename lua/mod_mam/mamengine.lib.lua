@@ -64,9 +64,9 @@ end
 -- database cannot be opened; engine.run(metrics) then takes it into use. A bad
 -- option fails the module load at once, before any hook or metric is set (it will
 -- not fix itself, and Prosody keeps the hooks of a module that fails to load).
--- `owners`: "accounts" (mod_mam) or "rooms" (mod_muc_mam), which decides the option
--- names the engine reads (src/config.rs, Owners).
-local function open(native, owners)
+-- `settings` (optional): `owners` ("accounts" or "rooms") and `options`, values
+-- that replace the module's own options (the storage provider names its store).
+local function open(native, settings)
 	local engine = {};
 	local metrics;
 
@@ -74,6 +74,9 @@ local function open(native, owners)
 	local options = {};
 	for _, name in ipairs(native.option_names) do
 		options[name] = module:get_option(name);
+	end
+	for name, value in pairs(settings and settings.options or {}) do
+		options[name] = value;
 	end
 
 	-- background: connect on a native thread and return an object to poll, so retries
@@ -86,7 +89,7 @@ local function open(native, owners)
 			stanza_mt = st.stanza_mt;
 			jid_prep = jid_prep;
 			background = background;
-			owners = owners;
+			owners = settings and settings.owners;
 		};
 	end
 

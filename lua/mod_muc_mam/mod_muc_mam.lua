@@ -52,7 +52,7 @@ if log_presences then
 		.. "(stock stores them but never returns them to anyone; see docs/room-archives.md)");
 end
 
-local engine = engine_lib.open(native, "rooms");
+local engine = engine_lib.open(native, { owners = "rooms" });
 local metrics = module:require "mammetrics";
 engine.run(metrics);
 local m_archived, m_skipped, m_queries, m_query_latency =

@@ -9,6 +9,7 @@
 
 pub mod admin;
 pub mod failure;
+pub mod provider;
 pub mod stanza_lua;
 
 use std::time::Duration;
@@ -588,6 +589,9 @@ impl ArchiveHandle {
                 t.raw_set("committed", seq)?;
                 None
             }
+            Outcome::Provider(answer) => {
+                provider::answer_fields(lua, &t, *answer, &self.stanza_mt)?
+            }
             Outcome::Query(Err(e))
             | Outcome::Metadata(Err(e))
             | Outcome::Removed(Err(e))
@@ -606,6 +610,7 @@ pub fn exports(lua: &Lua) -> LuaResult<Table> {
     let t = lua.create_table()?;
     t.set("open", lua.create_function(open)?)?;
     t.set("admin", admin::exports(lua)?)?;
+    t.set("store", provider::exports(lua)?)?;
     t.set("version", env!("CARGO_PKG_VERSION"))?;
     let names = lua.create_table()?;
     for name in OPTION_NAMES {

@@ -25,7 +25,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::{
     ArchiveBounds, ArchiveEnd, ArchiveStore, ArchivedMessage, DeleteFilter, FindRequest,
-    ImportReport, ImportedMessage, Owner, OwnerStats, Page, Quota, WithFilter,
+    ImportReport, ImportedMessage, ItemChange, Owner, OwnerStats, Page, Quota, WithFilter,
 };
 use crate::error::MamError;
 use crate::policy::{DefaultPolicy, Prefs};
@@ -112,6 +112,12 @@ macro_rules! store_contract_tests {
             the_same_user_on_two_hosts_has_two_separate_archives,
             odd_strings_are_stored_and_matched_as_plain_data,
             a_second_handle_sees_what_the_first_committed,
+            // The storage provider's item operations.
+            owners_lists_each_owner_with_messages_on_that_host_in_name_order,
+            replace_puts_a_new_message_or_replaces_the_one_with_its_id,
+            update_changes_only_the_given_fields_of_one_message,
+            update_of_an_unknown_id_changes_nothing,
+            delete_ids_removes_only_those_of_that_owner_and_keeps_counts_exact,
         );
     };
     (@tests $new_db:expr; $($test:ident),+ $(,)?) => {
@@ -2119,4 +2125,152 @@ pub fn a_second_handle_sees_what_the_first_committed(db: &dyn ContractDb) {
     let mut again = db.open();
     assert_eq!(all_ids(again.as_mut(), &romeo()), ["r1"]);
     assert_eq!(all_ids(again.as_mut(), &nurse()), ["n2"]);
+}
+
+// ---------------------------------------------------------------------------------
+// The storage provider's item operations (Prosody's archive store API).
+// ---------------------------------------------------------------------------------
+
+pub fn owners_lists_each_owner_with_messages_on_that_host_in_name_order(db: &dyn ContractDb) {
+    let mut store = ten_messages(db);
+    store
+        .append(&nurse(), &msg("n1", T0, "juliet@capulet.lit"), None)
+        .expect("append");
+    store
+        .append(&Owner::new(HOST, ""), &msg("h1", T0, ""), None)
+        .expect("append");
+    store
+        .append(&romeo(), &msg("r1", T0, "juliet@capulet.lit"), None)
+        .expect("append");
+    assert_eq!(
+        store.owners(HOST).expect("owners"),
+        vec!["".to_owned(), "juliet".into(), "nurse".into()]
+    );
+    assert_eq!(store.delete_user(&nurse()).expect("delete"), 1);
+    assert_eq!(
+        store.owners(HOST).expect("owners"),
+        vec!["".to_owned(), "juliet".into()]
+    );
+    assert_eq!(store.owners(OTHER_HOST).expect("owners"), vec!["romeo"]);
+    assert!(store.owners("nowhere.lit").expect("owners").is_empty());
+}
+
+pub fn replace_puts_a_new_message_or_replaces_the_one_with_its_id(db: &dyn ContractDb) {
+    let mut store = ten_messages(db);
+    let store = store.as_mut();
+    // A new id: stored like an append.
+    assert!(!store
+        .replace(&juliet(), &msg("new", T0 + 20_000_000, "x@y"))
+        .expect("replace"));
+    assert_message_count(store, &juliet(), 11);
+    // An existing id: the old message is gone, the new one is there, once.
+    let mut replacement = msg("m3", T0 + 3_500_000, "tybalt@capulet.lit/sword");
+    replacement.xml = "<message xmlns='jabber:client'><body>replaced</body></message>".into();
+    assert!(store.replace(&juliet(), &replacement).expect("replace"));
+    assert_message_count(store, &juliet(), 11);
+    let found = store
+        .find(
+            &juliet(),
+            &FindRequest {
+                ids: Some(vec!["m3".into()]),
+                ..req(10)
+            },
+        )
+        .expect("find");
+    assert_eq!(found.items, vec![replacement]);
+    // Another owner's message with the same id is not touched.
+    store
+        .append(&nurse(), &msg("m4", T0, "juliet@capulet.lit"), None)
+        .expect("append");
+    assert!(store
+        .replace(&nurse(), &msg("m4", T0 + 1, "juliet@capulet.lit"))
+        .expect("replace"));
+    assert_eq!(
+        all_ids(store, &juliet()),
+        ["m0", "m1", "m2", "m3", "m4", "m5", "m6", "m7", "m8", "m9", "new"]
+    );
+}
+
+pub fn update_changes_only_the_given_fields_of_one_message(db: &dyn ContractDb) {
+    let mut store = ten_messages(db);
+    let store = store.as_mut();
+    let before = store.find(&juliet(), &req(100)).expect("find").items;
+    let tombstone =
+        "<message xmlns='jabber:client'><retracted xmlns='urn:xmpp:message-retract:1'/></message>";
+    let change = ItemChange {
+        xml: Some(tombstone.into()),
+        ..ItemChange::default()
+    };
+    assert!(store.update(&juliet(), "m4", &change).expect("update"));
+    let after = store.find(&juliet(), &req(100)).expect("find").items;
+    for (old, new) in before.iter().zip(&after) {
+        if old.id == "m4" {
+            assert_eq!(new.xml, tombstone);
+            assert_eq!(
+                (&new.id, new.when, &new.with_bare, &new.with_resource),
+                (&old.id, old.when, &old.with_bare, &old.with_resource)
+            );
+        } else {
+            assert_eq!(old, new);
+        }
+    }
+    // A new time moves it in archive order; a new partner replaces bare and resource
+    // together (a bare JID clears the resource).
+    let change = ItemChange {
+        when: Some(T0 + 30_000_000),
+        with: Some(("friar@verona.lit".into(), None)),
+        ..ItemChange::default()
+    };
+    assert!(store.update(&juliet(), "m0", &change).expect("update"));
+    let moved = store.find(&juliet(), &req(100)).expect("find").items;
+    let last = moved.last().expect("items");
+    assert_eq!(
+        (
+            last.id.as_str(),
+            last.when,
+            last.with_bare.as_str(),
+            last.with_resource.clone()
+        ),
+        ("m0", T0 + 30_000_000, "friar@verona.lit", None)
+    );
+    assert_message_count(store, &juliet(), 10);
+}
+
+pub fn update_of_an_unknown_id_changes_nothing(db: &dyn ContractDb) {
+    let mut store = ten_messages(db);
+    let store = store.as_mut();
+    let before = store.find(&juliet(), &req(100)).expect("find").items;
+    let change = ItemChange {
+        xml: Some("<message xmlns='jabber:client'/>".into()),
+        when: Some(T0),
+        with: Some(("a@b".into(), Some("c".into()))),
+    };
+    assert!(!store.update(&juliet(), "absent", &change).expect("update"));
+    // Juliet's id in another owner's archive is unknown there too.
+    assert!(!store.update(&nurse(), "m1", &change).expect("update"));
+    assert_eq!(
+        store.find(&juliet(), &req(100)).expect("find").items,
+        before
+    );
+}
+
+pub fn delete_ids_removes_only_those_of_that_owner_and_keeps_counts_exact(db: &dyn ContractDb) {
+    let mut store = ten_messages(db);
+    let store = store.as_mut();
+    store
+        .append(&nurse(), &msg("m2", T0, "juliet@capulet.lit"), None)
+        .expect("append");
+    let gone = ["m2", "m5", "absent", "m'\\\"x"].map(String::from);
+    assert_eq!(store.delete_ids(&juliet(), &gone).expect("delete"), 2);
+    assert_eq!(
+        all_ids(store, &juliet()),
+        ["m0", "m1", "m3", "m4", "m6", "m7", "m8", "m9"]
+    );
+    assert_message_count(store, &juliet(), 8);
+    assert_message_count(store, &nurse(), 1);
+    assert_eq!(store.delete_ids(&juliet(), &[]).expect("delete"), 0);
+    let rest: Vec<String> = all_ids(store, &juliet());
+    assert_eq!(store.delete_ids(&juliet(), &rest).expect("delete"), 8);
+    assert_message_count(store, &juliet(), 0);
+    assert_eq!(store.owners(HOST).expect("owners"), vec!["nurse"]);
 }

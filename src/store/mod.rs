@@ -194,6 +194,18 @@ pub struct DeleteFilter {
     pub before: Option<Micros>,
 }
 
+/// A change to one stored message (the storage provider's `set`, used e.g. to put a
+/// tombstone in place of a retracted message): only the present fields change.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ItemChange {
+    /// The new stanza text.
+    pub xml: Option<String>,
+    /// The new timestamp (the message moves to its new place in archive order).
+    pub when: Option<Micros>,
+    /// The new partner: bare JID (or stock `with` string) and resource.
+    pub with: Option<(String, Option<String>)>,
+}
+
 /// A per-owner message quota (`storage_archive_item_limit`), applied as stock
 /// applies it: an owner over the limit first loses messages older than
 /// `expired_before` (what expiry would delete anyway), then, if still over, the
@@ -277,6 +289,27 @@ pub trait ArchiveStore: Send {
 
     /// The size of the whole database in bytes (all hosts), when the backend knows.
     fn database_bytes(&mut self) -> Result<Option<u64>>;
+
+    // The storage provider's item operations (Prosody's archive store API:
+    // `append` with a key, `set`, `delete` by id, `users`), in `sqlite/provider.rs`
+    // and `postgres/provider.rs`.
+
+    /// Every owner on `host` with messages, in name order.
+    fn owners(&mut self, host: &str) -> Result<Vec<String>>;
+
+    /// Stores `msg`, replacing the owner's message with the same id if there is one,
+    /// in one transaction (the replacement takes a new place in insertion order, as
+    /// stock's SQL driver gives it a new row). No quota applies. Returns whether a
+    /// message was replaced.
+    fn replace(&mut self, owner: &Owner, msg: &ArchivedMessage) -> Result<bool>;
+
+    /// Changes the owner's message `id` in place ([`ItemChange`]); returns whether the
+    /// owner has such a message.
+    fn update(&mut self, owner: &Owner, id: &str, change: &ItemChange) -> Result<bool>;
+
+    /// Removes the owner's messages with these ids in one transaction; ids the owner
+    /// does not have are ignored. Returns how many it removed.
+    fn delete_ids(&mut self, owner: &Owner, ids: &[String]) -> Result<u64>;
 
     /// Stops this connection's commits from running the backend's periodic
     /// maintenance of its write-ahead log themselves (SQLite's automatic checkpoint,

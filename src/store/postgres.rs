@@ -19,6 +19,7 @@
 //! delete, here rather than in triggers, so the schema also runs on PostgreSQL-
 //! compatible engines without trigger support.
 
+mod provider;
 pub mod schema;
 #[cfg(test)]
 pub mod testdb;
@@ -1214,6 +1215,22 @@ impl ArchiveStore for PgStore {
                 None => None,
             })
         })
+    }
+
+    fn owners(&mut self, host: &str) -> Result<Vec<String>> {
+        self.owners_impl(host)
+    }
+
+    fn replace(&mut self, owner: &Owner, msg: &ArchivedMessage) -> Result<bool> {
+        self.replace_impl(owner, msg)
+    }
+
+    fn update(&mut self, owner: &Owner, id: &str, change: &super::ItemChange) -> Result<bool> {
+        self.update_impl(owner, id, change)
+    }
+
+    fn delete_ids(&mut self, owner: &Owner, ids: &[String]) -> Result<u64> {
+        self.delete_ids_impl(owner, ids)
     }
 }
 

@@ -20,6 +20,7 @@ use rusqlite::{
 };
 
 mod admin;
+mod provider;
 
 use super::{
     schema, ArchiveBounds, ArchiveEnd, ArchiveStore, ArchivedMessage, DeleteFilter, FindRequest,
@@ -751,6 +752,22 @@ impl ArchiveStore for SqliteStore {
 
     fn database_bytes(&mut self) -> Result<Option<u64>> {
         self.database_bytes_impl()
+    }
+
+    fn owners(&mut self, host: &str) -> Result<Vec<String>> {
+        self.owners_impl(host)
+    }
+
+    fn replace(&mut self, owner: &Owner, msg: &ArchivedMessage) -> Result<bool> {
+        self.replace_impl(owner, msg)
+    }
+
+    fn update(&mut self, owner: &Owner, id: &str, change: &super::ItemChange) -> Result<bool> {
+        self.update_impl(owner, id, change)
+    }
+
+    fn delete_ids(&mut self, owner: &Owner, ids: &[String]) -> Result<u64> {
+        self.delete_ids_impl(owner, ids)
     }
 
     fn hand_off_checkpoints(&mut self) -> Result<bool> {
