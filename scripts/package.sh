@@ -57,6 +57,11 @@ muc_moddir="$root/usr/lib/$name/modules/mod_muc_mam"
 install -d -m 0755 "$muc_moddir"
 install -m 0644 lua/mod_muc_mam/*.lua lua/mod_mam/*.lib.lua "$muc_moddir/"
 ln -s ../mod_mam/mam_native.so "$muc_moddir/mam_native.so"
+# The storage provider (docs/storage-provider.md): the same way.
+provider_moddir="$root/usr/lib/$name/modules/mod_storage_mam_native"
+install -d -m 0755 "$provider_moddir"
+install -m 0644 lua/mod_storage_mam_native/*.lua lua/mod_mam/*.lib.lua "$provider_moddir/"
+ln -s ../mod_mam/mam_native.so "$provider_moddir/mam_native.so"
 install -m 0644 packaging/debian/copyright "$docdir/copyright"
 install -m 0644 packaging/prosody-mam-native.cfg.lua "$docdir/examples/"
 gzip -9n -c README.md >"$docdir/README.md.gz"
@@ -114,9 +119,10 @@ grep -q "^version = \"$rock_version\"" "$dist/$rockspec_name"
 # The binary rock: `luarocks make` on a source tree that already holds the library
 # (so no cargo runs), into a scratch tree, then `luarocks pack` of what it installed.
 src="$stage/rock-src"
-mkdir -p "$src/lua/mod_mam" "$src/lua/mod_muc_mam" "$stage/rock-tree"
+mkdir -p "$src/lua/mod_mam" "$src/lua/mod_muc_mam" "$src/lua/mod_storage_mam_native" "$stage/rock-tree"
 install -m 0644 lua/mod_mam/*.lua "$src/lua/mod_mam/"
 install -m 0644 lua/mod_muc_mam/*.lua "$src/lua/mod_muc_mam/"
+install -m 0644 lua/mod_storage_mam_native/*.lua "$src/lua/mod_storage_mam_native/"
 install -m 0755 "$stage/mam_native.so" "$src/mam_native.so"
 cp "$dist/$rockspec_name" "$src/"
 luarocks=(luarocks --lua-version=5.4 --tree="$stage/rock-tree")

@@ -221,6 +221,7 @@ async def test_the_deb_installs_beside_prosody_archives_upgrades_while_running_a
     assert deb_root.status() == f"install ok installed {VERSION}-1"
     files = [f for f in deb_root.files() if (deb_root.root / f.lstrip("/")).is_file()]
     assert all(f.startswith((f"{DEB_MODULES}/mod_mam/", f"{DEB_MODULES}/mod_muc_mam/",
+                             f"{DEB_MODULES}/mod_storage_mam_native/",
                              f"/usr/share/doc/{PACKAGE}/")) for f in files), files
     modules = deb_root.root / DEB_MODULES.lstrip("/")
     library = modules / "mod_mam" / "mam_native.so"
@@ -228,6 +229,7 @@ async def test_the_deb_installs_beside_prosody_archives_upgrades_while_running_a
     # Room archives: their shim, and the same library through a link.
     assert (modules / "mod_muc_mam" / "mod_muc_mam.lua").is_file()
     assert (modules / "mod_muc_mam" / "mam_native.so").resolve() == library.resolve()
+    assert (modules / "mod_storage_mam_native" / "mod_storage_mam_native.lua").is_file()
     assert (deb_root.root / f"usr/share/doc/{PACKAGE}/examples/{PACKAGE}.cfg.lua").is_file()
     assert sha(stock) == stock_before, "the package must not touch Prosody's own mod_mam"
 
