@@ -211,18 +211,19 @@ local function sees_real_jids(room, requester)
 	return occupant ~= nil and occupant.role == "moderator";
 end
 
--- The room an archive request is for, or an error reply already sent.
+-- The room an archive request is for; or nil and the condition of the error reply
+-- already sent.
 local function room_for(origin, stanza)
 	local room = get_room_from_jid(jid_bare(stanza.attr.to));
 	if not room or not room_node(room) then
 		origin.send(st.error_reply(stanza, "cancel", "item-not-found", "No such room"));
-		return nil;
+		return nil, "item-not-found";
 	end
 	if not may_read(room, stanza.attr.from) then
 		origin.send(st.error_reply(stanza, "auth", "forbidden", "You may not read this room's archive"));
-		return nil;
+		return nil, "forbidden";
 	end
-	if unavailable(origin, stanza) then return nil; end
+	if unavailable(origin, stanza) then return nil, "internal-server-error"; end
 	return room;
 end
 
@@ -241,9 +242,9 @@ end);
 module:hook("iq-set/bare/" .. xmlns_mam .. ":query", function (event)
 	local started = time_now();
 	local origin, stanza = event.origin, event.stanza;
-	local room = room_for(origin, stanza);
+	local room, refused = room_for(origin, stanza);
 	if not room then
-		m_queries["refused"]:add(1);
+		m_queries[refused]:add(1);
 		return true;
 	end
 	local job, err = engine.archive:query {
