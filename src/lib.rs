@@ -1,4 +1,5 @@
-//! Native engine for Prosody's XEP-0313 Message Archive Management module.
+//! Native engine for Prosody's XEP-0313 Message Archive Management modules: personal
+//! archives (`mod_mam`) and room archives (`mod_muc_mam`).
 //!
 //! # Layout
 //!
@@ -6,14 +7,18 @@
 //! when a lower layer imports a higher one. Your room is the layer your change is
 //! about; you may use anything below it, nothing above.
 //!
-//! 1. **Prosody wiring** (`lua/mod_mam/`, not Rust): `mod_mam.lua` holds the hooks and
-//!    nothing else; `mamengine.lib.lua` loads this library, opens the archive (and
-//!    retries in the background), hands finished jobs back to the hooks and schedules
-//!    expiry; `mammetrics.lib.lua` the metrics; `mamcommands.lib.lua` the
-//!    `prosodyctl mod_mam` commands (which hosts, their options, stock stores opened
-//!    through Prosody's drivers). A second module (rooms) reuses the engine library,
-//!    and so does `lua/mod_storage_mam_native/`, the engine as Prosody's storage
-//!    driver for archive stores (`docs/storage-provider.md`).
+//! 1. **Prosody wiring** (`lua/`, not Rust). `lua/mod_muc_mam/mod_muc_mam.lua` is
+//!    the room archives' hooks (a MUC component's host is the archive's host, a
+//!    room's node its user: [`config::Owners::Rooms`]), on the same engine files,
+//!    which `make plugin` installs beside it. In `lua/mod_mam/`: `mod_mam.lua` holds
+//!    the hooks and nothing else; `mamengine.lib.lua` loads this library, opens the
+//!    archive (and retries in the background), hands finished jobs back to the hooks,
+//!    holds output until commits (the barrier), sends query pages and schedules
+//!    expiry, for both modules; `mammetrics.lib.lua` the metrics;
+//!    `mamcommands.lib.lua` the `prosodyctl mod_mam` / `mod_muc_mam` commands (which
+//!    hosts, their options, stock stores opened through Prosody's drivers).
+//!    `lua/mod_storage_mam_native/` reuses the engine library too: the engine as
+//!    Prosody's storage driver for archive stores (`docs/storage-provider.md`).
 //! 2. **The Lua boundary**, [`lua_api`]: the only mlua code. Converts values (Prosody
 //!    stanzas to and from [`stanza::Element`] in [`lua_api::stanza_lua`]) and answers
 //!    every expected failure in one shape ([`lua_api::failure`]). It reaches data
