@@ -24,6 +24,10 @@ local host = module.host;
 -- engine already open on a database instead of opening a second one on it.
 local open_engines = module:shared("/*/mam_native/engines");
 
+-- Every engine's output-barrier filter (mod_mam's and mod_muc_mam's are on every
+-- session when both are loaded): none of them needs stanza objects (output_form).
+local hold_filters = module:shared("/*/mam_native/hold_filters");
+
 -- Seconds between attempts to open a database that could not be opened.
 local open_retry_interval = 5;
 
@@ -230,6 +234,7 @@ local function open(native, settings)
 		return nil;
 	end
 	engine.hold_filter = hold_filter;
+	hold_filters[hold_filter] = true;
 
 	local function send_held(session, q, upto)
 		local first, last, stanzas, need = q.first, q.last, q.stanzas, q.need;
@@ -294,6 +299,7 @@ local function open(native, settings)
 	end
 
 	local function remove_output_barrier()
+		hold_filters[hold_filter] = nil;
 		filters.remove_filter_hook(add_hold_filter);
 		for session in pairs(filtered) do
 			filters.remove_filter(session, "stanzas/out", hold_filter);
@@ -601,10 +607,12 @@ local function open(native, settings)
 		local session_filters = session.filters;
 		if not session_filters then return "joined"; end
 		local stanzas_out, bytes_out = session_filters["stanzas/out"], session_filters["bytes/out"];
-		-- The commit barrier's own filter needs no stanza objects: strings (query
-		-- results, committed already) pass it untouched.
-		if stanzas_out and (stanzas_out[2] or (stanzas_out[1] and stanzas_out[1] ~= engine.hold_filter)) then
-			return "stanzas";
+		-- The commit barriers' filters need no stanza objects: strings (query
+		-- results, committed already) pass them untouched.
+		if stanzas_out then
+			for i = 1, #stanzas_out do
+				if not hold_filters[stanzas_out[i]] then return "stanzas"; end
+			end
 		end
 		if bytes_out and bytes_out[1] then return "strings"; end
 		return "joined";

@@ -64,7 +64,8 @@ local archive = assert(open { archive_expires_after = "1w" });
 
 -- No event loop here: poll the engine's completions, bounded in time.
 local parked = {};
-local function wait_job(job)
+local function wait_job(job, handle)
+	handle = handle or archive;
 	assert(type(job) == "number", "expected a job id, got " .. tostring(job));
 	local deadline = os.time() + 10;
 	repeat
@@ -73,7 +74,7 @@ local function wait_job(job)
 			parked[job] = nil;
 			return c;
 		end
-		for _, c in ipairs(archive:completions()) do
+		for _, c in ipairs(handle:completions()) do
 			if c.job then parked[c.job] = c; end
 		end
 	until os.time() > deadline;
@@ -329,6 +330,59 @@ end);
 check("the engine's log lines and completions wake a watched descriptor", function ()
 	local fd = archive:notify_fd();
 	assert(type(fd) == "number" and fd > 2, "fd " .. tostring(fd));
+end);
+
+check("a room archive: history as Prosody stanzas newest first, real JIDs hidden on request, unknown ids refused", function ()
+	local rooms = native.open {
+		host = "rooms.localhost"; data_path = tmp; options = {}; owners = "rooms";
+		stanza_mt = st.stanza_mt; jid_prep = jid_prep;
+	};
+	eq(rooms:config().archive_store, "muc_log");
+	eq(rooms:config().owners, "rooms");
+	local ids = {};
+	for i = 1, 3 do
+		local m = st.message({ from = "lobby@rooms.localhost/nick", type = "groupchat" }):text_tag("body", "m" .. i)
+			:tag("x", { xmlns = "http://jabber.org/protocol/muc#user" })
+			:tag("item", { jid = "juliet@localhost", affiliation = "member", role = "participant" }):up():up();
+		local id, sid = rooms:append("lobby", "lobby@rooms.localhost/nick", m, {});
+		assert(id, sid and sid.log);
+		eq(sid.attr.by, "lobby@rooms.localhost", "stanza-id by the room");
+		ids[i] = id;
+	end
+	local h = wait_job(rooms:history("lobby", { limit = 2 }), rooms);
+	assert(h.items, h.err and h.err.log);
+	eq(#h.items, 2); eq(h.items[1].id, ids[3]); eq(h.items[2].id, ids[2]);
+	eq(getmetatable(h.items[1].stanza), st.stanza_mt);
+	eq(h.items[1].stanza:get_child_text("body"), "m3");
+	assert(type(h.items[1].when) == "number" and h.items[1].when > 1.6e9, "when in seconds");
+	local function results(hide)
+		local c = wait_job(rooms:query({
+			user = "lobby"; query = st.stanza("query", { xmlns = "urn:xmpp:mam:2" });
+			to = "romeo@localhost/r"; from = "lobby@rooms.localhost"; hide_real_jids = hide;
+		}), rooms);
+		assert(c.page, c.err and c.err.log);
+		local out = c.page:stanzas();
+		table.remove(out);
+		return out;
+	end
+	local function real_jid(r)
+		local inner = r:get_child("result", "urn:xmpp:mam:2"):get_child("forwarded", "urn:xmpp:forward:0")
+			:get_child("message", "jabber:client");
+		local x = inner:get_child("x", "http://jabber.org/protocol/muc#user");
+		return x and x:get_child("item").attr.jid;
+	end
+	eq(real_jid(results(false)[1]), "juliet@localhost");
+	eq(real_jid(results(true)[1]), nil, "hidden");
+	-- As Prosody's parser builds it: every element names its namespace.
+	local data = { xmlns = "jabber:x:data" };
+	local q = st.stanza("query", { xmlns = "urn:xmpp:mam:2" })
+		:tag("x", { xmlns = "jabber:x:data", type = "submit" })
+		:tag("field", { xmlns = data.xmlns, var = "FORM_TYPE" }):text_tag("value", "urn:xmpp:mam:2", data):up()
+		:tag("field", { xmlns = data.xmlns, var = "ids" })
+		:text_tag("value", ids[1], data):text_tag("value", "no-such-id", data):up():up();
+	local c = wait_job(rooms:query { user = "lobby"; query = q; to = "romeo@localhost/r" }, rooms);
+	eq(c.err and c.err.condition, "item-not-found");
+	rooms:close();
 end);
 
 check("a closed handle raises instead of crashing", function ()
