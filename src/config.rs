@@ -597,15 +597,30 @@ fn parse_sql_table(
 /// archive store is configured as `"sql"` with PostgreSQL (so an admin who already
 /// keeps Prosody's data in PostgreSQL changes nothing); else the SQLite file
 /// (`mam_database`, default `mam_<archive_store>.sqlite` in the data directory).
+/// Rooms never take a SQLite file from `mam_sql`: that option is global, so it names
+/// the accounts' file too, and two engines (each with its writer) would then contend
+/// for one file's write lock. They keep their own file (`muc_mam_database`), with a
+/// warning; a PostgreSQL `mam_sql` is shared as intended.
 fn parse_storage(
     data_path: &str,
     archive_store: &str,
-    database_option: &str,
+    owners: Owners,
     opts: &dyn OptionSource,
+    warnings: &mut Vec<String>,
 ) -> Result<Storage> {
+    let database_option = owners.options().database;
     if let Some(v) = opts.get("mam_sql") {
-        if let Some(storage) = parse_sql_table("mam_sql", &v, data_path, true)? {
-            return Ok(storage);
+        match parse_sql_table("mam_sql", &v, data_path, true)? {
+            Some(Storage::Sqlite { path, .. }) if owners == Owners::Rooms => {
+                warnings.push(format!(
+                    "mam_sql names the SQLite file {} that personal archives use; room archives keep \
+                     their own file ({database_option}, by default mam_{archive_store}.sqlite) so \
+                     that two archives never write one SQLite file",
+                    path.display()
+                ));
+            }
+            Some(storage) => return Ok(storage),
+            None => {}
         }
     }
     if archive_store_is_sql(archive_store, opts) {
@@ -704,7 +719,7 @@ impl Config {
             )?),
             None => None,
         };
-        let storage = parse_storage(data_path, &archive_store, names.database, opts)?;
+        let storage = parse_storage(data_path, &archive_store, owners, opts, &mut warnings)?;
         let inline_read_wait = match opts.get("mam_inline_read_wait") {
             Some(v) => parse_millis("mam_inline_read_wait", &v, MAX_INLINE_READ_WAIT_MS)?,
             None => DEFAULT_INLINE_READ_WAIT,
@@ -836,6 +851,14 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("muc_log_expires_after"), "{err}");
+        // A SQLite mam_sql is the accounts' file: rooms keep theirs, with a warning.
+        let sqlite = table(&[("driver", s("SQLite3")), ("database", s("a.sqlite"))]);
+        let c = room_config_with(&[("mam_sql", sqlite)]).unwrap();
+        assert_eq!(
+            c.storage.sqlite_path(),
+            Some(Path::new("/var/lib/prosody/mam_muc_log.sqlite"))
+        );
+        assert!(c.warnings[0].contains("mam_sql"), "{:?}", c.warnings);
         // PostgreSQL through the room store's own mapping, as stock selects it.
         let sql = table(&[("driver", s("PostgreSQL")), ("database", s("prosody"))]);
         let c = room_config_with(&[("storage", table(&[("muc_log", s("sql"))])), ("sql", sql)])
