@@ -92,6 +92,14 @@ mod tests {
             "{report}"
         );
         assert_eq!(human_bytes(1536), "1.5 KiB");
+        let report = stats_report(&mut store, "capulet.lit", "/tmp/mam.sqlite", Owners::Rooms)
+            .expect("stats");
+        let lines: Vec<_> = report.lines().collect();
+        assert!(
+            lines[0].starts_with("host capulet.lit: 1 rooms, 3 messages, "),
+            "{report}"
+        );
+        assert!(lines[1].starts_with("  room "), "{report}");
         assert_eq!(human_bytes(10), "10 B");
     }
 }

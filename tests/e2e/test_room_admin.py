@@ -7,13 +7,14 @@ mod_storage_sql on SQLite3, and (in the MAM_TEST_BACKEND=postgres pass only)
 mod_storage_sql on PostgreSQL. Then the configuration switches to this module and
 `prosodyctl mod_muc_mam import` copies the rooms' messages into its archive (the
 embedded SQLite file, or PostgreSQL on the postgres pass), checked through
-`export`/`stats` against what stock answered its own MAM queries: ids, stamps and
+`export`/`stats` and through MAM queries to our live module, against what stock
+answered its own MAM queries: ids, stamps and
 order kept, the occupant's nick kept, `to` gone, presences skipped, a sender's forged
 muc#user `<x>` dropped and stock's own real-JID `<x>` kept. Rerunning adds nothing;
 `expire`, `delete` and `stats` work per room.
 
-(The live mod_muc_mam is not wired yet, so the imported rows are read through the
-admin commands, not through a MAM query to ours.)"""
+Then our live mod_muc_mam answers the rooms' MAM queries as stock did, and a second
+import while it runs catches the gap without adding anything twice."""
 
 import json
 import xml.etree.ElementTree as ET
@@ -24,7 +25,7 @@ import pytest
 import conftest
 from conftest import (
     HOST, NS_CLIENT, NS_DELAY, NS_FORWARD, NS_MAM, PLUGIN_PATH, Prosody, build_query,
-    database_name, pg_archive, prosodyctl, token, use_module,
+    canonical, database_name, mam_all, pg_archive, prosodyctl, token, use_module,
 )
 
 pytestmark = pytest.mark.native_only
@@ -132,6 +133,18 @@ def export_rows(server, room):
 
 def muc_user_items(message):
     return [x.find(f"{{{NS_MUC_USER}}}item") for x in message.findall(f"{{{NS_MUC_USER}}}x")]
+
+
+def real_jids(message):
+    return [item.get("jid") for item in muc_user_items(message)]
+
+
+def without_muc_user(message):
+    """A copy of a message without its muc#user <x> elements."""
+    copy = ET.fromstring(ET.tostring(message))
+    for x in copy.findall(f"{{{NS_MUC_USER}}}x"):
+        copy.remove(x)
+    return copy
 
 
 def stats_rows(server):
@@ -256,15 +269,51 @@ async def test_stock_room_archives_come_along_and_admin_commands_work_per_room(s
     assert f"{MUC}: deleted {expired} expired messages" in done.stdout, done.stdout
     assert stats_rows(server)[1] == {"lobby": 4, "masked": 2}
 
+    # Our live mod_muc_mam answers the rooms' MAM queries with what stock answered:
+    # same ids, stamps, order and messages; the real JID only where stock itself
+    # added it, and shown as the room says (the semi-anonymous room's owner, a
+    # moderator, would see one; there is none).
+    server.start()
+    alice = await connect(server, alice_user, "ours")
+    bob = await connect(server, bob_user, "ours")
+    for client, nick in ((alice, "Alice"), (bob, "bob")):
+        await join(client, lobby, nick)
+        await join(client, masked, nick)
+    for room in (lobby, masked):
+        ours = await mam_all(alice, to=room)
+        assert [(r.id, r.stamp) for r in ours] == [(i, s) for i, s, _ in stock[room]]
+        assert [canonical(without_muc_user(r.message)) for r in ours] == \
+            [canonical(without_muc_user(m)) for _, _, m in stock[room]]
+    assert [real_jids(r.message) for r in await mam_all(bob, to=lobby)] == \
+        [[alice.bare]] * 3 + [[bob.bare]]
+    assert [real_jids(r.message) for r in await mam_all(alice, to=masked)] == [[], []]
+
+    # A message archived by ours after the switch; importing again (to catch the
+    # gap) adds nothing and verifies.
+    sent[lobby].append(await groupchat(bob, lobby, "after the switch"))
+    third = prosodyctl(server, "mod_muc_mam", "import", *source)
+    assert third.returncode == 0, third.stdout + third.stderr
+    n = len(sent[lobby]) - 1
+    assert f"lobby: source {n + presences[lobby]}, archive {n + 1} (0 new, {n} already there, " \
+        f"{presences[lobby]} skipped) ok" in third.stdout, third.stdout
+    lobby_ids = [r.id for r in await mam_all(alice, to=lobby)]
+    assert len(lobby_ids) == 5
+
     # delete --with the room's JID and a nick: that occupant's messages only (the nick
-    # is the contact's resource).
+    # is the contact's resource), here while Prosody runs.
     done = prosodyctl(server, "mod_muc_mam", "delete", lobby, "--with", f"{lobby}/bob")
-    assert done.returncode == 0 and f"{lobby}: deleted 1 messages" in done.stdout, done
-    assert [r["id"] for r in export_rows(server, lobby)] == [i for i, _, _ in stock[lobby][:3]]
+    assert done.returncode == 0 and f"{lobby}: deleted 2 messages" in done.stdout, done
+    assert [r["id"] for r in export_rows(server, lobby)] == lobby_ids[:3]
+    assert [r.id for r in await mam_all(alice, to=lobby)] == lobby_ids[:3]
     # A room by its name alone (the configuration has one MUC component): all of it.
     done = prosodyctl(server, "mod_muc_mam", "delete", "masked")
     assert done.returncode == 0 and f"{masked}: deleted 2 messages" in done.stdout, done
     assert export_rows(server, masked) == []
+    assert await mam_all(alice, to=masked) == []
+    # The import copies whatever stock still holds, the 2010 message too: expiry
+    # (ours running, or the command) takes it out again.
+    done = prosodyctl(server, "mod_muc_mam", "expire")
+    assert done.returncode == 0, done.stdout + done.stderr
     assert stats_rows(server)[1] == {"lobby": 3}
 
 
