@@ -116,6 +116,12 @@ impl Owners {
         }
     }
 
+    /// The option that sets the retention period (`archive_expires_after` or
+    /// `muc_log_expires_after`), for messages that name it.
+    pub fn expires_after_option(self) -> &'static str {
+        self.options().expires_after
+    }
+
     /// For the shim and commands: `"accounts"` or `"rooms"`.
     pub fn parse(name: &str) -> Option<Owners> {
         match name {

@@ -1,7 +1,8 @@
 -- prosodyctl mod_mam <command>: the operator's commands (import, expire, delete,
--- export, stats, version).
+-- export, stats, version); and prosodyctl mod_muc_mam <command>, the same for room
+-- archives (mod_muc_mam loads this file with { owners = "rooms" }).
 --
--- prosodyctl loads mod_mam on the pseudo-host "*" and calls module.command(arg).
+-- prosodyctl loads the module on the pseudo-host "*" and calls module.command(arg).
 -- This file does the Prosody-side work only: which hosts, their options, opening the
 -- stock archive through Prosody's own storage drivers. Parsing, storage, the import
 -- itself, progress, verification and formatting live in the native library
@@ -21,28 +22,6 @@ end
 local function complain(fmt, ...)
 	io.stderr:write(fmt:format(...), "\n");
 	io.stderr:flush();
-end
-
--- The VirtualHosts of the configuration (not components, not "*"), sorted.
-local function virtual_hosts()
-	local list = {};
-	for host in pairs(prosody.hosts) do
-		if host ~= "*" and not configmanager.get(host, "component_module") then
-			list[#list + 1] = host;
-		end
-	end
-	table.sort(list);
-	return list;
-end
-
--- The hosts a command applies to: the one asked for, or all VirtualHosts.
-local function target_hosts(only)
-	local all = virtual_hosts();
-	if not only then return all; end
-	for _, host in ipairs(all) do
-		if host == only then return { host }; end
-	end
-	return nil, ("Host '%s' is not a VirtualHost in the configuration"):format(only);
 end
 
 -- mod_storage_sql drops `false` values when it reads a keyval store back, which loses
@@ -74,15 +53,44 @@ local function sql_never_rules(host, store)
 	return rules;
 end
 
-return function (native)
+-- opts.owners: "accounts" (mod_mam, the default) or "rooms" (mod_muc_mam).
+return function (native, opts)
 	local admin = native.admin;
+	local owners = opts and opts.owners or "accounts";
+	local rooms = owners == "rooms";
 
+	-- The hosts this module's commands are about, sorted: the VirtualHosts (not
+	-- components, not "*"), or for rooms the MUC components.
+	local function own_hosts()
+		local list = {};
+		for host in pairs(prosody.hosts) do
+			local component = configmanager.get(host, "component_module");
+			if host ~= "*" and ((rooms and component == "muc") or (not rooms and not component)) then
+				list[#list + 1] = host;
+			end
+		end
+		table.sort(list);
+		return list;
+	end
+
+	-- The hosts a command applies to: the one asked for, or all of them.
+	local function target_hosts(only)
+		local all = own_hosts();
+		if not only then return all; end
+		for _, host in ipairs(all) do
+			if host == only then return { host }; end
+		end
+		local kind = rooms and "a MUC component" or "a VirtualHost";
+		return nil, ("Host '%s' is not %s in the configuration"):format(only, kind);
+	end
+
+	-- The options the live module would read on the host (global ones included).
 	local function open_archive(host)
 		local options = {};
 		for _, name in ipairs(native.option_names) do
 			options[name] = configmanager.get(host, name);
 		end
-		return admin.open { host = host; data_path = prosody.paths.data; options = options };
+		return admin.open { host = host; data_path = prosody.paths.data; options = options; owners = owners };
 	end
 
 	-- The storage driver name the `storage` option gives a store (as storagemanager
@@ -125,9 +133,10 @@ return function (native)
 		if not source or not source.find or not source.users then
 			return nil, ("%s: the %s driver has no archive store '%s': %s"):format(host, driver_name, store, tostring(serr));
 		end
-		local prefs_source = driver:open(store .. "_prefs");
+		-- Rooms have no archiving preferences.
+		local prefs_source = not rooms and driver:open(store .. "_prefs") or nil;
 		local never_rules = {};
-		if driver_name == "sql" then
+		if driver_name == "sql" and not rooms then
 			local rules, rerr = sql_never_rules(host, store .. "_prefs");
 			if not rules then return nil, ("%s: could not read never rules: %s"):format(host, tostring(rerr)); end
 			never_rules = rules;
@@ -223,8 +232,9 @@ return function (native)
 		for _, host in ipairs(hosts) do
 			local archive, oerr = open_archive(host);
 			if not archive then complain("%s", oerr.log); return oerr.code; end
-			if not archive:config().expires_after then
-				say("%s: archive_expires_after is \"never\": nothing to expire", host);
+			local config = archive:config();
+			if not config.expires_after then
+				say("%s: %s is \"never\": nothing to expire", host, config.expires_option);
 			else
 				local deleted, eerr = archive:expire();
 				if not deleted then complain("%s: expiry failed: %s", host, eerr.log); return eerr.code; end
@@ -287,7 +297,10 @@ return function (native)
 
 	-- module.command: returns the exit code (prosodyctl exits with it).
 	return function (arg)
-		local cmd, err = admin.parse(arg, jid_prep);
+		-- A room named without its host is on the only MUC component, if there is one.
+		local hosts = own_hosts();
+		local only_host = rooms and #hosts == 1 and hosts[1] or nil;
+		local cmd, err = admin.parse(arg, jid_prep, { owners = owners; only_host = only_host });
 		if not cmd then
 			complain("%s", err.log);
 			return err.code;

@@ -7,17 +7,21 @@
 //! second run adds nothing and a client's saved ids stay valid) by an [`Importer`],
 //! which keeps a tally per user and reports progress with a rate and an ETA from an
 //! injected clock, then preferences, then a verification of every user's count.
+//!
+//! Room archives (`prosodyctl mod_muc_mam import`, stock mod_muc_mam's `muc_log`
+//! store) go through the same run, one room in place of one user; [`room_item`] says
+//! what becomes of each stored item (see there).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::AdminError;
-use crate::config::Config;
+use super::{owner_nouns, AdminError};
+use crate::config::{Config, Owners};
 use crate::error::{MamError, Result};
 use crate::jid::split_resource;
 use crate::ns;
 use crate::policy::{DefaultPolicy, Prefs};
-use crate::stanza::{to_xml, Element};
+use crate::stanza::{to_xml, Element, Node};
 use crate::store;
 use crate::store::{ArchiveStore, ArchivedMessage, ImportedMessage, Owner};
 use crate::time::{Clock, Micros};
@@ -37,6 +41,26 @@ pub struct SourceMessage {
 /// Converts a source message to what the store keeps. The stanza is stored the way
 /// our own archiving stores it: with an explicit `jabber:client` namespace.
 pub fn to_imported(user: &str, src: &SourceMessage) -> Result<ImportedMessage> {
+    let when = source_stamp(user, src)?;
+    let (bare, resource) = split_resource(&src.with);
+    let mut stanza = src.stanza.clone();
+    if stanza.xmlns().is_none() {
+        stanza.set_attr("xmlns", ns::JABBER_CLIENT);
+    }
+    Ok(ImportedMessage {
+        user: user.to_owned(),
+        msg: ArchivedMessage {
+            id: src.id.clone(),
+            when,
+            with_bare: bare.to_owned(),
+            with_resource: resource.map(str::to_owned),
+            xml: to_xml(&stanza),
+        },
+    })
+}
+
+/// A source message's stamp in microseconds, after checking it has an id.
+fn source_stamp(user: &str, src: &SourceMessage) -> Result<Micros> {
     if src.id.is_empty() {
         return Err(MamError::Corrupt(format!(
             "a message of {} has an empty id",
@@ -54,22 +78,111 @@ pub fn to_imported(user: &str, src: &SourceMessage) -> Result<ImportedMessage> {
     // stock module is the stamp they see from ours.
     let whole = src.when_secs.floor();
     let fraction = ((src.when_secs - whole) * 1_000_000.0).floor();
-    let micros = whole as Micros * 1_000_000 + fraction as Micros;
-    let (bare, resource) = split_resource(&src.with);
+    Ok(whole as Micros * 1_000_000 + fraction as Micros)
+}
+
+/// An item of a stock room archive that is not imported, and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum RoomSkip {
+    /// A join or leave stock stored with `muc_log_presences` (`with` `presence` or
+    /// `presence<unavailable`): stock never returned them to clients, and room
+    /// archives here keep messages only.
+    Presence,
+    /// Anything else that is not a `<message>` (stock writes none).
+    NotAMessage,
+}
+
+impl RoomSkip {
+    /// The plural the summary counts them under.
+    pub fn plural(self) -> &'static str {
+        match self {
+            RoomSkip::Presence => "presences",
+            RoomSkip::NotAMessage => "other stanzas",
+        }
+    }
+}
+
+/// What becomes of one item of a stock room archive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RoomItem {
+    Message(ImportedMessage),
+    Skipped(RoomSkip),
+}
+
+/// Converts an item of stock mod_muc_mam's `muc_log` store for `room` (its node) on
+/// the MUC component `host` to a row of the room's archive.
+///
+/// Stock stores `with` = the stanza's kind (`message<groupchat`, `presence`,
+/// `presence<unavailable`); only messages are imported. The row's contact is the room
+/// (`with_bare` = its bare JID) and the sender's nick (`with_resource` = the resource
+/// of the stored `from`, `room@host/nick`). The stanza loses `to`, which stock keeps
+/// (the room's JID) in semi-anonymous rooms only.
+///
+/// The real JID: in non-anonymous rooms stock stores a copy without `to` and appends
+/// exactly one `<x xmlns='http://jabber.org/protocol/muc#user'>` with `<item jid=…
+/// affiliation role/>` as its last child. Every other muc#user `<x>` is the sender's
+/// own (stock never filters groupchat), i.e. forged, and is dropped: an `<x>` is kept
+/// only when it is the last child element, has an `<item>` with a `jid`, and the
+/// stored stanza has no `to` (with a `to`, the room was semi-anonymous and stock added
+/// no `<x>` at all).
+pub fn room_item(host: &str, room: &str, src: &SourceMessage) -> Result<RoomItem> {
+    match src.stanza.name.as_str() {
+        "message" => {}
+        "presence" => return Ok(RoomItem::Skipped(RoomSkip::Presence)),
+        _ => return Ok(RoomItem::Skipped(RoomSkip::NotAMessage)),
+    }
+    let when = source_stamp(room, src)?;
+    let room_jid = format!("{room}@{host}");
     let mut stanza = src.stanza.clone();
+    let nick = match stanza.attr("from").map(split_resource) {
+        Some((bare, Some(nick))) if bare.eq_ignore_ascii_case(&room_jid) => Some(nick.to_owned()),
+        _ => None,
+    };
+    let semi_anonymous = stanza.attr("to").is_some();
+    stanza.remove_attr("to");
     if stanza.xmlns().is_none() {
         stanza.set_attr("xmlns", ns::JABBER_CLIENT);
     }
-    Ok(ImportedMessage {
-        user: user.to_owned(),
+    drop_forged_muc_user(&mut stanza, semi_anonymous);
+    Ok(RoomItem::Message(ImportedMessage {
+        user: room.to_owned(),
         msg: ArchivedMessage {
             id: src.id.clone(),
-            when: micros,
-            with_bare: bare.to_owned(),
-            with_resource: resource.map(str::to_owned),
+            when,
+            with_bare: room_jid,
+            with_resource: nick,
             xml: to_xml(&stanza),
         },
-    })
+    }))
+}
+
+/// Removes every muc#user `<x>` child but the one stock appended (see [`room_item`]).
+fn drop_forged_muc_user(stanza: &mut Element, semi_anonymous: bool) {
+    let is_muc_user_x = |e: &Element| e.name == "x" && e.xmlns() == Some(ns::MUC_USER);
+    let last_element = stanza
+        .children
+        .iter()
+        .rposition(|n| matches!(n, Node::Element(_)));
+    let stock_x = match last_element.map(|i| (i, &stanza.children[i])) {
+        Some((i, Node::Element(x)))
+            if !semi_anonymous
+                && is_muc_user_x(x)
+                && x.get_child("item", None)
+                    .is_some_and(|item| item.attr("jid").is_some()) =>
+        {
+            Some(i)
+        }
+        _ => None,
+    };
+    let mut index = 0;
+    stanza.children.retain(|n| {
+        let keep = match n {
+            Node::Element(e) => !is_muc_user_x(e) || Some(index) == stock_x,
+            Node::Text(_) => true,
+        };
+        index += 1;
+        keep
+    });
 }
 
 /// Stock's stored default (`prefs[false]`): `true`, `false` or `"roster"`.
@@ -111,6 +224,8 @@ pub struct UserTally {
     pub inserted: u64,
     pub already_present: u64,
     pub conflicts: u64,
+    /// Items of the source deliberately not imported (a room's presences).
+    pub skipped: u64,
 }
 
 /// The end-of-run check for one user.
@@ -126,9 +241,10 @@ pub struct UserVerification {
 impl UserVerification {
     /// Every source message is in our archive, under its own id, unchanged.
     pub fn ok(&self) -> bool {
-        self.tally.conflicts == 0
-            && self.tally.inserted + self.tally.already_present == self.tally.source
-            && self.archived >= self.tally.source
+        let t = &self.tally;
+        t.conflicts == 0
+            && t.inserted + t.already_present + t.skipped == t.source
+            && self.archived >= t.source - t.skipped
     }
 
     /// One summary line, e.g. `juliet: source 12, archive 12 (12 new, 0 already there) ok`.
@@ -138,6 +254,9 @@ impl UserVerification {
             "{}: source {}, archive {} ({} new, {} already there",
             self.user, t.source, self.archived, t.inserted, t.already_present
         );
+        if t.skipped > 0 {
+            s.push_str(&format!(", {} skipped", t.skipped));
+        }
         if t.conflicts > 0 {
             s.push_str(&format!(", {} id conflicts", t.conflicts));
         }
@@ -158,6 +277,8 @@ pub struct Importer {
     tallies: BTreeMap<String, UserTally>,
     /// Up to this many conflicting ids are kept for the summary.
     conflict_samples: Vec<(String, String)>,
+    /// Items not imported, by why (rooms only), for the summary.
+    skipped: BTreeMap<RoomSkip, u64>,
 }
 
 const CONFLICT_SAMPLES: usize = 10;
@@ -174,6 +295,7 @@ impl Importer {
             done: 0,
             tallies: BTreeMap::new(),
             conflict_samples: Vec::new(),
+            skipped: BTreeMap::new(),
         }
     }
 
@@ -189,6 +311,44 @@ impl Importer {
             .map(|m| to_imported(user, m))
             .collect::<Result<Vec<_>>>()?;
         self.store_batch(user, &items)
+    }
+
+    /// Stores one batch of one room's stock items (its messages, one transaction) and
+    /// tallies it, the items skipped included ([`room_item`]).
+    pub fn room_batch(&mut self, room: &str, batch: &[SourceMessage]) -> Result<()> {
+        let mut items = Vec::with_capacity(batch.len());
+        let mut skipped = 0;
+        for src in batch {
+            match room_item(&self.host, room, src)? {
+                RoomItem::Message(m) => items.push(m),
+                RoomItem::Skipped(why) => {
+                    *self.skipped.entry(why).or_default() += 1;
+                    skipped += 1;
+                }
+            }
+        }
+        self.store_batch(room, &items)?;
+        let t = self.tallies.entry(room.to_owned()).or_default();
+        t.source += skipped;
+        t.skipped += skipped;
+        self.done += skipped;
+        Ok(())
+    }
+
+    /// `Skipped: 4 presences (…)`, when anything was.
+    pub fn skipped_line(&self) -> Option<String> {
+        if self.skipped.is_empty() {
+            return None;
+        }
+        let counts: Vec<_> = self
+            .skipped
+            .iter()
+            .map(|(why, n)| format!("{n} {}", why.plural()))
+            .collect();
+        Some(format!(
+            "Skipped: {} (room archives keep messages only; stock never returned presences to clients)",
+            counts.join(", ")
+        ))
     }
 
     /// Stores one batch of one user's messages already in this module's form (read
@@ -304,7 +464,9 @@ pub const IMPORT_BATCH: usize = 500;
 const PROGRESS_EVERY_SECS: i64 = 2;
 
 /// Imports `source` into the archive `config` names, saying what it does line by
-/// line (stdout); a failure or a verification mismatch is the error (stderr).
+/// line (stdout); a failure or a verification mismatch is the error (stderr). For a
+/// MUC component (`config.owners` is rooms) the source's users are rooms, their items
+/// are converted by [`room_item`], and there are no preferences.
 pub fn import_stock(
     config: &Config,
     source: &mut dyn StockArchive,
@@ -312,21 +474,32 @@ pub fn import_stock(
     say: &mut dyn FnMut(&str),
 ) -> std::result::Result<(), AdminError> {
     let host = config.host.as_str();
+    let rooms = config.owners == Owners::Rooms;
+    let (one, many) = owner_nouns(config.owners);
     let failed = |what: String| AdminError::Failed(format!("{host}: {what}"));
     let mut users = source
         .users()
-        .map_err(|e| failed(format!("could not list users: {e}")))?;
+        .map_err(|e| failed(format!("could not list {many}: {e}")))?;
     users.sort();
     users.dedup();
+    if rooms {
+        // Stock stores what the service's own JID archives under an empty name; that
+        // is no room (clients cannot query it), so it stays behind.
+        if let Some(i) = users.iter().position(String::is_empty) {
+            users.remove(i);
+            say("Skipping the archive stored under no room name (the service's own)");
+        }
+    }
     // Count first, for the ETA.
     let mut expected = 0;
     for user in &users {
         expected += source
             .count(user)
-            .map_err(|e| failed(format!("could not count the archive of {user}: {e}")))?;
+            .map_err(|e| failed(format!("could not count the archive of {one} {user}: {e}")))?;
     }
+    let what = if rooms { "items" } else { "messages" };
     say(&format!(
-        "Importing {expected} messages of {} users on {host} from {} into {}",
+        "Importing {expected} {what} of {} {many} on {host} from {} into {}",
         users.len(),
         source.describe(),
         config.storage.describe()
@@ -341,9 +514,12 @@ pub fn import_stock(
         let mut batch = Vec::with_capacity(IMPORT_BATCH);
         let mut stored: std::result::Result<(), AdminError> = Ok(());
         let mut flush = |importer: &mut Importer, batch: &mut Vec<SourceMessage>| {
-            importer
-                .batch(user, batch)
-                .map_err(|e| failed(format!("{user}: {e}")))?;
+            let done = if rooms {
+                importer.room_batch(user, batch)
+            } else {
+                importer.batch(user, batch)
+            };
+            done.map_err(|e| failed(format!("{user}: {e}")))?;
             batch.clear();
             let now = clock.now_micros();
             if now - last_progress >= PROGRESS_EVERY_SECS * 1_000_000 {
@@ -360,9 +536,12 @@ pub fn import_stock(
             stored.is_ok()
         });
         stored?;
-        read.map_err(|e| failed(format!("could not read the archive of {user}: {e}")))?;
+        read.map_err(|e| failed(format!("could not read the archive of {one} {user}: {e}")))?;
         if !batch.is_empty() {
             flush(&mut importer, &mut batch)?;
+        }
+        if rooms {
+            continue;
         }
         let prefs = source
             .prefs(user)
@@ -378,9 +557,14 @@ pub fn import_stock(
         }
     }
     say(&format!("  {}", importer.progress_line()));
-    say(&format!(
-        "Preferences: {prefs_imported} imported (users who already had preferences here keep them)"
-    ));
+    if let Some(line) = importer.skipped_line() {
+        say(&line);
+    }
+    if !rooms {
+        say(&format!(
+            "Preferences: {prefs_imported} imported (users who already had preferences here keep them)"
+        ));
+    }
     let (lines, all_ok) = importer
         .verify()
         .map_err(|e| failed(format!("verification failed: {e}")))?;
@@ -564,6 +748,143 @@ mod tests {
             .expect("find");
         let ids: Vec<_> = page.items.iter().map(|m| m.id.as_str()).collect();
         assert_eq!(ids, ["m0", "m1", "m2"]);
+    }
+
+    fn room_src(id: &str, with: &str, xml: &str) -> SourceMessage {
+        SourceMessage {
+            id: id.into(),
+            when_secs: T0,
+            with: with.into(),
+            stanza: parse_xml(xml).expect("xml"),
+        }
+    }
+
+    fn room_message(xml: &str) -> ImportedMessage {
+        let src = room_src("r1", "message<groupchat", xml);
+        match room_item("chat.capulet.lit", "balcony", &src).expect("convert") {
+            RoomItem::Message(m) => m,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    const REAL_X: &str = "<x xmlns='http://jabber.org/protocol/muc#user'>\
+                          <item affiliation='member' role='participant' jid='romeo@montague.lit'/></x>";
+    const FORGED_X: &str = "<x xmlns='http://jabber.org/protocol/muc#user'>\
+                            <item jid='tybalt@capulet.lit' affiliation='owner'/></x>";
+
+    #[test]
+    fn a_room_message_has_the_room_as_contact_the_nick_as_resource_and_no_to() {
+        // Semi-anonymous: stock stores the live stanza, `to` (the room) included.
+        let m = room_message(
+            "<message from='balcony@chat.capulet.lit/Romeo' to='balcony@chat.capulet.lit' \
+             type='groupchat' id='m1'><body>hi</body></message>",
+        );
+        assert_eq!(m.user, "balcony");
+        assert_eq!(m.msg.id, "r1");
+        assert_eq!(m.msg.when, 1_275_868_800_000_000);
+        assert_eq!(m.msg.with_bare, "balcony@chat.capulet.lit");
+        assert_eq!(m.msg.with_resource.as_deref(), Some("Romeo"));
+        assert_eq!(
+            m.msg.xml,
+            "<message from='balcony@chat.capulet.lit/Romeo' type='groupchat' id='m1' \
+             xmlns='jabber:client'><body>hi</body></message>"
+        );
+    }
+
+    #[test]
+    fn a_room_message_from_the_room_itself_or_elsewhere_has_no_nick() {
+        for from in ["balcony@chat.capulet.lit", "romeo@montague.lit/orchard"] {
+            let m = room_message(&format!(
+                "<message from='{from}' type='groupchat'><body>x</body></message>"
+            ));
+            assert_eq!(m.msg.with_bare, "balcony@chat.capulet.lit");
+            assert_eq!(m.msg.with_resource, None, "{from}");
+        }
+    }
+
+    #[test]
+    fn stocks_own_real_jid_x_is_kept_and_a_forged_one_dropped() {
+        // Non-anonymous: no `to`, the forged <x> the sender's, stock's appended last.
+        let m = room_message(&format!(
+            "<message from='balcony@chat.capulet.lit/Romeo' type='groupchat'>\
+             <body>hi</body>{FORGED_X}{REAL_X}</message>"
+        ));
+        assert_eq!(
+            m.msg.xml,
+            format!(
+                "<message from='balcony@chat.capulet.lit/Romeo' type='groupchat' \
+                 xmlns='jabber:client'><body>hi</body>{REAL_X}</message>"
+            )
+        );
+    }
+
+    #[test]
+    fn a_muc_user_x_that_is_not_last_lacks_a_jid_or_sits_in_a_semi_anonymous_room_is_dropped() {
+        let plain = "<message from='balcony@chat.capulet.lit/Romeo' type='groupchat' \
+                     xmlns='jabber:client'><body>hi</body></message>";
+        let cases = [
+            // Not the last child: stock appends its own last.
+            format!("<message from='balcony@chat.capulet.lit/Romeo' type='groupchat'>{FORGED_X}<body>hi</body></message>"),
+            // Last, but no <item jid>: not stock's.
+            "<message from='balcony@chat.capulet.lit/Romeo' type='groupchat'><body>hi</body>\
+             <x xmlns='http://jabber.org/protocol/muc#user'><item role='moderator'/></x></message>"
+                .to_owned(),
+            // Last with a jid, but the stanza kept `to`: a semi-anonymous room, where
+            // stock adds no <x> at all.
+            format!("<message from='balcony@chat.capulet.lit/Romeo' to='balcony@chat.capulet.lit' type='groupchat'><body>hi</body>{FORGED_X}</message>"),
+        ];
+        for xml in cases {
+            assert_eq!(room_message(&xml).msg.xml, plain, "{xml}");
+        }
+        // Other <x> namespaces (e.g. a conference invitation) are the message's own.
+        let m = room_message(
+            "<message from='balcony@chat.capulet.lit/Romeo' type='groupchat'><body>hi</body>\
+             <x xmlns='jabber:x:conference' jid='garden@chat.capulet.lit'/></message>",
+        );
+        assert!(m.msg.xml.contains("jabber:x:conference"), "{}", m.msg.xml);
+    }
+
+    #[test]
+    fn presences_stock_logged_are_skipped_and_counted_in_the_verification() {
+        let clock = Arc::new(ManualClock(AtomicI64::new(0)));
+        let mut imp = Importer::new(
+            "chat.capulet.lit",
+            Box::new(SqliteStore::open_in_memory().expect("open")),
+            clock,
+        );
+        let batch = [
+            room_src(
+                "p1",
+                "presence",
+                "<presence from='balcony@chat.capulet.lit/Romeo'><x xmlns='http://jabber.org/protocol/muc'/></presence>",
+            ),
+            room_src(
+                "m1",
+                "message<groupchat",
+                "<message from='balcony@chat.capulet.lit/Romeo' type='groupchat'><body>hi</body></message>",
+            ),
+            room_src(
+                "p2",
+                "presence<unavailable",
+                "<presence type='unavailable' from='balcony@chat.capulet.lit/Romeo'/>",
+            ),
+        ];
+        imp.room_batch("balcony", &batch).expect("batch");
+        assert_eq!(imp.done(), 3);
+        assert_eq!(
+            imp.skipped_line().as_deref(),
+            Some(
+                "Skipped: 2 presences (room archives keep messages only; stock never \
+                 returned presences to clients)"
+            )
+        );
+        let (lines, ok) = imp.verify().expect("verify");
+        assert!(ok, "{lines:?}");
+        assert_eq!(
+            lines,
+            ["balcony: source 3, archive 1 (1 new, 0 already there, 2 skipped) ok"]
+        );
+        assert_eq!(imp.tallies["balcony"].skipped, 2);
     }
 
     #[test]

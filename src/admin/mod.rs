@@ -1,5 +1,8 @@
 //! The operations behind `prosodyctl mod_mam <command>`: import (from stock archives,
-//! or from another archive of this module), expire, delete, export and stats.
+//! or from another archive of this module), expire, delete, export and stats; and the
+//! same for room archives behind `prosodyctl mod_muc_mam <command>` (one room in
+//! place of one user, on a MUC component's archive: [`Operations::open`] with
+//! [`Owners::Rooms`]).
 //!
 //! One entry point: [`Operations::open`] reads the host's options and opens its
 //! archive; every command is a method on it, which owns store opening, credentials
@@ -27,7 +30,15 @@ use crate::error::MamError;
 use crate::store::{self, ArchiveStore, DeleteFilter, Owner, WithFilter};
 use crate::time::{Micros, SystemClock};
 
-pub use command::{parse, Command, ExportFormat, Source};
+pub use command::{parse, Command, ExportFormat, Scope, Source};
+
+/// What the output calls one owner and several: `user`/`users`, `room`/`rooms`.
+pub fn owner_nouns(owners: Owners) -> (&'static str, &'static str) {
+    match owners {
+        Owners::Accounts => ("user", "users"),
+        Owners::Rooms => ("room", "rooms"),
+    }
+}
 
 /// How many messages one delete transaction removes, so that a running Prosody
 /// waits at most one short transaction for the write lock.
@@ -144,7 +155,12 @@ impl Operations {
     /// The `stats` report for this host.
     pub fn stats(&mut self) -> Result<String, AdminError> {
         let database = self.config.storage.describe();
-        stats::stats_report(&mut *self.store, &self.config.host, &database)
+        stats::stats_report(
+            &mut *self.store,
+            &self.config.host,
+            &database,
+            self.config.owners,
+        )
     }
 
     /// Imports a stock archive ([`import::import_stock`]).

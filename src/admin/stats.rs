@@ -1,6 +1,7 @@
 //! `prosodyctl mod_mam stats`: per-owner counts, sizes and date ranges.
 
-use super::AdminError;
+use super::{owner_nouns, AdminError};
+use crate::config::Owners;
 use crate::store::ArchiveStore;
 use crate::time::format_datetime;
 
@@ -20,12 +21,14 @@ pub fn human_bytes(n: u64) -> String {
     }
 }
 
-/// The `stats` report for one host.
+/// The `stats` report for one host: per user, or per room on a MUC component.
 pub fn stats_report(
     store: &mut dyn ArchiveStore,
     host: &str,
     database: &str,
+    owners: Owners,
 ) -> Result<String, AdminError> {
+    let (one, many) = owner_nouns(owners);
     let owners = store.owner_stats(host)?;
     let messages: u64 = owners.iter().map(|o| o.messages).sum();
     let bytes: u64 = owners.iter().map(|o| o.bytes).sum();
@@ -34,7 +37,7 @@ pub fn stats_report(
         None => database.to_owned(),
     };
     let mut out = format!(
-        "host {host}: {} users, {messages} messages, {} of stanzas; database {db}\n",
+        "host {host}: {} {many}, {messages} messages, {} of stanzas; database {db}\n",
         owners.len(),
         human_bytes(bytes)
     );
@@ -47,7 +50,7 @@ pub fn stats_report(
             .max(4);
         out.push_str(&format!(
             "  {:<width$}  {:>9}  {:>10}  {:<27}  {}\n",
-            "user", "messages", "size", "oldest", "newest"
+            one, "messages", "size", "oldest", "newest"
         ));
         for o in &owners {
             out.push_str(&format!(
@@ -71,7 +74,13 @@ mod tests {
     #[test]
     fn stats_report_lists_users_with_counts_and_dates() {
         let mut store = store_with("juliet", 3);
-        let report = stats_report(&mut store, "capulet.lit", "/tmp/mam.sqlite").expect("stats");
+        let report = stats_report(
+            &mut store,
+            "capulet.lit",
+            "/tmp/mam.sqlite",
+            Owners::Accounts,
+        )
+        .expect("stats");
         let lines: Vec<_> = report.lines().collect();
         assert!(
             lines[0].starts_with("host capulet.lit: 1 users, 3 messages, "),
@@ -83,6 +92,14 @@ mod tests {
             "{report}"
         );
         assert_eq!(human_bytes(1536), "1.5 KiB");
+        let report = stats_report(&mut store, "capulet.lit", "/tmp/mam.sqlite", Owners::Rooms)
+            .expect("stats");
+        let lines: Vec<_> = report.lines().collect();
+        assert!(
+            lines[0].starts_with("host capulet.lit: 1 rooms, 3 messages, "),
+            "{report}"
+        );
+        assert!(lines[1].starts_with("  room "), "{report}");
         assert_eq!(human_bytes(10), "10 B");
     }
 }

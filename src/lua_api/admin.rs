@@ -1,5 +1,6 @@
-//! Lua bindings for `prosodyctl mod_mam <command>`: `native.admin.parse` and
-//! `native.admin.open`, which returns the host's [`Operations`]. This file only
+//! Lua bindings for `prosodyctl mod_mam <command>` and `prosodyctl mod_muc_mam
+//! <command>`: `native.admin.parse` and `native.admin.open`, which returns the host's
+//! [`Operations`] (a VirtualHost's accounts or a MUC component's rooms). This file only
 //! converts values; the operations are in [`crate::admin`]. The shim
 //! (`mamcommands.lib.lua`) does the Prosody-side work: which hosts, their options,
 //! opening stock stores through Prosody's drivers (handed in as a [`StockArchive`]).
@@ -18,16 +19,28 @@ use super::failure::{failure, returned};
 use super::stanza_lua::element_from_lua;
 use super::{prep_with, raw_value};
 use crate::admin::import::{SourceMessage, StockArchive, StockDefault, StockPrefs};
-use crate::admin::{self, AdminError, Command, ExportFormat, Operations, Source};
+use crate::admin::{self, AdminError, Command, ExportFormat, Operations, Scope, Source};
 
-/// `admin.parse(argv, jid_prep)` -> command table | nil, err
-fn parse(lua: &Lua, (argv, jid_prep): (Table, Function)) -> LuaResult<MultiValue> {
+/// `admin.parse(argv, jid_prep[, { owners = "accounts" | "rooms", only_host = }])`
+/// -> command table | nil, err. `only_host`: for rooms, the configuration's only MUC
+/// component, where a room named without its host is.
+fn parse(
+    lua: &Lua,
+    (argv, jid_prep, scope): (Table, Function, Option<Table>),
+) -> LuaResult<MultiValue> {
     let args: Vec<String> = argv
         .sequence_values::<mlua::LuaString>()
         .map(|s| s.map(|s| s.to_string_lossy()))
         .collect::<LuaResult<_>>()?;
     let prep = prep_with(&jid_prep);
-    let command = match admin::parse(&args, &prep) {
+    let scope = match scope {
+        None => Scope::accounts(),
+        Some(t) => Scope {
+            owners: super::owners_arg(&t)?,
+            only_host: t.get("only_host")?,
+        },
+    };
+    let command = match admin::parse(&args, &prep, &scope) {
         Ok(c) => c,
         Err(e) => return failure(lua, e),
     };
@@ -279,12 +292,15 @@ fn stock_prefs(t: &Table) -> LuaResult<StockPrefs> {
 
 impl UserData for OperationsHandle {
     fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
-        // config() -> { storage =, expires_after =, archive_store = }
+        // config() -> { storage =, expires_after =, expires_option =, archive_store = }
+        // expires_option: the option's name (archive_expires_after or
+        // muc_log_expires_after), for messages.
         methods.add_method("config", |lua, this, ()| {
             let config = this.0.config();
             let t = lua.create_table()?;
             t.raw_set("storage", config.storage.describe())?;
             t.raw_set("expires_after", config.expires_after)?;
+            t.raw_set("expires_option", config.owners.expires_after_option())?;
             t.raw_set("archive_store", config.archive_store.as_str())?;
             Ok(t)
         });
