@@ -910,14 +910,23 @@ async fn run(o: Opts) -> Result<()> {
         serde_json::to_string_pretty(&report)?,
     )?;
     std::fs::write(o.out_dir.join(format!("{base}.md")), &md)?;
-    std::fs::write(o.out_dir.join("latest.md"), &md)?;
-    std::fs::write(
-        o.out_dir.join(format!("{base}.svg")),
-        report::svg_chart(&report, &o.sizes),
-    )?;
+    // latest.md is the newest run of every phase; a run of some phases does not replace it.
+    let all_phases = o.phases.personal && o.phases.rooms;
+    if all_phases {
+        std::fs::write(o.out_dir.join("latest.md"), &md)?;
+    }
+    // The chart is the personal archives' newest page against size.
+    if o.phases.personal {
+        std::fs::write(
+            o.out_dir.join(format!("{base}.svg")),
+            report::svg_chart(&report, &o.sizes),
+        )?;
+    }
     eprintln!(
-        "mam-bench: wrote {}/{base}.{{md,json,svg}} and latest.md",
-        o.out_dir.display()
+        "mam-bench: wrote {}/{base}.{{md,json{}}}{}",
+        o.out_dir.display(),
+        if o.phases.personal { ",svg" } else { "" },
+        if all_phases { " and latest.md" } else { "" }
     );
     if !o.keep {
         let _ = std::fs::remove_dir_all(&o.work_dir);
@@ -937,10 +946,12 @@ fn render(json_path: &Path) -> Result<()> {
     std::fs::write(json_path, serde_json::to_string_pretty(&report)?)?;
     let md = report::markdown(&report, &sizes);
     std::fs::write(json_path.with_extension("md"), &md)?;
-    std::fs::write(
-        json_path.with_extension("svg"),
-        report::svg_chart(&report, &sizes),
-    )?;
+    if report.parameters["phases"].as_str() != Some("rooms") {
+        std::fs::write(
+            json_path.with_extension("svg"),
+            report::svg_chart(&report, &sizes),
+        )?;
+    }
     println!("{md}");
     Ok(())
 }
