@@ -260,7 +260,6 @@ fn parse_opts() -> Result<Opts> {
     if !o.phases.personal {
         // The physical limit belongs to the personal archives' tables.
         o.raw = false;
-        o.rounds = 0;
     }
     // Each open loop sends one message per pair every pairs ÷ rate seconds.
     let positive = |rate: f64| rate > 0.0 && rate.is_finite();
@@ -617,13 +616,33 @@ async fn run_config(
 /// `o.rounds` times, each on the store its own phases left. Run-to-run noise on a
 /// shared machine (±20%) moves whole stretches of time; interleaving spreads it over
 /// every configuration, so the medians compare better than single runs do.
+///
+/// The room servers take their turn first in every round: a fan-out
+/// in the first live room (`--room-occupants`) for `--round-duration`.
 async fn throughput_rounds(
     specs: &[(usize, ServerSpec)],
+    room_specs: &[(usize, ServerSpec)],
+    room_plan: &rooms::Plan,
     o: &Opts,
     pg_pid: Option<u32>,
     configs: &mut [ConfigResult],
 ) {
     for round in 1..=o.rounds {
+        for (idx, spec) in room_specs {
+            let name = spec.kind.name();
+            log(format!("round {round}/{}: {name} rooms", o.rounds));
+            let r = rooms::fanout_round(spec, room_plan).await;
+            let Some(res) = configs[*idx].rooms.as_mut() else {
+                continue;
+            };
+            match r {
+                Ok(rate) => {
+                    log(format!("round {round}: {name} rooms {rate:.0} room msgs/s"));
+                    res.fanout_rounds.push(rate);
+                }
+                Err(e) => res.errors.push(format!("fan-out round {round}: {e:#}")),
+            }
+        }
         for (idx, spec) in specs {
             let name = spec.kind.name();
             log(format!("round {round}/{}: {name}", o.rounds));
@@ -706,6 +725,8 @@ async fn run(o: Opts) -> Result<()> {
     let mut pg_failed: Option<String> = None;
     // (index in `configs`, its server spec) of every configuration that ran.
     let mut ran: Vec<(usize, ServerSpec)> = Vec::new();
+    // The same for the configurations whose room phases ran (their room servers).
+    let mut rooms_ran: Vec<(usize, ServerSpec)> = Vec::new();
     let room_plan = rooms::Plan {
         sizes: o.sizes.clone(),
         internal_max: o.internal_max,
@@ -723,6 +744,7 @@ async fn run(o: Opts) -> Result<()> {
         stall_duration: o.stall_duration,
         expiry: o.expiry,
         expiry_limit: o.expiry_limit,
+        round_duration: o.round_duration,
         plugin_dir: o.plugin_dir.clone(),
         work_dir: o.work_dir.clone(),
     };
@@ -777,10 +799,14 @@ async fn run(o: Opts) -> Result<()> {
         if o.phases.rooms && rooms::has_rooms(kind) {
             log(format!("=== {} rooms ===", kind.name()));
             let mut r = rooms::RoomsResult::default();
-            if let Err(e) = rooms::run(kind, &room_plan, &mut r).await {
-                log(format!("{} rooms: failed: {e:#}", kind.name()));
-                r.status = "failed".into();
-                r.errors.push(format!("{e:#}"));
+            match rooms::run(kind, &room_plan, &mut r).await {
+                Ok(Some(spec)) => rooms_ran.push((configs.len(), spec)),
+                Ok(None) => {}
+                Err(e) => {
+                    log(format!("{} rooms: failed: {e:#}", kind.name()));
+                    r.status = "failed".into();
+                    r.errors.push(format!("{e:#}"));
+                }
             }
             if let Some(why) = r.status.strip_prefix("skipped: ") {
                 eprintln!("mam-bench: skipping `{}` rooms: {why}", kind.name());
@@ -790,8 +816,16 @@ async fn run(o: Opts) -> Result<()> {
         configs.push(res);
     }
 
-    if o.rounds > 0 && !ran.is_empty() {
-        throughput_rounds(&ran, &o, pg.as_ref().map(|c| c.pid), &mut configs).await;
+    if o.rounds > 0 && (!ran.is_empty() || !rooms_ran.is_empty()) {
+        throughput_rounds(
+            &ran,
+            &rooms_ran,
+            &room_plan,
+            &o,
+            pg.as_ref().map(|c| c.pid),
+            &mut configs,
+        )
+        .await;
     }
 
     let raw = if o.raw {

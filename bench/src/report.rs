@@ -1018,6 +1018,19 @@ fn room_rows(r: &Report, sizes: &[u64]) -> Vec<RoomRow> {
     let mut rows: Vec<RoomRow> = Vec::new();
     let occupants: Vec<usize> = serde_json::from_value(r.parameters["room_occupants"].clone())
         .unwrap_or_else(|_| vec![20, 200]);
+    let rounds = r.configs.iter().any(|c| {
+        c.rooms
+            .as_ref()
+            .is_some_and(|x| !x.fanout_rounds.is_empty())
+    });
+    if let (Some(&first), true) = (occupants.first(), rounds) {
+        rows.push((
+            format!("room of {first}: interleaved rounds, median room msgs/s (rounds)"),
+            Box::new(|x| {
+                median(&x.fanout_rounds).map(|v| (format!("{v:.0} ({})", x.fanout_rounds.len()), v))
+            }),
+        ));
+    }
     for n in occupants {
         rows.push((
             format!("room of {n}: room msgs/s archived and fanned out"),
@@ -1347,6 +1360,10 @@ pub fn room_ratios(configs: &[ConfigResult], sizes: &[u64]) -> Option<Value> {
                 ),
             );
         }
+        v.insert(
+            "fanout_rounds_median_msgs_per_s".into(),
+            ratio(median(&ours.fanout_rounds), median(&o.fanout_rounds)),
+        );
         for &size in sizes {
             for shape in crate::rooms::ROOM_SHAPES {
                 let r = ratio(

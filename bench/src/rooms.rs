@@ -59,6 +59,8 @@ pub struct Plan {
     pub stall_duration: Duration,
     pub expiry: bool,
     pub expiry_limit: Duration,
+    /// Measurement time of each interleaved fan-out round.
+    pub round_duration: Duration,
     pub plugin_dir: PathBuf,
     pub work_dir: PathBuf,
 }
@@ -121,6 +123,10 @@ pub struct RoomsResult {
     pub status: String,
     pub idle_ping: Option<Summary>,
     pub fanout: Vec<FanoutResult>,
+    /// Room msgs/s of each interleaved fan-out round in the first live room (after
+    /// every configuration ran), like the personal throughput rounds.
+    #[serde(default)]
+    pub fanout_rounds: Vec<f64>,
     pub populated: Vec<Populated>,
     /// Room sizes not measured, and why.
     pub skipped: Vec<String>,
@@ -193,11 +199,12 @@ fn module_error(log_path: &Path) -> Option<String> {
 
 /// Runs every room phase for `kind`; `res.status` says how it went. Errors after the
 /// server first came up are recorded in `res` and the phases go on where they can.
-pub async fn run(kind: Kind, plan: &Plan, res: &mut RoomsResult) -> Result<()> {
+/// Returns the server's spec (for the interleaved rounds) when the phases ran.
+pub async fn run(kind: Kind, plan: &Plan, res: &mut RoomsResult) -> Result<Option<ServerSpec>> {
     if kind == Kind::Native {
         if let Err(why) = server::check_room_plugin_dir(&plan.plugin_dir) {
             res.status = format!("skipped: {why}");
-            return Ok(());
+            return Ok(None);
         }
     }
     let name = format!("{}-rooms", kind.name());
@@ -262,7 +269,7 @@ pub async fn run(kind: Kind, plan: &Plan, res: &mut RoomsResult) -> Result<()> {
         if let Some(why) = why {
             srv.stop()?;
             res.status = format!("skipped: {why}");
-            return Ok(());
+            return Ok(None);
         }
     } else {
         let r = first?;
@@ -278,7 +285,7 @@ pub async fn run(kind: Kind, plan: &Plan, res: &mut RoomsResult) -> Result<()> {
 
     for &n in &plan.occupants {
         log(format!("{name}: fan-out in a room of {n} occupants"));
-        match fanout(&srv, spec.port, n, plan).await {
+        match fanout(&srv, spec.port, n, plan, plan.duration).await {
             Ok(f) => {
                 log(format!(
                     "{name}: {:.0} room msgs/s, {:.0} deliveries/s, p50 {:.2} ms",
@@ -295,7 +302,7 @@ pub async fn run(kind: Kind, plan: &Plan, res: &mut RoomsResult) -> Result<()> {
     srv.stop()?;
     if datasets.is_empty() {
         res.status = "ran".into();
-        return Ok(());
+        return Ok(Some(spec));
     }
 
     // Pre-populate through the fast path, server stopped.
@@ -431,7 +438,17 @@ pub async fn run(kind: Kind, plan: &Plan, res: &mut RoomsResult) -> Result<()> {
         spec.write()?;
     }
     res.status = "ran".into();
-    Ok(())
+    Ok(Some(spec))
+}
+
+/// One interleaved fan-out round on a configuration's room server: a restart, the
+/// fan-out in the first live room for `plan.round_duration`, a stop. Returns room msgs/s.
+pub async fn fanout_round(spec: &ServerSpec, plan: &Plan) -> Result<f64> {
+    let n = *plan.occupants.first().context("no --room-occupants")?;
+    let srv = Server::start(spec)?;
+    let f = fanout(&srv, spec.port, n, plan, plan.round_duration).await;
+    srv.stop()?;
+    Ok(f?.messages_per_s)
 }
 
 /// A query shape ([`phases::shape_query`]) addressed to the room.
@@ -520,8 +537,14 @@ fn parse_fanout_id(id: &str) -> Option<(usize, u64)> {
 /// each keep `plan.window` groupchat messages in flight (a message is done when the
 /// room echoes it back to its sender); every occupant counts what it receives, and
 /// the receipts in the window give the latency. Bounded by `plan.warmup +
-/// plan.duration` for sending and 120 s for draining.
-async fn fanout(server: &Server, port: u16, n: usize, plan: &Plan) -> Result<FanoutResult> {
+/// duration` for sending and 120 s for draining.
+async fn fanout(
+    server: &Server,
+    port: u16,
+    n: usize,
+    plan: &Plan,
+    duration: Duration,
+) -> Result<FanoutResult> {
     let joined = Instant::now();
     let sessions = join_occupants(port, n).await?;
     let join_s = joined.elapsed().as_secs_f64();
@@ -529,8 +552,8 @@ async fn fanout(server: &Server, port: u16, n: usize, plan: &Plan) -> Result<Fan
     let senders = plan.senders.min(n).max(1);
     let start = Instant::now();
     let win_start_us = now_us() + plan.warmup.as_micros() as u64;
-    let win_end_us = win_start_us + plan.duration.as_micros() as u64;
-    let send_end = start + plan.warmup + plan.duration;
+    let win_end_us = win_start_us + duration.as_micros() as u64;
+    let send_end = start + plan.warmup + duration;
     let permits: Arc<Vec<Semaphore>> =
         Arc::new((0..senders).map(|_| Semaphore::new(plan.window)).collect());
     let in_window = Arc::new(AtomicU64::new(0));
