@@ -9,6 +9,8 @@
 //! - `pg.rs`: the run's private PostgreSQL cluster (initdb, start, stop by PID).
 //! - `populate.rs`: the fast path that writes big archives straight into each backend.
 //! - `phases.rs`: throughput, open loop, query latency, ping stalls, expiry.
+//! - `rooms.rs`: the room archive phases (issue 17): a MUC component with stock's or
+//!   our `mod_muc_mam`, fan-out, room queries, join history, stalls, expiry.
 //! - `rawsqlite.rs`: the physical limit, straight against SQLite.
 //! - `rawpg.rs`: the physical limit, straight against the PostgreSQL cluster.
 //! - `report.rs`: JSON with ratios, and the markdown table.
@@ -21,6 +23,7 @@ mod populate;
 mod rawpg;
 mod rawsqlite;
 mod report;
+mod rooms;
 mod server;
 mod stats;
 mod xmpp;
@@ -37,10 +40,45 @@ use populate::Dataset;
 use report::{ConfigResult, ExpiryResult, Populated, Report};
 use server::{Expiry, Kind, Server, ServerSpec};
 
+/// Which phases a run has: the personal archives' (mod_mam), the rooms' (mod_muc_mam).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Phases {
+    personal: bool,
+    rooms: bool,
+}
+
+impl Phases {
+    fn parse(s: &str) -> Option<Phases> {
+        match s {
+            "all" => Some(Phases {
+                personal: true,
+                rooms: true,
+            }),
+            "personal" => Some(Phases {
+                personal: true,
+                rooms: false,
+            }),
+            "rooms" => Some(Phases {
+                personal: false,
+                rooms: true,
+            }),
+            _ => None,
+        }
+    }
+    fn name(self) -> &'static str {
+        match (self.personal, self.rooms) {
+            (true, true) => "all",
+            (true, false) => "personal",
+            _ => "rooms",
+        }
+    }
+}
+
 /// Command-line options; every phase is bounded by these.
 #[derive(Debug, Clone)]
 struct Opts {
     quick: bool,
+    phases: Phases,
     configs: Vec<Kind>,
     sizes: Vec<u64>,
     pairs: usize,
@@ -65,6 +103,11 @@ struct Opts {
     rounds: usize,
     round_duration: Duration,
     raw: bool,
+    /// Occupants of each live room (one fan-out phase each).
+    room_occupants: Vec<usize>,
+    room_senders: usize,
+    room_window: usize,
+    room_duration: Duration,
     plugin_dir: PathBuf,
     /// Where the `prosody` and `prosodyctl` to run are (`None`: the system's, on PATH).
     prosody_bin: Option<PathBuf>,
@@ -73,13 +116,15 @@ struct Opts {
     keep: bool,
 }
 
-const USAGE: &str = "mam-bench [--quick]
+const USAGE: &str = "mam-bench [--quick] [--phases all|personal|rooms]
   [--configs nomam,nomam-sid,stock-internal,stock-sql,native,native-nowait,native-pg]
   [--sizes 10000,100000,1000000] [--pairs 20] [--window 32] [--duration S] [--warmup S]
   [--open-rate MSGS_PER_S] [--open-rate-low MSGS_PER_S] [--open-duration S]
   [--query-iters N] [--query-budget S]
   [--query-timeout S] [--internal-max N] [--stall-duration S] [--no-expiry]
-  [--expiry-limit S] [--rounds N] [--round-duration S] [--no-raw] [--plugin-dir DIR]
+  [--expiry-limit S] [--rounds N] [--round-duration S] [--no-raw]
+  [--room-occupants 20,200] [--room-senders N] [--room-window N] [--room-duration S]
+  [--plugin-dir DIR]
   [--prosody-bin DIR] [--out DIR] [--work-dir DIR] [--keep]
 mam-bench --render bench/results/<run>.json   (rewrite that run's .md and .svg)";
 
@@ -96,6 +141,7 @@ fn parse_opts() -> Result<Opts> {
     let secs = |s: f64| Duration::from_secs_f64(s);
     let mut o = Opts {
         quick,
+        phases: Phases::parse("all").context("phases")?,
         configs: Kind::ALL.to_vec(),
         sizes: if quick {
             vec![1000, 10_000]
@@ -121,12 +167,17 @@ fn parse_opts() -> Result<Opts> {
         rounds: if quick { 0 } else { 3 },
         round_duration: secs(5.0),
         raw: true,
+        room_occupants: vec![20, 200],
+        room_senders: 4,
+        room_window: 8,
+        room_duration: secs(if quick { 3.0 } else { 10.0 }),
         plugin_dir: repo_root().join("target/prosody-plugin"),
         prosody_bin: None,
         out_dir: Path::new(env!("CARGO_MANIFEST_DIR")).join("results"),
         work_dir: std::env::temp_dir().join(format!("mam-bench-{}", std::process::id())),
         keep: false,
     };
+    let mut configs_given = false;
     let mut it = args.into_iter();
     while let Some(a) = it.next() {
         let mut val = || {
@@ -139,7 +190,22 @@ fn parse_opts() -> Result<Opts> {
                 println!("{USAGE}");
                 std::process::exit(0);
             }
+            "--phases" => {
+                let v = val()?;
+                o.phases = Phases::parse(&v)
+                    .with_context(|| format!("--phases {v}: one of all, personal, rooms"))?;
+            }
+            "--room-occupants" => {
+                o.room_occupants = val()?
+                    .split(',')
+                    .map(|s| s.trim().parse::<usize>().context("--room-occupants"))
+                    .collect::<Result<_>>()?
+            }
+            "--room-senders" => o.room_senders = val()?.parse()?,
+            "--room-window" => o.room_window = val()?.parse()?,
+            "--room-duration" => o.room_duration = secs(val()?.parse()?),
             "--configs" => {
+                configs_given = true;
                 o.configs = val()?
                     .split(',')
                     .map(|s| {
@@ -180,6 +246,20 @@ fn parse_opts() -> Result<Opts> {
     }
     if o.pairs == 0 || o.window == 0 || o.sizes.is_empty() || o.sizes.iter().any(|&s| s < 100) {
         bail!("--pairs and --window must be positive and every size at least 100");
+    }
+    if o.room_senders == 0 || o.room_window == 0 || o.room_occupants.contains(&0) {
+        bail!("--room-senders, --room-window and every --room-occupants must be positive");
+    }
+    // Only the configurations with a room variant have room phases.
+    if !o.phases.personal && !configs_given {
+        o.configs = Kind::ALL
+            .into_iter()
+            .filter(|&k| rooms::has_rooms(k))
+            .collect();
+    }
+    if !o.phases.personal {
+        // The physical limit belongs to the personal archives' tables.
+        o.raw = false;
     }
     // Each open loop sends one message per pair every pairs ÷ rate seconds.
     let positive = |rate: f64| rate > 0.0 && rate.is_finite();
@@ -305,6 +385,7 @@ async fn run_config(
             Some(c) => Some(blocking(|| c.create_database(NATIVE_PG_DB))?),
             None => None,
         },
+        muc: None,
     };
     spec.write()?;
     let (datasets, skipped) = datasets_for(kind, o);
@@ -508,7 +589,7 @@ async fn run_config(
         let srv = Server::start(&spec)?;
         let stall = phases::stall_during_expiry(
             spec.port,
-            &datasets,
+            &phases::Archives::Owners(&datasets),
             &spec.log_path(),
             !kind.is_native(),
             o.expiry_limit,
@@ -535,13 +616,33 @@ async fn run_config(
 /// `o.rounds` times, each on the store its own phases left. Run-to-run noise on a
 /// shared machine (±20%) moves whole stretches of time; interleaving spreads it over
 /// every configuration, so the medians compare better than single runs do.
+///
+/// The room servers take their turn first in every round: a fan-out
+/// in the first live room (`--room-occupants`) for `--round-duration`.
 async fn throughput_rounds(
     specs: &[(usize, ServerSpec)],
+    room_specs: &[(usize, ServerSpec)],
+    room_plan: &rooms::Plan,
     o: &Opts,
     pg_pid: Option<u32>,
     configs: &mut [ConfigResult],
 ) {
     for round in 1..=o.rounds {
+        for (idx, spec) in room_specs {
+            let name = spec.kind.name();
+            log(format!("round {round}/{}: {name} rooms", o.rounds));
+            let r = rooms::fanout_round(spec, room_plan).await;
+            let Some(res) = configs[*idx].rooms.as_mut() else {
+                continue;
+            };
+            match r {
+                Ok(rate) => {
+                    log(format!("round {round}: {name} rooms {rate:.0} room msgs/s"));
+                    res.fanout_rounds.push(rate);
+                }
+                Err(e) => res.errors.push(format!("fan-out round {round}: {e:#}")),
+            }
+        }
         for (idx, spec) in specs {
             let name = spec.kind.name();
             log(format!("round {round}/{}: {name}", o.rounds));
@@ -624,55 +725,107 @@ async fn run(o: Opts) -> Result<()> {
     let mut pg_failed: Option<String> = None;
     // (index in `configs`, its server spec) of every configuration that ran.
     let mut ran: Vec<(usize, ServerSpec)> = Vec::new();
+    // The same for the configurations whose room phases ran (their room servers).
+    let mut rooms_ran: Vec<(usize, ServerSpec)> = Vec::new();
+    let room_plan = rooms::Plan {
+        sizes: o.sizes.clone(),
+        internal_max: o.internal_max,
+        occupants: o.room_occupants.clone(),
+        senders: o.room_senders,
+        window: o.room_window,
+        warmup: o.warmup,
+        duration: o.room_duration,
+        budget: QueryBudget {
+            max_iters: o.query_iters,
+            min_iters: 3,
+            per_shape: o.query_budget,
+            timeout: o.query_timeout,
+        },
+        stall_duration: o.stall_duration,
+        expiry: o.expiry,
+        expiry_limit: o.expiry_limit,
+        round_duration: o.round_duration,
+        plugin_dir: o.plugin_dir.clone(),
+        work_dir: o.work_dir.clone(),
+    };
     for &kind in &o.configs {
         let mut res = ConfigResult {
             config: kind.name().into(),
             ..Default::default()
         };
-        if kind.is_native() {
-            if let Err(why) = server::check_plugin_dir(&o.plugin_dir) {
-                eprintln!("mam-bench: skipping `{}`: {why}", kind.name());
-                res.status = format!("skipped: {why}");
-                configs.push(res);
-                continue;
+        'personal: {
+            if !o.phases.personal {
+                res.status = "not run (--phases rooms)".into();
+                break 'personal;
             }
-        }
-        if kind == Kind::NativePg && pg.is_none() {
-            if pg_failed.is_none() {
-                log("starting a private PostgreSQL cluster");
-                match blocking(|| PgCluster::start(&o.work_dir.join("pg"))) {
-                    Ok(c) => {
-                        log(format!("PostgreSQL pid {} on 127.0.0.1:{}", c.pid, c.port));
-                        pg = Some(c);
-                    }
-                    Err(e) => pg_failed = Some(format!("{e:#}")),
+            if kind.is_native() {
+                if let Err(why) = server::check_plugin_dir(&o.plugin_dir) {
+                    eprintln!("mam-bench: skipping `{}`: {why}", kind.name());
+                    res.status = format!("skipped: {why}");
+                    break 'personal;
                 }
             }
-            if let Some(why) = &pg_failed {
-                let why = format!("the PostgreSQL cluster did not start: {why}");
-                eprintln!("mam-bench: skipping `native-pg`: {why}");
-                res.status = format!("skipped: {why}");
-                configs.push(res);
-                continue;
+            if kind == Kind::NativePg && pg.is_none() {
+                if pg_failed.is_none() {
+                    log("starting a private PostgreSQL cluster");
+                    match blocking(|| PgCluster::start(&o.work_dir.join("pg"))) {
+                        Ok(c) => {
+                            log(format!("PostgreSQL pid {} on 127.0.0.1:{}", c.pid, c.port));
+                            pg = Some(c);
+                        }
+                        Err(e) => pg_failed = Some(format!("{e:#}")),
+                    }
+                }
+                if let Some(why) = &pg_failed {
+                    let why = format!("the PostgreSQL cluster did not start: {why}");
+                    eprintln!("mam-bench: skipping `native-pg`: {why}");
+                    res.status = format!("skipped: {why}");
+                    break 'personal;
+                }
+            }
+            log(format!("=== {} ===", kind.name()));
+            match run_config(kind, &o, pg.as_ref(), &mut res).await {
+                Ok(spec) => {
+                    res.status = "ran".into();
+                    ran.push((configs.len(), spec));
+                }
+                Err(e) => {
+                    log(format!("{}: failed: {e:#}", kind.name()));
+                    res.status = "failed".into();
+                    res.errors.push(format!("{e:#}"));
+                }
             }
         }
-        log(format!("=== {} ===", kind.name()));
-        match run_config(kind, &o, pg.as_ref(), &mut res).await {
-            Ok(spec) => {
-                res.status = "ran".into();
-                ran.push((configs.len(), spec));
+        if o.phases.rooms && rooms::has_rooms(kind) {
+            log(format!("=== {} rooms ===", kind.name()));
+            let mut r = rooms::RoomsResult::default();
+            match rooms::run(kind, &room_plan, &mut r).await {
+                Ok(Some(spec)) => rooms_ran.push((configs.len(), spec)),
+                Ok(None) => {}
+                Err(e) => {
+                    log(format!("{} rooms: failed: {e:#}", kind.name()));
+                    r.status = "failed".into();
+                    r.errors.push(format!("{e:#}"));
+                }
             }
-            Err(e) => {
-                log(format!("{}: failed: {e:#}", kind.name()));
-                res.status = "failed".into();
-                res.errors.push(format!("{e:#}"));
+            if let Some(why) = r.status.strip_prefix("skipped: ") {
+                eprintln!("mam-bench: skipping `{}` rooms: {why}", kind.name());
             }
+            res.rooms = Some(r);
         }
         configs.push(res);
     }
 
-    if o.rounds > 0 && !ran.is_empty() {
-        throughput_rounds(&ran, &o, pg.as_ref().map(|c| c.pid), &mut configs).await;
+    if o.rounds > 0 && (!ran.is_empty() || !rooms_ran.is_empty()) {
+        throughput_rounds(
+            &ran,
+            &rooms_ran,
+            &room_plan,
+            &o,
+            pg.as_ref().map(|c| c.pid),
+            &mut configs,
+        )
+        .await;
     }
 
     let raw = if o.raw {
@@ -745,7 +898,7 @@ async fn run(o: Opts) -> Result<()> {
         started: started.clone(),
         machine: machine(),
         parameters: json!({
-            "quick": o.quick, "pairs": o.pairs, "window": o.window, "sizes": o.sizes,
+            "quick": o.quick, "phases": o.phases.name(), "pairs": o.pairs, "window": o.window, "sizes": o.sizes,
             "closed_loop_s": o.duration.as_secs_f64(), "warmup_s": o.warmup.as_secs_f64(),
             "open_rate_cap": o.open_rate, "open_rate_low_cap": o.open_rate_low,
             "open_loop_s": o.open_duration.as_secs_f64(),
@@ -754,6 +907,8 @@ async fn run(o: Opts) -> Result<()> {
             "rounds": o.rounds, "round_s": o.round_duration.as_secs_f64(),
             "plugin_dir": o.plugin_dir.display().to_string(),
             "prosody_bin": o.prosody_bin.as_ref().map(|b| b.display().to_string()),
+            "room_occupants": o.room_occupants, "room_senders": o.room_senders,
+            "room_window": o.room_window, "room_s": o.room_duration.as_secs_f64(),
         }),
         ratios: report::ratios(&configs, &o.sizes),
         configs,
@@ -774,24 +929,38 @@ async fn run(o: Opts) -> Result<()> {
         ),
         None => String::new(),
     };
+    // A run of one kind of phases only says which in its name.
+    let phases = match o.phases.name() {
+        "all" => String::new(),
+        p => format!("-{p}"),
+    };
     let base = if o.quick {
-        format!("{stamp}{version}-quick")
+        format!("{stamp}{version}{phases}-quick")
     } else {
-        format!("{stamp}{version}")
+        format!("{stamp}{version}{phases}")
     };
     std::fs::write(
         o.out_dir.join(format!("{base}.json")),
         serde_json::to_string_pretty(&report)?,
     )?;
     std::fs::write(o.out_dir.join(format!("{base}.md")), &md)?;
-    std::fs::write(o.out_dir.join("latest.md"), &md)?;
-    std::fs::write(
-        o.out_dir.join(format!("{base}.svg")),
-        report::svg_chart(&report, &o.sizes),
-    )?;
+    // latest.md is the newest run of every phase; a run of some phases does not replace it.
+    let all_phases = o.phases.personal && o.phases.rooms;
+    if all_phases {
+        std::fs::write(o.out_dir.join("latest.md"), &md)?;
+    }
+    // The chart is the personal archives' newest page against size.
+    if o.phases.personal {
+        std::fs::write(
+            o.out_dir.join(format!("{base}.svg")),
+            report::svg_chart(&report, &o.sizes),
+        )?;
+    }
     eprintln!(
-        "mam-bench: wrote {}/{base}.{{md,json,svg}} and latest.md",
-        o.out_dir.display()
+        "mam-bench: wrote {}/{base}.{{md,json{}}}{}",
+        o.out_dir.display(),
+        if o.phases.personal { ",svg" } else { "" },
+        if all_phases { " and latest.md" } else { "" }
     );
     if !o.keep {
         let _ = std::fs::remove_dir_all(&o.work_dir);
@@ -811,10 +980,12 @@ fn render(json_path: &Path) -> Result<()> {
     std::fs::write(json_path, serde_json::to_string_pretty(&report)?)?;
     let md = report::markdown(&report, &sizes);
     std::fs::write(json_path.with_extension("md"), &md)?;
-    std::fs::write(
-        json_path.with_extension("svg"),
-        report::svg_chart(&report, &sizes),
-    )?;
+    if report.parameters["phases"].as_str() != Some("rooms") {
+        std::fs::write(
+            json_path.with_extension("svg"),
+            report::svg_chart(&report, &sizes),
+        )?;
+    }
     println!("{md}");
     Ok(())
 }

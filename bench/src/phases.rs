@@ -387,12 +387,30 @@ pub async fn query_latency(
     budget: QueryBudget,
 ) -> Result<Vec<QueryResult>> {
     let mut s = xmpp::login(port, &ds.owner, PASSWORD, "q").await?;
+    let queries: Vec<(&str, MamQuery)> = SHAPES
+        .iter()
+        .map(|&shape| (shape, shape_query(shape, ds)))
+        .collect();
+    let out = timed_queries(&mut s, ds.n, &queries, budget).await;
+    s.close().await;
+    out
+}
+
+/// Times each query of `queries` (a shape name and its query) back to back on one
+/// session, after one untimed warm-up of the first, within `budget`; `size` labels the
+/// results.
+pub async fn timed_queries(
+    s: &mut Session,
+    size: u64,
+    queries: &[(&str, MamQuery)],
+    budget: QueryBudget,
+) -> Result<Vec<QueryResult>> {
     // One untimed query first, so every backend starts from a warm cache.
-    s.mam(&shape_query("newest", ds), "warm", budget.timeout)
-        .await?;
+    if let Some((_, first)) = queries.first() {
+        s.mam(first, "warm", budget.timeout).await?;
+    }
     let mut out = Vec::new();
-    for shape in SHAPES {
-        let q = shape_query(shape, ds);
+    for (shape, q) in queries {
         let mut lat = Vec::new();
         let mut last = Default::default();
         let started = Instant::now();
@@ -401,12 +419,12 @@ pub async fn query_latency(
                 break;
             }
             let t = Instant::now();
-            last = s.mam(&q, &format!("{shape}{it}"), budget.timeout).await?;
+            last = s.mam(q, &format!("{shape}{it}"), budget.timeout).await?;
             lat.push(t.elapsed().as_micros() as u64);
         }
         let r: xmpp::MamResult = last;
         out.push(QueryResult {
-            size: ds.n,
+            size,
             shape: shape.to_string(),
             latency: summarize_us(&lat),
             results: r.results,
@@ -414,7 +432,6 @@ pub async fn query_latency(
             error: r.error,
         });
     }
-    s.close().await;
     Ok(out)
 }
 
@@ -466,8 +483,35 @@ pub async fn stall_during_queries(
     dur: Duration,
     timeout: Duration,
 ) -> Result<StallResult> {
+    let shapes = ["newest", "count", "with-rare", "deep-after"];
+    let queries: Vec<MamQuery> = shapes.iter().map(|s| shape_query(s, ds)).collect();
+    stall_while_querying(
+        port,
+        &ds.owner,
+        format!(
+            "heavy queries ({}) on the {}-message archive",
+            shapes.join(", "),
+            ds.n
+        ),
+        &queries,
+        dur,
+        timeout,
+    )
+    .await
+}
+
+/// Ping round trips from `pinger` while `user` runs `queries` in turn, back to back,
+/// for `dur` (at least one query).
+pub async fn stall_while_querying(
+    port: u16,
+    user: &str,
+    what: String,
+    queries: &[MamQuery],
+    dur: Duration,
+    timeout: Duration,
+) -> Result<StallResult> {
     let p = xmpp::login(port, "pinger", PASSWORD, "stall").await?;
-    let mut q = xmpp::login(port, &ds.owner, PASSWORD, "heavy").await?;
+    let mut q = xmpp::login(port, user, PASSWORD, "heavy").await?;
     let stop = Arc::new(AtomicU64::new(0));
     let ping_task = tokio::spawn(pinger(
         p,
@@ -477,11 +521,9 @@ pub async fn stall_during_queries(
     ));
     let started = Instant::now();
     let mut done = 0u64;
-    let shapes = ["newest", "count", "with-rare", "deep-after"];
-    while started.elapsed() < dur || done == 0 {
-        let shape = shapes[done as usize % shapes.len()];
-        q.mam(&shape_query(shape, ds), &format!("h{done}"), timeout)
-            .await?;
+    while !queries.is_empty() && (started.elapsed() < dur || done == 0) {
+        let query = &queries[done as usize % queries.len()];
+        q.mam(query, &format!("h{done}"), timeout).await?;
         done += 1;
     }
     stop.store(1, Ordering::Relaxed);
@@ -489,11 +531,7 @@ pub async fn stall_during_queries(
     p.close().await;
     q.close().await;
     Ok(StallResult {
-        what: format!(
-            "heavy queries ({}) on the {}-message archive",
-            shapes.join(", "),
-            ds.n
-        ),
+        what,
         duration_s: started.elapsed().as_secs_f64(),
         ping: summarize_us(&rtts),
         work_done: done,
@@ -505,7 +543,7 @@ pub async fn stall_during_queries(
 /// "Deleted N expired messages" log line (stock), or by every archive counting zero.
 pub async fn stall_during_expiry(
     port: u16,
-    datasets: &[Dataset],
+    archives: &Archives<'_>,
     log_path: &std::path::Path,
     detect_by_log: bool,
     limit: Duration,
@@ -530,23 +568,9 @@ pub async fn stall_during_expiry(
                 break;
             }
         } else {
-            let mut remaining = 0;
-            for ds in datasets {
-                let q = MamQuery {
-                    max: Some(0),
-                    ..Default::default()
-                };
-                // Counts are per owner, so ask as each owner.
-                let mut o = xmpp::login(port, &ds.owner, PASSWORD, &format!("chk{k}")).await?;
-                k += 1;
-                remaining += o
-                    .mam(&q, "c", Duration::from_secs(60))
-                    .await?
-                    .count
-                    .unwrap_or(0);
-                o.close().await;
-            }
-            if remaining == 0 {
+            let remaining = archives.count(port, &format!("chk{k}")).await?;
+            k += 1;
+            if remaining == Some(0) {
                 finished = true;
                 break;
             }
@@ -557,7 +581,7 @@ pub async fn stall_during_expiry(
     let (p, rtts) = ping_task.await??;
     p.close().await;
     Ok(StallResult {
-        what: "expiry of the pre-populated archives".into(),
+        what: format!("expiry of the pre-populated {}", archives.what()),
         duration_s: elapsed,
         ping: summarize_us(&rtts),
         work_done: 0,
@@ -586,4 +610,74 @@ pub async fn remaining(port: u16, datasets: &[Dataset]) -> Result<u64> {
         o.close().await;
     }
     Ok(total)
+}
+
+/// The pre-populated archives an expiry phase empties, and how to count what they hold.
+pub enum Archives<'a> {
+    /// Personal archives, each counted by its owner.
+    Owners(&'a [Dataset]),
+    /// Room archives, each counted by `user` through a MAM query to the room's JID.
+    Rooms {
+        user: &'a str,
+        rooms: &'a [populate::RoomDataset],
+    },
+}
+
+impl Archives<'_> {
+    fn what(&self) -> &'static str {
+        match self {
+            Archives::Owners(_) => "archives",
+            Archives::Rooms { .. } => "room archives",
+        }
+    }
+
+    /// Messages left in every archive: `<max>0</max>`'s `<count/>` per archive; an
+    /// archive whose server gives no count (Prosody 13's file store) counts 0 only when
+    /// a page of one comes back empty, else the total is unknown (`None`).
+    pub async fn count(&self, port: u16, resource: &str) -> Result<Option<u64>> {
+        let count_q = MamQuery {
+            max: Some(0),
+            ..Default::default()
+        };
+        match self {
+            Archives::Owners(datasets) => {
+                let mut total = 0;
+                for ds in datasets.iter() {
+                    // Counts are per owner, so ask as each owner.
+                    let mut o = xmpp::login(port, &ds.owner, PASSWORD, resource).await?;
+                    let r = o.mam(&count_q, "c", Duration::from_secs(300)).await?;
+                    o.close().await;
+                    total += r.count.unwrap_or(0);
+                }
+                Ok(Some(total))
+            }
+            Archives::Rooms { user, rooms } => {
+                let mut s = xmpp::login(port, user, PASSWORD, resource).await?;
+                let mut total = Some(0);
+                for (k, r) in rooms.iter().enumerate() {
+                    let mut q = count_q.clone();
+                    q.to = Some(r.jid());
+                    let got = s
+                        .mam(&q, &format!("c{k}"), Duration::from_secs(300))
+                        .await?;
+                    if let Some(e) = got.error {
+                        anyhow::bail!("counting {} was refused: {e}", r.jid());
+                    }
+                    let n = match got.count {
+                        Some(n) => Some(n),
+                        None => {
+                            q.max = Some(1);
+                            let page = s
+                                .mam(&q, &format!("p{k}"), Duration::from_secs(300))
+                                .await?;
+                            (page.results == 0).then_some(0)
+                        }
+                    };
+                    total = total.zip(n).map(|(a, b)| a + b);
+                }
+                s.close().await;
+                Ok(total)
+            }
+        }
+    }
 }

@@ -14,7 +14,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result};
 use rusqlite::{params, Connection};
 
-use crate::xmpp::DOMAIN;
+use crate::xmpp::{DOMAIN, MUC_DOMAIN};
 
 /// The frequent contact: one message in three.
 pub const FREQUENT: &str = "friend@localhost";
@@ -278,6 +278,22 @@ pub const NATIVE_INSERT: &str =
 /// Native: rows in `archive` of `mam_archive.sqlite` (created by the module on its
 /// first start), plus the per-owner counter when no trigger maintains it.
 pub fn populate_native(db: &Path, ds: &Dataset, synchronous_off: bool) -> Result<f64> {
+    populate_native_owner(db, DOMAIN, &ds.owner, ds.n, synchronous_off, |conn| {
+        insert_native_batches(conn, ds, 10_000)
+    })
+}
+
+/// The native fast path for one owner (`host`, `user`): checks the live table's
+/// columns against [`NATIVE_INSERT`], lets `insert` write the rows, and bumps the
+/// owner's counter in `archive_counts` by `n` only if no trigger on `archive` keeps it.
+fn populate_native_owner(
+    db: &Path,
+    host: &str,
+    user: &str,
+    n: u64,
+    synchronous_off: bool,
+    insert: impl FnOnce(&mut Connection) -> Result<u64>,
+) -> Result<f64> {
     let t = Instant::now();
     let mut conn = Connection::open(db).with_context(|| format!("opening {}", db.display()))?;
     if synchronous_off {
@@ -311,12 +327,15 @@ pub fn populate_native(db: &Path, ds: &Dataset, synchronous_off: bool) -> Result
         [],
         |r| r.get::<_, i64>(0),
     )? > 0;
-    insert_native_batches(&mut conn, ds, 10_000)?;
+    let inserted = insert(&mut conn)?;
+    if inserted != n {
+        anyhow::bail!("the native fast path wrote {inserted} rows for {user}@{host}, expected {n}");
+    }
     if has_counter_table && !has_counter_trigger {
         conn.execute(
             "INSERT INTO archive_counts (host, user, messages) VALUES (?1, ?2, ?3) \
              ON CONFLICT (host, user) DO UPDATE SET messages = messages + excluded.messages",
-            params![DOMAIN, ds.owner, ds.n as i64],
+            params![host, user, n as i64],
         )?;
     }
     Ok(t.elapsed().as_secs_f64())
@@ -484,6 +503,220 @@ pub fn insert_native_batches(conn: &mut Connection, ds: &Dataset, batch: u64) ->
     Ok(ds.n)
 }
 
+// ---------------------------------------------------------------------------------
+// Room archives (issue 17): one archive per room on the MUC component, owned by the
+// room's node, every item a groupchat message as the room broadcast it.
+
+/// Distinct senders (nicks) in a pre-populated room.
+pub const ROOM_TALKERS: u64 = 50;
+/// What stock mod_muc_mam stores in an item's `with` for a groupchat message.
+pub const GROUPCHAT_WITH: &str = "message<groupchat";
+
+/// One room archive to pre-populate: the room's node and size. Ids and timestamps are
+/// laid out as a personal [`Dataset`]'s (`b%015d`, evenly over 30 days ending 2 days
+/// ago), so the expiry phase's 1-day cut-off covers every message.
+#[derive(Debug, Clone)]
+pub struct RoomDataset {
+    /// `owner` is the room's node (`room1000` of `room1000@rooms.localhost`).
+    pub ds: Dataset,
+}
+
+impl RoomDataset {
+    pub fn new(room: &str, n: u64) -> RoomDataset {
+        RoomDataset {
+            ds: Dataset::new(room, n),
+        }
+    }
+
+    pub fn room(&self) -> &str {
+        &self.ds.owner
+    }
+
+    pub fn n(&self) -> u64 {
+        self.ds.n
+    }
+
+    /// The room's bare JID, `room@rooms.localhost`.
+    pub fn jid(&self) -> String {
+        format!("{}@{MUC_DOMAIN}", self.ds.owner)
+    }
+
+    pub fn nick(i: u64) -> String {
+        format!("nick{}", i % ROOM_TALKERS)
+    }
+
+    /// An `<occupant-id/>` value per nick, 44 characters like the base64 of the
+    /// 32-byte hash Prosody puts there.
+    fn occupant_id(i: u64) -> String {
+        format!("occ{:040}=", i % ROOM_TALKERS)
+    }
+
+    fn body(i: u64) -> String {
+        let mut body = format!("room message {i} ");
+        while body.len() < BODY_LEN {
+            body.push('x');
+        }
+        body
+    }
+
+    /// The message as stock mod_muc_mam stores it (`tostring` of the live stanza, as
+    /// Prosody 0.12.3 wrote it to `prosodyarchive`): `to` is still the room, and the
+    /// room's `<occupant-id/>` is in it.
+    pub fn stock_xml(&self, i: u64) -> String {
+        let jid = self.jid();
+        format!(
+            "<message type='groupchat' xml:lang='en' from='{jid}/{nick}' to='{jid}' id='p{i}'><body>{body}</body>\
+             <occupant-id xmlns='urn:xmpp:occupant-id:0' id='{occ}'/></message>",
+            nick = Self::nick(i),
+            body = Self::body(i),
+            occ = Self::occupant_id(i),
+        )
+    }
+
+    /// The message as ours stores a room's: no `to`, the namespace explicit.
+    pub fn native_xml(&self, i: u64) -> String {
+        let jid = self.jid();
+        format!(
+            "<message xmlns='jabber:client' type='groupchat' xml:lang='en' from='{jid}/{nick}' id='p{i}'><body>{body}</body>\
+             <occupant-id xmlns='urn:xmpp:occupant-id:0' id='{occ}'/></message>",
+            nick = Self::nick(i),
+            body = Self::body(i),
+            occ = Self::occupant_id(i),
+        )
+    }
+
+    /// One `item({...});` record of the room's `.list` file, as
+    /// `util.datamanager.list_append` writes what stock mod_muc_mam appends (checked
+    /// against a file Prosody 0.12.3 wrote; key order is Lua's and does not matter).
+    pub fn internal_record(&self, i: u64) -> String {
+        let when = self.ds.when_us(i).div_euclid(1_000_000);
+        let jid = self.jid();
+        format!(
+            "item({{\n\t{{\n\t\t{body};\n\t\t[\"name\"] = \"body\";\n\t\t[\"attr\"] = {{}};\n\t}};\n\
+             \t{{\n\t\t[\"attr\"] = {{\n\t\t\t[\"xmlns\"] = \"urn:xmpp:occupant-id:0\";\n\t\t\t[\"id\"] = {occ};\n\t\t}};\n\
+             \t\t[\"name\"] = \"occupant-id\";\n\t}};\n\
+             \t[\"name\"] = \"message\";\n\t[\"attr\"] = {{\n\t\t[\"from\"] = {from};\n\t\t[\"id\"] = {id};\n\
+             \t\t[\"stamp\"] = {stamp};\n\t\t[\"type\"] = \"groupchat\";\n\t\t[\"xml:lang\"] = \"en\";\n\
+             \t\t[\"to\"] = {to};\n\t}};\n\t[\"with\"] = {with};\n\t[\"key\"] = {key};\n\t[\"when\"] = {when};\n}});\n",
+            body = lua_str(&Self::body(i)),
+            occ = lua_str(&Self::occupant_id(i)),
+            from = lua_str(&format!("{jid}/{}", Self::nick(i))),
+            id = lua_str(&format!("p{i}")),
+            stamp = lua_str(&iso8601(when)),
+            to = lua_str(&jid),
+            with = lua_str(GROUPCHAT_WITH),
+            key = lua_str(&Dataset::key(i)),
+        )
+    }
+}
+
+/// Stock + internal: `<data_path>/rooms%2elocalhost/muc_log/<room>.list`.
+pub fn populate_room_internal(data_path: &Path, rds: &RoomDataset) -> Result<f64> {
+    let t = Instant::now();
+    let dir = data_path
+        .join(datamanager_encode(MUC_DOMAIN))
+        .join("muc_log");
+    fs::create_dir_all(&dir)?;
+    let path = dir.join(format!("{}.list", datamanager_encode(rds.room())));
+    let mut w = BufWriter::with_capacity(
+        1 << 20,
+        fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?,
+    );
+    for i in 0..rds.n() {
+        w.write_all(rds.internal_record(i).as_bytes())?;
+    }
+    w.flush()?;
+    Ok(t.elapsed().as_secs_f64())
+}
+
+/// Stock + sql: rows in `prosodyarchive` with `store = 'muc_log'`, `host` the
+/// component, `user` the room's node, `with = 'message<groupchat'`.
+pub fn populate_room_sql(db: &Path, rds: &RoomDataset) -> Result<f64> {
+    let t = Instant::now();
+    let mut conn = Connection::open(db).with_context(|| format!("opening {}", db.display()))?;
+    conn.pragma_update(None, "synchronous", "OFF")?;
+    let batch = 10_000u64;
+    let mut i = 0;
+    while i < rds.n() {
+        let tx = conn.transaction()?;
+        {
+            let mut st = tx.prepare_cached(
+                "INSERT INTO \"prosodyarchive\" (\"host\", \"user\", \"store\", \"when\", \"with\", \"key\", \"type\", \"value\") \
+                 VALUES (?1, ?2, 'muc_log', ?3, ?4, ?5, 'xml', ?6)",
+            )?;
+            for j in i..(i + batch).min(rds.n()) {
+                st.execute(params![
+                    MUC_DOMAIN,
+                    rds.room(),
+                    rds.ds.when_us(j).div_euclid(1_000_000),
+                    GROUPCHAT_WITH,
+                    Dataset::key(j),
+                    rds.stock_xml(j)
+                ])?;
+            }
+        }
+        tx.commit()?;
+        i += batch;
+    }
+    Ok(t.elapsed().as_secs_f64())
+}
+
+/// Native: rows in `archive` of `mam_muc_log.sqlite` (the rooms' file, same schema as
+/// the accounts' one): `host` the component, `user` the room's node, `with_bare` the
+/// room's JID, `with_resource` the sender's nick, the stanza without `to`.
+pub fn populate_room_native(db: &Path, rds: &RoomDataset) -> Result<f64> {
+    let jid = rds.jid();
+    populate_native_owner(db, MUC_DOMAIN, rds.room(), rds.n(), true, |conn| {
+        let mut i = 0;
+        let batch = 10_000u64;
+        while i < rds.n() {
+            let tx = conn.transaction()?;
+            {
+                let mut st = tx.prepare_cached(NATIVE_INSERT)?;
+                for j in i..(i + batch).min(rds.n()) {
+                    st.execute(params![
+                        MUC_DOMAIN,
+                        rds.room(),
+                        Dataset::key(j),
+                        rds.ds.when_us(j),
+                        jid,
+                        RoomDataset::nick(j),
+                        rds.native_xml(j)
+                    ])?;
+                }
+            }
+            tx.commit()?;
+            i += batch;
+        }
+        Ok(rds.n())
+    })
+}
+
+/// Makes stock mod_muc_mam's daily expiry task due at once on the MUC component:
+/// its last run as 0 in the component's `cron` map (`<data>/rooms%2elocalhost/cron.dat`,
+/// task `muc_mam/remove_expired_messages`), so `mod_cron`'s first tick (1 s after
+/// start) runs it on 0.12 as on 13. Without wildcard delete (the file store) the task
+/// only visits rooms listed under a date before the cut-off in the `muc_log_cleanup`
+/// map, which the fast path bypassed, so list the rooms there too.
+pub fn arm_stock_room_expiry(data_path: &Path, rooms: &[String]) -> Result<()> {
+    let host_dir = data_path.join(datamanager_encode(MUC_DOMAIN));
+    fs::create_dir_all(&host_dir)?;
+    fs::write(
+        host_dir.join("cron.dat"),
+        "return {\n\t[\"muc_mam/remove_expired_messages\"] = 0;\n};\n",
+    )?;
+    let dir = host_dir.join("muc_log_cleanup");
+    fs::create_dir_all(&dir)?;
+    let mut s = String::from("return {\n");
+    for r in rooms {
+        s.push_str(&format!("\t[{}] = true;\n", lua_str(r)));
+    }
+    s.push_str("};\n");
+    let day = date(now_s() - AGE_END_S - 86400);
+    fs::write(dir.join(format!("{}.dat", datamanager_encode(&day))), s)?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -511,6 +744,23 @@ mod tests {
         s.push('|');
         copy_field(&mut s, None);
         assert_eq!(s, "a\\tb\\\\c\\nd\\re|\\N");
+    }
+
+    #[test]
+    fn a_room_message_is_stored_with_and_without_to() {
+        let r = RoomDataset::new("room1000", 1000);
+        let stock = r.stock_xml(7);
+        assert!(stock.starts_with(
+            "<message type='groupchat' xml:lang='en' from='room1000@rooms.localhost/nick7' to='room1000@rooms.localhost' id='p7'><body>room message 7 x"
+        ));
+        let native = r.native_xml(7);
+        assert!(native.starts_with(
+            "<message xmlns='jabber:client' type='groupchat' xml:lang='en' from='room1000@rooms.localhost/nick7' id='p7'>"
+        ));
+        assert!(!native.contains(" to="));
+        let rec = r.internal_record(7);
+        assert!(rec.starts_with("item({\n") && rec.ends_with("});\n"));
+        assert!(rec.contains("\t[\"with\"] = \"message<groupchat\";\n"));
     }
 
     #[test]

@@ -14,7 +14,7 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 use crate::pg::{PgTarget, PG_PASSWORD, PG_USER};
-use crate::xmpp::DOMAIN;
+use crate::xmpp::{DOMAIN, MUC_DOMAIN};
 
 /// PIDs of every Prosody this process has started and not yet reaped, so that a
 /// panic or Ctrl-C can stop them (see [`kill_all_registered`]).
@@ -133,6 +133,28 @@ pub struct Expiry {
     pub cleanup_interval: u64,
 }
 
+/// The MUC component of the room phases: `Component "rooms.localhost" "muc"` with
+/// `mod_muc_mam` (stock's, or ours from the plugin folder for the native
+/// configurations), rooms persistent, public and unlocked from their first join.
+#[derive(Debug, Clone)]
+pub struct MucSpec {
+    /// `muc_log_expires_after`: `"never"` outside the expiry phase (stock's default,
+    /// one week, would expire the pre-populated rooms in the middle of the queries on
+    /// Prosody 13, whose `mod_cron` runs a new task at once).
+    pub expires_after: String,
+    /// `archive_cleanup_interval` on the component (ours: seconds between expiry runs).
+    pub cleanup_interval: Option<u64>,
+}
+
+impl MucSpec {
+    pub fn never() -> MucSpec {
+        MucSpec {
+            expires_after: "never".into(),
+            cleanup_interval: None,
+        }
+    }
+}
+
 /// Everything needed to write one Prosody config.
 #[derive(Debug, Clone)]
 pub struct ServerSpec {
@@ -146,6 +168,8 @@ pub struct ServerSpec {
     pub log_info: bool,
     /// For `native-pg`: the database in the run's private PostgreSQL cluster.
     pub pg: Option<PgTarget>,
+    /// The room phases' MUC component, if any.
+    pub muc: Option<MucSpec>,
 }
 
 impl ServerSpec {
@@ -231,6 +255,25 @@ impl ServerSpec {
             _ => {}
         }
         let _ = writeln!(c, "VirtualHost \"{DOMAIN}\"");
+        if let Some(muc) = &self.muc {
+            let _ = writeln!(c, "Component \"{MUC_DOMAIN}\" \"muc\"");
+            let _ = writeln!(c, "modules_enabled = {{ \"muc_mam\" }}");
+            let _ = writeln!(c, "muc_room_locking = false");
+            let _ = writeln!(c, "muc_room_default_persistent = true");
+            // Public rooms: anyone not banned may read their archive, under stock's
+            // rule and ours alike (ours keeps a hidden room's archive to its members
+            // and occupants, and the querying user is neither).
+            let _ = writeln!(c, "muc_room_default_public = true");
+            let _ = writeln!(c, "muc_log_expires_after = \"{}\"", muc.expires_after);
+            if let Some(i) = muc.cleanup_interval {
+                let _ = writeln!(c, "archive_cleanup_interval = {i}");
+            }
+            if self.kind == Kind::StockSql {
+                // The component's own `storage` replaces the global one (`archive`
+                // on sql for the VirtualHost); the `sql` connection is the global one.
+                let _ = writeln!(c, "storage = {{ muc_log = \"sql\" }}");
+            }
+        }
         c
     }
 
@@ -261,6 +304,25 @@ impl ServerSpec {
         }
         Ok(())
     }
+}
+
+/// Writes accounts straight into the file store, as `prosodyctl register` does for
+/// `authentication = "internal_plain"` (`<data>/localhost/accounts/<user>.dat` holding
+/// the password): the room phases need a few hundred occupants, and one `prosodyctl`
+/// per account would take half a minute per configuration. The server must be stopped.
+pub fn write_accounts(data_path: &Path, users: &[String]) -> Result<()> {
+    let dir = data_path
+        .join(crate::populate::datamanager_encode(DOMAIN))
+        .join("accounts");
+    fs::create_dir_all(&dir)?;
+    for u in users {
+        fs::write(
+            dir.join(format!("{}.dat", crate::populate::datamanager_encode(u))),
+            format!("return {{\n\t[\"password\"] = \"{PASSWORD}\";\n}};\n"),
+        )
+        .with_context(|| format!("writing the account {u}"))?;
+    }
+    Ok(())
 }
 
 /// A free loopback port (bound, then released for Prosody to take).
@@ -480,6 +542,22 @@ pub fn check_plugin_dir(dir: &Path) -> std::result::Result<(), String> {
     let m = dir.join("mod_mam");
     for f in ["mod_mam.lua", "mam_native.so"] {
         if !m.join(f).is_file() {
+            return Err(format!(
+                "{} is missing (run `make plugin` in the repository)",
+                m.join(f).display()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Our room module in the plugin folder, or why it cannot be used. Prosody looks in
+/// `plugin_paths` first and falls back to its own `mod_muc_mam` silently, so a missing
+/// file would measure stock under our name.
+pub fn check_room_plugin_dir(dir: &Path) -> std::result::Result<(), String> {
+    let m = dir.join("mod_muc_mam");
+    for f in ["mod_muc_mam.lua", "mam_native.so"] {
+        if !m.join(f).exists() {
             return Err(format!(
                 "{} is missing (run `make plugin` in the repository)",
                 m.join(f).display()

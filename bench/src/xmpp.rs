@@ -14,9 +14,12 @@ use tokio::net::TcpStream;
 pub const NS_MAM: &str = "urn:xmpp:mam:2";
 pub const NS_RSM: &str = "http://jabber.org/protocol/rsm";
 pub const NS_PING: &str = "urn:xmpp:ping";
+pub const NS_MUC: &str = "http://jabber.org/protocol/muc";
 
 /// The XMPP domain every benchmark server serves.
 pub const DOMAIN: &str = "localhost";
+/// The MUC component of the room phases (`Component "rooms.localhost" "muc"`).
+pub const MUC_DOMAIN: &str = "rooms.localhost";
 
 /// A parsed stanza (or any element): local name, attributes, children, text.
 #[derive(Debug, Clone, Default)]
@@ -294,6 +297,8 @@ pub async fn login(port: u16, user: &str, password: &str, resource: &str) -> Res
 /// A MAM query: the form fields and RSM parameters the benchmark uses.
 #[derive(Debug, Clone, Default)]
 pub struct MamQuery {
+    /// The archive to ask: `None` is the user's own, `Some(room JID)` a room's.
+    pub to: Option<String>,
     pub with: Option<String>,
     pub start: Option<String>,
     pub end: Option<String>,
@@ -306,8 +311,12 @@ pub struct MamQuery {
 
 impl MamQuery {
     pub fn to_xml(&self, iq_id: &str) -> String {
+        let to = match &self.to {
+            Some(to) => format!(" to='{}'", escape(to)),
+            None => String::new(),
+        };
         let mut s =
-            format!("<iq type='set' id='{iq_id}'><query xmlns='{NS_MAM}' queryid='{iq_id}'>");
+            format!("<iq type='set'{to} id='{iq_id}'><query xmlns='{NS_MAM}' queryid='{iq_id}'>");
         let fields = self.with.is_some()
             || self.start.is_some()
             || self.end.is_some()
@@ -420,6 +429,82 @@ impl Session {
         Ok(())
     }
 
+    /// Joins `room` (a bare room JID) as `nick`, asking for `history` messages
+    /// (`<history maxstanzas/>`), and waits for the room's subject, which Prosody sends
+    /// last, after the occupants' presences and the history. Returns the number of
+    /// history messages (groupchat messages with a `<delay/>`) that came before it.
+    pub async fn join_room(
+        &mut self,
+        room: &str,
+        nick: &str,
+        history: u32,
+        timeout: Duration,
+    ) -> Result<usize> {
+        self.send(&format!(
+            "<presence to='{}/{}'><x xmlns='{NS_MUC}'><history maxstanzas='{history}'/></x></presence>",
+            escape(room),
+            escape(nick)
+        ))
+        .await?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut got = 0;
+        loop {
+            let item = tokio::time::timeout_at(deadline, self.reader.next())
+                .await
+                .with_context(|| {
+                    format!("joining {room} as {nick}: no subject within {timeout:?}")
+                })??;
+            let e = match item {
+                Item::Stanza(e) => e,
+                Item::StreamEnd => bail!("stream closed while joining {room}"),
+                Item::StreamStart => continue,
+            };
+            let from_room = e.attr("from").is_some_and(|f| {
+                f == room || f.strip_prefix(room).is_some_and(|r| r.starts_with('/'))
+            });
+            if !from_room {
+                continue;
+            }
+            if e.name == "presence" && e.attr("type") == Some("error") {
+                let cond = e
+                    .child("error")
+                    .and_then(|er| er.children.first())
+                    .map(|c| c.name.clone())
+                    .unwrap_or_else(|| "unknown".into());
+                bail!("joining {room} as {nick} failed: {cond}");
+            }
+            if e.name != "message" || e.attr("type") != Some("groupchat") {
+                continue;
+            }
+            if e.child("subject").is_some() && e.child("body").is_none() {
+                return Ok(got);
+            }
+            if e.child("delay").is_some() {
+                got += 1;
+            }
+        }
+    }
+
+    /// Leaves `room` and waits for the room's unavailable presence to this session
+    /// (status 110, self-presence).
+    pub async fn leave_room(&mut self, room: &str, nick: &str, timeout: Duration) -> Result<()> {
+        let me = format!("{room}/{nick}");
+        self.send(&format!(
+            "<presence to='{}' type='unavailable'/>",
+            escape(&me)
+        ))
+        .await?;
+        self.reader
+            .wait_for(timeout, |e| {
+                e.name == "presence"
+                    && e.attr("type") == Some("unavailable")
+                    && e.attr("from") == Some(me.as_str())
+            })
+            .await
+            .with_context(|| format!("leaving {room}"))?;
+        Ok(())
+    }
+
     pub async fn close(mut self) {
         let _ = self.writer.write_all(b"</stream:stream>").await;
         let _ = self.writer.shutdown().await;
@@ -449,6 +534,21 @@ mod tests {
         assert_eq!(
             q.to_xml("q1"),
             "<iq type='set' id='q1'><query xmlns='urn:xmpp:mam:2' queryid='q1'>\
+             <set xmlns='http://jabber.org/protocol/rsm'><max>50</max><before/></set></query></iq>"
+        );
+    }
+
+    #[test]
+    fn a_room_query_is_addressed_to_the_room() {
+        let q = MamQuery {
+            to: Some("room1@rooms.localhost".into()),
+            max: Some(50),
+            before: Some(String::new()),
+            ..Default::default()
+        };
+        assert_eq!(
+            q.to_xml("q2"),
+            "<iq type='set' to='room1@rooms.localhost' id='q2'><query xmlns='urn:xmpp:mam:2' queryid='q2'>\
              <set xmlns='http://jabber.org/protocol/rsm'><max>50</max><before/></set></query></iq>"
         );
     }
