@@ -14,7 +14,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use rusqlite::types::Value;
+use rusqlite::types::{Value, ValueRef};
 use rusqlite::{
     params, params_from_iter, Connection, OpenFlags, OptionalExtension, TransactionBehavior,
 };
@@ -22,9 +22,10 @@ use rusqlite::{
 mod admin;
 mod provider;
 
+use super::codec::Codec;
 use super::{
-    schema, ArchiveBounds, ArchiveEnd, ArchiveStore, ArchivedMessage, DeleteFilter, FindRequest,
-    ImportReport, ImportedMessage, Owner, OwnerStats, Page, Quota,
+    schema, ArchiveBounds, ArchiveEnd, ArchiveStore, ArchivedMessage, DeleteFilter, Dictionary,
+    FindRequest, ImportReport, ImportedMessage, Owner, OwnerStats, Page, Quota, RewriteStep,
 };
 use crate::error::{MamError, Result};
 use crate::policy::{DefaultPolicy, Prefs};
@@ -100,6 +101,30 @@ const OWNERS_AFTER: &str =
 const EXPIRE_OWNER: &str = "DELETE FROM archive WHERE seq IN (SELECT seq FROM archive \
      WHERE host = ?1 AND user = ?2 AND when_us < ?3 ORDER BY when_us, seq LIMIT ?4)";
 
+/// Dictionaries this connection has not loaded yet (they are only ever added).
+const NEWER_DICTIONARIES: &str = "SELECT version, dictionary FROM archive_dictionaries \
+     WHERE version > ?1 ORDER BY version";
+
+const NEWEST_DICTIONARY: &str = "SELECT version, trained_us, dictionary \
+     FROM archive_dictionaries ORDER BY version DESC LIMIT 1";
+
+const ADD_DICTIONARY: &str = "INSERT INTO archive_dictionaries \
+     (version, trained_us, samples, dictionary) \
+     SELECT coalesce(max(version), 0) + 1, ?1, ?2, ?3 FROM archive_dictionaries \
+     RETURNING version";
+
+/// The newest rows in insertion order (the rowid: no index needed).
+const RECENT_STANZAS: &str = "SELECT stanza FROM archive ORDER BY seq DESC LIMIT ?1";
+
+/// The rows of one rewrite window that are text or compressed without a dictionary
+/// (`x'0100'`: format 1, dictionary 0), by rowid range: each batch reads one slice of
+/// the table, whatever it holds.
+const REWRITE_CANDIDATES: &str = "SELECT seq, stanza FROM archive \
+     WHERE seq > ?1 AND seq <= ?2 \
+     AND (typeof(stanza) = 'text' OR substr(stanza, 1, 2) = x'0100') ORDER BY seq";
+
+const REWRITE_ROW: &str = "UPDATE archive SET stanza = ?2 WHERE seq = ?1";
+
 /// A message archive in one SQLite database file.
 pub struct SqliteStore {
     /// The only connection. Every operation takes `&mut self`, so access is already
@@ -109,6 +134,9 @@ pub struct SqliteStore {
     /// filled up. Without it, repeated small batches would re-check the same first
     /// owners every time; with it, expiry goes round a host's owners.
     expire_resume: Option<(String, String)>,
+    /// Compresses what this connection writes (when on) and decodes what it reads,
+    /// with the database's dictionaries loaded as they appear.
+    codec: Codec,
 }
 
 /// A message's place in archive order.
@@ -193,10 +221,22 @@ impl SqliteStore {
 
     fn with_connection(mut conn: Connection) -> Result<SqliteStore> {
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+        // A new file gives pages freed by deletes and by compressing old rows back to
+        // the file system in steps (`release_space`); SQLite takes this setting only
+        // before the first table exists (an older file needs one VACUUM: see
+        // docs/storage-size.md).
+        let pages: i64 = conn
+            .query_row("PRAGMA page_count", [], |r| r.get(0))
+            .map_err(MamError::storage("read page_count"))?;
+        if pages == 0 {
+            conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")
+                .map_err(MamError::storage("set auto_vacuum=INCREMENTAL"))?;
+        }
         schema::migrate(&mut conn)?;
         Ok(SqliteStore {
             conn,
             expire_resume: None,
+            codec: Codec::new(),
         })
     }
 }
@@ -211,6 +251,48 @@ fn to_sql_int<T: TryInto<i64>>(n: T) -> i64 {
 /// in practice; a negative value would be a broken trigger, reported as zero).
 fn to_count(n: i64) -> u64 {
     u64::try_from(n).unwrap_or(0)
+}
+
+/// Loads the dictionaries `codec` has not seen yet, inside the caller's transaction
+/// (one indexed probe that normally returns nothing).
+pub(super) fn load_dictionaries(conn: &Connection, codec: &mut Codec) -> Result<()> {
+    let newer: Vec<(i64, Vec<u8>)> = conn
+        .prepare_cached(NEWER_DICTIONARIES)
+        .and_then(|mut stmt| {
+            stmt.query_map(params![codec.newest()], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect()
+        })
+        .map_err(MamError::storage("load compression dictionaries"))?;
+    for (version, bytes) in newer {
+        let version = u32::try_from(version)
+            .map_err(|_| MamError::Corrupt(format!("dictionary version {version}")))?;
+        codec.add_dictionary(version, bytes);
+    }
+    Ok(())
+}
+
+/// A stored stanza as text, whichever form it was stored in.
+pub(super) fn decode_stanza(codec: &mut Codec, value: ValueRef<'_>) -> Result<String> {
+    match value {
+        ValueRef::Text(t) => String::from_utf8(t.to_vec())
+            .map_err(|_| MamError::Corrupt("a stored stanza is not UTF-8".into())),
+        ValueRef::Blob(b) => codec.unpack(b),
+        other => Err(MamError::Corrupt(format!(
+            "a stored stanza is {:?}, not text",
+            other.data_type()
+        ))),
+    }
+}
+
+/// [`decode_stanza`] inside a row mapping, where errors must be rusqlite's.
+pub(super) fn decode_column(
+    codec: &mut Codec,
+    row: &rusqlite::Row<'_>,
+    index: usize,
+) -> rusqlite::Result<String> {
+    decode_stanza(codec, row.get_ref(index)?).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(index, rusqlite::types::Type::Blob, Box::new(e))
+    })
 }
 
 /// `ids` as one JSON array of strings, bound as a single parameter and unpacked in SQL
@@ -424,10 +506,12 @@ impl super::ExpirySteps for SqliteExpiry<'_> {
 /// it at once. Expired messages go first ([`Quota`]).
 fn append_in(
     tx: &rusqlite::Transaction<'_>,
+    codec: &mut Codec,
     owner: &Owner,
     msg: &ArchivedMessage,
     quota: Option<Quota>,
 ) -> Result<u64> {
+    let stanza = codec.encode(&msg.xml)?;
     tx.prepare_cached(INSERT_MESSAGE)
         .and_then(|mut stmt| {
             stmt.execute(params![
@@ -437,7 +521,7 @@ fn append_in(
                 msg.when,
                 msg.with_bare,
                 msg.with_resource,
-                msg.xml,
+                stanza,
             ])
         })
         .map_err(MamError::storage("append: insert message"))?;
@@ -500,7 +584,10 @@ impl ArchiveStore for SqliteStore {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(MamError::storage("append: begin"))?;
-        let removed = append_in(&tx, owner, msg, quota)?;
+        if self.codec.compresses() {
+            load_dictionaries(&tx, &mut self.codec)?;
+        }
+        let removed = append_in(&tx, &mut self.codec, owner, msg, quota)?;
         tx.commit().map_err(MamError::storage("append: commit"))?;
         Ok(removed)
     }
@@ -515,9 +602,12 @@ impl ArchiveStore for SqliteStore {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(MamError::storage("append_many: begin"))?;
+        if self.codec.compresses() {
+            load_dictionaries(&tx, &mut self.codec)?;
+        }
         let mut removed = 0;
         for (owner, msg) in items {
-            removed += append_in(&tx, owner, msg, quota)?;
+            removed += append_in(&tx, &mut self.codec, owner, msg, quota)?;
         }
         tx.commit()
             .map_err(MamError::storage("append_many: commit"))?;
@@ -572,6 +662,8 @@ impl ArchiveStore for SqliteStore {
         let items = if req.limit == 0 {
             Vec::new()
         } else {
+            load_dictionaries(&tx, &mut self.codec)?;
+            let codec = &mut self.codec;
             let sql = page_sql(owner, req, after, before);
             tx.prepare_cached(&sql.text)
                 .and_then(|mut stmt| {
@@ -581,7 +673,7 @@ impl ArchiveStore for SqliteStore {
                             when: row.get(1)?,
                             with_bare: row.get(2)?,
                             with_resource: row.get(3)?,
-                            xml: row.get(4)?,
+                            xml: decode_column(codec, row, 4)?,
                         })
                     })?
                     .collect::<rusqlite::Result<Vec<_>>>()
@@ -768,6 +860,152 @@ impl ArchiveStore for SqliteStore {
 
     fn delete_ids(&mut self, owner: &Owner, ids: &[String]) -> Result<u64> {
         self.delete_ids_impl(owner, ids)
+    }
+
+    fn set_compression(&mut self, on: bool) {
+        self.codec.set_compress(on);
+    }
+
+    fn newest_dictionary(&mut self) -> Result<Option<Dictionary>> {
+        let row: Option<(i64, i64, Vec<u8>)> = self
+            .conn
+            .prepare_cached(NEWEST_DICTIONARY)
+            .and_then(|mut stmt| {
+                stmt.query_row([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                    .optional()
+            })
+            .map_err(MamError::storage("read the newest dictionary"))?;
+        row.map(|(version, trained_us, bytes)| {
+            Ok(Dictionary {
+                version: u32::try_from(version)
+                    .map_err(|_| MamError::Corrupt(format!("dictionary version {version}")))?,
+                trained_us,
+                bytes,
+            })
+        })
+        .transpose()
+    }
+
+    fn recent_stanzas(&mut self, n: usize) -> Result<Vec<String>> {
+        let tx = self
+            .conn
+            .transaction()
+            .map_err(MamError::storage("recent stanzas: begin"))?;
+        load_dictionaries(&tx, &mut self.codec)?;
+        let codec = &mut self.codec;
+        let out = tx
+            .prepare_cached(RECENT_STANZAS)
+            .and_then(|mut stmt| {
+                stmt.query_map(params![to_sql_int(n)], |row| decode_column(codec, row, 0))?
+                    .collect::<rusqlite::Result<Vec<String>>>()
+            })
+            .map_err(MamError::storage("recent stanzas: read"))?;
+        tx.commit()
+            .map_err(MamError::storage("recent stanzas: end"))?;
+        Ok(out)
+    }
+
+    fn add_dictionary(
+        &mut self,
+        dictionary: &[u8],
+        trained_us: Micros,
+        samples: usize,
+    ) -> Result<u32> {
+        let version: i64 = self
+            .conn
+            .prepare_cached(ADD_DICTIONARY)
+            .and_then(|mut stmt| {
+                stmt.query_row(params![trained_us, to_sql_int(samples), dictionary], |r| {
+                    r.get(0)
+                })
+            })
+            .map_err(MamError::storage("store a dictionary"))?;
+        u32::try_from(version)
+            .map_err(|_| MamError::Corrupt(format!("dictionary version {version}")))
+    }
+
+    /// The window is a rowid range, so a batch costs the same wherever it is and
+    /// never re-reads what earlier batches passed; rows of an older dictionary are
+    /// not candidates, so a new dictionary does not rewrite the whole archive.
+    fn rewrite_batch(&mut self, after: i64, scan: usize) -> Result<RewriteStep> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(MamError::storage("rewrite: begin"))?;
+        load_dictionaries(&tx, &mut self.codec)?;
+        let last: i64 = tx
+            .query_row("SELECT coalesce(max(seq), 0) FROM archive", [], |r| {
+                r.get(0)
+            })
+            .map_err(MamError::storage("rewrite: read the last position"))?;
+        let end = after.saturating_add(to_sql_int(scan.max(1))).min(last);
+        let codec = &mut self.codec;
+        let rows: Vec<(i64, bool, String)> = tx
+            .prepare_cached(REWRITE_CANDIDATES)
+            .and_then(|mut stmt| {
+                stmt.query_map(params![after, end], |row| {
+                    let text = matches!(row.get_ref(1)?, ValueRef::Text(_));
+                    Ok((row.get(0)?, text, decode_column(codec, row, 1)?))
+                })?
+                .collect()
+            })
+            .map_err(MamError::storage("rewrite: read rows"))?;
+        let mut rewritten = 0;
+        {
+            let mut update = tx
+                .prepare_cached(REWRITE_ROW)
+                .map_err(MamError::storage("rewrite: prepare"))?;
+            for (seq, text, xml) in rows {
+                // Compressed without a dictionary and still none: nothing to gain.
+                if !text && codec.newest() == 0 {
+                    continue;
+                }
+                let Some(packed) = codec.pack(&xml)? else {
+                    continue;
+                };
+                update
+                    .execute(params![seq, packed])
+                    .map_err(MamError::storage("rewrite: write a row"))?;
+                rewritten += 1;
+            }
+        }
+        tx.commit().map_err(MamError::storage("rewrite: commit"))?;
+        Ok(RewriteStep {
+            cursor: end.max(after),
+            rewritten,
+            done: end >= last,
+        })
+    }
+
+    fn release_space(&mut self, pages: u64) -> Result<u64> {
+        let mode: i64 = self
+            .conn
+            .query_row("PRAGMA auto_vacuum", [], |r| r.get(0))
+            .map_err(MamError::storage("read auto_vacuum"))?;
+        // 2: INCREMENTAL. A file in mode 0 keeps its free pages until a VACUUM.
+        if mode != 2 {
+            return Ok(0);
+        }
+        let page_size: i64 = self
+            .conn
+            .query_row("PRAGMA page_size", [], |r| r.get(0))
+            .map_err(MamError::storage("read page_size"))?;
+        let before: i64 = self
+            .conn
+            .query_row("PRAGMA freelist_count", [], |r| r.get(0))
+            .map_err(MamError::storage("read freelist_count"))?;
+        if before == 0 {
+            return Ok(0);
+        }
+        // PRAGMA takes no bound parameters; the value is a number from our caller.
+        self.conn
+            .execute_batch(&format!("PRAGMA incremental_vacuum({})", to_sql_int(pages)))
+            .map_err(MamError::storage("incremental_vacuum"))?;
+        let after: i64 = self
+            .conn
+            .query_row("PRAGMA freelist_count", [], |r| r.get(0))
+            .map_err(MamError::storage("read freelist_count"))?;
+        Ok(to_count((before - after) * page_size))
     }
 
     fn hand_off_checkpoints(&mut self) -> Result<bool> {
