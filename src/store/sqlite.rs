@@ -1238,7 +1238,7 @@ mod tests {
                 |r| r.get(0),
             )
             .expect("tables");
-        assert_eq!(tables, 4);
+        assert_eq!(tables, 5);
     }
 
     #[test]
