@@ -129,12 +129,14 @@ fn check_dictionary(store: &mut dyn ArchiveStore, now: Micros) -> Result<Option<
         return store.add_dictionary(&dict, now, samples.len()).map(Some);
     };
     // Judge on messages the candidate was not trained on: every other one.
-    let (train, test): (Vec<(usize, String)>, Vec<(usize, String)>) = samples
-        .into_iter()
-        .enumerate()
-        .partition(|(i, _)| i % 2 == 0);
-    let train: Vec<String> = train.into_iter().map(|(_, s)| s).collect();
-    let test: Vec<String> = test.into_iter().map(|(_, s)| s).collect();
+    let (mut train, mut test) = (Vec::new(), Vec::new());
+    for (i, sample) in samples.into_iter().enumerate() {
+        if i % 2 == 0 {
+            train.push(sample);
+        } else {
+            test.push(sample);
+        }
+    }
     let candidate = codec::train(&train)?;
     let fresh = codec::compressed_size(&test, &candidate)?;
     let old = codec::compressed_size(&test, &current.bytes)?;

@@ -332,8 +332,8 @@ impl Corpus {
     /// other servers), messages from `start_us` on, a few seconds to minutes apart.
     pub fn new(seed: u64, domain: &str, owners: usize, start_us: i64) -> Corpus {
         let mut rng = Rng::new(seed);
-        let mut device = |rng: &mut Rng| (rng.next_u64() & 0x7fff_ffff) as u32;
-        let mut resource = |rng: &mut Rng| {
+        let device = |rng: &mut Rng| (rng.next_u64() & 0x7fff_ffff) as u32;
+        let resource = |rng: &mut Rng| {
             let client = rng.pick(CLIENTS);
             format!("{client}.{}", &rng.base64(3)[..4].replace(['+', '/'], "x"))
         };
@@ -610,7 +610,7 @@ impl Corpus {
                         ));
                     } else {
                         body.push_str(&self.words_in(100, 400));
-                        body.push_str(if line % 3 == 0 { "\n\n" } else { ". " });
+                        body.push_str(if line.is_multiple_of(3) { "\n\n" } else { ". " });
                     }
                 }
                 let mut c = vec![Node::text_el("body", &[], &body)];

@@ -2294,7 +2294,7 @@ fn chatty(i: usize) -> ArchivedMessage {
     let body: Vec<&str> = (0..(i * 7) % 40 + 1)
         .map(|k| WORDS[(i + k * k) % 12])
         .collect();
-    let with = if i % 3 == 0 {
+    let with = if i.is_multiple_of(3) {
         "romeo@montague.lit/orchard"
     } else {
         "nurse@capulet.lit"
