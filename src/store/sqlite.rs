@@ -119,11 +119,33 @@ const RECENT_STANZAS: &str = "SELECT stanza FROM archive ORDER BY seq DESC LIMIT
 /// The rows of one rewrite window that are text or compressed without a dictionary
 /// (`x'0100'`: format 1, dictionary 0), by rowid range: each batch reads one slice of
 /// the table, whatever it holds.
-const REWRITE_CANDIDATES: &str = "SELECT seq, stanza FROM archive \
+const REWRITE_CANDIDATES: &str = "SELECT seq, stanza, host, user, id, when_us, with_bare, \
+     with_resource FROM archive \
      WHERE seq > ?1 AND seq <= ?2 \
      AND (typeof(stanza) = 'text' OR substr(stanza, 1, 2) = x'0100') ORDER BY seq";
 
-const REWRITE_ROW: &str = "UPDATE archive SET stanza = ?2 WHERE seq = ?1";
+/// A rewritten row goes out and comes back under its own `seq` (so its place in
+/// archive order is kept), not through an UPDATE: SQLite rebalances B-tree pages
+/// after a delete but not after an update that shrinks a row, so updated pages would
+/// stay mostly empty and the file would never shrink. (The counter triggers take one
+/// off and add it back in the same transaction.)
+const REWRITE_DELETE: &str = "DELETE FROM archive WHERE seq = ?1";
+
+const REWRITE_INSERT: &str = "INSERT INTO archive (seq, host, user, id, when_us, with_bare, \
+     with_resource, stanza) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
+
+/// One row as the rewrite reads it.
+struct RewriteRow {
+    seq: i64,
+    text: bool,
+    xml: String,
+    host: String,
+    user: String,
+    id: String,
+    when_us: i64,
+    with_bare: String,
+    with_resource: Option<String>,
+}
 
 /// A message archive in one SQLite database file.
 pub struct SqliteStore {
@@ -157,6 +179,9 @@ impl SqliteStore {
         let conn = Connection::open(path).map_err(MamError::storage("open archive database"))?;
         conn.busy_timeout(BUSY_TIMEOUT)
             .map_err(MamError::storage("set busy_timeout"))?;
+        // Before WAL: switching to WAL writes the file's first page, after which
+        // SQLite no longer takes an auto_vacuum mode.
+        incremental_vacuum_if_new(&conn)?;
         // The pragma answers with the mode it ended up in; a file system without WAL
         // support leaves the default rollback journal, which is slower but correct.
         conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get::<_, String>(0))
@@ -221,17 +246,7 @@ impl SqliteStore {
 
     fn with_connection(mut conn: Connection) -> Result<SqliteStore> {
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
-        // A new file gives pages freed by deletes and by compressing old rows back to
-        // the file system in steps (`release_space`); SQLite takes this setting only
-        // before the first table exists (an older file needs one VACUUM: see
-        // docs/storage-size.md).
-        let pages: i64 = conn
-            .query_row("PRAGMA page_count", [], |r| r.get(0))
-            .map_err(MamError::storage("read page_count"))?;
-        if pages == 0 {
-            conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")
-                .map_err(MamError::storage("set auto_vacuum=INCREMENTAL"))?;
-        }
+        incremental_vacuum_if_new(&conn)?;
         schema::migrate(&mut conn)?;
         Ok(SqliteStore {
             conn,
@@ -239,6 +254,21 @@ impl SqliteStore {
             codec: Codec::new(),
         })
     }
+}
+
+/// Makes a new, still empty database give pages freed by deletes and by compressing
+/// old rows back to the file system in steps ([`ArchiveStore::release_space`]).
+/// SQLite takes this mode only while the file has no page yet; an older file keeps
+/// its free pages for reuse until one `VACUUM` (docs/storage-size.md).
+fn incremental_vacuum_if_new(conn: &Connection) -> Result<()> {
+    let pages: i64 = conn
+        .query_row("PRAGMA page_count", [], |r| r.get(0))
+        .map_err(MamError::storage("read page_count"))?;
+    if pages == 0 {
+        conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")
+            .map_err(MamError::storage("set auto_vacuum=INCREMENTAL"))?;
+    }
+    Ok(())
 }
 
 /// Converts a count or limit from the API to SQLite's integer, saturating: a limit
@@ -940,32 +970,56 @@ impl ArchiveStore for SqliteStore {
             .map_err(MamError::storage("rewrite: read the last position"))?;
         let end = after.saturating_add(to_sql_int(scan.max(1))).min(last);
         let codec = &mut self.codec;
-        let rows: Vec<(i64, bool, String)> = tx
+        let rows: Vec<RewriteRow> = tx
             .prepare_cached(REWRITE_CANDIDATES)
             .and_then(|mut stmt| {
                 stmt.query_map(params![after, end], |row| {
-                    let text = matches!(row.get_ref(1)?, ValueRef::Text(_));
-                    Ok((row.get(0)?, text, decode_column(codec, row, 1)?))
+                    Ok(RewriteRow {
+                        seq: row.get(0)?,
+                        text: matches!(row.get_ref(1)?, ValueRef::Text(_)),
+                        xml: decode_column(codec, row, 1)?,
+                        host: row.get(2)?,
+                        user: row.get(3)?,
+                        id: row.get(4)?,
+                        when_us: row.get(5)?,
+                        with_bare: row.get(6)?,
+                        with_resource: row.get(7)?,
+                    })
                 })?
                 .collect()
             })
             .map_err(MamError::storage("rewrite: read rows"))?;
         let mut rewritten = 0;
         {
-            let mut update = tx
-                .prepare_cached(REWRITE_ROW)
+            let mut delete = tx
+                .prepare_cached(REWRITE_DELETE)
                 .map_err(MamError::storage("rewrite: prepare"))?;
-            for (seq, text, xml) in rows {
+            let mut insert = tx
+                .prepare_cached(REWRITE_INSERT)
+                .map_err(MamError::storage("rewrite: prepare"))?;
+            for r in rows {
                 // Compressed without a dictionary and still none: nothing to gain.
-                if !text && codec.newest() == 0 {
+                if !r.text && codec.newest() == 0 {
                     continue;
                 }
-                let Some(packed) = codec.pack(&xml)? else {
+                let Some(packed) = codec.pack(&r.xml)? else {
                     continue;
                 };
-                update
-                    .execute(params![seq, packed])
-                    .map_err(MamError::storage("rewrite: write a row"))?;
+                delete
+                    .execute(params![r.seq])
+                    .map_err(MamError::storage("rewrite: take a row out"))?;
+                insert
+                    .execute(params![
+                        r.seq,
+                        r.host,
+                        r.user,
+                        r.id,
+                        r.when_us,
+                        r.with_bare,
+                        r.with_resource,
+                        packed
+                    ])
+                    .map_err(MamError::storage("rewrite: put a row back"))?;
                 rewritten += 1;
             }
         }
@@ -1215,6 +1269,59 @@ mod tests {
         assert!(store.database_bytes().expect("size").unwrap_or(0) > 0);
         add_ten_messages(&mut store);
         assert!(store.database_bytes().expect("size").unwrap_or(0) > 0);
+    }
+
+    #[test]
+    fn a_new_file_gives_the_space_compression_frees_back_to_the_file_system() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("archive.sqlite");
+        let mut store = SqliteStore::open(&path).expect("open");
+        let mode: i64 = store
+            .conn
+            .query_row("PRAGMA auto_vacuum", [], |r| r.get(0))
+            .expect("mode");
+        assert_eq!(mode, 2, "INCREMENTAL");
+        let body = "words of the balcony scene, again and again. ".repeat(20);
+        let items: Vec<(Owner, ArchivedMessage)> = (0..3000)
+            .map(|i| {
+                let mut m = msg(&format!("m{i:05}"), T0 + i, "romeo@montague.lit");
+                m.xml = format!("<message xmlns='jabber:client'><body>{i} {body}</body></message>");
+                (juliet(), m)
+            })
+            .collect();
+        store.append_many(&items, None).expect("append");
+        let pages = |s: &SqliteStore| -> i64 {
+            s.conn
+                .query_row("PRAGMA page_count", [], |r| r.get(0))
+                .expect("pages")
+        };
+        let before = pages(&store);
+        store.set_compression(true);
+        let samples = store.recent_stanzas(2000).expect("samples");
+        let dict = crate::store::codec::train(&samples).expect("train");
+        store.add_dictionary(&dict, T0, samples.len()).expect("add");
+        let mut cursor = 0;
+        loop {
+            let step = store.rewrite_batch(cursor, 500).expect("rewrite");
+            cursor = step.cursor;
+            if step.done {
+                break;
+            }
+        }
+        let mut released = 0;
+        loop {
+            let bytes = store.release_space(100).expect("release");
+            if bytes == 0 {
+                break;
+            }
+            released += bytes;
+        }
+        assert!(released > 0);
+        assert!(
+            pages(&store) * 3 < before,
+            "{} pages of {before}",
+            pages(&store)
+        );
     }
 
     #[test]
