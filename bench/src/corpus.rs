@@ -83,15 +83,9 @@ impl Node {
         }
     }
 
-    /// The table `util.serialization` writes for a preserialised stanza (children
-    /// first, then `name` and `attr`), indented with tabs from `depth`.
-    pub fn to_lua(&self, depth: usize) -> String {
-        let mut out = String::new();
-        self.write_lua(&mut out, depth, &[]);
-        out
-    }
-
-    /// Writes the table; `extra` are more `["key"] = value` fields of the top level.
+    /// Writes the table `util.serialization` writes for a preserialised stanza
+    /// (children first, then `name` and `attr`), indented with tabs from `depth`;
+    /// `extra` are more `["key"] = value` fields of the top level.
     pub fn write_lua(&self, out: &mut String, depth: usize, extra: &[(&str, String)]) {
         let pad = "\t".repeat(depth + 1);
         match self {

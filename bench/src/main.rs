@@ -12,9 +12,12 @@
 //! - `rawsqlite.rs`: the physical limit, straight against SQLite.
 //! - `rawpg.rs`: the physical limit, straight against the PostgreSQL cluster.
 //! - `report.rs`: JSON with ratios, and the markdown table.
+//! - `corpus.rs`, `storage_size.rs`: bytes on disk per message of a realistic mixed
+//!   corpus in every store (issue 18).
 //!
 //! See `bench/README.md` for what each phase measures and how to run it.
 
+mod corpus;
 mod pg;
 mod phases;
 mod populate;
@@ -23,6 +26,7 @@ mod rawsqlite;
 mod report;
 mod server;
 mod stats;
+mod storage_size;
 mod xmpp;
 
 use std::path::{Path, PathBuf};
@@ -71,6 +75,10 @@ struct Opts {
     out_dir: PathBuf,
     work_dir: PathBuf,
     keep: bool,
+    /// Messages of the storage-size phase's corpus (0: no such phase).
+    storage_size: usize,
+    /// Only the storage-size phase: no server configuration, no physical limit.
+    storage_only: bool,
 }
 
 const USAGE: &str = "mam-bench [--quick]
@@ -81,6 +89,7 @@ const USAGE: &str = "mam-bench [--quick]
   [--query-timeout S] [--internal-max N] [--stall-duration S] [--no-expiry]
   [--expiry-limit S] [--rounds N] [--round-duration S] [--no-raw] [--plugin-dir DIR]
   [--prosody-bin DIR] [--out DIR] [--work-dir DIR] [--keep]
+  [--storage-size MESSAGES] [--no-storage-size] [--storage-only]
 mam-bench --render bench/results/<run>.json   (rewrite that run's .md and .svg)";
 
 fn repo_root() -> PathBuf {
@@ -126,6 +135,8 @@ fn parse_opts() -> Result<Opts> {
         out_dir: Path::new(env!("CARGO_MANIFEST_DIR")).join("results"),
         work_dir: std::env::temp_dir().join(format!("mam-bench-{}", std::process::id())),
         keep: false,
+        storage_size: if quick { 20_000 } else { 100_000 },
+        storage_only: false,
     };
     let mut it = args.into_iter();
     while let Some(a) = it.next() {
@@ -175,8 +186,16 @@ fn parse_opts() -> Result<Opts> {
             "--out" => o.out_dir = PathBuf::from(val()?),
             "--work-dir" => o.work_dir = PathBuf::from(val()?),
             "--keep" => o.keep = true,
+            "--storage-size" => o.storage_size = val()?.parse()?,
+            "--no-storage-size" => o.storage_size = 0,
+            "--storage-only" => o.storage_only = true,
             other => bail!("unknown argument {other}\n{USAGE}"),
         }
+    }
+    if o.storage_only {
+        o.configs.clear();
+        o.raw = false;
+        o.storage_size = o.storage_size.max(1000);
     }
     if o.pairs == 0 || o.window == 0 || o.sizes.is_empty() || o.sizes.iter().any(|&s| s < 100) {
         bail!("--pairs and --window must be positive and every size at least 100");
@@ -675,6 +694,29 @@ async fn run(o: Opts) -> Result<()> {
         throughput_rounds(&ran, &o, pg.as_ref().map(|c| c.pid), &mut configs).await;
     }
 
+    let storage_size = if o.storage_size > 0 {
+        if pg.is_none() && pg_failed.is_none() {
+            log("starting a private PostgreSQL cluster (storage size)");
+            match blocking(|| PgCluster::start(&o.work_dir.join("pg"))) {
+                Ok(c) => pg = Some(c),
+                Err(e) => log(format!("no PostgreSQL for the storage-size phase: {e:#}")),
+            }
+        }
+        log(format!("storage size: {} messages", o.storage_size));
+        let dir = o.work_dir.join("storage-size");
+        let r = blocking(|| storage_size::run(&dir, o.storage_size, pg.as_ref()));
+        let _ = std::fs::remove_dir_all(&dir);
+        match r {
+            Ok(r) => Some(r),
+            Err(e) => {
+                log(format!("storage size failed: {e:#}"));
+                None
+            }
+        }
+    } else {
+        None
+    };
+
     let raw = if o.raw {
         log("raw SQLite (physical limit)");
         let datasets: Vec<Dataset> = o
@@ -754,11 +796,13 @@ async fn run(o: Opts) -> Result<()> {
             "rounds": o.rounds, "round_s": o.round_duration.as_secs_f64(),
             "plugin_dir": o.plugin_dir.display().to_string(),
             "prosody_bin": o.prosody_bin.as_ref().map(|b| b.display().to_string()),
+            "storage_size_messages": o.storage_size,
         }),
         ratios: report::ratios(&configs, &o.sizes),
         configs,
         raw_sqlite: raw,
         raw_postgres: raw_pg,
+        storage_size,
         postgres,
         total_seconds: t0.elapsed().as_secs_f64(),
     };
