@@ -180,7 +180,8 @@ pub struct ImportReport {
 pub struct OwnerStats {
     pub user: String,
     pub messages: u64,
-    /// Bytes of stored stanza text (the bulk of the owner's share of the database).
+    /// Bytes of stored stanzas as stored (compressed ones count their compressed
+    /// size): the bulk of the owner's share of the database.
     pub bytes: u64,
     pub oldest: Micros,
     pub newest: Micros,
