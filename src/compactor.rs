@@ -274,3 +274,114 @@ impl Drop for Compactor {
         self.stop();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::sqlite::SqliteStore;
+    use crate::store::{ArchivedMessage, FindRequest, Owner};
+
+    const DAY: Micros = 24 * 3600 * 1_000_000;
+    const T0: Micros = 1_767_225_600_000_000;
+
+    fn owner() -> Owner {
+        Owner::new("capulet.lit", "juliet")
+    }
+
+    /// `n` messages from `first` on, in one of two styles of text (so a dictionary
+    /// trained on one is stale for the other).
+    fn add(store: &mut dyn ArchiveStore, first: usize, n: usize, style: u8) {
+        let items: Vec<(Owner, ArchivedMessage)> = (first..first + n)
+            .map(|i| {
+                let xml = match style {
+                    0 => format!(
+                        "<message xmlns='jabber:client' type='chat' id='a{i}'><body>the balcony, \
+                         scene {i}, and the nurse calls</body><markable xmlns='urn:xmpp:chat-markers:0'/></message>"
+                    ),
+                    _ => format!(
+                        "<message xmlns='jabber:client' type='groupchat' id='z{i}'><subject>Weekly \
+                         build report {i}: all green</subject><x xmlns='jabber:x:oob'><url>https://ci.example/{i}</url></x></message>"
+                    ),
+                };
+                let msg = ArchivedMessage {
+                    id: format!("m{i:06}"),
+                    when: T0 + i as Micros,
+                    with_bare: "romeo@montague.lit".into(),
+                    with_resource: None,
+                    xml,
+                };
+                (owner(), msg)
+            })
+            .collect();
+        store.append_many(&items, None).expect("append");
+    }
+
+    fn run(store: &mut dyn ArchiveStore, now: Micros) -> Vec<StepReport> {
+        let mut c = Compaction::new();
+        let mut steps = Vec::new();
+        loop {
+            let step = c.step(store, now).expect("step");
+            steps.push(step);
+            if !step.more {
+                return steps;
+            }
+        }
+    }
+
+    fn trained(steps: &[StepReport]) -> Vec<u32> {
+        steps.iter().filter_map(|s| s.trained).collect()
+    }
+
+    #[test]
+    fn the_first_dictionary_waits_for_enough_messages_and_then_compresses_them_all() {
+        let mut store = SqliteStore::open_in_memory().expect("open");
+        store.set_compression(true);
+        add(&mut store, 0, MIN_TRAINING_SAMPLES - 1, 0);
+        let steps = run(&mut store, T0);
+        assert_eq!(trained(&steps), Vec::<u32>::new());
+        add(&mut store, MIN_TRAINING_SAMPLES - 1, 1, 0);
+        let steps = run(&mut store, T0);
+        assert_eq!(trained(&steps), vec![1]);
+        // Every row was compressed without a dictionary as it was written; the pass
+        // after training recompresses them all with it.
+        let rewritten: u64 = steps.iter().map(|s| s.rewritten).sum();
+        assert_eq!(rewritten, MIN_TRAINING_SAMPLES as u64);
+        let all = FindRequest {
+            limit: 10_000,
+            ..FindRequest::default()
+        };
+        assert_eq!(
+            store.find(&owner(), &all).expect("find").items.len(),
+            MIN_TRAINING_SAMPLES
+        );
+    }
+
+    #[test]
+    fn a_stale_dictionary_is_replaced_only_by_a_clearly_better_one() {
+        let mut store = SqliteStore::open_in_memory().expect("open");
+        store.set_compression(true);
+        add(&mut store, 0, 1000, 0);
+        assert_eq!(trained(&run(&mut store, T0)), vec![1]);
+        // Not stale yet: no check, whatever the messages look like now.
+        add(&mut store, 1000, 2000, 1);
+        assert_eq!(
+            trained(&run(&mut store, T0 + STALE_AFTER - DAY)),
+            Vec::<u32>::new()
+        );
+        // Stale, and the messages have changed: a new one is kept.
+        assert_eq!(trained(&run(&mut store, T0 + STALE_AFTER + DAY)), vec![2]);
+        // Stale again later, and nothing new since it was trained: a fresh one is no
+        // better, so none is added.
+        assert_eq!(
+            trained(&run(&mut store, T0 + 2 * STALE_AFTER + 2 * DAY)),
+            Vec::<u32>::new()
+        );
+        assert_eq!(
+            store
+                .newest_dictionary()
+                .expect("newest")
+                .map(|d| d.version),
+            Some(2)
+        );
+    }
+}
