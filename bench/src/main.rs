@@ -705,7 +705,9 @@ async fn run(o: Opts) -> Result<()> {
         log(format!("storage size: {} messages", o.storage_size));
         let dir = o.work_dir.join("storage-size");
         let r = blocking(|| storage_size::run(&dir, o.storage_size, pg.as_ref()));
-        let _ = std::fs::remove_dir_all(&dir);
+        if !o.keep {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
         match r {
             Ok(r) => Some(r),
             Err(e) => {
