@@ -205,6 +205,12 @@ const REWRITE_CANDIDATES: &str = "SELECT host, username, id, stanza, stanza_z \
      AND (stanza IS NOT NULL OR substring(stanza_z FROM 1 FOR 2) = '\\x0100'::bytea) \
      FOR UPDATE";
 
+/// Taken for the length of one rewrite transaction (ASCII "mam_zstd"): several
+/// hosts' modules share one database, and each starts a compaction thread; while one
+/// of them rewrites, the others' batches end at once instead of walking the same
+/// table behind its row locks.
+const REWRITE_LOCK: i64 = 0x6d61_6d5f_7a73_7464;
+
 const REWRITE_ROW: &str = "UPDATE mam_archive SET stanza = NULL, stanza_z = $4 \
      WHERE host = $1 AND username = $2 AND id = $3";
 
@@ -1136,6 +1142,22 @@ impl ArchiveStore for PgStore {
         const CONTEXT: &str = "rewrite";
         let mut codec = std::mem::take(&mut self.codec);
         let step = self.transaction(false, CONTEXT, |tx| {
+            let locked = match tx.query_opt(
+                CONTEXT,
+                "SELECT pg_try_advisory_xact_lock($1)",
+                &[&REWRITE_LOCK],
+            )? {
+                Some(row) => get::<bool>(&row, 0, CONTEXT)?,
+                None => false,
+            };
+            if !locked {
+                // Another connection is rewriting this database: this pass is over.
+                return Ok(RewriteStep {
+                    cursor: after,
+                    rewritten: 0,
+                    done: true,
+                });
+            }
             load_dictionaries(tx, &mut codec)?;
             let pages: i64 = match tx.query_opt(CONTEXT, TABLE_PAGES, &[])? {
                 Some(row) => get(&row, 0, CONTEXT)?,
@@ -1557,6 +1579,36 @@ mod tests {
             ..all(10)
         };
         assert_eq!(store.find(&juliet(), &with).expect("find").total, Some(0));
+    }
+
+    #[test]
+    fn while_one_connection_rewrites_another_ones_rewrite_ends_at_once() {
+        let Some(db) = TestDb::create() else { return };
+        let mut store = PgStore::connect(&db.settings).expect("connect");
+        // Long enough to compress even without a dictionary.
+        let items: Vec<(Owner, ArchivedMessage)> = (0..50)
+            .map(|i| {
+                let mut m = msg(&format!("m{i}"), T0 + i, "romeo@montague.lit");
+                m.xml = format!(
+                    "<message><body>{i} {}</body></message>",
+                    "wherefore ".repeat(30)
+                );
+                (juliet(), m)
+            })
+            .collect();
+        store.append_many(&items, None).expect("append");
+        store.set_compression(true);
+        let mut other = db.client();
+        let mut busy = other.transaction().expect("begin");
+        busy.execute("SELECT pg_advisory_xact_lock($1)", &[&REWRITE_LOCK])
+            .expect("lock");
+        let step = store.rewrite_batch(0, 1000).expect("rewrite");
+        assert_eq!((step.rewritten, step.done), (0, true));
+        busy.commit().expect("end");
+        let step = store.rewrite_batch(0, 1000).expect("rewrite");
+        assert_eq!((step.rewritten, step.done), (50, true));
+        let want: Vec<ArchivedMessage> = items.into_iter().map(|(_, m)| m).collect();
+        assert_eq!(store.find(&juliet(), &all(100)).expect("find").items, want);
     }
 
     /// A commit whose answer was lost with the connection is retried by the writer:
