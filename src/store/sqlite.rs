@@ -1051,9 +1051,9 @@ impl ArchiveStore for SqliteStore {
         if before == 0 {
             return Ok(0);
         }
-        // PRAGMA takes no bound parameters; the value is a number from our caller.
+        // PRAGMA takes no bound parameters; rusqlite writes the number in.
         self.conn
-            .execute_batch(&format!("PRAGMA incremental_vacuum({})", to_sql_int(pages)))
+            .pragma_update(None, "incremental_vacuum", to_sql_int(pages))
             .map_err(MamError::storage("incremental_vacuum"))?;
         let after: i64 = self
             .conn
