@@ -8,7 +8,8 @@
 # Prosody's SQL storage on MySQL/MariaDB), and for `make package` and its test
 # dpkg-dev (dpkg-shlibdeps), binutils (strip, objdump), luarocks with liblua5.4-dev
 # (`luarocks make` looks for Lua's headers even for a prebuilt library), zip/unzip and
-# lintian, via apt-get, and the Python test client (slixmpp, pytest) via pip. Crates
+# lintian, zstd (the storage provider's e2e test reads a compressed row with it), via
+# apt-get, and the Python test client (slixmpp, pytest) via pip. Crates
 # come via cargo.
 set -euo pipefail
 
@@ -35,7 +36,7 @@ system_mysql_pid() {
 
 need=()
 for pkg in prosody lua5.4 lua-bitop lua-dbi-sqlite3 sqlite3 postgresql lua-dbi-postgresql \
-	mariadb-server lua-dbi-mysql openssl dpkg-dev binutils luarocks liblua5.4-dev zip unzip lintian \
+	mariadb-server lua-dbi-mysql openssl dpkg-dev binutils luarocks liblua5.4-dev zip unzip lintian zstd \
 	python3-pip; do
 	if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
 		need+=("$pkg")

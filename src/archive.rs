@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::checkpoint::Checkpointer;
+use crate::compactor::Compactor;
 use crate::config::Config;
 use crate::error::Result;
 use crate::expiry::Expirer;
@@ -86,6 +87,9 @@ pub struct Archive {
     expirer: Expirer,
     /// SQLite: the write-ahead log's checkpoints, off the writer's commits.
     checkpointer: Option<Checkpointer>,
+    /// `archive_compression`: the dictionary and the older rows' rewrite, at idle
+    /// priority, on its own connection.
+    compactor: Option<Compactor>,
     next_job: JobId,
 }
 
@@ -108,6 +112,13 @@ impl Archive {
         }
         let mut archive =
             Archive::with_stores(config, writer_store, readers, Arc::new(SystemClock))?;
+        if archive.config.compression {
+            archive.compactor = Some(Compactor::start(
+                archive.config.storage.clone(),
+                Arc::new(SystemClock),
+                archive.mailbox.clone(),
+            )?);
+        }
         if let Some(store) = checkpoint_store {
             archive.checkpointer = Some(Checkpointer::start(
                 store,
@@ -134,6 +145,7 @@ impl Archive {
             limit,
             period: config.expires_after,
         });
+        writer_store.set_compression(config.compression);
         let writer = Writer::start(writer_store, quota, mailbox.clone())?;
         let readers = Readers::start(reader_stores, writer.progress(), mailbox.clone())?;
         let expirer = Expirer::new(
@@ -151,6 +163,7 @@ impl Archive {
             readers,
             expirer,
             checkpointer: None,
+            compactor: None,
             next_job: 0,
         })
     }
@@ -437,6 +450,9 @@ impl Archive {
 
     /// Commits everything queued and stops the threads (module unload, shutdown).
     pub fn close(mut self) -> Vec<(Level, String)> {
+        if let Some(compactor) = &mut self.compactor {
+            compactor.stop();
+        }
         self.expirer.stop();
         self.readers.stop();
         self.writer.stop();

@@ -47,6 +47,9 @@ pub const OPTION_NAMES: &[&str] = &[
     "mam_inline_read_wait",
     "mam_commit_before_delivery",
     "mam_commit_wait_limit",
+    // Issue 18: stanzas stored compressed (zstd with a dictionary trained on the
+    // archive's own messages); one name for account and room archives.
+    "archive_compression",
     // Where the archive lives (PostgreSQL): ours, then Prosody's own storage options.
     "mam_sql",
     "sql",
@@ -194,6 +197,11 @@ pub struct Config {
     /// `mam_commit_wait_limit` (seconds in the option): how long deliveries wait for
     /// a commit before they go out uncommitted until storage catches up.
     pub commit_wait_limit: Duration,
+    /// `archive_compression` (default true): new messages are stored compressed, and
+    /// a background task compresses the older ones and gives the space back
+    /// (`crate::compactor`). Off: new messages are stored as text, as before; rows
+    /// already compressed stay readable either way.
+    pub compression: bool,
     /// Values accepted with a guess (Prosody 13 logs the same ones as errors): one
     /// line each, for the module's log at load.
     pub warnings: Vec<String>,
@@ -738,6 +746,10 @@ impl Config {
             Some(v) => parse_seconds("mam_commit_wait_limit", &v, COMMIT_WAIT_LIMIT_RANGE)?,
             None => DEFAULT_COMMIT_WAIT_LIMIT,
         };
+        let compression = match opts.get("archive_compression") {
+            Some(v) => parse_bool("archive_compression", &v)?,
+            None => true,
+        };
         Ok(Config {
             host: host.to_owned(),
             owners,
@@ -755,6 +767,7 @@ impl Config {
             inline_read_wait,
             commit_before_delivery,
             commit_wait_limit,
+            compression,
             warnings,
         })
     }
@@ -958,6 +971,17 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("mam_commit_before_delivery"), "{err}");
+    }
+
+    #[test]
+    fn archives_are_compressed_unless_archive_compression_is_false() {
+        assert!(config_with(&[]).unwrap().compression);
+        let off = config_with(&[("archive_compression", RawValue::Bool(false))]);
+        assert!(!off.unwrap().compression);
+        let err = config_with(&[("archive_compression", s("zstd"))])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("archive_compression"), "{err}");
     }
 
     #[test]

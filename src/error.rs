@@ -43,6 +43,15 @@ pub enum MamError {
         #[source]
         source: postgres::Error,
     },
+    /// zstd failed to set up a context, compress, or train a dictionary (out of
+    /// memory, in practice); the string says which operation. A stored value that
+    /// does not decompress is [`MamError::Corrupt`] instead.
+    #[error("{context}: {source}")]
+    Compression {
+        context: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     /// A write used an archive id the owner already has for another message (the
     /// backend checked; ids are random, so practically never).
     #[error("{0}")]
@@ -127,6 +136,7 @@ impl MamError {
             MamError::Config(_)
             | MamError::Storage { .. }
             | MamError::Postgres { .. }
+            | MamError::Compression { .. }
             | MamError::Duplicate(_)
             | MamError::Open { .. }
             | MamError::Corrupt(_)

@@ -29,7 +29,8 @@
 //!      [`writer`] (group commit; tells the loop how far it committed, for the
 //!      shim's commit-before-delivery barrier), [`checkpoint`] (SQLite's log written
 //!      back off the commits), [`reader`] (queries), [`expiry`] (retention, at idle
-//!      priority), with results handed back to Prosody's loop by [`mailbox`];
+//!      priority), [`compactor`] (compression's dictionary and the rewrite of older
+//!      rows, at idle priority), with results handed back to Prosody's loop by [`mailbox`];
 //!      [`archive::provider`] answers Prosody's archive store API over the same
 //!      threads (the boundary's side is [`lua_api::provider`]).
 //!    - [`admin`]: `prosodyctl mod_mam` import, expire, delete, export, stats, behind
@@ -61,6 +62,7 @@
 pub mod admin;
 pub mod archive;
 pub mod checkpoint;
+pub mod compactor;
 pub mod config;
 pub mod error;
 pub mod expiry;

@@ -29,6 +29,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "mailbox",
             "writer",
             "checkpoint",
+            "compactor",
             "reader",
             "archive",
             "expiry",

@@ -14,9 +14,12 @@
 //! - `rawsqlite.rs`: the physical limit, straight against SQLite.
 //! - `rawpg.rs`: the physical limit, straight against the PostgreSQL cluster.
 //! - `report.rs`: JSON with ratios, and the markdown table.
+//! - `corpus.rs`, `storage_size.rs`: bytes on disk per message of a realistic mixed
+//!   corpus in every store (issue 18).
 //!
 //! See `bench/README.md` for what each phase measures and how to run it.
 
+mod corpus;
 mod pg;
 mod phases;
 mod populate;
@@ -26,6 +29,7 @@ mod report;
 mod rooms;
 mod server;
 mod stats;
+mod storage_size;
 mod xmpp;
 
 use std::path::{Path, PathBuf};
@@ -114,6 +118,10 @@ struct Opts {
     out_dir: PathBuf,
     work_dir: PathBuf,
     keep: bool,
+    /// Messages of the storage-size phase's corpus (0: no such phase).
+    storage_size: usize,
+    /// Only the storage-size phase: no server configuration, no physical limit.
+    storage_only: bool,
 }
 
 const USAGE: &str = "mam-bench [--quick] [--phases all|personal|rooms]
@@ -126,6 +134,7 @@ const USAGE: &str = "mam-bench [--quick] [--phases all|personal|rooms]
   [--room-occupants 20,200] [--room-senders N] [--room-window N] [--room-duration S]
   [--plugin-dir DIR]
   [--prosody-bin DIR] [--out DIR] [--work-dir DIR] [--keep]
+  [--storage-size MESSAGES] [--no-storage-size] [--storage-only]
 mam-bench --render bench/results/<run>.json   (rewrite that run's .md and .svg)";
 
 fn repo_root() -> PathBuf {
@@ -176,6 +185,8 @@ fn parse_opts() -> Result<Opts> {
         out_dir: Path::new(env!("CARGO_MANIFEST_DIR")).join("results"),
         work_dir: std::env::temp_dir().join(format!("mam-bench-{}", std::process::id())),
         keep: false,
+        storage_size: if quick { 20_000 } else { 100_000 },
+        storage_only: false,
     };
     let mut configs_given = false;
     let mut it = args.into_iter();
@@ -241,8 +252,16 @@ fn parse_opts() -> Result<Opts> {
             "--out" => o.out_dir = PathBuf::from(val()?),
             "--work-dir" => o.work_dir = PathBuf::from(val()?),
             "--keep" => o.keep = true,
+            "--storage-size" => o.storage_size = val()?.parse()?,
+            "--no-storage-size" => o.storage_size = 0,
+            "--storage-only" => o.storage_only = true,
             other => bail!("unknown argument {other}\n{USAGE}"),
         }
+    }
+    if o.storage_only {
+        o.configs.clear();
+        o.raw = false;
+        o.storage_size = o.storage_size.max(1000);
     }
     if o.pairs == 0 || o.window == 0 || o.sizes.is_empty() || o.sizes.iter().any(|&s| s < 100) {
         bail!("--pairs and --window must be positive and every size at least 100");
@@ -258,8 +277,10 @@ fn parse_opts() -> Result<Opts> {
             .collect();
     }
     if !o.phases.personal {
-        // The physical limit belongs to the personal archives' tables.
+        // The physical limit and the storage-size corpus belong to the personal
+        // archives' tables.
         o.raw = false;
+        o.storage_size = 0;
     }
     // Each open loop sends one message per pair every pairs ÷ rate seconds.
     let positive = |rate: f64| rate > 0.0 && rate.is_finite();
@@ -828,6 +849,31 @@ async fn run(o: Opts) -> Result<()> {
         .await;
     }
 
+    let storage_size = if o.storage_size > 0 {
+        if pg.is_none() && pg_failed.is_none() {
+            log("starting a private PostgreSQL cluster (storage size)");
+            match blocking(|| PgCluster::start(&o.work_dir.join("pg"))) {
+                Ok(c) => pg = Some(c),
+                Err(e) => log(format!("no PostgreSQL for the storage-size phase: {e:#}")),
+            }
+        }
+        log(format!("storage size: {} messages", o.storage_size));
+        let dir = o.work_dir.join("storage-size");
+        let r = blocking(|| storage_size::run(&dir, o.storage_size, pg.as_ref()));
+        if !o.keep {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        match r {
+            Ok(r) => Some(r),
+            Err(e) => {
+                log(format!("storage size failed: {e:#}"));
+                None
+            }
+        }
+    } else {
+        None
+    };
+
     let raw = if o.raw {
         log("raw SQLite (physical limit)");
         let datasets: Vec<Dataset> = o
@@ -909,11 +955,13 @@ async fn run(o: Opts) -> Result<()> {
             "prosody_bin": o.prosody_bin.as_ref().map(|b| b.display().to_string()),
             "room_occupants": o.room_occupants, "room_senders": o.room_senders,
             "room_window": o.room_window, "room_s": o.room_duration.as_secs_f64(),
+            "storage_size_messages": o.storage_size,
         }),
         ratios: report::ratios(&configs, &o.sizes),
         configs,
         raw_sqlite: raw,
         raw_postgres: raw_pg,
+        storage_size,
         postgres,
         total_seconds: t0.elapsed().as_secs_f64(),
     };

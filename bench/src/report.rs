@@ -82,6 +82,9 @@ pub struct Report {
     /// The same physical limit against the run's PostgreSQL cluster.
     #[serde(default)]
     pub raw_postgres: Option<RawResult>,
+    /// Bytes on disk per message in every store (issue 18).
+    #[serde(default)]
+    pub storage_size: Option<crate::storage_size::StorageSizeResult>,
     /// The private PostgreSQL cluster `native-pg` ran on: version and settings.
     #[serde(default)]
     pub postgres: Option<Value>,
@@ -244,6 +247,10 @@ pub fn markdown(r: &Report, sizes: &[u64]) -> String {
         personal_sections(&mut m, r, sizes);
     }
     rooms_section(&mut m, r, sizes);
+
+    if let Some(size) = &r.storage_size {
+        crate::storage_size::markdown(&mut m, size);
+    }
 
     let _ = writeln!(
         m,

@@ -204,8 +204,9 @@ impl Deleter {
 }
 
 /// Moves the calling thread to the idle scheduling class, or failing that to the
-/// lowest nice value. Only this thread: Linux applies both per thread.
-fn lower_priority() -> std::io::Result<()> {
+/// lowest nice value. Only this thread: Linux applies both per thread. (Also the
+/// compression thread's, [`crate::compactor`].)
+pub(crate) fn lower_priority() -> std::io::Result<()> {
     let param = libc::sched_param { sched_priority: 0 };
     // SAFETY: `param` is a valid, initialised sched_param that outlives the call, and
     // pid 0 names the calling thread; the call reads nothing else.

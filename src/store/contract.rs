@@ -23,6 +23,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::codec;
 use super::{
     ArchiveBounds, ArchiveEnd, ArchiveStore, ArchivedMessage, DeleteFilter, FindRequest,
     ImportReport, ImportedMessage, ItemChange, Owner, OwnerStats, Page, Quota, WithFilter,
@@ -118,6 +119,10 @@ macro_rules! store_contract_tests {
             update_changes_only_the_given_fields_of_one_message,
             update_of_an_unknown_id_changes_nothing,
             delete_ids_removes_only_those_of_that_owner_and_keeps_counts_exact,
+            // Compression (issue 18): both stored forms, side by side.
+            compressed_and_text_messages_mix_in_one_archive_and_read_back_unchanged,
+            a_dictionary_change_mid_archive_leaves_every_message_readable,
+            the_rewrite_compresses_older_messages_without_changing_any,
         );
     };
     (@tests $new_db:expr; $($test:ident),+ $(,)?) => {
@@ -2273,4 +2278,208 @@ pub fn delete_ids_removes_only_those_of_that_owner_and_keeps_counts_exact(db: &d
     assert_eq!(store.delete_ids(&juliet(), &rest).expect("delete"), 8);
     assert_message_count(store, &juliet(), 0);
     assert_eq!(store.owners(HOST).expect("owners"), vec!["nurse"]);
+}
+
+// ---------------------------------------------------------------------------------
+// Compression (issue 18). What a client and the operator's tools see must not depend
+// on how a message is stored; these compare every message read back with what went in.
+
+/// Message `i`: chat-like stanzas of varying length and content, some with
+/// characters that need escaping or several UTF-8 bytes.
+fn chatty(i: usize) -> ArchivedMessage {
+    const WORDS: [&str; 12] = [
+        "balcony", "nurse", "tomorrow", "déjà", "&amp;", "rose", "😀", "'quoted'", "Mercutio",
+        "<b>", "name", "light",
+    ];
+    let body: Vec<&str> = (0..(i * 7) % 40 + 1)
+        .map(|k| WORDS[(i + k * k) % 12])
+        .collect();
+    let with = if i.is_multiple_of(3) {
+        "romeo@montague.lit/orchard"
+    } else {
+        "nurse@capulet.lit"
+    };
+    let mut m = msg(&format!("c{i:05}"), T0 + i as Micros * 1_000_000, with);
+    m.xml = format!(
+        "<message xmlns='jabber:client' type='chat' id='{i:x}-{}' to='juliet@capulet.lit' \
+         from='{with}'><body>{}</body><request xmlns='urn:xmpp:receipts'/>\
+         <markable xmlns='urn:xmpp:chat-markers:0'/></message>",
+        i * 7919 % 10007,
+        body.join(" ")
+    );
+    m
+}
+
+fn append_chatty(store: &mut dyn ArchiveStore, range: std::ops::Range<usize>) {
+    let items: Vec<(Owner, ArchivedMessage)> = range.map(|i| (juliet(), chatty(i))).collect();
+    store.append_many(&items, None).expect("append");
+}
+
+/// Every message of juliet's, read by a fresh handle in pages of 50, is `chatty(i)`
+/// for `0..n` in order.
+fn assert_chatty(db: &dyn ContractDb, n: usize) {
+    let mut reader = db.open();
+    let mut got = Vec::new();
+    let mut after = Vec::new();
+    loop {
+        let page = reader
+            .find(
+                &juliet(),
+                &FindRequest {
+                    after: after.clone(),
+                    ..req(50)
+                },
+            )
+            .expect("find");
+        let Some(last) = page.items.last() else {
+            break;
+        };
+        after = vec![last.id.clone()];
+        got.extend(page.items);
+    }
+    let want: Vec<ArchivedMessage> = (0..n).map(chatty).collect();
+    assert_eq!(got.len(), want.len());
+    for (g, w) in got.iter().zip(&want) {
+        assert_eq!(g, w);
+    }
+}
+
+/// Trains a dictionary on the newest messages, stores it, and rewrites the whole
+/// archive with it, batch by batch; returns the rows rewritten.
+fn train_and_rewrite(store: &mut dyn ArchiveStore, now: Micros) -> u64 {
+    let samples = store
+        .recent_stanzas(codec::TRAINING_SAMPLES)
+        .expect("samples");
+    let dict = codec::train(&samples).expect("train");
+    store
+        .add_dictionary(&dict, now, samples.len())
+        .expect("add");
+    rewrite_all(store)
+}
+
+fn rewrite_all(store: &mut dyn ArchiveStore) -> u64 {
+    let (mut cursor, mut rewritten) = (0, 0);
+    loop {
+        let step = store.rewrite_batch(cursor, 64).expect("rewrite");
+        rewritten += step.rewritten;
+        cursor = step.cursor;
+        if step.done {
+            return rewritten;
+        }
+    }
+}
+
+fn stored_bytes(store: &mut dyn ArchiveStore) -> u64 {
+    store
+        .owner_stats(HOST)
+        .expect("stats")
+        .iter()
+        .map(|s| s.bytes)
+        .sum()
+}
+
+pub fn compressed_and_text_messages_mix_in_one_archive_and_read_back_unchanged(
+    db: &dyn ContractDb,
+) {
+    let mut store = db.open();
+    append_chatty(store.as_mut(), 0..200);
+    store.set_compression(true);
+    append_chatty(store.as_mut(), 200..400);
+    for i in 400..450 {
+        store.append(&juliet(), &chatty(i), None).expect("append");
+    }
+    store.set_compression(false);
+    append_chatty(store.as_mut(), 450..500);
+    assert_chatty(db, 500);
+    // Filters, ids and counts see compressed rows like any other.
+    let found = store
+        .find(
+            &juliet(),
+            &FindRequest {
+                ids: Some(vec!["c00003".into(), "c00300".into()]),
+                with: with("romeo@montague.lit", None),
+                total: true,
+                ..req(10)
+            },
+        )
+        .expect("find");
+    assert_eq!(found.items, vec![chatty(3), chatty(300)]);
+    assert_eq!(found.total, Some(2));
+}
+
+pub fn a_dictionary_change_mid_archive_leaves_every_message_readable(db: &dyn ContractDb) {
+    let mut store = db.open();
+    store.set_compression(true);
+    append_chatty(store.as_mut(), 0..600);
+    assert!(train_and_rewrite(store.as_mut(), T0) > 0);
+    assert!(store.newest_dictionary().expect("newest").is_some());
+    append_chatty(store.as_mut(), 600..700);
+    // Another dictionary, trained on other text: rows of both stay readable.
+    let other: Vec<String> = (0..600)
+        .map(|i| {
+            format!(
+                "<presence id='{i}'><status>away {}</status></presence>",
+                i * 31
+            )
+        })
+        .collect();
+    let dict = codec::train(&other).expect("train");
+    let second = store
+        .add_dictionary(&dict, T0 + 1, other.len())
+        .expect("add");
+    assert_eq!(
+        store
+            .newest_dictionary()
+            .expect("newest")
+            .map(|d| d.version),
+        Some(second)
+    );
+    // The writer picks the new dictionary up (a backend may check only now and then:
+    // turning compression on again makes it look at once).
+    store.set_compression(true);
+    append_chatty(store.as_mut(), 700..800);
+    assert_chatty(db, 800);
+    // Rows of an older dictionary are not rewritten again.
+    assert_eq!(rewrite_all(store.as_mut()), 0);
+    // The provider's item writes store and read back through the same codec.
+    let mut replacement = chatty(5);
+    replacement.xml = chatty(6).xml;
+    store.replace(&juliet(), &replacement).expect("replace");
+    let tombstone = "<message xmlns='jabber:client' id='x'><retracted xmlns='urn:xmpp:message-retract:1'/><body>This message was retracted, it said nothing of the balcony</body></message>";
+    let change = ItemChange {
+        xml: Some(tombstone.into()),
+        ..ItemChange::default()
+    };
+    assert!(store.update(&juliet(), "c00010", &change).expect("update"));
+    let mut reader = db.open();
+    let page = reader
+        .find(
+            &juliet(),
+            &FindRequest {
+                ids: Some(vec!["c00005".into(), "c00010".into()]),
+                ..req(10)
+            },
+        )
+        .expect("find");
+    let xmls: Vec<&str> = page.items.iter().map(|m| m.xml.as_str()).collect();
+    assert_eq!(xmls, vec![chatty(6).xml.as_str(), tombstone]);
+}
+
+pub fn the_rewrite_compresses_older_messages_without_changing_any(db: &dyn ContractDb) {
+    let mut store = db.open();
+    append_chatty(store.as_mut(), 0..800);
+    let before = stored_bytes(store.as_mut());
+    // Another connection compresses (as the live module's compaction thread does).
+    let mut compactor = db.open();
+    compactor.set_compression(true);
+    assert_eq!(train_and_rewrite(compactor.as_mut(), T0), 800);
+    let after = stored_bytes(store.as_mut());
+    assert!(after * 2 < before, "{before} bytes before, {after} after");
+    assert_chatty(db, 800);
+    // A second pass finds nothing left to do.
+    assert_eq!(rewrite_all(compactor.as_mut()), 0);
+    // What the first connection writes meanwhile (as text) is taken by the next pass.
+    append_chatty(store.as_mut(), 800..850);
+    assert_eq!(rewrite_all(compactor.as_mut()), 50);
+    assert_chatty(db, 850);
 }

@@ -5,6 +5,7 @@
 //! [`ArchiveStore`]. Every operation is scoped by [`Owner`] (host, user) and every
 //! index a backend builds leads with it, so an archive shards cleanly by owner.
 
+pub mod codec;
 /// The behaviour every backend must share, as tests each backend runs on itself.
 #[cfg(test)]
 pub(crate) mod contract;
@@ -179,7 +180,8 @@ pub struct ImportReport {
 pub struct OwnerStats {
     pub user: String,
     pub messages: u64,
-    /// Bytes of stored stanza text (the bulk of the owner's share of the database).
+    /// Bytes of stored stanzas as stored (compressed ones count their compressed
+    /// size): the bulk of the owner's share of the database.
     pub bytes: u64,
     pub oldest: Micros,
     pub newest: Micros,
@@ -226,6 +228,27 @@ impl Quota {
             expired_before: None,
         }
     }
+}
+
+/// A compression dictionary as the archive keeps it ([`codec`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dictionary {
+    /// What compressed rows name; from 1, one more for each new dictionary.
+    pub version: u32,
+    /// When it was trained (the compactor retrains a stale one).
+    pub trained_us: Micros,
+    pub bytes: Vec<u8>,
+}
+
+/// What one batch of the background rewrite ([`ArchiveStore::rewrite_batch`]) did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RewriteStep {
+    /// Where the next batch starts (pass it back as `after`).
+    pub cursor: i64,
+    /// Rows compressed (or recompressed with a dictionary) by this batch.
+    pub rewritten: u64,
+    /// Whether the batch reached the end of the archive as it was when it ran.
+    pub done: bool,
 }
 
 /// A storage backend for message archives and archiving preferences.
@@ -310,6 +333,42 @@ pub trait ArchiveStore: Send {
     /// Removes the owner's messages with these ids in one transaction; ids the owner
     /// does not have are ignored. Returns how many it removed.
     fn delete_ids(&mut self, owner: &Owner, ids: &[String]) -> Result<u64>;
+
+    // Compression (issue 18): every read decodes both stored forms; these are the
+    // write side's switch and the background compactor's steps (`crate::compactor`).
+
+    /// Whether the stanzas this connection writes from now on are compressed
+    /// (`archive_compression`). Reads handle both forms whatever the setting.
+    fn set_compression(&mut self, on: bool);
+
+    /// The newest compression dictionary, `None` before the first is trained.
+    fn newest_dictionary(&mut self) -> Result<Option<Dictionary>>;
+
+    /// The stanzas of up to `n` of the most recently stored messages (all owners, as
+    /// text): what a dictionary is trained on.
+    fn recent_stanzas(&mut self, n: usize) -> Result<Vec<String>>;
+
+    /// Stores a new dictionary under the next version, which writes use from their
+    /// next transaction on (every connection looks for newer ones as it writes).
+    fn add_dictionary(
+        &mut self,
+        dictionary: &[u8],
+        trained_us: Micros,
+        samples: usize,
+    ) -> Result<u32>;
+
+    /// Compresses, in one short transaction, the text rows and the rows compressed
+    /// without a dictionary among the at most `scan` rows after position `after` (0:
+    /// from the start), with the newest dictionary. Rows with an older dictionary stay
+    /// as they are (still readable). Any owner, any host: the whole database.
+    fn rewrite_batch(&mut self, after: i64, scan: usize) -> Result<RewriteStep>;
+
+    /// Gives up to `pages` free database pages back to the file system (SQLite with
+    /// `auto_vacuum = INCREMENTAL`); returns how many bytes went. 0 where the backend
+    /// cannot (a SQLite file created before issue 18: see docs/storage-size.md).
+    fn release_space(&mut self, _pages: u64) -> Result<u64> {
+        Ok(0)
+    }
 
     /// Stops this connection's commits from running the backend's periodic
     /// maintenance of its write-ahead log themselves (SQLite's automatic checkpoint,

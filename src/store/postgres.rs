@@ -26,14 +26,15 @@ pub mod testdb;
 mod tls;
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use postgres::types::ToSql;
 use postgres::{Client, IsolationLevel, NoTls, Row, Statement, Transaction};
 
+use super::codec::{split_header, Codec, Stored};
 use super::{
-    ArchiveBounds, ArchiveEnd, ArchiveStore, ArchivedMessage, DeleteFilter, FindRequest,
-    ImportReport, ImportedMessage, Owner, OwnerStats, Page, Quota,
+    ArchiveBounds, ArchiveEnd, ArchiveStore, ArchivedMessage, DeleteFilter, Dictionary,
+    FindRequest, ImportReport, ImportedMessage, Owner, OwnerStats, Page, Quota, RewriteStep,
 };
 use crate::config::{PgSettings, SslMode};
 use crate::error::{MamError, Result};
@@ -59,14 +60,14 @@ const OWNER_CHUNK: i64 = 256;
 /// connection, the writer's retry must neither fail nor count the message twice
 /// (see [`append_in`] for telling that apart from a real duplicate).
 const INSERT_MESSAGES: &str = "INSERT INTO mam_archive \
-     (host, username, id, when_us, with_bare, with_resource, stanza) \
-     SELECT h, u, i, w, wb, wr, s FROM unnest($1::text[], $2::text[], $3::text[], \
-     $4::int8[], $5::text[], $6::text[], $7::text[]) WITH ORDINALITY \
-     AS t(h, u, i, w, wb, wr, s, n) ORDER BY n \
+     (host, username, id, when_us, with_bare, with_resource, stanza, stanza_z) \
+     SELECT h, u, i, w, wb, wr, s, z FROM unnest($1::text[], $2::text[], $3::text[], \
+     $4::int8[], $5::text[], $6::text[], $7::text[], $8::bytea[]) WITH ORDINALITY \
+     AS t(h, u, i, w, wb, wr, s, z, n) ORDER BY n \
      ON CONFLICT (host, username, id) DO NOTHING RETURNING host, username, id";
 
 /// What is stored under an id, to tell a retried message from a different one.
-const STORED_UNDER_ID: &str = "SELECT when_us, stanza FROM mam_archive \
+const STORED_UNDER_ID: &str = "SELECT when_us, stanza, stanza_z FROM mam_archive \
      WHERE host = $1 AND username = $2 AND id = $3";
 
 /// Adds to per-owner counters (arrays sorted by owner, so concurrent writers lock the
@@ -155,7 +156,8 @@ const HOST_OWNERS: &str = "SELECT username, messages FROM mam_archive_counts \
      WHERE host = $1 ORDER BY username";
 
 const OWNER_SUMMARY: &str = "SELECT min(when_us), max(when_us), \
-     coalesce(sum(octet_length(stanza)), 0)::int8 FROM mam_archive \
+     coalesce(sum(coalesce(octet_length(stanza), octet_length(stanza_z))), 0)::int8 \
+     FROM mam_archive \
      WHERE host = $1 AND username = $2";
 
 const DELETE_MATCHING: &str = "DELETE FROM mam_archive WHERE host = $1 AND username = $2 \
@@ -169,7 +171,48 @@ const DELETE_MATCHING: &str = "DELETE FROM mam_archive WHERE host = $1 AND usern
 /// Prosody may share with us).
 const TABLE_BYTES: &str = "SELECT coalesce(sum(pg_total_relation_size(c)), 0)::int8 \
      FROM unnest(ARRAY['mam_archive', 'mam_archive_counts', 'mam_prefs', \
-     'mam_prefs_jid']::regclass[]) AS c";
+     'mam_prefs_jid', 'mam_dictionaries']::regclass[]) AS c";
+
+/// Dictionaries this connection has not loaded yet (they are only ever added).
+const NEWER_DICTIONARIES: &str = "SELECT version, dictionary FROM mam_dictionaries \
+     WHERE version > $1 ORDER BY version";
+
+const NEWEST_DICTIONARY: &str = "SELECT version, trained_us, dictionary \
+     FROM mam_dictionaries ORDER BY version DESC LIMIT 1";
+
+/// Serialised by the table lock: two compactors (two Prosody processes on one
+/// database) cannot both take the same next version.
+const ADD_DICTIONARY: &str = "INSERT INTO mam_dictionaries \
+     (version, trained_us, samples, dictionary) \
+     SELECT coalesce(max(version), 0) + 1, $1, $2, $3 FROM mam_dictionaries \
+     RETURNING version";
+
+/// The newest rows: a top-N sort over the table (no index on `seq` alone); it runs
+/// when a dictionary is trained, once a day at most.
+const RECENT_STANZAS: &str = "SELECT stanza, stanza_z FROM mam_archive \
+     ORDER BY seq DESC LIMIT $1";
+
+/// The table's size in pages, where the rewrite's walk ends.
+const TABLE_PAGES: &str = "SELECT (pg_relation_size('mam_archive') \
+     / current_setting('block_size')::int8)::int8";
+
+/// The rows of pages `$1` to `$2` (excluded) that are text or compressed without a
+/// dictionary, locked against a concurrent change: a TID range scan (PostgreSQL 14
+/// and later), so a batch reads its slice of the table and nothing else.
+const REWRITE_CANDIDATES: &str = "SELECT host, username, id, stanza, stanza_z \
+     FROM mam_archive WHERE ctid >= format('(%s,0)', $1::int8)::tid \
+     AND ctid < format('(%s,0)', $2::int8)::tid \
+     AND (stanza IS NOT NULL OR substring(stanza_z FROM 1 FOR 2) = '\\x0100'::bytea) \
+     FOR UPDATE";
+
+/// Taken for the length of one rewrite transaction (ASCII "mam_zstd"): several
+/// hosts' modules share one database, and each starts a compaction thread; while one
+/// of them rewrites, the others' batches end at once instead of walking the same
+/// table behind its row locks.
+const REWRITE_LOCK: i64 = 0x6d61_6d5f_7a73_7464;
+
+const REWRITE_ROW: &str = "UPDATE mam_archive SET stanza = NULL, stanza_z = $4 \
+     WHERE host = $1 AND username = $2 AND id = $3";
 
 /// Whether this database holds our schema (without creating it).
 const HAS_SCHEMA: &str = "SELECT to_regclass('mam_schema') IS NOT NULL";
@@ -191,7 +234,17 @@ pub struct PgStore {
     conn: Option<Connection>,
     /// Where the next expiry batch starts (see [`super::expire_round_robin`]).
     expire_resume: Option<(String, String)>,
+    /// Compresses what this connection writes (when on) and decodes what it reads.
+    /// Readers load dictionaries when a row names one they lack; the writer looks
+    /// for a newer one every [`DICTIONARY_CHECK`] (a round trip per commit would
+    /// cost more than the rows a few seconds late to a new dictionary).
+    codec: Codec,
+    /// When the writer last looked for a newer dictionary.
+    dictionaries_checked: Option<Instant>,
 }
+
+/// How often a compressing connection looks for a newer dictionary.
+const DICTIONARY_CHECK: Duration = Duration::from_secs(10);
 
 /// A message's place in archive order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -311,6 +364,8 @@ impl PgStore {
             settings: settings.clone(),
             conn: None,
             expire_resume: None,
+            codec: Codec::new(),
+            dictionaries_checked: None,
         };
         let conn = store.connection()?;
         schema::migrate(&mut conn.client)?;
@@ -326,6 +381,8 @@ impl PgStore {
             settings: settings.clone(),
             conn: None,
             expire_resume: None,
+            codec: Codec::new(),
+            dictionaries_checked: None,
         };
         let conn = store.connection()?;
         let row = conn
@@ -442,6 +499,31 @@ impl PgStore {
 }
 
 impl PgStore {
+    /// A write transaction with this connection's codec, which first loads a newer
+    /// dictionary when compressing and [`DICTIONARY_CHECK`] has passed.
+    fn writing<T>(
+        &mut self,
+        context: &'static str,
+        f: impl FnOnce(&mut Tx<'_>, &mut Codec) -> Result<T>,
+    ) -> Result<T> {
+        let mut codec = std::mem::take(&mut self.codec);
+        let check = codec.compresses()
+            && self
+                .dictionaries_checked
+                .is_none_or(|t| t.elapsed() >= DICTIONARY_CHECK);
+        let result = self.transaction(false, context, |tx| {
+            if check {
+                load_dictionaries(tx, &mut codec)?;
+            }
+            f(tx, &mut codec)
+        });
+        if check && result.is_ok() {
+            self.dictionaries_checked = Some(Instant::now());
+        }
+        self.codec = codec;
+        result
+    }
+
     fn find_in_one_statement(&mut self, owner: &Owner, req: &FindRequest) -> Result<Page> {
         const CONTEXT: &str = "find";
         let (sql, with_total, with_items) = match (req.total, req.limit > 0) {
@@ -469,11 +551,20 @@ impl PgStore {
         }
         if with_items {
             let first = usize::from(with_total);
-            for row in &rows {
-                if let Some(item) = page_row(row, first)? {
-                    page.items.push(item);
-                }
-            }
+            let mut codec = std::mem::take(&mut self.codec);
+            let loaded = match lacks_dictionary(&codec, &rows, first + 4) {
+                true => self.transaction(true, "find: load dictionaries", |tx| {
+                    load_dictionaries(tx, &mut codec)
+                }),
+                false => Ok(()),
+            };
+            let items = loaded.and_then(|()| {
+                rows.iter()
+                    .filter_map(|row| page_row(&mut codec, row, first).transpose())
+                    .collect::<Result<Vec<_>>>()
+            });
+            self.codec = codec;
+            page.items = items?;
         }
         Ok(page)
     }
@@ -509,6 +600,7 @@ fn connection_lost(e: &postgres::Error) -> bool {
 /// the run whatever its timestamp.
 fn append_in(
     tx: &mut Tx<'_>,
+    codec: &mut Codec,
     items: &[(&Owner, &ArchivedMessage)],
     quota: Option<Quota>,
 ) -> Result<u64> {
@@ -519,7 +611,8 @@ fn append_in(
     let mut whens = Vec::with_capacity(n);
     let mut withs = Vec::with_capacity(n);
     let mut resources = Vec::with_capacity(n);
-    let mut stanzas = Vec::with_capacity(n);
+    let mut stanzas: Vec<Option<&str>> = Vec::with_capacity(n);
+    let mut packed: Vec<Option<Vec<u8>>> = Vec::with_capacity(n);
     // Per owner: how many this run adds, and the id of the last one.
     let mut per_owner: BTreeMap<(&str, &str), (i64, &str)> = BTreeMap::new();
     for (owner, msg) in items {
@@ -529,7 +622,16 @@ fn append_in(
         whens.push(msg.when);
         withs.push(msg.with_bare.as_str());
         resources.push(msg.with_resource.as_deref());
-        stanzas.push(msg.xml.as_str());
+        match codec.encode(&msg.xml)? {
+            Stored::Text(text) => {
+                stanzas.push(Some(text));
+                packed.push(None);
+            }
+            Stored::Packed(bytes) => {
+                stanzas.push(None);
+                packed.push(Some(bytes));
+            }
+        }
         let entry = per_owner
             .entry((owner.host.as_str(), owner.user.as_str()))
             .or_insert((0, ""));
@@ -539,7 +641,9 @@ fn append_in(
     let inserted = tx.query(
         "append: insert messages",
         INSERT_MESSAGES,
-        &[&hosts, &users, &ids, &whens, &withs, &resources, &stanzas],
+        &[
+            &hosts, &users, &ids, &whens, &withs, &resources, &stanzas, &packed,
+        ],
     )?;
     if inserted.len() < n {
         let mut stored: std::collections::HashSet<(String, String, String)> =
@@ -567,7 +671,7 @@ fn append_in(
             let same = match row {
                 Some(row) => {
                     get::<i64>(&row, 0, "append: look up a skipped id")? == msg.when
-                        && get::<String>(&row, 1, "append: look up a skipped id")? == msg.xml
+                        && decode_stanza(codec, &row, 1, "append: look up a skipped id")? == msg.xml
                 }
                 None => false,
             };
@@ -724,7 +828,7 @@ fn push_page(
     after: Option<Position>,
     before: Option<Position>,
 ) {
-    sql.push("SELECT id, when_us, with_bare, with_resource, stanza, seq");
+    sql.push("SELECT id, when_us, with_bare, with_resource, stanza, stanza_z, seq");
     push_filters(sql, owner, req);
     if let Some(p) = after {
         sql.bind(" AND (when_us, seq) > (", p.when_us, "");
@@ -771,7 +875,7 @@ fn page_and_count_sql(owner: &Owner, req: &FindRequest) -> Sql {
     let mut sql = Sql::new("SELECT (");
     push_count(&mut sql, owner, req);
     sql.push(
-        ") AS total, p.id, p.when_us, p.with_bare, p.with_resource, p.stanza \
+        ") AS total, p.id, p.when_us, p.with_bare, p.with_resource, p.stanza, p.stanza_z \
          FROM (SELECT 1) AS one LEFT JOIN LATERAL (",
     );
     push_page(&mut sql, owner, req, None, None);
@@ -783,9 +887,50 @@ fn page_and_count_sql(owner: &Owner, req: &FindRequest) -> Sql {
     sql
 }
 
-/// A page row (columns from `first`: id, when, with, resource, stanza); `None` for
-/// the NULL row of an empty page in [`page_and_count_sql`].
-fn page_row(row: &Row, first: usize) -> Result<Option<ArchivedMessage>> {
+/// A stored stanza as text: `stanza` at column `index`, or else the compressed
+/// `stanza_z` right after it.
+fn decode_stanza(
+    codec: &mut Codec,
+    row: &Row,
+    index: usize,
+    context: &'static str,
+) -> Result<String> {
+    if let Some(text) = get::<Option<String>>(row, index, context)? {
+        return Ok(text);
+    }
+    match get::<Option<&[u8]>>(row, index + 1, context)? {
+        Some(packed) => codec.unpack(packed),
+        None => Err(MamError::Corrupt("a stored message has no stanza".into())),
+    }
+}
+
+/// Whether a compressed stanza among `rows` (column `index` + 1) names a dictionary
+/// `codec` has not loaded.
+fn lacks_dictionary(codec: &Codec, rows: &[Row], index: usize) -> bool {
+    rows.iter().any(|row| {
+        matches!(
+            row.try_get::<_, Option<&[u8]>>(index + 1),
+            Ok(Some(packed)) if split_header(packed).is_ok_and(|(v, _)| v > codec.newest())
+        )
+    })
+}
+
+/// Loads the dictionaries `codec` has not seen, in the caller's transaction.
+fn load_dictionaries(tx: &mut Tx<'_>, codec: &mut Codec) -> Result<()> {
+    const CONTEXT: &str = "load compression dictionaries";
+    let newest = i32::try_from(codec.newest()).unwrap_or(i32::MAX);
+    for row in tx.query(CONTEXT, NEWER_DICTIONARIES, &[&newest])? {
+        let version: i32 = get(&row, 0, CONTEXT)?;
+        let version = u32::try_from(version)
+            .map_err(|_| MamError::Corrupt(format!("dictionary version {version}")))?;
+        codec.add_dictionary(version, get(&row, 1, CONTEXT)?);
+    }
+    Ok(())
+}
+
+/// A page row (columns from `first`: id, when, with, resource, stanza, stanza_z);
+/// `None` for the NULL row of an empty page in [`page_and_count_sql`].
+fn page_row(codec: &mut Codec, row: &Row, first: usize) -> Result<Option<ArchivedMessage>> {
     const CONTEXT: &str = "find: read page";
     let Some(id) = get::<Option<String>>(row, first, CONTEXT)? else {
         return Ok(None);
@@ -795,7 +940,7 @@ fn page_row(row: &Row, first: usize) -> Result<Option<ArchivedMessage>> {
         when: get(row, first + 1, CONTEXT)?,
         with_bare: get(row, first + 2, CONTEXT)?,
         with_resource: get(row, first + 3, CONTEXT)?,
-        xml: get(row, first + 4, CONTEXT)?,
+        xml: decode_stanza(codec, row, first + 4, CONTEXT)?,
     }))
 }
 
@@ -924,13 +1069,137 @@ impl super::ExpirySteps for PgExpiry<'_, '_> {
 }
 
 impl ArchiveStore for PgStore {
+    fn set_compression(&mut self, on: bool) {
+        self.codec.set_compress(on);
+        self.dictionaries_checked = None;
+    }
+
+    fn newest_dictionary(&mut self) -> Result<Option<Dictionary>> {
+        const CONTEXT: &str = "read the newest dictionary";
+        self.transaction(true, CONTEXT, |tx| {
+            let Some(row) = tx.query_opt(CONTEXT, NEWEST_DICTIONARY, &[])? else {
+                return Ok(None);
+            };
+            let version: i32 = get(&row, 0, CONTEXT)?;
+            Ok(Some(Dictionary {
+                version: u32::try_from(version)
+                    .map_err(|_| MamError::Corrupt(format!("dictionary version {version}")))?,
+                trained_us: get(&row, 1, CONTEXT)?,
+                bytes: get(&row, 2, CONTEXT)?,
+            }))
+        })
+    }
+
+    fn recent_stanzas(&mut self, n: usize) -> Result<Vec<String>> {
+        const CONTEXT: &str = "recent stanzas";
+        let mut codec = std::mem::take(&mut self.codec);
+        let out = self.transaction(true, CONTEXT, |tx| {
+            let rows = tx.query(CONTEXT, RECENT_STANZAS, &[&to_sql_int(n)])?;
+            if lacks_dictionary(&codec, &rows, 0) {
+                load_dictionaries(tx, &mut codec)?;
+            }
+            rows.iter()
+                .map(|row| decode_stanza(&mut codec, row, 0, CONTEXT))
+                .collect()
+        });
+        self.codec = codec;
+        out
+    }
+
+    fn add_dictionary(
+        &mut self,
+        dictionary: &[u8],
+        trained_us: Micros,
+        samples: usize,
+    ) -> Result<u32> {
+        const CONTEXT: &str = "store a dictionary";
+        let samples = i32::try_from(samples).unwrap_or(i32::MAX);
+        self.transaction(false, CONTEXT, |tx| {
+            tx.execute(
+                "lock the dictionaries",
+                "LOCK TABLE mam_dictionaries IN EXCLUSIVE MODE",
+                &[],
+            )?;
+            let row = tx.query_opt(
+                CONTEXT,
+                ADD_DICTIONARY,
+                &[&trained_us, &samples, &dictionary],
+            )?;
+            let version: i32 = match row {
+                Some(row) => get(&row, 0, CONTEXT)?,
+                None => return Err(MamError::Corrupt("no dictionary version returned".into())),
+            };
+            u32::try_from(version)
+                .map_err(|_| MamError::Corrupt(format!("dictionary version {version}")))
+        })
+    }
+
+    /// `after` and the returned cursor are page numbers here (a TID range: see
+    /// [`REWRITE_CANDIDATES`]); `scan` rows are taken as `scan / 8` pages, about as
+    /// many rows at this table's row sizes. A row an update moves to a later page
+    /// is compressed already, so passing it again costs nothing.
+    fn rewrite_batch(&mut self, after: i64, scan: usize) -> Result<RewriteStep> {
+        const CONTEXT: &str = "rewrite";
+        let mut codec = std::mem::take(&mut self.codec);
+        let step = self.transaction(false, CONTEXT, |tx| {
+            let locked = match tx.query_opt(
+                CONTEXT,
+                "SELECT pg_try_advisory_xact_lock($1)",
+                &[&REWRITE_LOCK],
+            )? {
+                Some(row) => get::<bool>(&row, 0, CONTEXT)?,
+                None => false,
+            };
+            if !locked {
+                // Another connection is rewriting this database: this pass is over.
+                return Ok(RewriteStep {
+                    cursor: after,
+                    rewritten: 0,
+                    done: true,
+                });
+            }
+            load_dictionaries(tx, &mut codec)?;
+            let pages: i64 = match tx.query_opt(CONTEXT, TABLE_PAGES, &[])? {
+                Some(row) => get(&row, 0, CONTEXT)?,
+                None => 0,
+            };
+            let end = after.saturating_add(to_sql_int(scan / 8).max(1)).min(pages);
+            let rows = tx.query(CONTEXT, REWRITE_CANDIDATES, &[&after, &end])?;
+            let mut rewritten = 0;
+            for row in &rows {
+                let text = get::<Option<&str>>(row, 3, CONTEXT)?.is_some();
+                if !text && codec.newest() == 0 {
+                    continue;
+                }
+                let xml = decode_stanza(&mut codec, row, 3, CONTEXT)?;
+                let Some(packed) = codec.pack(&xml)? else {
+                    continue;
+                };
+                let host: &str = get(row, 0, CONTEXT)?;
+                let user: &str = get(row, 1, CONTEXT)?;
+                let id: &str = get(row, 2, CONTEXT)?;
+                tx.execute(CONTEXT, REWRITE_ROW, &[&host, &user, &id, &packed])?;
+                rewritten += 1;
+            }
+            Ok(RewriteStep {
+                cursor: end.max(after),
+                rewritten,
+                done: end >= pages,
+            })
+        });
+        self.codec = codec;
+        step
+    }
+
     fn append(
         &mut self,
         owner: &Owner,
         msg: &ArchivedMessage,
         quota: Option<Quota>,
     ) -> Result<u64> {
-        self.transaction(false, "append", |tx| append_in(tx, &[(owner, msg)], quota))
+        self.writing("append", |tx, codec| {
+            append_in(tx, codec, &[(owner, msg)], quota)
+        })
     }
 
     fn append_many(
@@ -942,7 +1211,9 @@ impl ArchiveStore for PgStore {
             return Ok(0);
         }
         let refs: Vec<(&Owner, &ArchivedMessage)> = items.iter().map(|(o, m)| (o, m)).collect();
-        self.transaction(false, "append_many", |tx| append_in(tx, &refs, quota))
+        self.writing("append_many", |tx, codec| {
+            append_in(tx, codec, &refs, quota)
+        })
     }
 
     /// Two statements for the whole host, not two per user: at module load this is
@@ -977,7 +1248,8 @@ impl ArchiveStore for PgStore {
         if req.after.is_empty() && req.before.is_empty() {
             return self.find_in_one_statement(owner, req);
         }
-        self.transaction(true, "find", |tx| {
+        let mut codec = std::mem::take(&mut self.codec);
+        let page = self.transaction(true, "find", |tx| {
             let after = resolve_bound(tx, owner, &req.after, true)?;
             let before = resolve_bound(tx, owner, &req.before, false)?;
             let total = if req.total {
@@ -995,12 +1267,17 @@ impl ArchiveStore for PgStore {
             } else {
                 let sql = page_sql(owner, req, after, before);
                 let rows = tx.query("find: read page", &sql.text, &sql.params())?;
+                if lacks_dictionary(&codec, &rows, 4) {
+                    load_dictionaries(tx, &mut codec)?;
+                }
                 rows.iter()
-                    .filter_map(|row| page_row(row, 0).transpose())
+                    .filter_map(|row| page_row(&mut codec, row, 0).transpose())
                     .collect::<Result<Vec<_>>>()?
             };
             Ok(Page { items, total })
-        })
+        });
+        self.codec = codec;
+        page
     }
 
     fn bounds(&mut self, owner: &Owner) -> Result<Option<ArchiveBounds>> {
@@ -1302,6 +1579,36 @@ mod tests {
             ..all(10)
         };
         assert_eq!(store.find(&juliet(), &with).expect("find").total, Some(0));
+    }
+
+    #[test]
+    fn while_one_connection_rewrites_another_ones_rewrite_ends_at_once() {
+        let Some(db) = TestDb::create() else { return };
+        let mut store = PgStore::connect(&db.settings).expect("connect");
+        // Long enough to compress even without a dictionary.
+        let items: Vec<(Owner, ArchivedMessage)> = (0..50)
+            .map(|i| {
+                let mut m = msg(&format!("m{i}"), T0 + i, "romeo@montague.lit");
+                m.xml = format!(
+                    "<message><body>{i} {}</body></message>",
+                    "wherefore ".repeat(30)
+                );
+                (juliet(), m)
+            })
+            .collect();
+        store.append_many(&items, None).expect("append");
+        store.set_compression(true);
+        let mut other = db.client();
+        let mut busy = other.transaction().expect("begin");
+        busy.execute("SELECT pg_advisory_xact_lock($1)", &[&REWRITE_LOCK])
+            .expect("lock");
+        let step = store.rewrite_batch(0, 1000).expect("rewrite");
+        assert_eq!((step.rewritten, step.done), (0, true));
+        busy.commit().expect("end");
+        let step = store.rewrite_batch(0, 1000).expect("rewrite");
+        assert_eq!((step.rewritten, step.done), (50, true));
+        let want: Vec<ArchivedMessage> = items.into_iter().map(|(_, m)| m).collect();
+        assert_eq!(store.find(&juliet(), &all(100)).expect("find").items, want);
     }
 
     /// A commit whose answer was lost with the connection is retried by the writer:

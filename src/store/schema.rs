@@ -77,6 +77,18 @@ pub const MIGRATIONS: &[&str] = &[
         rule TEXT NOT NULL CHECK (rule IN ('always', 'never')),
         PRIMARY KEY (host, user, jid)
     ) WITHOUT ROWID;",
+    // 4. Compression dictionaries (issue 18, `archive_compression`): zstd dictionaries
+    //    trained on this database's own messages, numbered from 1. A compressed
+    //    stanza is a BLOB in `archive.stanza` (TEXT affinity keeps a BLOB as it is, so
+    //    text rows and compressed rows live in one column, told apart by `typeof`) and
+    //    names the dictionary it needs (`store::codec`). A dictionary is never changed
+    //    or removed while this schema lasts, so every connection may cache it.
+    "CREATE TABLE archive_dictionaries (
+        version INTEGER PRIMARY KEY,
+        trained_us INTEGER NOT NULL,
+        samples INTEGER NOT NULL,
+        dictionary BLOB NOT NULL
+    );",
 ];
 
 /// The schema version this code writes and reads.

@@ -14,7 +14,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use rusqlite::types::Value;
+use rusqlite::types::{Value, ValueRef};
 use rusqlite::{
     params, params_from_iter, Connection, OpenFlags, OptionalExtension, TransactionBehavior,
 };
@@ -22,9 +22,10 @@ use rusqlite::{
 mod admin;
 mod provider;
 
+use super::codec::Codec;
 use super::{
-    schema, ArchiveBounds, ArchiveEnd, ArchiveStore, ArchivedMessage, DeleteFilter, FindRequest,
-    ImportReport, ImportedMessage, Owner, OwnerStats, Page, Quota,
+    schema, ArchiveBounds, ArchiveEnd, ArchiveStore, ArchivedMessage, DeleteFilter, Dictionary,
+    FindRequest, ImportReport, ImportedMessage, Owner, OwnerStats, Page, Quota, RewriteStep,
 };
 use crate::error::{MamError, Result};
 use crate::policy::{DefaultPolicy, Prefs};
@@ -100,6 +101,52 @@ const OWNERS_AFTER: &str =
 const EXPIRE_OWNER: &str = "DELETE FROM archive WHERE seq IN (SELECT seq FROM archive \
      WHERE host = ?1 AND user = ?2 AND when_us < ?3 ORDER BY when_us, seq LIMIT ?4)";
 
+/// Dictionaries this connection has not loaded yet (they are only ever added).
+const NEWER_DICTIONARIES: &str = "SELECT version, dictionary FROM archive_dictionaries \
+     WHERE version > ?1 ORDER BY version";
+
+const NEWEST_DICTIONARY: &str = "SELECT version, trained_us, dictionary \
+     FROM archive_dictionaries ORDER BY version DESC LIMIT 1";
+
+const ADD_DICTIONARY: &str = "INSERT INTO archive_dictionaries \
+     (version, trained_us, samples, dictionary) \
+     SELECT coalesce(max(version), 0) + 1, ?1, ?2, ?3 FROM archive_dictionaries \
+     RETURNING version";
+
+/// The newest rows in insertion order (the rowid: no index needed).
+const RECENT_STANZAS: &str = "SELECT stanza FROM archive ORDER BY seq DESC LIMIT ?1";
+
+/// The rows of one rewrite window that are text or compressed without a dictionary
+/// (`x'0100'`: format 1, dictionary 0), by rowid range: each batch reads one slice of
+/// the table, whatever it holds.
+const REWRITE_CANDIDATES: &str = "SELECT seq, stanza, host, user, id, when_us, with_bare, \
+     with_resource FROM archive \
+     WHERE seq > ?1 AND seq <= ?2 \
+     AND (typeof(stanza) = 'text' OR substr(stanza, 1, 2) = x'0100') ORDER BY seq";
+
+/// A rewritten row goes out and comes back under its own `seq` (so its place in
+/// archive order is kept), not through an UPDATE: SQLite rebalances B-tree pages
+/// after a delete but not after an update that shrinks a row, so updated pages would
+/// stay mostly empty and the file would never shrink. (The counter triggers take one
+/// off and add it back in the same transaction.)
+const REWRITE_DELETE: &str = "DELETE FROM archive WHERE seq = ?1";
+
+const REWRITE_INSERT: &str = "INSERT INTO archive (seq, host, user, id, when_us, with_bare, \
+     with_resource, stanza) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
+
+/// One row as the rewrite reads it.
+struct RewriteRow {
+    seq: i64,
+    text: bool,
+    xml: String,
+    host: String,
+    user: String,
+    id: String,
+    when_us: i64,
+    with_bare: String,
+    with_resource: Option<String>,
+}
+
 /// A message archive in one SQLite database file.
 pub struct SqliteStore {
     /// The only connection. Every operation takes `&mut self`, so access is already
@@ -109,6 +156,9 @@ pub struct SqliteStore {
     /// filled up. Without it, repeated small batches would re-check the same first
     /// owners every time; with it, expiry goes round a host's owners.
     expire_resume: Option<(String, String)>,
+    /// Compresses what this connection writes (when on) and decodes what it reads,
+    /// with the database's dictionaries loaded as they appear.
+    codec: Codec,
 }
 
 /// A message's place in archive order.
@@ -129,6 +179,9 @@ impl SqliteStore {
         let conn = Connection::open(path).map_err(MamError::storage("open archive database"))?;
         conn.busy_timeout(BUSY_TIMEOUT)
             .map_err(MamError::storage("set busy_timeout"))?;
+        // Before WAL: switching to WAL writes the file's first page, after which
+        // SQLite no longer takes an auto_vacuum mode.
+        incremental_vacuum_if_new(&conn)?;
         // The pragma answers with the mode it ended up in; a file system without WAL
         // support leaves the default rollback journal, which is slower but correct.
         conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get::<_, String>(0))
@@ -193,12 +246,29 @@ impl SqliteStore {
 
     fn with_connection(mut conn: Connection) -> Result<SqliteStore> {
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+        incremental_vacuum_if_new(&conn)?;
         schema::migrate(&mut conn)?;
         Ok(SqliteStore {
             conn,
             expire_resume: None,
+            codec: Codec::new(),
         })
     }
+}
+
+/// Makes a new, still empty database give pages freed by deletes and by compressing
+/// old rows back to the file system in steps ([`ArchiveStore::release_space`]).
+/// SQLite takes this mode only while the file has no page yet; an older file keeps
+/// its free pages for reuse until one `VACUUM` (docs/storage-size.md).
+fn incremental_vacuum_if_new(conn: &Connection) -> Result<()> {
+    let pages: i64 = conn
+        .query_row("PRAGMA page_count", [], |r| r.get(0))
+        .map_err(MamError::storage("read page_count"))?;
+    if pages == 0 {
+        conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")
+            .map_err(MamError::storage("set auto_vacuum=INCREMENTAL"))?;
+    }
+    Ok(())
 }
 
 /// Converts a count or limit from the API to SQLite's integer, saturating: a limit
@@ -211,6 +281,48 @@ fn to_sql_int<T: TryInto<i64>>(n: T) -> i64 {
 /// in practice; a negative value would be a broken trigger, reported as zero).
 fn to_count(n: i64) -> u64 {
     u64::try_from(n).unwrap_or(0)
+}
+
+/// Loads the dictionaries `codec` has not seen yet, inside the caller's transaction
+/// (one indexed probe that normally returns nothing).
+pub(super) fn load_dictionaries(conn: &Connection, codec: &mut Codec) -> Result<()> {
+    let newer: Vec<(i64, Vec<u8>)> = conn
+        .prepare_cached(NEWER_DICTIONARIES)
+        .and_then(|mut stmt| {
+            stmt.query_map(params![codec.newest()], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect()
+        })
+        .map_err(MamError::storage("load compression dictionaries"))?;
+    for (version, bytes) in newer {
+        let version = u32::try_from(version)
+            .map_err(|_| MamError::Corrupt(format!("dictionary version {version}")))?;
+        codec.add_dictionary(version, bytes);
+    }
+    Ok(())
+}
+
+/// A stored stanza as text, whichever form it was stored in.
+pub(super) fn decode_stanza(codec: &mut Codec, value: ValueRef<'_>) -> Result<String> {
+    match value {
+        ValueRef::Text(t) => String::from_utf8(t.to_vec())
+            .map_err(|_| MamError::Corrupt("a stored stanza is not UTF-8".into())),
+        ValueRef::Blob(b) => codec.unpack(b),
+        other => Err(MamError::Corrupt(format!(
+            "a stored stanza is {:?}, not text",
+            other.data_type()
+        ))),
+    }
+}
+
+/// [`decode_stanza`] inside a row mapping, where errors must be rusqlite's.
+pub(super) fn decode_column(
+    codec: &mut Codec,
+    row: &rusqlite::Row<'_>,
+    index: usize,
+) -> rusqlite::Result<String> {
+    decode_stanza(codec, row.get_ref(index)?).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(index, rusqlite::types::Type::Blob, Box::new(e))
+    })
 }
 
 /// `ids` as one JSON array of strings, bound as a single parameter and unpacked in SQL
@@ -424,10 +536,12 @@ impl super::ExpirySteps for SqliteExpiry<'_> {
 /// it at once. Expired messages go first ([`Quota`]).
 fn append_in(
     tx: &rusqlite::Transaction<'_>,
+    codec: &mut Codec,
     owner: &Owner,
     msg: &ArchivedMessage,
     quota: Option<Quota>,
 ) -> Result<u64> {
+    let stanza = codec.encode(&msg.xml)?;
     tx.prepare_cached(INSERT_MESSAGE)
         .and_then(|mut stmt| {
             stmt.execute(params![
@@ -437,7 +551,7 @@ fn append_in(
                 msg.when,
                 msg.with_bare,
                 msg.with_resource,
-                msg.xml,
+                stanza,
             ])
         })
         .map_err(MamError::storage("append: insert message"))?;
@@ -500,7 +614,10 @@ impl ArchiveStore for SqliteStore {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(MamError::storage("append: begin"))?;
-        let removed = append_in(&tx, owner, msg, quota)?;
+        if self.codec.compresses() {
+            load_dictionaries(&tx, &mut self.codec)?;
+        }
+        let removed = append_in(&tx, &mut self.codec, owner, msg, quota)?;
         tx.commit().map_err(MamError::storage("append: commit"))?;
         Ok(removed)
     }
@@ -515,9 +632,12 @@ impl ArchiveStore for SqliteStore {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(MamError::storage("append_many: begin"))?;
+        if self.codec.compresses() {
+            load_dictionaries(&tx, &mut self.codec)?;
+        }
         let mut removed = 0;
         for (owner, msg) in items {
-            removed += append_in(&tx, owner, msg, quota)?;
+            removed += append_in(&tx, &mut self.codec, owner, msg, quota)?;
         }
         tx.commit()
             .map_err(MamError::storage("append_many: commit"))?;
@@ -572,6 +692,8 @@ impl ArchiveStore for SqliteStore {
         let items = if req.limit == 0 {
             Vec::new()
         } else {
+            load_dictionaries(&tx, &mut self.codec)?;
+            let codec = &mut self.codec;
             let sql = page_sql(owner, req, after, before);
             tx.prepare_cached(&sql.text)
                 .and_then(|mut stmt| {
@@ -581,7 +703,7 @@ impl ArchiveStore for SqliteStore {
                             when: row.get(1)?,
                             with_bare: row.get(2)?,
                             with_resource: row.get(3)?,
-                            xml: row.get(4)?,
+                            xml: decode_column(codec, row, 4)?,
                         })
                     })?
                     .collect::<rusqlite::Result<Vec<_>>>()
@@ -768,6 +890,176 @@ impl ArchiveStore for SqliteStore {
 
     fn delete_ids(&mut self, owner: &Owner, ids: &[String]) -> Result<u64> {
         self.delete_ids_impl(owner, ids)
+    }
+
+    fn set_compression(&mut self, on: bool) {
+        self.codec.set_compress(on);
+    }
+
+    fn newest_dictionary(&mut self) -> Result<Option<Dictionary>> {
+        let row: Option<(i64, i64, Vec<u8>)> = self
+            .conn
+            .prepare_cached(NEWEST_DICTIONARY)
+            .and_then(|mut stmt| {
+                stmt.query_row([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                    .optional()
+            })
+            .map_err(MamError::storage("read the newest dictionary"))?;
+        row.map(|(version, trained_us, bytes)| {
+            Ok(Dictionary {
+                version: u32::try_from(version)
+                    .map_err(|_| MamError::Corrupt(format!("dictionary version {version}")))?,
+                trained_us,
+                bytes,
+            })
+        })
+        .transpose()
+    }
+
+    fn recent_stanzas(&mut self, n: usize) -> Result<Vec<String>> {
+        let tx = self
+            .conn
+            .transaction()
+            .map_err(MamError::storage("recent stanzas: begin"))?;
+        load_dictionaries(&tx, &mut self.codec)?;
+        let codec = &mut self.codec;
+        let out = tx
+            .prepare_cached(RECENT_STANZAS)
+            .and_then(|mut stmt| {
+                stmt.query_map(params![to_sql_int(n)], |row| decode_column(codec, row, 0))?
+                    .collect::<rusqlite::Result<Vec<String>>>()
+            })
+            .map_err(MamError::storage("recent stanzas: read"))?;
+        tx.commit()
+            .map_err(MamError::storage("recent stanzas: end"))?;
+        Ok(out)
+    }
+
+    fn add_dictionary(
+        &mut self,
+        dictionary: &[u8],
+        trained_us: Micros,
+        samples: usize,
+    ) -> Result<u32> {
+        let version: i64 = self
+            .conn
+            .prepare_cached(ADD_DICTIONARY)
+            .and_then(|mut stmt| {
+                stmt.query_row(params![trained_us, to_sql_int(samples), dictionary], |r| {
+                    r.get(0)
+                })
+            })
+            .map_err(MamError::storage("store a dictionary"))?;
+        u32::try_from(version)
+            .map_err(|_| MamError::Corrupt(format!("dictionary version {version}")))
+    }
+
+    /// The window is a rowid range, so a batch costs the same wherever it is and
+    /// never re-reads what earlier batches passed; rows of an older dictionary are
+    /// not candidates, so a new dictionary does not rewrite the whole archive.
+    fn rewrite_batch(&mut self, after: i64, scan: usize) -> Result<RewriteStep> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(MamError::storage("rewrite: begin"))?;
+        load_dictionaries(&tx, &mut self.codec)?;
+        let last: i64 = tx
+            .query_row("SELECT coalesce(max(seq), 0) FROM archive", [], |r| {
+                r.get(0)
+            })
+            .map_err(MamError::storage("rewrite: read the last position"))?;
+        let end = after.saturating_add(to_sql_int(scan.max(1))).min(last);
+        let codec = &mut self.codec;
+        let rows: Vec<RewriteRow> = tx
+            .prepare_cached(REWRITE_CANDIDATES)
+            .and_then(|mut stmt| {
+                stmt.query_map(params![after, end], |row| {
+                    Ok(RewriteRow {
+                        seq: row.get(0)?,
+                        text: matches!(row.get_ref(1)?, ValueRef::Text(_)),
+                        xml: decode_column(codec, row, 1)?,
+                        host: row.get(2)?,
+                        user: row.get(3)?,
+                        id: row.get(4)?,
+                        when_us: row.get(5)?,
+                        with_bare: row.get(6)?,
+                        with_resource: row.get(7)?,
+                    })
+                })?
+                .collect()
+            })
+            .map_err(MamError::storage("rewrite: read rows"))?;
+        let mut rewritten = 0;
+        {
+            let mut delete = tx
+                .prepare_cached(REWRITE_DELETE)
+                .map_err(MamError::storage("rewrite: prepare"))?;
+            let mut insert = tx
+                .prepare_cached(REWRITE_INSERT)
+                .map_err(MamError::storage("rewrite: prepare"))?;
+            for r in rows {
+                // Compressed without a dictionary and still none: nothing to gain.
+                if !r.text && codec.newest() == 0 {
+                    continue;
+                }
+                let Some(packed) = codec.pack(&r.xml)? else {
+                    continue;
+                };
+                delete
+                    .execute(params![r.seq])
+                    .map_err(MamError::storage("rewrite: take a row out"))?;
+                insert
+                    .execute(params![
+                        r.seq,
+                        r.host,
+                        r.user,
+                        r.id,
+                        r.when_us,
+                        r.with_bare,
+                        r.with_resource,
+                        packed
+                    ])
+                    .map_err(MamError::storage("rewrite: put a row back"))?;
+                rewritten += 1;
+            }
+        }
+        tx.commit().map_err(MamError::storage("rewrite: commit"))?;
+        Ok(RewriteStep {
+            cursor: end.max(after),
+            rewritten,
+            done: end >= last,
+        })
+    }
+
+    fn release_space(&mut self, pages: u64) -> Result<u64> {
+        let mode: i64 = self
+            .conn
+            .query_row("PRAGMA auto_vacuum", [], |r| r.get(0))
+            .map_err(MamError::storage("read auto_vacuum"))?;
+        // 2: INCREMENTAL. A file in mode 0 keeps its free pages until a VACUUM.
+        if mode != 2 {
+            return Ok(0);
+        }
+        let page_size: i64 = self
+            .conn
+            .query_row("PRAGMA page_size", [], |r| r.get(0))
+            .map_err(MamError::storage("read page_size"))?;
+        let before: i64 = self
+            .conn
+            .query_row("PRAGMA freelist_count", [], |r| r.get(0))
+            .map_err(MamError::storage("read freelist_count"))?;
+        if before == 0 {
+            return Ok(0);
+        }
+        // PRAGMA takes no bound parameters; rusqlite writes the number in.
+        self.conn
+            .pragma_update(None, "incremental_vacuum", to_sql_int(pages))
+            .map_err(MamError::storage("incremental_vacuum"))?;
+        let after: i64 = self
+            .conn
+            .query_row("PRAGMA freelist_count", [], |r| r.get(0))
+            .map_err(MamError::storage("read freelist_count"))?;
+        Ok(to_count((before - after) * page_size))
     }
 
     fn hand_off_checkpoints(&mut self) -> Result<bool> {
@@ -980,6 +1272,59 @@ mod tests {
     }
 
     #[test]
+    fn a_new_file_gives_the_space_compression_frees_back_to_the_file_system() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("archive.sqlite");
+        let mut store = SqliteStore::open(&path).expect("open");
+        let mode: i64 = store
+            .conn
+            .query_row("PRAGMA auto_vacuum", [], |r| r.get(0))
+            .expect("mode");
+        assert_eq!(mode, 2, "INCREMENTAL");
+        let body = "words of the balcony scene, again and again. ".repeat(20);
+        let items: Vec<(Owner, ArchivedMessage)> = (0..3000)
+            .map(|i| {
+                let mut m = msg(&format!("m{i:05}"), T0 + i, "romeo@montague.lit");
+                m.xml = format!("<message xmlns='jabber:client'><body>{i} {body}</body></message>");
+                (juliet(), m)
+            })
+            .collect();
+        store.append_many(&items, None).expect("append");
+        let pages = |s: &SqliteStore| -> i64 {
+            s.conn
+                .query_row("PRAGMA page_count", [], |r| r.get(0))
+                .expect("pages")
+        };
+        let before = pages(&store);
+        store.set_compression(true);
+        let samples = store.recent_stanzas(2000).expect("samples");
+        let dict = crate::store::codec::train(&samples).expect("train");
+        store.add_dictionary(&dict, T0, samples.len()).expect("add");
+        let mut cursor = 0;
+        loop {
+            let step = store.rewrite_batch(cursor, 500).expect("rewrite");
+            cursor = step.cursor;
+            if step.done {
+                break;
+            }
+        }
+        let mut released = 0;
+        loop {
+            let bytes = store.release_space(100).expect("release");
+            if bytes == 0 {
+                break;
+            }
+            released += bytes;
+        }
+        assert!(released > 0);
+        assert!(
+            pages(&store) * 3 < before,
+            "{} pages of {before}",
+            pages(&store)
+        );
+    }
+
+    #[test]
     fn migrations_are_idempotent_on_reopen() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("archive.sqlite");
@@ -1000,7 +1345,7 @@ mod tests {
                 |r| r.get(0),
             )
             .expect("tables");
-        assert_eq!(tables, 4);
+        assert_eq!(tables, 5);
     }
 
     #[test]

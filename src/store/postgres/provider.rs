@@ -5,6 +5,7 @@
 
 use super::{append_in, get, PgStore};
 use crate::error::Result;
+use crate::store::codec::Stored;
 use crate::store::{ArchivedMessage, ItemChange, Owner};
 
 /// Owners on a host with messages (the counter table lists exactly those).
@@ -18,7 +19,10 @@ const DELETE_IDS: &str =
 /// Changes the present fields of one message: `$4` stanza, `$5` time, `$6` and `$7`
 /// partner (bare and resource; the resource changes only with the bare part). A NULL
 /// leaves the column as it is.
-const UPDATE_MESSAGE: &str = "UPDATE mam_archive SET stanza = coalesce($4::text, stanza), \
+/// `$8` is the compressed form of a new stanza (then `$4` is NULL and `stanza` goes).
+const UPDATE_MESSAGE: &str = "UPDATE mam_archive SET \
+     stanza = CASE WHEN $4::text IS NULL AND $8::bytea IS NULL THEN stanza ELSE $4 END, \
+     stanza_z = CASE WHEN $4::text IS NULL AND $8::bytea IS NULL THEN stanza_z ELSE $8 END, \
      when_us = coalesce($5::int8, when_us), with_bare = coalesce($6::text, with_bare), \
      with_resource = CASE WHEN $6::text IS NULL THEN with_resource ELSE $7::text END \
      WHERE host = $1 AND username = $2 AND id = $3";
@@ -34,7 +38,7 @@ impl PgStore {
     }
 
     pub(super) fn replace_impl(&mut self, owner: &Owner, msg: &ArchivedMessage) -> Result<bool> {
-        self.transaction(false, "replace", |tx| {
+        self.writing("replace", |tx, codec| {
             let ids = vec![msg.id.as_str()];
             let removed = tx.execute(
                 "replace: delete the old message",
@@ -42,7 +46,7 @@ impl PgStore {
                 &[&owner.host, &owner.user, &ids],
             )?;
             tx.uncount(&owner.host, &owner.user, removed)?;
-            append_in(tx, &[(owner, msg)], None)?;
+            append_in(tx, codec, &[(owner, msg)], None)?;
             Ok(removed > 0)
         })
     }
@@ -57,8 +61,17 @@ impl PgStore {
             Some((bare, resource)) => (Some(bare.as_str()), resource.as_deref()),
             None => (None, None),
         };
-        let xml = change.xml.as_deref();
-        self.transaction(false, "update", |tx| {
+        self.writing("update", |tx, codec| {
+            let (xml, packed): (Option<&str>, Option<Vec<u8>>) = match change
+                .xml
+                .as_deref()
+                .map(|xml| codec.encode(xml))
+                .transpose()?
+            {
+                None => (None, None),
+                Some(Stored::Text(text)) => (Some(text), None),
+                Some(Stored::Packed(bytes)) => (None, Some(bytes)),
+            };
             let changed = tx.execute(
                 "update: change the message",
                 UPDATE_MESSAGE,
@@ -70,6 +83,7 @@ impl PgStore {
                     &change.when,
                     &bare,
                     &resource,
+                    &packed,
                 ],
             )?;
             Ok(changed > 0)

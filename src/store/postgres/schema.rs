@@ -70,6 +70,23 @@ pub const MIGRATIONS: &[&str] = &[
         rule TEXT NOT NULL CHECK (rule IN ('always', 'never')),
         PRIMARY KEY (host, username, jid)
     );",
+    // 2. Compression (issue 18, `archive_compression`): a compressed stanza goes into
+    //    `stanza_z` (`store::codec`'s format) and `stanza` is NULL; a row has exactly
+    //    one of the two (checked for new rows; `NOT VALID` spares the existing ones a
+    //    full scan under the table lock, and they all have `stanza`). Adding a nullable
+    //    column and dropping NOT NULL change only the catalogue. `stanza_z` is already
+    //    compressed, so TOAST must not try pglz on it again (STORAGE EXTERNAL).
+    //    `mam_dictionaries`: the zstd dictionaries rows name, from 1, never changed.
+    "ALTER TABLE mam_archive ADD COLUMN stanza_z BYTEA, ALTER COLUMN stanza DROP NOT NULL;
+    ALTER TABLE mam_archive ALTER COLUMN stanza_z SET STORAGE EXTERNAL;
+    ALTER TABLE mam_archive ADD CONSTRAINT mam_archive_one_stanza
+        CHECK ((stanza IS NULL) <> (stanza_z IS NULL)) NOT VALID;
+    CREATE TABLE mam_dictionaries (
+        version INTEGER PRIMARY KEY,
+        trained_us BIGINT NOT NULL,
+        samples INTEGER NOT NULL,
+        dictionary BYTEA NOT NULL
+    );",
 ];
 
 /// An arbitrary constant naming this module's advisory lock (ASCII "mam_schm").

@@ -48,6 +48,8 @@ impl SqliteStore {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(MamError::storage("import: begin"))?;
+        super::load_dictionaries(&tx, &mut self.codec)?;
+        let codec = &mut self.codec;
         let mut report = ImportReport::default();
         {
             let mut insert = tx
@@ -58,6 +60,7 @@ impl SqliteStore {
                 .map_err(MamError::storage("import: prepare lookup"))?;
             for item in batch {
                 let m = &item.msg;
+                let stanza = codec.encode(&m.xml)?;
                 let added = insert
                     .execute(params![
                         host,
@@ -66,7 +69,7 @@ impl SqliteStore {
                         m.when,
                         m.with_bare,
                         m.with_resource,
-                        m.xml
+                        stanza
                     ])
                     .map_err(MamError::storage("import: insert message"))?;
                 if added > 0 {

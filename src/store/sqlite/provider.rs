@@ -5,7 +5,7 @@
 
 use rusqlite::{params, TransactionBehavior};
 
-use super::{append_in, json_string_array, to_count, to_sql_int, SqliteStore};
+use super::{append_in, json_string_array, load_dictionaries, to_count, to_sql_int, SqliteStore};
 use crate::error::{MamError, Result};
 use crate::store::{ArchivedMessage, ItemChange, Owner};
 
@@ -44,7 +44,8 @@ impl SqliteStore {
             .prepare_cached(DELETE_ID)
             .and_then(|mut stmt| stmt.execute(params![owner.host, owner.user, msg.id]))
             .map_err(MamError::storage("replace: delete the old message"))?;
-        append_in(&tx, owner, msg, None)?;
+        load_dictionaries(&tx, &mut self.codec)?;
+        append_in(&tx, &mut self.codec, owner, msg, None)?;
         tx.commit().map_err(MamError::storage("replace: commit"))?;
         Ok(removed > 0)
     }
@@ -63,6 +64,12 @@ impl SqliteStore {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(MamError::storage("update: begin"))?;
+        load_dictionaries(&tx, &mut self.codec)?;
+        let stanza = change
+            .xml
+            .as_deref()
+            .map(|xml| self.codec.encode(xml))
+            .transpose()?;
         let changed = tx
             .prepare_cached(UPDATE_MESSAGE)
             .and_then(|mut stmt| {
@@ -70,7 +77,7 @@ impl SqliteStore {
                     owner.host,
                     owner.user,
                     id,
-                    change.xml,
+                    stanza,
                     change.when,
                     bare,
                     resource,
