@@ -191,9 +191,12 @@ impl Operations {
                     "--from mam-postgres needs --source".into(),
                 ))
             }
-            (_, path) => {
-                copy::CopySource::sqlite(path, &self.data_path, &self.config.archive_store)
-            }
+            (_, path) => copy::CopySource::sqlite(
+                path,
+                &self.data_path,
+                &self.config.archive_store,
+                source_key(std::env::var("MAM_SOURCE_KEY").ok()),
+            ),
         };
         let into = &self.config.storage;
         Ok(copy::copy(
@@ -207,6 +210,16 @@ impl Operations {
 
     fn owner(&self, user: &str) -> Owner {
         Owner::new(&self.config.host, user)
+    }
+}
+
+/// The key of a `--from mam-sqlite` source file: `MAM_SOURCE_KEY` from the
+/// environment, as `PGPASSWORD` gives a PostgreSQL source's password, so the key is in
+/// no command line (`ps`, shell history). Unset or empty: the source is plain SQLite.
+fn source_key(env: Option<String>) -> crate::config::DatabaseKey {
+    match env.filter(|k| !k.is_empty()) {
+        Some(key) => crate::config::DatabaseKey::given("MAM_SOURCE_KEY", key),
+        None => crate::config::DatabaseKey::none("MAM_SOURCE_KEY"),
     }
 }
 

@@ -22,8 +22,12 @@ use crate::time::Micros;
 /// connection that writes (SQLite's page cap, `mam_max_db_pages`, applies to it).
 pub fn open(storage: &Storage, writer: bool) -> Result<Box<dyn ArchiveStore>> {
     match storage {
-        Storage::Sqlite { path, max_pages } => {
-            let mut store = sqlite::SqliteStore::open(path)?;
+        Storage::Sqlite {
+            path,
+            max_pages,
+            key,
+        } => {
+            let mut store = sqlite::SqliteStore::open_keyed(path, key)?;
             if let (true, Some(pages)) = (writer, max_pages) {
                 store.set_max_pages(*pages)?;
             }

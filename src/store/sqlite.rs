@@ -20,12 +20,14 @@ use rusqlite::{
 };
 
 mod admin;
+mod key;
 mod provider;
 
 use super::{
     schema, ArchiveBounds, ArchiveEnd, ArchiveStore, ArchivedMessage, DeleteFilter, FindRequest,
     ImportReport, ImportedMessage, Owner, OwnerStats, Page, Quota,
 };
+use crate::config::DatabaseKey;
 use crate::error::{MamError, Result};
 use crate::policy::{DefaultPolicy, Prefs};
 use crate::time::Micros;
@@ -126,9 +128,18 @@ impl SqliteStore {
     /// `synchronous = NORMAL` is durable across process crashes in WAL mode and only
     /// risks the last commits on power loss, the usual trade for a chat archive.
     pub fn open(path: &Path) -> Result<SqliteStore> {
+        Self::open_keyed(path, &DatabaseKey::default())
+    }
+
+    /// [`SqliteStore::open`] with the file's SQLCipher key, set first on the
+    /// connection ([`key::unlock`]): a file that does not read with it (wrong or
+    /// missing key, or a key for a plain file) is a [`MamError::Key`], before
+    /// anything is written to it.
+    pub fn open_keyed(path: &Path, key: &DatabaseKey) -> Result<SqliteStore> {
         let conn = Connection::open(path).map_err(MamError::storage("open archive database"))?;
         conn.busy_timeout(BUSY_TIMEOUT)
             .map_err(MamError::storage("set busy_timeout"))?;
+        key::unlock(&conn, path, key)?;
         // The pragma answers with the mode it ended up in; a file system without WAL
         // support leaves the default rollback journal, which is slower but correct.
         conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get::<_, String>(0))
@@ -143,6 +154,11 @@ impl SqliteStore {
     /// file, and it refuses a database without this module's schema (Prosody's own
     /// `prosody.sqlite`, a mistyped path) instead of adding our tables to it.
     pub fn open_existing(path: &Path) -> Result<SqliteStore> {
+        Self::open_existing_keyed(path, &DatabaseKey::default())
+    }
+
+    /// [`SqliteStore::open_existing`] for a file that may be encrypted with `key`.
+    pub fn open_existing_keyed(path: &Path, key: &DatabaseKey) -> Result<SqliteStore> {
         let refuse = |cause: &str| MamError::Open {
             path: path.display().to_string(),
             cause: cause.to_owned(),
@@ -154,6 +170,7 @@ impl SqliteStore {
         let conn = Connection::open_with_flags(path, flags).map_err(|e| refuse(&e.to_string()))?;
         conn.busy_timeout(BUSY_TIMEOUT)
             .map_err(MamError::storage("set busy_timeout"))?;
+        key::unlock(&conn, path, key)?;
         let version: i64 = conn
             .query_row("PRAGMA user_version", [], |row| row.get(0))
             .map_err(|e| refuse(&e.to_string()))?;

@@ -1,0 +1,305 @@
+//! Encryption at rest: the SQLCipher key every connection sets before anything else,
+//! and what an unreadable file means.
+//!
+//! SQLCipher (the SQLite this crate is built with, `bundled-sqlcipher`) encrypts
+//! every page of the database file and of its write-ahead log with the key set by
+//! `PRAGMA key`; without a key it is plain SQLite, so archives written before this
+//! existed open as they did. The key must be the first statement on a connection:
+//! SQLCipher derives the page key on the first read, and a statement run before it
+//! would read the file as plain SQLite. Temporary files (sorts, large transactions)
+//! stay in memory, so nothing decrypted ever goes to a temporary file.
+//!
+//! A wrong or missing key shows as `SQLITE_NOTADB` ("file is not a database") on the
+//! first read. [`unlock`] turns that into a [`KeyProblem`] saying which it is, before
+//! any write, so a start with a wrong key never writes a schema (or a new empty
+//! archive) into the file.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::Path;
+
+use rusqlite::{Connection, ErrorCode};
+
+use crate::config::DatabaseKey;
+use crate::error::{KeyProblem, MamError, Result};
+
+/// The first 16 bytes of every plain SQLite file. SQLCipher stores a random salt
+/// there instead, so these bytes tell a plain file from an encrypted (or foreign) one.
+const PLAIN_SQLITE_HEADER: &[u8; 16] = b"SQLite format 3\0";
+
+/// Sets `key` on a connection just opened on `path` (first statement), keeps
+/// temporary files in memory, and reads the schema once to check that the file
+/// decrypts with it. The check is a read: nothing is written to a file that fails it.
+pub(super) fn unlock(conn: &Connection, path: &Path, key: &DatabaseKey) -> Result<()> {
+    if let Some(passphrase) = key.passphrase() {
+        // pragma_update quotes the value as an SQL string literal: the passphrase is
+        // never spliced into the statement, and SQLCipher reads it exactly as Prosody
+        // 13's SQLite driver writes `PRAGMA key='…'`, so both open the same files.
+        conn.pragma_update(None, "key", passphrase)
+            .map_err(MamError::storage("set the database key"))?;
+        conn.pragma_update(None, "temp_store", "MEMORY")
+            .map_err(MamError::storage("set temp_store=MEMORY"))?;
+    }
+    match conn.query_row("SELECT count(*) FROM sqlite_master", [], |row| {
+        row.get::<_, i64>(0)
+    }) {
+        Ok(_) => Ok(()),
+        Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == ErrorCode::NotADatabase => {
+            Err(diagnose(path, key))
+        }
+        Err(e) => Err(MamError::Storage {
+            context: "read the database schema",
+            source: e,
+        }),
+    }
+}
+
+/// Why a file SQLite calls "not a database" cannot be read with `key`.
+fn diagnose(path: &Path, key: &DatabaseKey) -> MamError {
+    let option = key.option();
+    let plain = has_plain_header(path);
+    MamError::Key(match (key.passphrase().is_some(), plain) {
+        (true, true) => KeyProblem::NotEncrypted { option },
+        (true, false) => KeyProblem::Wrong { option },
+        // A plain header that still is "not a database" is a damaged file; without a
+        // key that is the same answer as for any file SQLite cannot read.
+        (false, _) => KeyProblem::Missing { option },
+    })
+}
+
+/// Whether the file starts like a plain SQLite database. A file that cannot be read
+/// counts as not plain (the open that follows reports its own error).
+fn has_plain_header(path: &Path) -> bool {
+    let mut head = [0u8; 16];
+    File::open(path)
+        .and_then(|mut f| f.read_exact(&mut head))
+        .is_ok_and(|()| &head == PLAIN_SQLITE_HEADER)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::SqliteStore;
+    use super::*;
+    use crate::store::{ArchiveStore, ArchivedMessage, FindRequest, Owner};
+
+    const SECRET_TEXT: &str = "meet me at the old mill at midnight";
+
+    fn key(passphrase: &str) -> DatabaseKey {
+        DatabaseKey::given("mam_database_key", passphrase.to_owned())
+    }
+
+    fn no_key() -> DatabaseKey {
+        DatabaseKey::none("mam_database_key")
+    }
+
+    fn message(i: usize) -> ArchivedMessage {
+        ArchivedMessage {
+            id: format!("id-{i}"),
+            when: 1_700_000_000_000_000 + i as i64,
+            with_bare: "romeo@montague.lit".into(),
+            with_resource: None,
+            xml: format!(
+                "<message xmlns='jabber:client' type='chat'><body>{SECRET_TEXT} #{i}</body></message>"
+            ),
+        }
+    }
+
+    fn juliet() -> Owner {
+        Owner::new("capulet.lit", "juliet")
+    }
+
+    fn write(store: &mut SqliteStore, n: usize) {
+        let items: Vec<_> = (0..n).map(|i| (juliet(), message(i))).collect();
+        store.append_many(&items, None).expect("append");
+    }
+
+    fn count(store: &mut SqliteStore) -> usize {
+        let req = FindRequest {
+            limit: 1000,
+            ..FindRequest::default()
+        };
+        store.find(&juliet(), &req).expect("find").items.len()
+    }
+
+    fn contains(haystack: &[u8], needle: &str) -> bool {
+        haystack
+            .windows(needle.len())
+            .any(|w| w == needle.as_bytes())
+    }
+
+    fn key_problem(result: Result<SqliteStore>) -> KeyProblem {
+        match result {
+            Err(MamError::Key(problem)) => problem,
+            Err(other) => panic!("expected a key problem, got {other}"),
+            Ok(_) => panic!("expected a key problem, the archive opened"),
+        }
+    }
+
+    #[test]
+    fn an_archive_written_with_a_key_reads_back_with_that_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("mam.sqlite");
+        {
+            let mut store = SqliteStore::open_keyed(&path, &key("k1")).expect("create");
+            write(&mut store, 3);
+        }
+        let mut store = SqliteStore::open_keyed(&path, &key("k1")).expect("reopen");
+        assert_eq!(count(&mut store), 3);
+        let head = std::fs::read(&path).expect("read");
+        assert_ne!(
+            &head[..16],
+            PLAIN_SQLITE_HEADER,
+            "the file is not plain SQLite"
+        );
+    }
+
+    #[test]
+    fn without_the_key_or_with_a_wrong_one_the_file_is_refused_and_left_untouched() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("mam.sqlite");
+        {
+            let mut store = SqliteStore::open_keyed(&path, &key("right")).expect("create");
+            write(&mut store, 5);
+        }
+        let before = std::fs::read(&path).expect("read");
+        assert_eq!(
+            key_problem(SqliteStore::open_keyed(&path, &no_key())),
+            KeyProblem::Missing {
+                option: "mam_database_key"
+            }
+        );
+        assert_eq!(
+            key_problem(SqliteStore::open(&path)),
+            KeyProblem::Missing {
+                option: "mam_database_key"
+            }
+        );
+        assert_eq!(
+            key_problem(SqliteStore::open_keyed(&path, &key("wrong"))),
+            KeyProblem::Wrong {
+                option: "mam_database_key"
+            }
+        );
+        assert_eq!(
+            std::fs::read(&path).expect("read"),
+            before,
+            "no new (empty) database was written over the old one"
+        );
+        let mut store = SqliteStore::open_keyed(&path, &key("right")).expect("reopen");
+        assert_eq!(count(&mut store), 5, "every message is still there");
+    }
+
+    #[test]
+    fn the_error_names_the_option_and_never_the_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("mam.sqlite");
+        drop(SqliteStore::open_keyed(&path, &key("right-passphrase")).expect("create"));
+        let wrong = DatabaseKey::given("mam_sql.password", "wrong-passphrase".into());
+        let err = SqliteStore::open_keyed(&path, &wrong)
+            .err()
+            .expect("refused")
+            .to_string();
+        assert_eq!(
+            err,
+            "wrong key (mam_sql.password), or the file is not a SQLite database"
+        );
+        let err = SqliteStore::open(&path).err().expect("refused").to_string();
+        assert_eq!(
+            err,
+            "the file is encrypted, or not a SQLite database: missing key (set mam_database_key)"
+        );
+    }
+
+    #[test]
+    fn a_key_for_a_plain_archive_is_refused_and_the_plain_archive_still_opens_without() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("mam.sqlite");
+        {
+            let mut store = SqliteStore::open(&path).expect("create plain");
+            write(&mut store, 2);
+        }
+        let before = std::fs::read(&path).expect("read");
+        assert_eq!(
+            key_problem(SqliteStore::open_keyed(&path, &key("k"))),
+            KeyProblem::NotEncrypted {
+                option: "mam_database_key"
+            }
+        );
+        assert_eq!(std::fs::read(&path).expect("read"), before);
+        let mut store = SqliteStore::open(&path).expect("plain reopens");
+        assert_eq!(count(&mut store), 2);
+    }
+
+    #[test]
+    fn neither_the_encrypted_file_nor_its_write_ahead_log_holds_message_text() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // A plain archive first, the same way: the search would find the text there,
+        // so finding none in the encrypted one means something.
+        for (name, k, readable) in [("plain", no_key(), true), ("enc", key("k"), false)] {
+            let path = dir.path().join(format!("{name}.sqlite"));
+            let wal = dir.path().join(format!("{name}.sqlite-wal"));
+            let mut store = SqliteStore::open_keyed(&path, &k).expect("open");
+            write(&mut store, 50);
+            // The store stays open: the writes are in the log, not yet checkpointed.
+            let wal_bytes = std::fs::read(&wal).expect("the log exists while open");
+            assert!(!wal_bytes.is_empty());
+            assert_eq!(contains(&wal_bytes, SECRET_TEXT), readable, "{name}: -wal");
+            assert_eq!(contains(&wal_bytes, "romeo@montague.lit"), readable);
+            drop(store); // the last close checkpoints the log into the file
+            let file_bytes = std::fs::read(&path).expect("read");
+            assert_eq!(contains(&file_bytes, SECRET_TEXT), readable, "{name}: file");
+            assert_eq!(
+                contains(&file_bytes, "capulet.lit"),
+                readable,
+                "{name}: file"
+            );
+        }
+    }
+
+    #[test]
+    fn a_wrong_key_beside_a_running_writer_neither_breaks_it_nor_its_log() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("mam.sqlite");
+        let mut writer = SqliteStore::open_keyed(&path, &key("right")).expect("create");
+        write(&mut writer, 4);
+        assert_eq!(
+            key_problem(SqliteStore::open_keyed(&path, &key("wrong"))),
+            KeyProblem::Wrong {
+                option: "mam_database_key"
+            }
+        );
+        assert_eq!(count(&mut writer), 4);
+        drop(writer);
+        let mut again = SqliteStore::open_keyed(&path, &key("right")).expect("reopen");
+        assert_eq!(count(&mut again), 4);
+    }
+
+    #[test]
+    fn every_connection_keeps_temporary_files_in_memory() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("mam.sqlite");
+        let store = SqliteStore::open_keyed(&path, &key("k")).expect("create");
+        let mode: i64 = store
+            .conn
+            .query_row("PRAGMA temp_store", [], |row| row.get(0))
+            .expect("temp_store");
+        assert_eq!(mode, 2, "2 = MEMORY");
+    }
+
+    #[test]
+    fn a_raw_hex_key_works_as_sqlcipher_documents_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("mam.sqlite");
+        let raw = format!("x'{}'", "2D".repeat(32));
+        {
+            let mut store = SqliteStore::open_keyed(&path, &key(&raw)).expect("create");
+            write(&mut store, 1);
+        }
+        let mut store = SqliteStore::open_keyed(&path, &key(&raw)).expect("reopen");
+        assert_eq!(count(&mut store), 1);
+        assert!(matches!(
+            SqliteStore::open_keyed(&path, &key(&"2D".repeat(32))),
+            Err(MamError::Key(KeyProblem::Wrong { .. }))
+        ));
+    }
+}
