@@ -136,6 +136,20 @@ impl SqliteStore {
     /// missing key, or a key for a plain file) is a [`MamError::Key`], before
     /// anything is written to it.
     pub fn open_keyed(path: &Path, key: &DatabaseKey) -> Result<SqliteStore> {
+        key::check_leftover_log(path, key)?;
+        Self::open_unchecked(path, key)
+    }
+
+    /// Another connection to a file this process's writer connection has already
+    /// opened with `key` ([`SqliteStore::open_keyed`]): the readers', the
+    /// checkpointer's and expiry's. The key is known to fit, so the read-only check of
+    /// a leftover log is skipped (the writer's log is always there while it runs, and
+    /// each check would cost another key derivation, about 0.1 s).
+    pub fn open_beside_writer(path: &Path, key: &DatabaseKey) -> Result<SqliteStore> {
+        Self::open_unchecked(path, key)
+    }
+
+    fn open_unchecked(path: &Path, key: &DatabaseKey) -> Result<SqliteStore> {
         let conn = Connection::open(path).map_err(MamError::storage("open archive database"))?;
         conn.busy_timeout(BUSY_TIMEOUT)
             .map_err(MamError::storage("set busy_timeout"))?;
@@ -167,6 +181,7 @@ impl SqliteStore {
             return Err(refuse("no such file"));
         }
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        key::check_leftover_log(path, key)?;
         let conn = Connection::open_with_flags(path, flags).map_err(|e| refuse(&e.to_string()))?;
         conn.busy_timeout(BUSY_TIMEOUT)
             .map_err(MamError::storage("set busy_timeout"))?;

@@ -5,11 +5,12 @@ Prosody: SQLCipher keyed by `mam_database_key` or `mam_sql`'s `password`.
   its write-ahead log holds any message text or JID (searched as `strings`/`grep`
   would: the raw bytes), while Prosody runs and after it stops; Python's plain SQLite
   cannot read the file.
-- A wrong key, or none, at start-up: one log line naming the file and the option
-  (never the key), MAM answers a temporary error (wait, internal-server-error), the
-  messages are still delivered, the file is left byte for byte as it was (no new
-  empty database over it); with the key fixed and Prosody restarted, every message
-  archived before is there.
+- A wrong key, or none, at start-up after a crash (kill -9, the write-ahead log left
+  beside the file): one log line naming the file and the option (never the key), MAM
+  answers a temporary error (wait, internal-server-error), the messages are still
+  delivered, the file and its log are left byte for byte as they were (no new empty
+  database over them, no checkpoint); with the key fixed and Prosody restarted, every
+  message archived before is there.
 - A key for an archive written without one is refused the same way; `prosodyctl
   mod_mam import --from mam-sqlite` from the old file encrypts it (ids kept), and
   `MAM_SOURCE_KEY` reads an encrypted source (a change of key).
@@ -20,6 +21,7 @@ Prosody: SQLCipher keyed by `mam_database_key` or `mam_sql`'s `password`.
 """
 
 import os
+import signal
 import sqlite3
 import subprocess
 
@@ -163,22 +165,26 @@ async def test_a_wrong_or_missing_key_is_one_log_line_and_a_temporary_error_unti
         archived = await mam_all(bob)
         await alice.disconnect()
         await bob.disconnect()
-        server.stop()
+        # A crash, so that the write-ahead log is left beside the file: a connection
+        # with a wrong key must not checkpoint it into the file or delete it either.
+        kill_hard(server)
         path = archive_file(server)
-        before = path.read_bytes()
+        wal = path.with_name(path.name + "-wal")
+        assert wal.exists() and wal.stat().st_size > 0
+        before = (path.read_bytes(), wal.read_bytes())
 
         reconfigure(server, mam_database_key="not the key")
         line = await start_refused(server, "wrong key (mam_database_key)")
         assert "not the key" not in server.log_text() and KEY not in line
         await assert_temporary_error_and_delivery(server, connect, users, "wrong")
         server.stop()
-        assert path.read_bytes() == before, "the module wrote to a file it could not read"
+        assert (path.read_bytes(), wal.read_bytes()) == before, "the module wrote to a file it could not read"
 
         reconfigure(server, mam_database_key=None)
         await start_refused(server, "missing key (set mam_database_key)")
         await assert_temporary_error_and_delivery(server, connect, users, "missing")
         server.stop()
-        assert path.read_bytes() == before, "a new empty database replaced the archive"
+        assert (path.read_bytes(), wal.read_bytes()) == before, "a new empty database replaced the archive"
 
         reconfigure(server, mam_database_key=KEY)
         server.start()
@@ -187,6 +193,14 @@ async def test_a_wrong_or_missing_key_is_one_log_line_and_a_temporary_error_unti
         await bob.disconnect()
     finally:
         server.cleanup()
+
+
+def kill_hard(server):
+    """kill -9 by PID, as a crash would."""
+    proc, server.proc = server.proc, None
+    Prosody.running.discard(server)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=WAIT)
 
 
 def prosodyctl_env(server, env, *args):

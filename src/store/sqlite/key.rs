@@ -18,7 +18,7 @@ use std::fs::File;
 use std::io::Read;
 use std::path::Path;
 
-use rusqlite::{Connection, ErrorCode};
+use rusqlite::{Connection, ErrorCode, OpenFlags};
 
 use crate::config::DatabaseKey;
 use crate::error::{KeyProblem, MamError, Result};
@@ -26,6 +26,26 @@ use crate::error::{KeyProblem, MamError, Result};
 /// The first 16 bytes of every plain SQLite file. SQLCipher stores a random salt
 /// there instead, so these bytes tell a plain file from an encrypted (or foreign) one.
 const PLAIN_SQLITE_HEADER: &[u8; 16] = b"SQLite format 3\0";
+
+/// Before the read-write connection is opened: when a write-ahead log is left from
+/// a run that did not close the file (a crash, `kill -9`), checks on a read-only
+/// connection that the file reads with `key`. A read-write connection that fails
+/// would, on closing, still checkpoint that log into the file and delete it (SQLite
+/// copies the log's pages as they are, still encrypted, so nothing would be lost, but
+/// the file would change under a key that cannot read it); a read-only one never
+/// writes either file. Without a log a failing read-write connection writes nothing,
+/// so the check costs a second key derivation only after a crash.
+pub(super) fn check_leftover_log(path: &Path, key: &DatabaseKey) -> Result<()> {
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    if !Path::new(&wal).exists() {
+        return Ok(());
+    }
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let probe = Connection::open_with_flags(path, flags)
+        .map_err(MamError::storage("open archive database to check its key"))?;
+    unlock(&probe, path, key)
+}
 
 /// Sets `key` on a connection just opened on `path` (first statement), keeps
 /// temporary files in memory, and reads the schema once to check that the file
@@ -272,6 +292,99 @@ mod tests {
         drop(writer);
         let mut again = SqliteStore::open_keyed(&path, &key("right")).expect("reopen");
         assert_eq!(count(&mut again), 4);
+    }
+
+    #[test]
+    fn a_wrong_key_leaves_a_crashed_run_s_log_for_the_right_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let live = dir.path().join("live.sqlite");
+        let mut writer = SqliteStore::open_keyed(&live, &key("right")).expect("create");
+        write(&mut writer, 6);
+        // The file and its log as a crash (kill -9) would leave them: the commits are
+        // in the -wal, not yet checkpointed into the file.
+        let path = dir.path().join("crashed.sqlite");
+        let wal = dir.path().join("crashed.sqlite-wal");
+        std::fs::copy(&live, &path).expect("copy file");
+        std::fs::copy(dir.path().join("live.sqlite-wal"), &wal).expect("copy log");
+        drop(writer);
+        let (file_before, wal_before) = (
+            std::fs::read(&path).expect("file"),
+            std::fs::read(&wal).expect("log"),
+        );
+        assert!(!wal_before.is_empty());
+        for wrong in [key("wrong"), no_key()] {
+            assert!(matches!(
+                SqliteStore::open_keyed(&path, &wrong),
+                Err(MamError::Key(_))
+            ));
+            let (file_now, wal_now) = (
+                std::fs::read(&path).expect("file"),
+                std::fs::read(&wal).expect("the log is still there"),
+            );
+            let first_change = |a: &[u8], b: &[u8]| {
+                a.iter()
+                    .zip(b)
+                    .position(|(x, y)| x != y)
+                    .map(|p| (p, a.len(), b.len()))
+            };
+            assert!(
+                file_now == file_before,
+                "the file changed: {:?}",
+                first_change(&file_before, &file_now)
+            );
+            assert!(
+                wal_now == wal_before,
+                "the log changed: {:?}",
+                first_change(&wal_before, &wal_now)
+            );
+        }
+        let mut store = SqliteStore::open_keyed(&path, &key("right")).expect("recover");
+        assert_eq!(count(&mut store), 6, "the commits in the log are all there");
+    }
+
+    /// Not a test of behaviour: what a key costs. Run with
+    /// `cargo test --release --no-default-features --features vendored --lib
+    /// key::tests::cost -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn cost_of_a_key_on_writes_reads_and_opening() {
+        use std::time::Instant;
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (name, k) in [("plain", no_key()), ("keyed", key("a passphrase"))] {
+            let path = dir.path().join(format!("{name}.sqlite"));
+            let started = Instant::now();
+            let mut store = SqliteStore::open_keyed(&path, &k).expect("open");
+            let open_new = started.elapsed();
+            // 20,000 messages in group commits of 50, as the writer does under load.
+            let started = Instant::now();
+            for batch in 0..400 {
+                let items: Vec<_> = (0..50)
+                    .map(|i| (juliet(), message(batch * 50 + i)))
+                    .collect();
+                store.append_many(&items, None).expect("append");
+            }
+            let writes = started.elapsed();
+            drop(store);
+            let started = Instant::now();
+            let mut store = SqliteStore::open_keyed(&path, &k).expect("reopen");
+            let open_existing = started.elapsed();
+            // Cold-ish reads: the newest page, then pages walking back, as clients do.
+            let started = Instant::now();
+            for _ in 0..500 {
+                let req = FindRequest {
+                    limit: 50,
+                    reverse: true,
+                    total: true,
+                    ..FindRequest::default()
+                };
+                assert_eq!(store.find(&juliet(), &req).expect("find").items.len(), 50);
+            }
+            let reads = started.elapsed();
+            println!(
+                "{name}: open new {open_new:?}, open existing {open_existing:?}, \
+                 20,000 writes in 400 commits {writes:?}, 500 newest pages of 50 {reads:?}"
+            );
+        }
     }
 
     #[test]
