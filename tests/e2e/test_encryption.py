@@ -16,6 +16,8 @@ Prosody: SQLCipher keyed by `mam_database_key` or `mam_sql`'s `password`.
   `MAM_SOURCE_KEY` reads an encrypted source (a change of key).
 - prosodyctl's stats, export and expire work on an encrypted archive and fail with a
   clear line and exit 1 on a wrong key.
+- Room archives (mod_muc_mam) read their own key, muc_mam_database_key, for their
+  own file.
 - PostgreSQL (MAM_TEST_BACKEND=postgres): the key option does not apply, which the
   log says once; archiving works as before.
 """
@@ -289,6 +291,60 @@ async def test_prosodyctl_stats_export_and_expire_read_an_encrypted_archive(conn
             assert "wrong" not in r.stdout
     finally:
         server.cleanup()
+
+
+MUC = "rooms.localhost"
+
+
+async def join_room(client, room, nick):
+    if "xep_0045" not in client.xmpp.plugin:
+        client.xmpp.register_plugin("xep_0045")
+    await client.xmpp.plugin["xep_0045"].join_muc_wait(room, nick, timeout=WAIT)
+
+
+@pytest.mark.sqlite_only(reason="SQLCipher encrypts the SQLite file")
+async def test_room_archives_take_their_own_key_for_their_own_file(connect):
+    options = {
+        "mam_database_key": KEY,
+        "components": {MUC: {"module": "muc", "modules_enabled": ["muc_mam"],
+                             "muc_mam_database_key": "the rooms' key"}},
+        "muc_room_locking": False,
+        "muc_room_default_persistent": True,
+    }
+    server = Prosody("crypt-rooms", options, users=2)
+    try:
+        server.start()
+        a, b = server.take_users(2)
+        alice, bob = await connect(server, a), await connect(server, b)
+        room = f"vault@{MUC}"
+        await join_room(alice, room, "alice")
+        await join_room(bob, room, "bob")
+        texts = [f"{SECRET} in the room #{i}" for i in range(5)]
+        for text in texts:
+            alice.send(f"<message to='{room}' type='groupchat'><body>{text}</body></message>")
+        for text in texts:
+            await bob.wait_for_message(lambda m, t=text: m.get("type") == "groupchat" and body(m) == t)
+        assert [r.body for r in await mam_all(bob, to=room)] == texts
+        rooms_file = archive_file(server, "mam_muc_log.sqlite")
+        assert_no_clear_text(rooms_file, SECRET, room)
+        await alice.disconnect()
+        await bob.disconnect()
+        server.stop()
+        assert_no_clear_text(rooms_file, SECRET, room)
+        # Each file has its own key: the personal one does not open the rooms' file.
+        reconfigure(server, components={MUC: {"module": "muc", "modules_enabled": ["muc_mam"],
+                                              "muc_mam_database_key": KEY}})
+        await start_refused_on(server, rooms_file, "wrong key (muc_mam_database_key)")
+    finally:
+        server.cleanup()
+
+
+async def start_refused_on(server, path, needle):
+    """Start with a config the file at `path` refuses: one line naming it and `needle`."""
+    server.start()
+    await wait_log(server, needle)
+    lines = [line for line in log_lines(server, "cannot open the archive database") if needle in line]
+    assert len(lines) == 1 and str(path) in lines[0], lines
 
 
 @pytest.mark.postgres_only
