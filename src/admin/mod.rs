@@ -21,6 +21,7 @@ pub mod copy;
 pub mod export;
 pub mod import;
 pub mod stats;
+pub mod stock_file;
 
 use std::io::Write;
 use std::sync::Arc;
@@ -170,6 +171,27 @@ impl Operations {
         say: &mut dyn FnMut(&str),
     ) -> Result<(), AdminError> {
         import::import_stock(&self.config, source, Arc::new(SystemClock), say)
+    }
+
+    /// Imports a stock archive from Prosody's own SQLite file at `database` (relative
+    /// to the data directory), read natively ([`stock_file::StockFile`]): for a store
+    /// encrypted with `sql.password`, which Prosody's Lua drivers cannot open.
+    pub fn import_stock_sqlite(
+        &mut self,
+        database: &str,
+        password: Option<String>,
+        store: &str,
+        say: &mut dyn FnMut(&str),
+    ) -> Result<(), AdminError> {
+        let path = crate::config::data_file(&self.data_path, database);
+        let key = match password.filter(|p| !p.is_empty()) {
+            Some(p) => crate::config::DatabaseKey::given("sql.password", p),
+            None => crate::config::DatabaseKey::none("sql.password"),
+        };
+        let host = &self.config.host;
+        let mut source = stock_file::StockFile::open(&path, &key, host, store, self.config.owners)
+            .map_err(|e| AdminError::Failed(format!("{host}: stock store: {e}")))?;
+        import::import_stock(&self.config, &mut source, Arc::new(SystemClock), say)
     }
 
     /// Copies another archive of this module into this host's ([`copy::copy`]):

@@ -22,6 +22,7 @@ use rusqlite::{
 mod admin;
 mod key;
 mod provider;
+pub mod stock;
 
 use super::{
     schema, ArchiveBounds, ArchiveEnd, ArchiveStore, ArchivedMessage, DeleteFilter, FindRequest,

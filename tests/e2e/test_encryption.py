@@ -30,8 +30,8 @@ import subprocess
 import pytest
 
 from conftest import (
-    HOST, NS_CLIENT, PLUGIN_PATH, WAIT, Prosody, StanzaError, chat_xml, log_lines, mam_all, mam_query,
-    prosody_program, prosodyctl, q, send_and_flush, wait_log,
+    HOST, NS_CLIENT, PLUGIN_PATH, WAIT, Prosody, StanzaError, chat_xml, get_prefs, log_lines, mam_all,
+    mam_query, prosody_program, prosodyctl, q, send_and_flush, set_prefs, use_module, wait_log,
 )
 
 pytestmark = pytest.mark.native_only  # stock has no such option
@@ -178,6 +178,8 @@ async def test_a_wrong_or_missing_key_is_one_log_line_and_a_temporary_error_unti
         reconfigure(server, mam_database_key="not the key")
         line = await start_refused(server, "wrong key (mam_database_key)")
         assert "not the key" not in server.log_text() and KEY not in line
+        # SQLCipher's own log (two stderr lines per failed decryption) is off.
+        assert "sqlite3Codec" not in (server.dir / "stdout.log").read_text(errors="replace")
         await assert_temporary_error_and_delivery(server, connect, users, "wrong")
         server.stop()
         assert (path.read_bytes(), wal.read_bytes()) == before, "the module wrote to a file it could not read"
@@ -289,6 +291,52 @@ async def test_prosodyctl_stats_export_and_expire_read_an_encrypted_archive(conn
             assert r.returncode == 1, (args, r.stdout, r.stderr)
             assert "wrong key (mam_database_key)" in r.stderr, (args, r.stderr)
             assert "wrong" not in r.stdout
+    finally:
+        server.cleanup()
+
+
+async def test_stock_s_sql_store_with_a_password_imports_through_the_native_reader(connect):
+    """Stock mod_mam on mod_storage_sql, SQLite3 with a `password` (Prosody 13's
+    SQLCipher setting). Debian's LuaDBI has no SQLCipher, so stock's file is plain here
+    and Prosody's own driver reads it; the import takes the native reader for any
+    `sql.password` (an encrypted stock file, with the key, is the unit tests' case:
+    src/admin/stock_file.rs), keeps ids, stamps, order and preferences, and writes
+    them into our encrypted archive."""
+    options = {
+        "storage": {"archive": "sql", "archive_prefs": "sql"},
+        "sql": {"driver": "SQLite3", "database": "prosody.sqlite", "password": KEY},
+        "mam_database_key": "our own key",
+    }
+    server = Prosody("crypt-stock", options, users=2)
+    try:
+        use_module(server, None)  # stock mod_mam
+        server.start()
+        a, b = server.take_users(2)
+        juliet, romeo = await connect(server, a), await connect(server, b)
+        await set_prefs(juliet, "roster", always=[romeo.bare], never=["nurse@" + HOST])
+        for i in range(4):
+            await send_and_flush(juliet, chat_xml(romeo.bare, f"{SECRET} stock #{i}"))
+        before = [(r.id, r.stamp, r.body) for r in await mam_all(juliet)]
+        assert len(before) == 4
+        await juliet.disconnect()
+        await romeo.disconnect()
+        server.stop()
+
+        use_module(server, PLUGIN_PATH)
+        r = prosodyctl(server, "mod_mam", "import")
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert f"sql store 'archive' in {server.dir / 'data' / 'prosody.sqlite'}" in r.stdout, r.stdout
+        assert f"{a}: source 4, archive 4 (4 new, 0 already there) ok" in r.stdout, r.stdout
+        assert "Preferences: 1 imported" in r.stdout, r.stdout
+        assert KEY not in r.stdout + r.stderr
+        if server.pg_database is None:  # on the postgres pass our archive is there
+            assert_no_clear_text(archive_file(server), SECRET)
+
+        server.start()
+        juliet = await connect(server, a, "after")
+        assert [(r.id, r.stamp, r.body) for r in await mam_all(juliet)] == before
+        assert await get_prefs(juliet) == ("roster", [romeo.bare], ["nurse@" + HOST])
+        await juliet.disconnect()
     finally:
         server.cleanup()
 

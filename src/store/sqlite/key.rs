@@ -4,9 +4,9 @@
 //! SQLCipher (the SQLite this crate is built with, `bundled-sqlcipher`) encrypts
 //! every page of the database file and of its write-ahead log with the key set by
 //! `PRAGMA key`; without a key it is plain SQLite, so archives written before this
-//! existed open as they did. The key must be the first statement on a connection:
-//! SQLCipher derives the page key on the first read, and a statement run before it
-//! would read the file as plain SQLite. Temporary files (sorts, large transactions)
+//! existed open as they did. The key must be set before anything reads the file:
+//! SQLCipher derives the page key on the first read, and a statement that read the
+//! file before it would read it as plain SQLite. Temporary files (sorts, large transactions)
 //! stay in memory, so nothing decrypted ever goes to a temporary file.
 //!
 //! A wrong or missing key shows as `SQLITE_NOTADB` ("file is not a database") on the
@@ -47,11 +47,16 @@ pub(super) fn check_leftover_log(path: &Path, key: &DatabaseKey) -> Result<()> {
     unlock(&probe, path, key)
 }
 
-/// Sets `key` on a connection just opened on `path` (first statement), keeps
+/// Sets `key` on a connection just opened on `path` (before anything reads it), keeps
 /// temporary files in memory, and reads the schema once to check that the file
 /// decrypts with it. The check is a read: nothing is written to a file that fails it.
 pub(super) fn unlock(conn: &Connection, path: &Path, key: &DatabaseKey) -> Result<()> {
     if let Some(passphrase) = key.passphrase() {
+        // SQLCipher's own log writes two lines to stderr for every failed decryption
+        // (Prosody's console or journal, each retry every 5 s); the error this returns
+        // says it once, in Prosody's log. The setting is process-wide.
+        conn.pragma_update(None, "cipher_log_level", "NONE")
+            .map_err(MamError::storage("set cipher_log_level=NONE"))?;
         // pragma_update quotes the value as an SQL string literal: the passphrase is
         // never spliced into the statement, and SQLCipher reads it exactly as Prosody
         // 13's SQLite driver writes `PRAGMA key='…'`, so both open the same files.
