@@ -5,7 +5,9 @@
 # (server and client, for the tests' private clusters: scripts/pg-cluster.sh),
 # lua-dbi-postgresql (stock Prosody's SQL storage on PostgreSQL), mariadb-server (for
 # the import test's private server: scripts/mysql-server.sh) and lua-dbi-mysql (stock
-# Prosody's SQL storage on MySQL/MariaDB), and for `make package` and its test
+# Prosody's SQL storage on MySQL/MariaDB), libssl-dev (the libcrypto SQLCipher, built
+# into our SQLite for encryption at rest, links: docs/encryption.md), and for
+# `make package` and its test
 # dpkg-dev (dpkg-shlibdeps), binutils (strip, objdump), luarocks with liblua5.4-dev
 # (`luarocks make` looks for Lua's headers even for a prebuilt library), zip/unzip and
 # lintian, zstd (the storage provider's e2e test reads a compressed row with it), via
@@ -36,7 +38,7 @@ system_mysql_pid() {
 
 need=()
 for pkg in prosody lua5.4 lua-bitop lua-dbi-sqlite3 sqlite3 postgresql lua-dbi-postgresql \
-	mariadb-server lua-dbi-mysql openssl dpkg-dev binutils luarocks liblua5.4-dev zip unzip lintian zstd \
+	mariadb-server lua-dbi-mysql openssl libssl-dev dpkg-dev binutils luarocks liblua5.4-dev zip unzip lintian zstd \
 	python3-pip; do
 	if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
 		need+=("$pkg")

@@ -596,6 +596,29 @@ mod tests {
     }
 
     #[test]
+    fn an_encrypted_archive_opens_every_connection_with_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().to_string_lossy().into_owned();
+        let options = |n: &str| (n == "mam_database_key").then(|| RawValue::String("k".into()));
+        let config = Config::from_options("localhost", &data, &options).unwrap();
+        let path = config.storage.sqlite_path().unwrap().to_path_buf();
+        // The writer, the checkpointer and the readers open here.
+        let mut a = Archive::open(config).unwrap();
+        let ids: Vec<String> = (0..3)
+            .map(|i| juliet_gets(&mut a, &format!("secret {i}")).id)
+            .collect();
+        assert_eq!(query_all(&mut a, "juliet"), ids, "a reader reads it");
+        // Expiry opens its own connection on its first step.
+        let job = a.expire_step().unwrap().expect("the archive expires");
+        assert_eq!(expired(&a, job).deleted, 0);
+        a.close();
+        assert!(matches!(
+            SqliteStore::open(&path),
+            Err(crate::error::MamError::Key(_))
+        ));
+    }
+
+    #[test]
     fn a_serialised_answer_is_the_stanza_answer_written_out() {
         let (mut a, _clock, _dir) = archive_with(&[]);
         for body in ["one", "two &amp; &lt;three&gt;"] {

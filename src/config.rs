@@ -61,6 +61,10 @@ pub const OPTION_NAMES: &[&str] = &[
     "muc_log_include_total",
     "muc_mam_remove_expired_messages_period",
     "muc_mam_database",
+    // Encryption at rest of the SQLite file (SQLCipher): the key when `mam_sql` does
+    // not give one as its `password` (docs/encryption.md).
+    "mam_database_key",
+    "muc_mam_database_key",
 ];
 
 /// Whose archives a host keeps, which decides the option names it reads.
@@ -86,6 +90,8 @@ struct OwnerOptions {
     /// when `archive_cleanup_interval` is not set.
     cleanup_period: &'static str,
     database: &'static str,
+    /// The SQLCipher key of that file when no `mam_sql` table gives one.
+    database_key: &'static str,
     /// The store name when the host sets none (rooms: stock's fixed `muc_log`).
     default_store: &'static str,
 }
@@ -94,6 +100,7 @@ const ACCOUNT_OPTIONS: OwnerOptions = OwnerOptions {
     expires_after: "archive_expires_after",
     cleanup_period: "mam_remove_expired_messages_period",
     database: "mam_database",
+    database_key: "mam_database_key",
     default_store: "archive",
 };
 
@@ -101,6 +108,7 @@ const ROOM_OPTIONS: OwnerOptions = OwnerOptions {
     expires_after: "muc_log_expires_after",
     cleanup_period: "muc_mam_remove_expired_messages_period",
     database: "muc_mam_database",
+    database_key: "muc_mam_database_key",
     default_store: "muc_log",
 };
 
@@ -218,6 +226,9 @@ pub enum Storage {
         /// `max_page_count` on the writer's connection); `None` for SQLite's own
         /// limit. Beyond it writes fail as on a full disk.
         max_pages: Option<u64>,
+        /// The SQLCipher key every connection to the file sets first, or none for a
+        /// plain SQLite file (docs/encryption.md).
+        key: DatabaseKey,
     },
     /// A PostgreSQL server (`mam_sql`, or Prosody's `sql` when the archive store is
     /// `"sql"` with driver PostgreSQL).
@@ -239,6 +250,66 @@ impl Storage {
             Storage::Sqlite { path, .. } => Some(path),
             Storage::Postgres(_) => None,
         }
+    }
+}
+
+/// The key of an encrypted SQLite archive (SQLCipher's `PRAGMA key`: a passphrase, or
+/// a raw key written `x'…'`, as Prosody 13's SQLite driver passes `sql.password`),
+/// together with the option that gives it or would give it.
+///
+/// The option is kept even without a key so that an archive that cannot be read
+/// names where its key belongs. `Debug` never shows the key, so no log line or error
+/// built from a config can.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseKey {
+    /// The passphrase as configured; `None` for an unencrypted file.
+    passphrase: Option<String>,
+    /// Where it comes from: `mam_sql.password`, `mam_database_key`,
+    /// `muc_mam_database_key`, or `MAM_SOURCE_KEY` for a copy's source file.
+    option: &'static str,
+}
+
+impl DatabaseKey {
+    /// No key: the file is plain SQLite; `option` is where a key would go.
+    pub fn none(option: &'static str) -> DatabaseKey {
+        DatabaseKey {
+            passphrase: None,
+            option,
+        }
+    }
+
+    /// The key `passphrase`, given by `option`.
+    pub fn given(option: &'static str, passphrase: String) -> DatabaseKey {
+        DatabaseKey {
+            passphrase: Some(passphrase),
+            option,
+        }
+    }
+
+    /// The passphrase, for `PRAGMA key` only.
+    pub fn passphrase(&self) -> Option<&str> {
+        self.passphrase.as_deref()
+    }
+
+    /// The option that gives (or would give) the key, for messages.
+    pub fn option(&self) -> &'static str {
+        self.option
+    }
+}
+
+/// No key, the accounts' option named: what tests and tools that open a plain file use.
+impl Default for DatabaseKey {
+    fn default() -> Self {
+        DatabaseKey::none(ACCOUNT_OPTIONS.database_key)
+    }
+}
+
+impl fmt::Debug for DatabaseKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DatabaseKey")
+            .field("passphrase", &self.passphrase.as_ref().map(|_| "<hidden>"))
+            .field("option", &self.option)
+            .finish()
     }
 }
 
@@ -552,9 +623,16 @@ fn parse_sql_table(
         "SQLite3" if strict => {
             let path = table_string(option, t, "database")?
                 .unwrap_or_else(|| "mam_archive.sqlite".to_owned());
+            // Prosody 13's convention: the SQLite3 driver's `password` is the
+            // SQLCipher key (only `mam_sql` gets here: `strict`).
+            let key = match table_string(option, t, "password")? {
+                Some(passphrase) => DatabaseKey::given("mam_sql.password", passphrase),
+                None => DatabaseKey::none("mam_sql.password"),
+            };
             return Ok(Some(Storage::Sqlite {
                 path: data_file(data_path, &path),
                 max_pages: None,
+                key,
             }));
         }
         _ if strict => {
@@ -623,6 +701,11 @@ fn parse_storage(
     warnings: &mut Vec<String>,
 ) -> Result<Storage> {
     let database_option = owners.options().database;
+    let key_option = owners.options().database_key;
+    let own_key = match opts.get(key_option) {
+        Some(v) => Some(parse_string(key_option, &v)?),
+        None => None,
+    };
     if let Some(v) = opts.get("mam_sql") {
         match parse_sql_table("mam_sql", &v, data_path, true)? {
             Some(Storage::Sqlite { path, .. }) if owners == Owners::Rooms => {
@@ -633,16 +716,38 @@ fn parse_storage(
                     path.display()
                 ));
             }
-            Some(storage) => return Ok(storage),
+            // mam_sql names our file without a password: the module's own key
+            // option still applies (the file is ours either way).
+            Some(Storage::Sqlite {
+                path,
+                max_pages,
+                key,
+            }) => {
+                let key = match (key.passphrase(), own_key) {
+                    (None, Some(passphrase)) => DatabaseKey::given(key_option, passphrase),
+                    _ => key,
+                };
+                return Ok(Storage::Sqlite {
+                    path,
+                    max_pages,
+                    key,
+                });
+            }
+            Some(storage) => {
+                warn_key_unused(key_option, own_key.is_some(), warnings);
+                return Ok(storage);
+            }
             None => {}
         }
     }
     if archive_store_is_sql(archive_store, opts) {
         if let Some(v) = opts.get("sql") {
             if let Some(storage) = parse_sql_table("sql", &v, data_path, false)? {
+                warn_key_unused(key_option, own_key.is_some(), warnings);
                 return Ok(storage);
             }
         }
+        warn_prosody_store_encrypted_but_not_ours(opts, own_key.is_some(), key_option, warnings);
     }
     let path = match opts.get(database_option) {
         Some(v) => data_file(data_path, &parse_string(database_option, &v)?),
@@ -652,7 +757,49 @@ fn parse_storage(
         Some(v) => Some(parse_count("mam_max_db_pages", &v, 1)?),
         None => None,
     };
-    Ok(Storage::Sqlite { path, max_pages })
+    let key = match own_key {
+        Some(passphrase) => DatabaseKey::given(key_option, passphrase),
+        None => DatabaseKey::none(key_option),
+    };
+    Ok(Storage::Sqlite {
+        path,
+        max_pages,
+        key,
+    })
+}
+
+/// A key option set while the archive is in PostgreSQL: one warning, since the admin
+/// expects encryption that SQLCipher cannot give there (PostgreSQL's own encryption at
+/// rest applies; docs/encryption.md).
+fn warn_key_unused(key_option: &str, set: bool, warnings: &mut Vec<String>) {
+    if set {
+        warnings.push(format!(
+            "{key_option} is ignored: the archive is in PostgreSQL, which SQLCipher does not \
+             encrypt (use the database server's own encryption at rest, see docs/encryption.md)"
+        ));
+    }
+}
+
+/// Prosody's own SQLite store is encrypted (`sql = { driver = "SQLite3", password = … }`
+/// with the archive store on `"sql"`) but the archive keeps its own file: that file is
+/// not encrypted unless its own key option is set. A warning rather than reusing the
+/// password, so an archive written before encryption was configured keeps opening.
+fn warn_prosody_store_encrypted_but_not_ours(
+    opts: &dyn OptionSource,
+    own_key: bool,
+    key_option: &str,
+    warnings: &mut Vec<String>,
+) {
+    let Some(RawValue::Table(t)) = opts.get("sql") else {
+        return;
+    };
+    let sqlite = matches!(t.get("driver"), Some(RawValue::String(d)) if d == "SQLite3");
+    if sqlite && t.contains_key("password") && !own_key {
+        warnings.push(format!(
+            "Prosody's SQLite store is encrypted (sql.password) but the archive's own file is \
+             not: set {key_option} to encrypt it too (docs/encryption.md)"
+        ));
+    }
 }
 
 impl Config {
@@ -1001,7 +1148,8 @@ mod tests {
             c.storage,
             Storage::Sqlite {
                 path: PathBuf::from("/var/lib/prosody/mam_archive.sqlite"),
-                max_pages: None
+                max_pages: None,
+                key: DatabaseKey::none("mam_database_key"),
             }
         );
     }
@@ -1247,5 +1395,121 @@ mod tests {
         assert_eq!(pg.host, "/var/run/postgresql");
         assert_eq!(pg.port, 5432);
         assert_eq!(pg.password, None);
+    }
+
+    fn key_of(c: &Config) -> (Option<String>, &'static str) {
+        match &c.storage {
+            Storage::Sqlite { key, .. } => (key.passphrase().map(str::to_owned), key.option()),
+            other => panic!("not SQLite: {other:?}"),
+        }
+    }
+
+    fn strings(pairs: &[(&str, &str)]) -> RawValue {
+        let pairs: Vec<(&str, RawValue)> = pairs.iter().map(|(k, v)| (*k, s(v))).collect();
+        table(&pairs)
+    }
+
+    #[test]
+    fn mam_sql_with_sqlite3_takes_its_password_as_the_key_as_prosody_13_does() {
+        let c = config_with(&[(
+            "mam_sql",
+            strings(&[
+                ("driver", "SQLite3"),
+                ("database", "a.sqlite"),
+                ("password", "s3cret"),
+            ]),
+        )])
+        .unwrap();
+        assert_eq!(key_of(&c), (Some("s3cret".into()), "mam_sql.password"));
+        let c = config_with(&[
+            (
+                "mam_sql",
+                strings(&[("driver", "SQLite3"), ("database", "a.sqlite")]),
+            ),
+            ("mam_database_key", s("own")),
+        ])
+        .unwrap();
+        assert_eq!(key_of(&c), (Some("own".into()), "mam_database_key"));
+    }
+
+    #[test]
+    fn the_module_specific_key_option_differs_for_accounts_and_rooms() {
+        let c = config_with(&[("mam_database_key", s("k1"))]).unwrap();
+        assert_eq!(key_of(&c), (Some("k1".into()), "mam_database_key"));
+        assert_eq!(
+            key_of(&config_with(&[]).unwrap()),
+            (None, "mam_database_key")
+        );
+        let r = room_config_with(&[
+            ("mam_database_key", s("accounts' key")),
+            ("muc_mam_database_key", s("k2")),
+        ])
+        .unwrap();
+        assert_eq!(key_of(&r), (Some("k2".into()), "muc_mam_database_key"));
+        let r = room_config_with(&[("mam_database_key", s("accounts' key"))]).unwrap();
+        assert_eq!(key_of(&r), (None, "muc_mam_database_key"));
+        // Rooms never take mam_sql's SQLite file, so not its password either.
+        let r = room_config_with(&[(
+            "mam_sql",
+            strings(&[
+                ("driver", "SQLite3"),
+                ("database", "a.sqlite"),
+                ("password", "p"),
+            ]),
+        )])
+        .unwrap();
+        assert_eq!(key_of(&r), (None, "muc_mam_database_key"));
+    }
+
+    #[test]
+    fn an_empty_key_is_refused_naming_the_option() {
+        let err = config_with(&[("mam_database_key", s(""))]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid value \"\" for option 'mam_database_key': expected a non-empty string"
+        );
+    }
+
+    #[test]
+    fn no_debug_or_description_of_a_config_shows_the_key() {
+        let c = config_with(&[("mam_database_key", s("hunter2-passphrase"))]).unwrap();
+        let shown = format!("{c:?} {}", c.storage.describe());
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("<hidden>"), "{shown}");
+    }
+
+    #[test]
+    fn a_key_with_the_archive_in_postgresql_is_a_warning_not_an_error() {
+        let c = config_with(&[
+            (
+                "mam_sql",
+                strings(&[("driver", "PostgreSQL"), ("database", "prosody")]),
+            ),
+            ("mam_database_key", s("k")),
+        ])
+        .unwrap();
+        assert!(matches!(c.storage, Storage::Postgres(_)));
+        assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+        assert!(c.warnings[0].starts_with("mam_database_key is ignored"));
+    }
+
+    #[test]
+    fn an_encrypted_prosody_sqlite_store_warns_that_the_archive_file_is_not() {
+        let sql = strings(&[("driver", "SQLite3"), ("password", "p")]);
+        let c = config_with(&[("storage", s("sql")), ("sql", sql.clone())]).unwrap();
+        assert_eq!(
+            key_of(&c),
+            (None, "mam_database_key"),
+            "never reused: see the warning"
+        );
+        assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+        assert!(c.warnings[0].contains("set mam_database_key"));
+        let c = config_with(&[
+            ("storage", s("sql")),
+            ("sql", sql),
+            ("mam_database_key", s("k")),
+        ])
+        .unwrap();
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
     }
 }

@@ -60,6 +60,11 @@ pub enum MamError {
     /// database, unreadable); names the file.
     #[error("cannot open the archive database {path}: {cause}")]
     Open { path: String, cause: String },
+    /// The SQLite archive file exists but cannot be read with the key configured
+    /// (SQLCipher, docs/encryption.md). Nothing is written to it, so a wrong key never
+    /// replaces an archive with a new empty one.
+    #[error("{0}")]
+    Key(KeyProblem),
     /// Stored data could not be read back (e.g. an archived stanza that is not XML).
     #[error("corrupt archive data: {0}")]
     Corrupt(String),
@@ -67,6 +72,27 @@ pub enum MamError {
     /// wakes Prosody's loop: the process is out of threads or descriptors.
     #[error("{0}")]
     Thread(String),
+}
+
+/// Why an archive file and its key do not fit. Each names the option that holds (or
+/// would hold) the key, and never the key itself.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum KeyProblem {
+    /// No key is configured and the file does not read as SQLite: it is encrypted (or
+    /// not a database at all).
+    #[error("the file is encrypted, or not a SQLite database: missing key (set {option})")]
+    Missing { option: &'static str },
+    /// A key is configured and the file does not decrypt with it.
+    #[error("wrong key ({option}), or the file is not a SQLite database")]
+    Wrong { option: &'static str },
+    /// A key is configured but the file is a plain SQLite database. Refused rather
+    /// than encrypted in place: encrypting is a copy the admin starts
+    /// (`import --from mam-sqlite`, docs/encryption.md), never a side effect of a start.
+    #[error(
+        "the file is not encrypted but {option} sets a key: remove the key, or encrypt the \
+         archive first (docs/encryption.md)"
+    )]
+    NotEncrypted { option: &'static str },
 }
 
 /// A PostgreSQL error as an admin needs to read it: the server's own message ("FATAL:
@@ -139,6 +165,7 @@ impl MamError {
             | MamError::Compression { .. }
             | MamError::Duplicate(_)
             | MamError::Open { .. }
+            | MamError::Key(_)
             | MamError::Corrupt(_)
             | MamError::Thread(_) => ("wait", "internal-server-error", None),
         };

@@ -177,11 +177,31 @@ return function (native, opts)
 		};
 	end
 
+	-- Prosody's SQLite store encrypted with SQLCipher (13: `sql.password` on driver
+	-- SQLite3): read natively, since Prosody's LuaDBI driver has no SQLCipher here.
+	local function encrypted_sqlite_store(host)
+		local params = configmanager.get(host, "sql");
+		if type(params) == "table" and params.driver == "SQLite3" and params.password then
+			return params;
+		end
+	end
+
 	local function import_host(host, cmd)
 		local archive, err = open_archive(host);
 		if not archive then complain("%s", err.log); return err.code; end
 		local store = cmd.store or archive:config().archive_store;
 		local driver_name = cmd.from or configured_driver(host, store);
+		local encrypted = driver_name == "sql" and encrypted_sqlite_store(host);
+		if encrypted then
+			local ok, ierr = archive:import_stock_sqlite {
+				database = encrypted.database or "prosody.sqlite";
+				password = tostring(encrypted.password);
+				store = store;
+				say = function (line) say("%s", line); end;
+			};
+			if not ok then complain("%s", ierr.log); return ierr.code; end
+			return 0;
+		end
 		local driver, derr = load_driver(host, driver_name);
 		if not driver then complain("%s", derr); return 1; end
 		local source, serr = stock_source(host, driver_name, driver, store);

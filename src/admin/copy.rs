@@ -20,7 +20,7 @@ use std::sync::Arc;
 use thiserror::Error;
 
 use super::import::Importer;
-use crate::config::{self, PgSettings, SslMode, Storage};
+use crate::config::{self, DatabaseKey, PgSettings, SslMode, Storage};
 use crate::error::MamError;
 use crate::store::postgres::PgStore;
 use crate::store::sqlite::SqliteStore;
@@ -37,8 +37,9 @@ const PROGRESS_EVERY: Micros = 2_000_000;
 /// Which of this module's archives to read.
 #[derive(Debug, Clone, PartialEq)]
 pub enum CopySource {
-    /// An SQLite archive file (`mam_<archive_store>.sqlite` by default).
-    Sqlite(PathBuf),
+    /// An SQLite archive file (`mam_<archive_store>.sqlite` by default), and its
+    /// SQLCipher key if it is encrypted (`MAM_SOURCE_KEY`, docs/encryption.md).
+    Sqlite(PathBuf, DatabaseKey),
     /// A PostgreSQL database holding this module's `mam_*` tables.
     Postgres(PgSettings),
 }
@@ -80,11 +81,20 @@ impl CopyError {
 impl CopySource {
     /// An SQLite source: `given` (absolute, or relative to the data directory), or the
     /// file this module uses by default for `archive_store`.
-    pub fn sqlite(given: Option<&str>, data_path: &str, archive_store: &str) -> CopySource {
-        CopySource::Sqlite(match given {
+    /// `key`: the source file's own key (none for a plain file); the destination's
+    /// comes from the host's configuration, so a copy can encrypt, decrypt or change
+    /// the key of an archive.
+    pub fn sqlite(
+        given: Option<&str>,
+        data_path: &str,
+        archive_store: &str,
+        key: DatabaseKey,
+    ) -> CopySource {
+        let path = match given {
             Some(path) => config::data_file(data_path, path),
             None => config::default_sqlite_file(data_path, archive_store),
-        })
+        };
+        CopySource::Sqlite(path, key)
     }
 
     /// A PostgreSQL source from a libpq connection string (`key=value …` or a
@@ -140,7 +150,7 @@ impl CopySource {
     /// (never the password).
     pub fn describe(&self) -> String {
         match self {
-            CopySource::Sqlite(path) => path.display().to_string(),
+            CopySource::Sqlite(path, _) => path.display().to_string(),
             CopySource::Postgres(settings) => settings.describe(),
         }
     }
@@ -156,8 +166,8 @@ impl CopySource {
     /// that does not have it.
     fn open(&self) -> Result<Box<dyn ArchiveStore>, CopyError> {
         Ok(match self {
-            CopySource::Sqlite(path) => {
-                Box::new(SqliteStore::open_existing(path).map_err(self.failed())?)
+            CopySource::Sqlite(path, key) => {
+                Box::new(SqliteStore::open_existing_keyed(path, key).map_err(self.failed())?)
             }
             CopySource::Postgres(settings) => {
                 Box::new(PgStore::connect_existing(settings).map_err(self.failed())?)
@@ -226,7 +236,7 @@ fn open_ends(from: &CopySource, into: &Storage) -> Result<OpenEnds, CopyError> {
     };
     match (from, into) {
         (
-            CopySource::Sqlite(path),
+            CopySource::Sqlite(path, _),
             Storage::Sqlite {
                 path: into_path, ..
             },
@@ -582,6 +592,7 @@ mod tests {
         Storage::Sqlite {
             path: path.to_owned(),
             max_pages: None,
+            key: crate::config::DatabaseKey::default(),
         }
     }
 
@@ -760,9 +771,14 @@ mod tests {
         std::os::unix::fs::symlink(&path, &link).expect("symlink");
         let data = dir.path().to_str().expect("utf-8 path");
         for source in [
-            CopySource::sqlite(None, data, "archive"),
-            CopySource::sqlite(Some("./sub/../mam_archive.sqlite"), data, "archive"),
-            CopySource::sqlite(Some("link.sqlite"), data, "archive"),
+            CopySource::sqlite(None, data, "archive", DatabaseKey::default()),
+            CopySource::sqlite(
+                Some("./sub/../mam_archive.sqlite"),
+                data,
+                "archive",
+                DatabaseKey::default(),
+            ),
+            CopySource::sqlite(Some("link.sqlite"), data, "archive", DatabaseKey::default()),
         ] {
             std::fs::create_dir_all(dir.path().join("sub")).expect("mkdir");
             let err = run_full_copy(&source, &sqlite(&path)).expect_err("same file");
@@ -776,7 +792,11 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         let into = sqlite(&dir.path().join("new.sqlite"));
         let missing = dir.path().join("missing.sqlite");
-        let err = run_full_copy(&CopySource::Sqlite(missing.clone()), &into).expect_err("missing");
+        let err = run_full_copy(
+            &CopySource::Sqlite(missing.clone(), DatabaseKey::default()),
+            &into,
+        )
+        .expect_err("missing");
         assert_eq!(
             err.to_string(),
             format!(
@@ -791,7 +811,11 @@ mod tests {
         let conn = rusqlite::Connection::open(&foreign).expect("create");
         conn.execute_batch("CREATE TABLE prosody (host TEXT, user TEXT, store TEXT)")
             .expect("table");
-        let err = run_full_copy(&CopySource::Sqlite(foreign.clone()), &into).expect_err("foreign");
+        let err = run_full_copy(
+            &CopySource::Sqlite(foreign.clone(), DatabaseKey::default()),
+            &into,
+        )
+        .expect_err("foreign");
         assert!(
             err.to_string()
                 .ends_with("not an archive of this module (no mam_native schema)"),
@@ -874,7 +898,11 @@ mod tests {
         let expected = host_view(&mut original);
 
         let pg = Storage::Postgres(db.settings.clone());
-        let (ok, lines) = run_full_copy(&CopySource::Sqlite(old.clone()), &pg).expect("to pg");
+        let (ok, lines) = run_full_copy(
+            &CopySource::Sqlite(old.clone(), DatabaseKey::default()),
+            &pg,
+        )
+        .expect("to pg");
         assert!(ok, "{lines:#?}");
         assert_eq!(
             lines[0],
@@ -895,7 +923,8 @@ mod tests {
         assert_eq!(host_view(&mut round_trip), expected);
 
         // Once more into PostgreSQL: nothing new.
-        let (ok, lines) = run_full_copy(&CopySource::Sqlite(back), &pg).expect("again");
+        let (ok, lines) =
+            run_full_copy(&CopySource::Sqlite(back, DatabaseKey::default()), &pg).expect("again");
         assert!(ok);
         assert!(
             lines.contains(
@@ -934,6 +963,7 @@ mod tests {
             &Storage::Sqlite {
                 path: tempfile::tempdir().expect("tmp").path().join("x.sqlite"),
                 max_pages: None,
+                key: crate::config::DatabaseKey::default(),
             },
         )
         .expect_err("no archive");

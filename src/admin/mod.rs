@@ -21,6 +21,7 @@ pub mod copy;
 pub mod export;
 pub mod import;
 pub mod stats;
+pub mod stock_file;
 
 use std::io::Write;
 use std::sync::Arc;
@@ -172,6 +173,27 @@ impl Operations {
         import::import_stock(&self.config, source, Arc::new(SystemClock), say)
     }
 
+    /// Imports a stock archive from Prosody's own SQLite file at `database` (relative
+    /// to the data directory), read natively ([`stock_file::StockFile`]): for a store
+    /// encrypted with `sql.password`, which Prosody's Lua drivers cannot open.
+    pub fn import_stock_sqlite(
+        &mut self,
+        database: &str,
+        password: Option<String>,
+        store: &str,
+        say: &mut dyn FnMut(&str),
+    ) -> Result<(), AdminError> {
+        let path = crate::config::data_file(&self.data_path, database);
+        let key = match password.filter(|p| !p.is_empty()) {
+            Some(p) => crate::config::DatabaseKey::given("sql.password", p),
+            None => crate::config::DatabaseKey::none("sql.password"),
+        };
+        let host = &self.config.host;
+        let mut source = stock_file::StockFile::open(&path, &key, host, store, self.config.owners)
+            .map_err(|e| AdminError::Failed(format!("{host}: stock store: {e}")))?;
+        import::import_stock(&self.config, &mut source, Arc::new(SystemClock), say)
+    }
+
     /// Copies another archive of this module into this host's ([`copy::copy`]):
     /// `mam-sqlite` names a file (default: this host's default file), `mam-postgres`
     /// a connection string, whose password may come from `PGPASSWORD` as with libpq.
@@ -191,9 +213,12 @@ impl Operations {
                     "--from mam-postgres needs --source".into(),
                 ))
             }
-            (_, path) => {
-                copy::CopySource::sqlite(path, &self.data_path, &self.config.archive_store)
-            }
+            (_, path) => copy::CopySource::sqlite(
+                path,
+                &self.data_path,
+                &self.config.archive_store,
+                source_key(std::env::var("MAM_SOURCE_KEY").ok()),
+            ),
         };
         let into = &self.config.storage;
         Ok(copy::copy(
@@ -207,6 +232,16 @@ impl Operations {
 
     fn owner(&self, user: &str) -> Owner {
         Owner::new(&self.config.host, user)
+    }
+}
+
+/// The key of a `--from mam-sqlite` source file: `MAM_SOURCE_KEY` from the
+/// environment, as `PGPASSWORD` gives a PostgreSQL source's password, so the key is in
+/// no command line (`ps`, shell history). Unset or empty: the source is plain SQLite.
+fn source_key(env: Option<String>) -> crate::config::DatabaseKey {
+    match env.filter(|k| !k.is_empty()) {
+        Some(key) => crate::config::DatabaseKey::given("MAM_SOURCE_KEY", key),
+        None => crate::config::DatabaseKey::none("MAM_SOURCE_KEY"),
     }
 }
 

@@ -332,6 +332,7 @@ mod tests {
         let storage = Storage::Sqlite {
             path: path.clone(),
             max_pages: None,
+            key: crate::config::DatabaseKey::default(),
         };
         let mut expirer = Expirer::new(Some(3600), "capulet.lit", storage, mailbox.clone());
         let mut steps = Vec::new();
@@ -355,6 +356,7 @@ mod tests {
         let storage = Storage::Sqlite {
             path: "/nonexistent/never-opened.sqlite".into(),
             max_pages: None,
+            key: crate::config::DatabaseKey::default(),
         };
         let mut expirer = Expirer::new(None, "capulet.lit", storage, mailbox);
         assert!(!expirer.step(1, T0).unwrap());
@@ -369,6 +371,7 @@ mod tests {
         let storage = Storage::Sqlite {
             path: path.clone(),
             max_pages: None,
+            key: crate::config::DatabaseKey::default(),
         };
         let mut expirer = Expirer::new(Some(3600), "capulet.lit", storage, mailbox.clone());
         assert!(expirer.step(1, T0).unwrap());

@@ -323,6 +323,20 @@ impl UserData for OperationsHandle {
             },
         );
 
+        // import_stock_sqlite{ database =, password =, store =, say = } -> true | nil, err
+        // Stock's archive read natively from Prosody's SQLite file (an encrypted
+        // `sql` store, which Prosody's own driver cannot open without SQLCipher).
+        methods.add_method_mut("import_stock_sqlite", |lua, this, args: Table| {
+            let database: String = args.get("database")?;
+            let password: Option<String> = args.get("password")?;
+            let store: String = args.get("store")?;
+            let mut say = Say::new(args.get::<Function>("say")?);
+            let result = this
+                .0
+                .import_stock_sqlite(&database, password, &store, &mut |l| say.line(l));
+            say.finish(lua, result.map(|()| true))
+        });
+
         // copy_from{ from = "mam-sqlite"|"mam-postgres", source =, say = }
         //   -> verified | nil, err
         // Copies another archive of this module into this host's configured one.

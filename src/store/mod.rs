@@ -20,11 +20,21 @@ use crate::policy::Prefs;
 use crate::time::Micros;
 
 /// Opens the configured backend, migrating its schema. `writer`: this is the one
-/// connection that writes (SQLite's page cap, `mam_max_db_pages`, applies to it).
+/// connection that writes (SQLite's page cap, `mam_max_db_pages`, applies to it),
+/// opened before any other: on an encrypted SQLite file it alone checks the key
+/// against a log left by a crash ([`sqlite::SqliteStore::open_keyed`]).
 pub fn open(storage: &Storage, writer: bool) -> Result<Box<dyn ArchiveStore>> {
     match storage {
-        Storage::Sqlite { path, max_pages } => {
-            let mut store = sqlite::SqliteStore::open(path)?;
+        Storage::Sqlite {
+            path,
+            max_pages,
+            key,
+        } => {
+            // Every other connection opens after the writer's, which checked the key.
+            let mut store = match writer {
+                true => sqlite::SqliteStore::open_keyed(path, key)?,
+                false => sqlite::SqliteStore::open_beside_writer(path, key)?,
+            };
             if let (true, Some(pages)) = (writer, max_pages) {
                 store.set_max_pages(*pages)?;
             }

@@ -20,13 +20,16 @@ use rusqlite::{
 };
 
 mod admin;
+mod key;
 mod provider;
+pub mod stock;
 
 use super::codec::Codec;
 use super::{
     schema, ArchiveBounds, ArchiveEnd, ArchiveStore, ArchivedMessage, DeleteFilter, Dictionary,
     FindRequest, ImportReport, ImportedMessage, Owner, OwnerStats, Page, Quota, RewriteStep,
 };
+use crate::config::DatabaseKey;
 use crate::error::{MamError, Result};
 use crate::policy::{DefaultPolicy, Prefs};
 use crate::time::Micros;
@@ -176,9 +179,33 @@ impl SqliteStore {
     /// `synchronous = NORMAL` is durable across process crashes in WAL mode and only
     /// risks the last commits on power loss, the usual trade for a chat archive.
     pub fn open(path: &Path) -> Result<SqliteStore> {
+        Self::open_keyed(path, &DatabaseKey::default())
+    }
+
+    /// [`SqliteStore::open`] with the file's SQLCipher key, set first on the
+    /// connection ([`key::unlock`]): a file that does not read with it (wrong or
+    /// missing key, or a key for a plain file) is a [`MamError::Key`], before
+    /// anything is written to it.
+    pub fn open_keyed(path: &Path, key: &DatabaseKey) -> Result<SqliteStore> {
+        key::check_leftover_log(path, key)?;
+        Self::open_unchecked(path, key)
+    }
+
+    /// Another connection to a file this process's writer connection has already
+    /// opened with `key` ([`SqliteStore::open_keyed`]): the readers', the
+    /// checkpointer's and expiry's. The key is known to fit, so the read-only check of
+    /// a leftover log is skipped (the writer's log is always there while it runs, and
+    /// each check would cost another key derivation, about 0.1 s).
+    pub fn open_beside_writer(path: &Path, key: &DatabaseKey) -> Result<SqliteStore> {
+        Self::open_unchecked(path, key)
+    }
+
+    fn open_unchecked(path: &Path, key: &DatabaseKey) -> Result<SqliteStore> {
         let conn = Connection::open(path).map_err(MamError::storage("open archive database"))?;
         conn.busy_timeout(BUSY_TIMEOUT)
             .map_err(MamError::storage("set busy_timeout"))?;
+        // The key first: an encrypted file reads as garbage until it is given.
+        key::unlock(&conn, path, key)?;
         // Before WAL: switching to WAL writes the file's first page, after which
         // SQLite no longer takes an auto_vacuum mode.
         incremental_vacuum_if_new(&conn)?;
@@ -196,6 +223,11 @@ impl SqliteStore {
     /// file, and it refuses a database without this module's schema (Prosody's own
     /// `prosody.sqlite`, a mistyped path) instead of adding our tables to it.
     pub fn open_existing(path: &Path) -> Result<SqliteStore> {
+        Self::open_existing_keyed(path, &DatabaseKey::default())
+    }
+
+    /// [`SqliteStore::open_existing`] for a file that may be encrypted with `key`.
+    pub fn open_existing_keyed(path: &Path, key: &DatabaseKey) -> Result<SqliteStore> {
         let refuse = |cause: &str| MamError::Open {
             path: path.display().to_string(),
             cause: cause.to_owned(),
@@ -204,9 +236,11 @@ impl SqliteStore {
             return Err(refuse("no such file"));
         }
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        key::check_leftover_log(path, key)?;
         let conn = Connection::open_with_flags(path, flags).map_err(|e| refuse(&e.to_string()))?;
         conn.busy_timeout(BUSY_TIMEOUT)
             .map_err(MamError::storage("set busy_timeout"))?;
+        key::unlock(&conn, path, key)?;
         let version: i64 = conn
             .query_row("PRAGMA user_version", [], |row| row.get(0))
             .map_err(|e| refuse(&e.to_string()))?;

@@ -417,7 +417,10 @@ def test_a_source_build_from_the_rockspec_says_it_needs_cargo(tmp_path):
 
 def test_the_packaged_library_runs_on_the_glibc_of_debian_12_and_13():
     """Debian 12 has glibc 2.36, Debian 13 2.41: the library may need no symbol newer
-    than 2.36 (then every newer glibc has it), and links only libraries both ship."""
+    than 2.36 (then every newer glibc has it), and links only libraries both ship:
+    besides glibc's, OpenSSL's libcrypto.so.3 (SQLCipher's cipher, docs/encryption.md;
+    Debian 12's libssl3 3.0, Debian 13's libssl3t64 3.5, one ABI), needing no symbol
+    version past 3.0."""
     rock = one(DIST, f"{PACKAGE}-{VERSION}-1.linux-x86_64.rock")
     workdir = Path(tempfile.mkdtemp(prefix="mam-rock-lib-"))
     try:
@@ -429,7 +432,10 @@ def test_the_packaged_library_runs_on_the_glibc_of_debian_12_and_13():
         assert versions and max(versions) <= (2, 36), sorted(versions)
         needed = set(re.findall(r"NEEDED\s+(\S+)", ok(subprocess.run(["objdump", "-p", str(lib)],
                                                                      capture_output=True, text=True))))
-        assert needed <= {"libc.so.6", "libm.so.6", "libgcc_s.so.1", "ld-linux-x86-64.so.2"}, needed
+        assert needed <= {"libc.so.6", "libm.so.6", "libgcc_s.so.1", "ld-linux-x86-64.so.2",
+                          "libcrypto.so.3"}, needed
+        openssl = {tuple(int(x) for x in v.split(".")) for v in re.findall(r"OPENSSL_(\d+\.\d+\.\d+)", symbols)}
+        assert openssl and max(openssl) <= (3, 0, 0), sorted(openssl)
         assert "luaopen_mam_native" in symbols
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
