@@ -217,7 +217,9 @@ def prosodyctl_env(server, env, *args):
 
 @pytest.mark.sqlite_only(reason="SQLCipher encrypts the SQLite file")
 async def test_a_key_for_a_plain_archive_is_refused_and_an_import_encrypts_it_keeping_ids(connect):
-    server = Prosody("crypt-encrypt", users=2)
+    # Uncompressed, so the plain file shows the text in clear: the proof that the
+    # clear-text checks after the import can fail.
+    server = Prosody("crypt-encrypt", {"archive_compression": False}, users=2)
     try:
         server.start()
         users = server.take_users(2)
