@@ -125,7 +125,7 @@ struct Opts {
 }
 
 const USAGE: &str = "mam-bench [--quick] [--phases all|personal|rooms]
-  [--configs nomam,nomam-sid,stock-internal,stock-sql,native,native-nowait,native-pg]
+  [--configs nomam,nomam-sid,stock-internal,stock-sql,native,native-nowait,native-plain,native-pg]
   [--sizes 10000,100000,1000000] [--pairs 20] [--window 32] [--duration S] [--warmup S]
   [--open-rate MSGS_PER_S] [--open-rate-low MSGS_PER_S] [--open-duration S]
   [--query-iters N] [--query-budget S]
@@ -499,7 +499,15 @@ async fn run_config(
         let secs = match kind {
             Kind::StockInternal => populate::populate_internal(&data, ds)?,
             Kind::StockSql => populate::populate_sql(&data.join("prosody.sqlite"), ds)?,
-            Kind::Native => populate::populate_native(&native_db(&data)?, ds, true)?,
+            Kind::Native => populate::populate_native(
+                &native_db(&data)?,
+                ds,
+                true,
+                populate::NativeRows::Compressed,
+            )?,
+            Kind::NativePlain => {
+                populate::populate_native(&native_db(&data)?, ds, true, populate::NativeRows::Text)?
+            }
             Kind::NativePg => {
                 let pg = pg.context("native-pg without a cluster")?;
                 blocking(|| {
@@ -583,7 +591,7 @@ async fn run_config(
         let before: u64 = datasets.iter().map(|d| d.n).sum();
         let how;
         match kind {
-            Kind::Native | Kind::NativeNoWait | Kind::NativePg => {
+            Kind::Native | Kind::NativeNoWait | Kind::NativePg | Kind::NativePlain => {
                 spec.expiry = Some(Expiry {
                     expires_after: "1d".into(),
                     cleanup_interval: 1,

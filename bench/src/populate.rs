@@ -14,6 +14,8 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result};
 use rusqlite::{params, Connection};
 
+use mam_native::store::codec::{self, Codec, Stored};
+
 use crate::xmpp::{DOMAIN, MUC_DOMAIN};
 
 /// The frequent contact: one message in three.
@@ -275,11 +277,82 @@ pub const NATIVE_INSERT: &str =
     "INSERT INTO archive (host, user, id, when_us, with_bare, with_resource, stanza) \
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
 
+/// How the fast path stores stanzas in the native schema.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NativeRows {
+    /// Text, as `archive_compression = false` stores them (and as every row was
+    /// stored before compression).
+    Text,
+    /// Compressed with the database's dictionary (trained here on the first data
+    /// set's messages when the file has none), as a server with compression on holds
+    /// its rows once the background rewrite is done: the module finds nothing to
+    /// rewrite, so the phases measure that steady state rather than the rewrite.
+    Compressed,
+}
+
+/// Messages a fast-path dictionary is trained on, as the module trains its first.
+const DICTIONARY_SAMPLES: u64 = codec::TRAINING_SAMPLES as u64;
+
+/// The codec the fast path writes with: none for [`NativeRows::Text`]; for
+/// [`NativeRows::Compressed`] one holding the file's dictionaries, the first trained
+/// on `samples` and stored as version 1 if there is none yet.
+fn fast_path_codec(
+    conn: &Connection,
+    rows: NativeRows,
+    samples: impl FnOnce() -> Vec<String>,
+) -> Result<Option<Codec>> {
+    if rows == NativeRows::Text {
+        return Ok(None);
+    }
+    let load = |conn: &Connection| -> Result<Vec<(u32, Vec<u8>)>> {
+        let mut st =
+            conn.prepare("SELECT version, dictionary FROM archive_dictionaries ORDER BY version")?;
+        let found = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(found.collect::<rusqlite::Result<_>>()?)
+    };
+    let mut dictionaries = load(conn)?;
+    if dictionaries.is_empty() {
+        let samples = samples();
+        let dictionary = codec::train(&samples).context("training the fast path's dictionary")?;
+        let now_us = SystemTime::now().duration_since(UNIX_EPOCH)?.as_micros() as i64;
+        conn.execute(
+            "INSERT INTO archive_dictionaries (version, trained_us, samples, dictionary) \
+             VALUES (1, ?1, ?2, ?3)",
+            params![now_us, samples.len() as i64, dictionary],
+        )?;
+        dictionaries = load(conn)?;
+    }
+    let mut c = Codec::new();
+    for (version, bytes) in dictionaries {
+        c.add_dictionary(version, bytes);
+    }
+    c.set_compress(true);
+    Ok(Some(c))
+}
+
+/// What the fast path binds for `xml`: compressed by `codec` when there is one.
+fn stored<'a>(codec: &mut Option<Codec>, xml: &'a str) -> Result<Stored<'a>> {
+    Ok(match codec {
+        Some(c) => c.encode(xml)?,
+        None => Stored::Text(xml),
+    })
+}
+
 /// Native: rows in `archive` of `mam_archive.sqlite` (created by the module on its
 /// first start), plus the per-owner counter when no trigger maintains it.
-pub fn populate_native(db: &Path, ds: &Dataset, synchronous_off: bool) -> Result<f64> {
+pub fn populate_native(
+    db: &Path,
+    ds: &Dataset,
+    synchronous_off: bool,
+    rows: NativeRows,
+) -> Result<f64> {
     populate_native_owner(db, DOMAIN, &ds.owner, ds.n, synchronous_off, |conn| {
-        insert_native_batches(conn, ds, 10_000)
+        let codec = fast_path_codec(conn, rows, || {
+            (0..DICTIONARY_SAMPLES.min(ds.n))
+                .map(|i| ds.msg(i).xml())
+                .collect()
+        })?;
+        insert_native_batches(conn, ds, 10_000, codec)
     })
 }
 
@@ -476,9 +549,14 @@ pub fn arm_stock_expiry(data_path: &Path, owners: &[String]) -> Result<()> {
 }
 
 /// Inserts every message of `ds` into the native schema, `batch` rows per
-/// transaction (shared by the pre-population fast path and the raw-SQLite limit).
-/// Returns the number of rows inserted.
-pub fn insert_native_batches(conn: &mut Connection, ds: &Dataset, batch: u64) -> Result<u64> {
+/// transaction (shared by the pre-population fast path and the raw-SQLite limit),
+/// compressed by `codec` when there is one. Returns the number of rows inserted.
+pub fn insert_native_batches(
+    conn: &mut Connection,
+    ds: &Dataset,
+    batch: u64,
+    mut codec: Option<Codec>,
+) -> Result<u64> {
     let mut i = 0;
     while i < ds.n {
         let tx = conn.transaction()?;
@@ -486,6 +564,7 @@ pub fn insert_native_batches(conn: &mut Connection, ds: &Dataset, batch: u64) ->
             let mut st = tx.prepare_cached(NATIVE_INSERT)?;
             for j in i..(i + batch).min(ds.n) {
                 let m = ds.msg(j);
+                let xml = m.xml();
                 st.execute(params![
                     DOMAIN,
                     ds.owner,
@@ -493,7 +572,7 @@ pub fn insert_native_batches(conn: &mut Connection, ds: &Dataset, batch: u64) ->
                     m.when_us,
                     m.with,
                     m.with_resource,
-                    m.xml()
+                    stored(&mut codec, &xml)?
                 ])?;
             }
         }
@@ -664,9 +743,14 @@ pub fn populate_room_sql(db: &Path, rds: &RoomDataset) -> Result<f64> {
 /// Native: rows in `archive` of `mam_muc_log.sqlite` (the rooms' file, same schema as
 /// the accounts' one): `host` the component, `user` the room's node, `with_bare` the
 /// room's JID, `with_resource` the sender's nick, the stanza without `to`.
-pub fn populate_room_native(db: &Path, rds: &RoomDataset) -> Result<f64> {
+pub fn populate_room_native(db: &Path, rds: &RoomDataset, rows: NativeRows) -> Result<f64> {
     let jid = rds.jid();
     populate_native_owner(db, MUC_DOMAIN, rds.room(), rds.n(), true, |conn| {
+        let mut codec = fast_path_codec(conn, rows, || {
+            (0..DICTIONARY_SAMPLES.min(rds.n()))
+                .map(|i| rds.native_xml(i))
+                .collect()
+        })?;
         let mut i = 0;
         let batch = 10_000u64;
         while i < rds.n() {
@@ -674,6 +758,7 @@ pub fn populate_room_native(db: &Path, rds: &RoomDataset) -> Result<f64> {
             {
                 let mut st = tx.prepare_cached(NATIVE_INSERT)?;
                 for j in i..(i + batch).min(rds.n()) {
+                    let xml = rds.native_xml(j);
                     st.execute(params![
                         MUC_DOMAIN,
                         rds.room(),
@@ -681,7 +766,7 @@ pub fn populate_room_native(db: &Path, rds: &RoomDataset) -> Result<f64> {
                         rds.ds.when_us(j),
                         jid,
                         RoomDataset::nick(j),
-                        rds.native_xml(j)
+                        stored(&mut codec, &xml)?
                     ])?;
                 }
             }

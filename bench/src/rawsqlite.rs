@@ -191,7 +191,7 @@ pub fn run(
     let t = Instant::now();
     let mut rows = 0u64;
     for ds in datasets {
-        rows += populate::insert_native_batches(&mut c, ds, 1000)?;
+        rows += populate::insert_native_batches(&mut c, ds, 1000, None)?;
     }
     let batch = rows as f64 / t.elapsed().as_secs_f64();
 

@@ -126,6 +126,7 @@ const COMPARISONS: [(&str, &[&str]); 2] = [
             "nomam",
             "nomam-sid",
             "native-nowait",
+            "native-plain",
         ],
     ),
     ("native-pg", &["stock-sql", "nomam", "nomam-sid", "native"]),
@@ -550,6 +551,105 @@ fn commit_before_delivery(m: &mut String, r: &Report) {
     }
 }
 
+/// What issue 18 allows compression to cost in archiving throughput: 5%.
+const COMPRESSION_MIN_THROUGHPUT_RATIO: f64 = 0.95;
+
+/// Compression (issue 18): `native` (the default, compressed rows) against
+/// `native-plain` (`archive_compression = false`, text rows): archiving throughput in
+/// the interleaved rounds, the newest page at each size, the ping during expiry.
+/// Rendered only when both ran.
+fn compression(m: &mut String, r: &Report) {
+    let get = |n: &str| {
+        r.configs
+            .iter()
+            .find(|c| c.config == n && c.status == "ran")
+    };
+    let (Some(native), Some(plain)) = (get("native"), get("native-plain")) else {
+        return;
+    };
+    let _ = writeln!(m, "\n## Compression (issue 18)\n");
+    let _ = writeln!(
+        m,
+        "`native` runs the default, `archive_compression = true`: new stanzas stored \
+         compressed, the pre-populated archives written compressed with a dictionary trained on \
+         their first messages (the state a server reaches once its background rewrite is done). \
+         `native-plain` sets it to `false`: text, as before compression, pre-populated as text.\n"
+    );
+    let mut sizes: Vec<u64> = native.queries.iter().map(|q| q.size).collect();
+    sizes.sort_unstable();
+    sizes.dedup();
+    let mut head = String::from(
+        "| config | closed loop msgs/s, empty store | server CPU % | interleaved rounds median msgs/s |",
+    );
+    let mut sep = String::from("|---|---|---|---|");
+    for size in &sizes {
+        let _ = write!(head, " newest page at {} p50 / p99 ms |", size_label(*size));
+        sep.push_str("---|");
+    }
+    head.push_str(" ping max during expiry ms |");
+    sep.push_str("---|");
+    let _ = writeln!(m, "{head}\n{sep}");
+    for c in [native, plain] {
+        let mut row = format!(
+            "| {} | {} | {} | {} |",
+            c.config,
+            c.throughput
+                .as_ref()
+                .map(|t| format!("{:.0}", t.delivered_per_s))
+                .unwrap_or("-".into()),
+            c.throughput.as_ref().map(cpu).unwrap_or("-".into()),
+            median(&c.throughput_rounds)
+                .map(|v| format!("{v:.0}"))
+                .unwrap_or("-".into()),
+        );
+        for size in &sizes {
+            let cell = c
+                .query(*size, "newest")
+                .map(|q| format!("{} / {}", ms(q.latency.p50_ms), ms(q.latency.p99_ms)))
+                .unwrap_or("-".into());
+            let _ = write!(row, " {cell} |");
+        }
+        let expiry = c
+            .expiry
+            .as_ref()
+            .map(|e| ms(e.stall.ping.max_ms))
+            .unwrap_or("-".into());
+        let _ = writeln!(row, " {expiry} |");
+        m.push_str(&row);
+    }
+    m.push('\n');
+    let (a, b) = (
+        median(&native.throughput_rounds),
+        median(&plain.throughput_rounds),
+    );
+    let verdict = match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => {
+            let met = if a / b >= COMPRESSION_MIN_THROUGHPUT_RATIO {
+                "met"
+            } else {
+                "not met"
+            };
+            format!(" (issue 18 asks for at least {COMPRESSION_MIN_THROUGHPUT_RATIO}: {met})")
+        }
+        _ => " (no interleaved rounds in this run)".into(),
+    };
+    let _ = writeln!(
+        m,
+        "- native ÷ native-plain, median of the interleaved rounds: {}{verdict}",
+        ratio_text(a, b)
+    );
+    for size in &sizes {
+        let p50 = |c: &ConfigResult| c.query(*size, "newest").map(|q| q.latency.p50_ms);
+        let _ = writeln!(
+            m,
+            "- newest page of 50 at {}, p50, native ÷ native-plain: {} (issue 18 asks for no \
+             slower beyond noise)",
+            size_label(*size),
+            ratio_text(p50(native), p50(plain))
+        );
+    }
+}
+
 /// A log-log SVG chart of `newest`-page p50 latency against archive size, one line per
 /// configuration (and raw SQLite).
 pub fn svg_chart(r: &Report, sizes: &[u64]) -> String {
@@ -830,6 +930,7 @@ fn personal_sections(m: &mut String, r: &Report, sizes: &[u64]) {
         );
     }
     commit_before_delivery(m, r);
+    compression(m, r);
 
     let mam: Vec<&ConfigResult> = r
         .configs

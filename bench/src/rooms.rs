@@ -316,7 +316,11 @@ pub async fn run(kind: Kind, plan: &Plan, res: &mut RoomsResult) -> Result<Optio
         let secs = match kind {
             Kind::StockInternal => populate::populate_room_internal(&data, rds)?,
             Kind::StockSql => populate::populate_room_sql(&data.join("prosody.sqlite"), rds)?,
-            Kind::Native => populate::populate_room_native(&native_room_db(&data), rds)?,
+            Kind::Native => populate::populate_room_native(
+                &native_room_db(&data),
+                rds,
+                populate::NativeRows::Compressed,
+            )?,
             _ => bail!("{} has no room variant", kind.name()),
         };
         res.populated.push(Populated {

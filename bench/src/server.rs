@@ -79,16 +79,21 @@ pub enum Kind {
     NativeNoWait,
     /// prosody-mam-native on PostgreSQL (`mam_sql`), in the run's private cluster.
     NativePg,
+    /// `Native` with `archive_compression = false` (issue 18): stanzas stored as text,
+    /// as before compression, its pre-populated rows text too, where `native`'s are
+    /// compressed. Every phase but the rooms'.
+    NativePlain,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 8] = [
         Kind::NoMam,
         Kind::NoMamStanzaId,
         Kind::StockInternal,
         Kind::StockSql,
         Kind::Native,
         Kind::NativeNoWait,
+        Kind::NativePlain,
         Kind::NativePg,
     ];
 
@@ -101,6 +106,7 @@ impl Kind {
             Kind::Native => "native",
             Kind::NativeNoWait => "native-nowait",
             Kind::NativePg => "native-pg",
+            Kind::NativePlain => "native-plain",
         }
     }
 
@@ -114,7 +120,10 @@ impl Kind {
 
     /// Ours (the plugin folder), on either backend and in either delivery mode.
     pub fn is_native(self) -> bool {
-        matches!(self, Kind::Native | Kind::NativeNoWait | Kind::NativePg)
+        matches!(
+            self,
+            Kind::Native | Kind::NativeNoWait | Kind::NativePg | Kind::NativePlain
+        )
     }
 
     /// Whether the phases after the throughput ones (pre-population, queries, the
@@ -237,12 +246,15 @@ impl ServerSpec {
             Kind::NoMamStanzaId => {
                 let _ = writeln!(c, "plugin_paths = {{ \"{BENCH_PLUGINS}\" }}");
             }
-            Kind::Native | Kind::NativeNoWait | Kind::NativePg => {
+            Kind::Native | Kind::NativeNoWait | Kind::NativePg | Kind::NativePlain => {
                 if let Some(p) = &self.plugin_dir {
                     let _ = writeln!(c, "plugin_paths = {{ \"{}\" }}", p.display());
                 }
                 if self.kind == Kind::NativeNoWait {
                     let _ = writeln!(c, "mam_commit_before_delivery = false");
+                }
+                if self.kind == Kind::NativePlain {
+                    let _ = writeln!(c, "archive_compression = false");
                 }
                 if let Some(pg) = &self.pg {
                     let _ = writeln!(

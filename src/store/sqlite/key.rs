@@ -17,8 +17,10 @@
 use std::fs::File;
 use std::io::Read;
 use std::path::Path;
+use std::sync::Mutex;
 
 use rusqlite::{Connection, ErrorCode, OpenFlags};
+use sha2::{Digest, Sha512};
 
 use crate::config::DatabaseKey;
 use crate::error::{KeyProblem, MamError, Result};
@@ -50,33 +52,169 @@ pub(super) fn check_leftover_log(path: &Path, key: &DatabaseKey) -> Result<()> {
 /// Sets `key` on a connection just opened on `path` (before anything reads it), keeps
 /// temporary files in memory, and reads the schema once to check that the file
 /// decrypts with it. The check is a read: nothing is written to a file that fails it.
+///
+/// A passphrase costs SQLCipher's key derivation (0.1–0.3 s) on every connection, and
+/// the module opens four or five when it loads, on Prosody's thread. So once a
+/// passphrase has opened a file, its page key is derived here too ([`DerivedKeys`])
+/// and the file's later connections in this process are given that raw key instead.
 pub(super) fn unlock(conn: &Connection, path: &Path, key: &DatabaseKey) -> Result<()> {
+    let mut learn_from = None;
     if let Some(passphrase) = key.passphrase() {
         // SQLCipher's own log writes two lines to stderr for every failed decryption
         // (Prosody's console or journal, each retry every 5 s); the error this returns
         // says it once, in Prosody's log. The setting is process-wide.
         conn.pragma_update(None, "cipher_log_level", "NONE")
             .map_err(MamError::storage("set cipher_log_level=NONE"))?;
+        let salt = file_salt(path);
+        let known = salt.and_then(|salt| DERIVED.raw_key(&salt, passphrase));
+        if known.is_none() && !is_raw_key(passphrase) {
+            learn_from = Some(passphrase);
+        }
         // pragma_update quotes the value as an SQL string literal: the passphrase is
         // never spliced into the statement, and SQLCipher reads it exactly as Prosody
         // 13's SQLite driver writes `PRAGMA key='…'`, so both open the same files.
-        conn.pragma_update(None, "key", passphrase)
+        conn.pragma_update(None, "key", known.as_deref().unwrap_or(passphrase))
             .map_err(MamError::storage("set the database key"))?;
         conn.pragma_update(None, "temp_store", "MEMORY")
             .map_err(MamError::storage("set temp_store=MEMORY"))?;
     }
+    readable(conn).map_err(|e| match e {
+        Unreadable::NotADatabase => diagnose(path, key),
+        Unreadable::Other(source) => MamError::Storage {
+            context: "read the database schema",
+            source,
+        },
+    })?;
+    if let Some(passphrase) = learn_from {
+        DERIVED.learn(path, passphrase);
+    }
+    Ok(())
+}
+
+/// Why a keyed connection could not read the schema.
+enum Unreadable {
+    /// The page did not decrypt: a wrong or missing key (or not a database).
+    NotADatabase,
+    Other(rusqlite::Error),
+}
+
+/// Reads the schema once: the first read, where a key that does not fit shows.
+fn readable(conn: &Connection) -> std::result::Result<(), Unreadable> {
     match conn.query_row("SELECT count(*) FROM sqlite_master", [], |row| {
         row.get::<_, i64>(0)
     }) {
         Ok(_) => Ok(()),
         Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == ErrorCode::NotADatabase => {
-            Err(diagnose(path, key))
+            Err(Unreadable::NotADatabase)
         }
-        Err(e) => Err(MamError::Storage {
-            context: "read the database schema",
-            source: e,
-        }),
+        Err(e) => Err(Unreadable::Other(e)),
     }
+}
+
+/// SQLCipher 4's defaults, with which it turns a passphrase into a file's page key:
+/// PBKDF2-HMAC-SHA512 over the passphrase and the file's salt, 256,000 rounds, 32
+/// bytes. A file written with other settings simply never gets a derived key (the
+/// check in [`DerivedKeys::learn`] fails) and keeps opening with its passphrase.
+const KDF_ROUNDS: u32 = 256_000;
+const SALT_BYTES: usize = 16;
+const PAGE_KEY_BYTES: usize = 32;
+
+/// The random salt SQLCipher keeps in an encrypted file's first 16 bytes; `None` for
+/// a new (empty), plain or unreadable file.
+fn file_salt(path: &Path) -> Option<[u8; SALT_BYTES]> {
+    let mut head = [0u8; SALT_BYTES];
+    File::open(path).ok()?.read_exact(&mut head).ok()?;
+    (&head != PLAIN_SQLITE_HEADER).then_some(head)
+}
+
+/// Whether `key` is already a raw key (`x'…'`), which SQLCipher uses without deriving.
+fn is_raw_key(key: &str) -> bool {
+    key.len() > 3 && key.starts_with("x'") && key.ends_with('\'')
+}
+
+/// Page keys derived in this process from a passphrase, one per file salt, each
+/// checked against the file before it is used. Kept in memory for the life of the
+/// process, as the passphrase itself is (in the configuration).
+struct DerivedKeys(Mutex<Vec<Derived>>);
+
+struct Derived {
+    salt: [u8; SALT_BYTES],
+    /// SHA-512 of the passphrase it was derived from: a changed passphrase for the
+    /// same file finds no entry.
+    passphrase: [u8; 64],
+    /// `x'<64 hex digits>'`, or `None` when the derived key did not open the file
+    /// (not SQLCipher 4's default settings): then not tried again.
+    raw: Option<String>,
+}
+
+static DERIVED: DerivedKeys = DerivedKeys(Mutex::new(Vec::new()));
+
+impl DerivedKeys {
+    /// The raw key for a file with `salt` and `passphrase`, if one was derived and
+    /// checked.
+    fn raw_key(&self, salt: &[u8; SALT_BYTES], passphrase: &str) -> Option<String> {
+        let digest = passphrase_digest(passphrase);
+        let known = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        known
+            .iter()
+            .find(|d| &d.salt == salt && d.passphrase == digest)
+            .and_then(|d| d.raw.clone())
+    }
+
+    /// After `passphrase` opened `path` (a connection on it is still open): derives
+    /// the page key and checks it on a connection of its own before keeping it. A
+    /// new file has no salt until its first write; the next connection learns then.
+    fn learn(&self, path: &Path, passphrase: &str) {
+        let Some(salt) = file_salt(path) else {
+            return;
+        };
+        let digest = passphrase_digest(passphrase);
+        {
+            let known = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            if known
+                .iter()
+                .any(|d| d.salt == salt && d.passphrase == digest)
+            {
+                return;
+            }
+        }
+        let mut page_key = [0u8; PAGE_KEY_BYTES];
+        pbkdf2::pbkdf2_hmac::<Sha512>(passphrase.as_bytes(), &salt, KDF_ROUNDS, &mut page_key);
+        let raw = format!("x'{}'", hex(&page_key));
+        let raw = opens_with(path, &raw).then_some(raw);
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Derived {
+                salt,
+                passphrase: digest,
+                raw,
+            });
+    }
+}
+
+fn passphrase_digest(passphrase: &str) -> [u8; 64] {
+    Sha512::digest(passphrase.as_bytes()).into()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes.iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+/// Whether `raw_key` reads `path`'s schema, on a connection of its own that never
+/// creates the file. Called while another connection that read the file is open, so
+/// closing this one never checkpoints a write-ahead log, and a failed read writes
+/// nothing.
+fn opens_with(path: &Path, raw_key: &str) -> bool {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let Ok(probe) = Connection::open_with_flags(path, flags) else {
+        return false;
+    };
+    probe.pragma_update(None, "key", raw_key).is_ok() && readable(&probe).is_ok()
 }
 
 /// Why a file SQLite calls "not a database" cannot be read with `key`.
@@ -373,6 +511,11 @@ mod tests {
             let started = Instant::now();
             let mut store = SqliteStore::open_keyed(&path, &k).expect("reopen");
             let open_existing = started.elapsed();
+            // The module's next connections (readers, checkpointer) open beside it.
+            let started = Instant::now();
+            let beside = SqliteStore::open_beside_writer(&path, &k).expect("beside");
+            let open_beside = started.elapsed();
+            drop(beside);
             // Cold-ish reads: the newest page, then pages walking back, as clients do.
             let started = Instant::now();
             for _ in 0..500 {
@@ -387,9 +530,63 @@ mod tests {
             let reads = started.elapsed();
             println!(
                 "{name}: open new {open_new:?}, open existing {open_existing:?}, \
-                 20,000 writes in 400 commits {writes:?}, 500 newest pages of 50 {reads:?}"
+                 another connection beside it {open_beside:?}, 20,000 writes in 400 commits {writes:?}, 500 newest pages of 50 {reads:?}"
             );
         }
+    }
+
+    #[test]
+    fn once_a_passphrase_opened_a_file_its_later_connections_get_the_derived_page_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("mam.sqlite");
+        let passphrase = "derive me once";
+        {
+            // A new file has no salt until its first write: nothing is learnt yet.
+            let mut store = SqliteStore::open_keyed(&path, &key(passphrase)).expect("create");
+            write(&mut store, 4);
+        }
+        let salt = file_salt(&path).expect("an encrypted file starts with its salt");
+        assert_eq!(DERIVED.raw_key(&salt, passphrase), None);
+        let mut first = SqliteStore::open_keyed(&path, &key(passphrase)).expect("reopen");
+        let raw = DERIVED
+            .raw_key(&salt, passphrase)
+            .expect("derived and checked after the passphrase opened the file");
+        assert!(is_raw_key(&raw) && raw.len() == 2 + 64 + 1, "x'<64 hex>'");
+        // The derived key is SQLCipher's own: it opens the file on its own, ...
+        let mut by_raw_key = SqliteStore::open_keyed(&path, &key(&raw)).expect("raw key opens");
+        assert_eq!(count(&mut by_raw_key), 4);
+        // ... later connections with the passphrase read and write as before, ...
+        let mut second = SqliteStore::open_beside_writer(&path, &key(passphrase)).expect("second");
+        assert_eq!(count(&mut second), 4);
+        let newer: Vec<_> = (10..12).map(|i| (juliet(), message(i))).collect();
+        first.append_many(&newer, None).expect("append");
+        assert_eq!(count(&mut second), 6);
+        // ... and another passphrase for the same file finds nothing and is refused.
+        assert_eq!(DERIVED.raw_key(&salt, "another"), None);
+        assert_eq!(
+            key_problem(SqliteStore::open_beside_writer(&path, &key("another"))),
+            KeyProblem::Wrong {
+                option: "mam_database_key"
+            }
+        );
+    }
+
+    #[test]
+    fn the_check_refuses_a_raw_key_that_does_not_open_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("mam.sqlite");
+        {
+            let mut store = SqliteStore::open_keyed(&path, &key("real")).expect("create");
+            write(&mut store, 1);
+        }
+        assert!(!opens_with(&path, &format!("x'{}'", "00".repeat(32))));
+        let _open = SqliteStore::open_keyed(&path, &key("real")).expect("open");
+        assert!(opens_with(
+            &path,
+            &DERIVED
+                .raw_key(&file_salt(&path).expect("salt"), "real")
+                .expect("learnt")
+        ));
     }
 
     #[test]
