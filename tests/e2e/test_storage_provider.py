@@ -181,3 +181,37 @@ output {{ type = "mam_native"; hosts = {{ ["localhost"] = {{ "archive-archive" }
         ("juliet", f"stock-{i}", (1600000000 + i) * 1_000_000, "romeo@montague.lit") for i in (1, 2, 3)]
     stanzas = [stored_text(r[4]) for r in rows]
     assert all("<body>b" in x and "from='romeo@montague.lit/orchard'" in x for x in stanzas), stanzas
+
+
+@pytest.fixture(scope="module")
+def keyed_provider_server(prosody_factory):
+    return prosody_factory(
+        "provider-keyed",
+        {
+            "plugin_paths": [str(PROBE_DIR)],
+            "modules_enabled": prosody_config.MODULES + ["storage_contract_probe"],
+            "storage": {"archive": "mam_native", "muc_log": "mam_native"},
+            "storage_archive_item_limit": LIMIT,
+            "contract_room_host": ROOMS,
+            "components": {ROOMS: "muc"},
+            "mam_database_key": "provider key " + token(),
+            "muc_mam_database_key": "rooms key " + token(),
+        },
+        users=2,
+    )
+
+
+@pytest.mark.sqlite_only(reason="SQLCipher encrypts the SQLite files")
+async def test_the_provider_holds_its_contract_on_encrypted_archives(keyed_provider_server, connect):
+    (user,) = keyed_provider_server.take_users(1)
+    client = await connect(keyed_provider_server, user)
+    passed, failures = await run_contract(client, "runner")
+    assert failures == []
+    assert passed == CHECKS
+    # Both files the contract wrote (the host's and the rooms') are encrypted: neither
+    # starts like plain SQLite, nor holds the probe's owners in clear.
+    data = keyed_provider_server.dir / "data"
+    for name in ("mam_archive.sqlite", "mam_muc_log.sqlite"):
+        raw = (data / name).read_bytes()
+        assert raw and not raw.startswith(b"SQLite format 3\x00"), name
+        assert b"runner-" not in raw, name
