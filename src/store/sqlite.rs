@@ -127,6 +127,12 @@ const REWRITE_CANDIDATES: &str = "SELECT seq, stanza, host, user, id, when_us, w
      WHERE seq > ?1 AND seq <= ?2 \
      AND (typeof(stanza) = 'text' OR substr(stanza, 1, 2) = x'0100') ORDER BY seq";
 
+/// Whether one rewrite window holds any candidate: asked outside any write
+/// transaction, so a window with nothing to rewrite never takes the write lock.
+const REWRITE_ANY_CANDIDATE: &str = "SELECT EXISTS (SELECT 1 FROM archive \
+     WHERE seq > ?1 AND seq <= ?2 \
+     AND (typeof(stanza) = 'text' OR substr(stanza, 1, 2) = x'0100'))";
+
 /// A rewritten row goes out and comes back under its own `seq` (so its place in
 /// archive order is kept), not through an UPDATE: SQLite rebalances B-tree pages
 /// after a delete but not after an update that shrinks a row, so updated pages would
@@ -992,6 +998,29 @@ impl ArchiveStore for SqliteStore {
     /// never re-reads what earlier batches passed; rows of an older dictionary are
     /// not candidates, so a new dictionary does not rewrite the whole archive.
     fn rewrite_batch(&mut self, after: i64, scan: usize) -> Result<RewriteStep> {
+        // An archive written with compression on holds nothing to rewrite in almost
+        // every window. Finding that out under a read snapshot keeps the pass from
+        // taking the write lock a thousand times per million rows for nothing: each
+        // time, the writer (and every delivery waiting on its commit) would wait.
+        let last: i64 = self
+            .conn
+            .query_row("SELECT coalesce(max(seq), 0) FROM archive", [], |r| {
+                r.get(0)
+            })
+            .map_err(MamError::storage("rewrite: read the last position"))?;
+        let end = after.saturating_add(to_sql_int(scan.max(1))).min(last);
+        let any: bool = self
+            .conn
+            .prepare_cached(REWRITE_ANY_CANDIDATE)
+            .and_then(|mut stmt| stmt.query_row(params![after, end], |r| r.get(0)))
+            .map_err(MamError::storage("rewrite: look for rows to rewrite"))?;
+        if !any {
+            return Ok(RewriteStep {
+                cursor: end.max(after),
+                rewritten: 0,
+                done: end >= last,
+            });
+        }
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -1356,6 +1385,46 @@ mod tests {
             "{} pages of {before}",
             pages(&store)
         );
+    }
+
+    #[test]
+    fn a_rewrite_window_with_nothing_to_rewrite_does_not_take_the_write_lock() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("archive.sqlite");
+        let mut store = SqliteStore::open(&path).expect("open");
+        store.set_compression(true);
+        let body = "the same few words, compressed on the way in. ".repeat(4);
+        let items: Vec<(Owner, ArchivedMessage)> = (0..50)
+            .map(|i| {
+                let mut m = msg(&format!("c{i:03}"), T0 + i, "romeo@montague.lit");
+                m.xml = format!("<message xmlns='jabber:client'><body>{i} {body}</body></message>");
+                (juliet(), m)
+            })
+            .collect();
+        store.append_many(&items, None).expect("append");
+        let samples = store.recent_stanzas(2000).expect("samples");
+        let dict = crate::store::codec::train(&samples).expect("train");
+        store.add_dictionary(&dict, T0, samples.len()).expect("add");
+        // Everything compressed with the newest dictionary: no candidates.
+        loop {
+            if store.rewrite_batch(0, 1000).expect("rewrite").done {
+                break;
+            }
+        }
+        let mut other = Connection::open(&path).expect("other connection");
+        let held = other
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .expect("another writer holds the write lock");
+        // Not willing to wait at all: asking for the lock would fail at once.
+        store
+            .conn
+            .busy_timeout(Duration::ZERO)
+            .expect("no busy wait");
+        let step = store
+            .rewrite_batch(0, 1000)
+            .expect("a window of nothing to do needs no lock");
+        assert_eq!((step.rewritten, step.done), (0, true));
+        drop(held);
     }
 
     #[test]
