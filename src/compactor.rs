@@ -28,7 +28,7 @@ use crate::config::Storage;
 use crate::error::{MamError, Result};
 use crate::mailbox::{Level, Mailbox};
 use crate::store::codec::{self, MIN_TRAINING_SAMPLES, TRAINING_SAMPLES};
-use crate::store::{self, ArchiveStore};
+use crate::store::{self, ArchiveStore, RewriteMark};
 use crate::time::{Clock, Micros};
 
 /// Rows one rewrite transaction looks at (about 10 ms of compression).
@@ -69,6 +69,9 @@ pub struct Compaction {
     /// The rewrite's position ([`crate::store::RewriteStep::cursor`]); `None` when
     /// the pass is over.
     cursor: Option<i64>,
+    /// The newest dictionary when this pass began, once it has looked for the last
+    /// pass's mark ([`ArchiveStore::rewrite_mark`]); `None` before.
+    pass_dictionary: Option<u32>,
 }
 
 impl Compaction {
@@ -77,6 +80,7 @@ impl Compaction {
         Compaction {
             check_dictionary: true,
             cursor: Some(0),
+            pass_dictionary: None,
         }
     }
 
@@ -99,10 +103,32 @@ impl Compaction {
             report.more = true;
             return Ok(report);
         }
-        if let Some(cursor) = self.cursor {
+        if let Some(mut cursor) = self.cursor {
+            let dictionary = match self.pass_dictionary {
+                Some(d) => d,
+                None => {
+                    // A pass starts where the last complete one ended, if nothing
+                    // has written a text row since and the dictionary is the same
+                    // (a new one makes rows compressed without one candidates).
+                    let newest = store.newest_dictionary()?.map_or(0, |d| d.version);
+                    if let Some(mark) = store.rewrite_mark()? {
+                        if mark.dictionary == newest && mark.upto > cursor {
+                            cursor = mark.upto;
+                        }
+                    }
+                    self.pass_dictionary = Some(newest);
+                    newest
+                }
+            };
             let step = store.rewrite_batch(cursor, REWRITE_SCAN)?;
             report.rewritten = step.rewritten;
             self.cursor = (!step.done).then_some(step.cursor);
+            if step.done {
+                store.set_rewrite_mark(RewriteMark {
+                    dictionary,
+                    upto: step.cursor,
+                })?;
+            }
         }
         report.released = store.release_space(RELEASE_PAGES)?;
         report.more = self.cursor.is_some() || report.released > 0;
@@ -383,5 +409,54 @@ mod tests {
                 .map(|d| d.version),
             Some(2)
         );
+    }
+
+    #[test]
+    fn a_pass_starts_where_the_last_complete_one_ended_until_a_text_row_is_written() {
+        let mut store = SqliteStore::open_in_memory().expect("open");
+        store.set_compression(true);
+        add(&mut store, 0, 600, 0);
+        assert_eq!(trained(&run(&mut store, T0)), vec![1]);
+        add(&mut store, 600, 4 * REWRITE_SCAN, 0);
+        // A complete pass walks everything, then leaves its mark at the end.
+        let first = run(&mut store, T0);
+        assert!(first.len() > 4, "{} steps", first.len());
+        let mark = store.rewrite_mark().expect("mark").expect("kept");
+        assert_eq!(mark.dictionary, 1);
+        // The next pass (a restart: a new Compaction) starts at the mark: its check,
+        // then one window.
+        let second = run(&mut store, T0);
+        assert_eq!(second.len(), 2, "{second:?}");
+        // Rows written compressed since then leave the mark alone ...
+        add(&mut store, 10_000, 10, 0);
+        assert!(store.rewrite_mark().expect("mark").is_some());
+        // ... a text row (compression off) takes it away, and the next pass walks
+        // the whole table again and compresses that row.
+        store.set_compression(false);
+        add(&mut store, 20_000, 1, 0);
+        assert_eq!(store.rewrite_mark().expect("mark"), None);
+        store.set_compression(true);
+        let third = run(&mut store, T0);
+        assert!(third.len() > 4, "{} steps", third.len());
+        assert_eq!(third.iter().map(|s| s.rewritten).sum::<u64>(), 1);
+        assert!(store.rewrite_mark().expect("mark").is_some());
+    }
+
+    #[test]
+    fn a_new_dictionary_makes_the_next_pass_walk_the_whole_table() {
+        let mut store = SqliteStore::open_in_memory().expect("open");
+        store.set_compression(true);
+        add(&mut store, 0, 3 * REWRITE_SCAN, 0);
+        run(&mut store, T0);
+        let before = store.rewrite_mark().expect("mark").expect("kept");
+        store
+            .set_rewrite_mark(RewriteMark {
+                dictionary: before.dictionary + 1,
+                ..before
+            })
+            .expect("a mark of another dictionary");
+        let again = run(&mut store, T0);
+        assert!(again.len() > 3, "{} steps", again.len());
+        assert_eq!(store.rewrite_mark().expect("mark"), Some(before));
     }
 }

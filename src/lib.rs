@@ -42,7 +42,10 @@
 //! 5. **The store**, [`store`]: one contract ([`store::ArchiveStore`]) and two
 //!    backends, embedded SQLite and PostgreSQL, with the behavioural contract both
 //!    run in their tests (`store::contract`). It knows neither the query model's
-//!    types nor Lua's.
+//!    types nor Lua's. Both backends write and read stanzas through
+//!    `store::codec` (compression with the database's dictionaries); SQLite files are
+//!    opened through `store::sqlite::key` (the SQLCipher key, checked before anything
+//!    is written, and its derivation done once per file and process).
 //! 6. **Core**, used by everything above: [`config`] (options, parsed once at load),
 //!    [`policy`] (what to archive and why; preferences), [`stanza`] (XML in
 //!    Prosody's model), [`jid`], [`id`] (archive ids), [`time`], [`ns`], [`error`],

@@ -330,6 +330,27 @@ fn fast_path_codec(
     Ok(Some(c))
 }
 
+/// After a compressed fast path: the module's rewrite mark at the end of the table,
+/// as its background pass leaves it once it has walked rows that need nothing, so
+/// the module does not walk them again at its next start (an older module without
+/// the mark table is left as it is).
+fn mark_rewrite_done(conn: &Connection) -> Result<()> {
+    let has_mark: bool = conn.query_row(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'archive_rewrite_mark'",
+        [],
+        |r| r.get::<_, i64>(0),
+    )? > 0;
+    if has_mark {
+        conn.execute(
+            "INSERT OR REPLACE INTO archive_rewrite_mark (singleton, dictionary, upto) \
+             SELECT 1, (SELECT max(version) FROM archive_dictionaries), \
+             (SELECT coalesce(max(seq), 0) FROM archive)",
+            [],
+        )?;
+    }
+    Ok(())
+}
+
 /// What the fast path binds for `xml`: compressed by `codec` when there is one.
 fn stored<'a>(codec: &mut Option<Codec>, xml: &'a str) -> Result<Stored<'a>> {
     Ok(match codec {
@@ -352,7 +373,12 @@ pub fn populate_native(
                 .map(|i| ds.msg(i).xml())
                 .collect()
         })?;
-        insert_native_batches(conn, ds, 10_000, codec)
+        let compressed = codec.is_some();
+        let n = insert_native_batches(conn, ds, 10_000, codec)?;
+        if compressed {
+            mark_rewrite_done(conn)?;
+        }
+        Ok(n)
     })
 }
 
@@ -772,6 +798,9 @@ pub fn populate_room_native(db: &Path, rds: &RoomDataset, rows: NativeRows) -> R
             }
             tx.commit()?;
             i += batch;
+        }
+        if codec.is_some() {
+            mark_rewrite_done(conn)?;
         }
         Ok(rds.n())
     })

@@ -250,6 +250,15 @@ pub struct Dictionary {
     pub bytes: Vec<u8>,
 }
 
+/// Where the background rewrite's last complete pass ended
+/// ([`ArchiveStore::rewrite_mark`]): no row at or before `upto` needed rewriting with
+/// dictionary `dictionary` (0: none yet).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RewriteMark {
+    pub dictionary: u32,
+    pub upto: i64,
+}
+
 /// What one batch of the background rewrite ([`ArchiveStore::rewrite_batch`]) did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RewriteStep {
@@ -372,6 +381,18 @@ pub trait ArchiveStore: Send {
     /// from the start), with the newest dictionary. Rows with an older dictionary stay
     /// as they are (still readable). Any owner, any host: the whole database.
     fn rewrite_batch(&mut self, after: i64, scan: usize) -> Result<RewriteStep>;
+
+    /// Where the last complete rewrite pass ended, if the backend keeps it and nothing
+    /// has taken it away since (a text row written anywhere does). `None`: the next
+    /// pass walks from the start. PostgreSQL keeps none: every pass walks the table.
+    fn rewrite_mark(&mut self) -> Result<Option<RewriteMark>> {
+        Ok(None)
+    }
+
+    /// Keeps where a complete rewrite pass ended (see [`ArchiveStore::rewrite_mark`]).
+    fn set_rewrite_mark(&mut self, _mark: RewriteMark) -> Result<()> {
+        Ok(())
+    }
 
     /// Gives up to `pages` free database pages back to the file system (SQLite with
     /// `auto_vacuum = INCREMENTAL`); returns how many bytes went. 0 where the backend

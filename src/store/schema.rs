@@ -89,6 +89,24 @@ pub const MIGRATIONS: &[&str] = &[
         samples INTEGER NOT NULL,
         dictionary BLOB NOT NULL
     );",
+    // 5. Where the background rewrite's last complete pass ended (`compactor`): no row
+    //    up to `upto` was a candidate (text, or compressed without a dictionary) once
+    //    it had passed, under dictionary `dictionary`, so the next pass (after a
+    //    restart too) starts there instead of walking the whole table again. A text
+    //    row written anywhere (compression off, an import, a reused rowid) takes the
+    //    mark away, and the next pass walks everything: the mark can only be missing,
+    //    never wrong. One row at most.
+    "CREATE TABLE archive_rewrite_mark (
+        singleton INTEGER PRIMARY KEY CHECK (singleton = 1),
+        dictionary INTEGER NOT NULL,
+        upto INTEGER NOT NULL
+    );
+    CREATE TRIGGER archive_text_insert_clears_rewrite_mark AFTER INSERT ON archive
+        WHEN typeof(NEW.stanza) = 'text'
+        BEGIN DELETE FROM archive_rewrite_mark; END;
+    CREATE TRIGGER archive_text_update_clears_rewrite_mark AFTER UPDATE OF stanza ON archive
+        WHEN typeof(NEW.stanza) = 'text'
+        BEGIN DELETE FROM archive_rewrite_mark; END;",
 ];
 
 /// The schema version this code writes and reads.

@@ -27,7 +27,8 @@ pub mod stock;
 use super::codec::Codec;
 use super::{
     schema, ArchiveBounds, ArchiveEnd, ArchiveStore, ArchivedMessage, DeleteFilter, Dictionary,
-    FindRequest, ImportReport, ImportedMessage, Owner, OwnerStats, Page, Quota, RewriteStep,
+    FindRequest, ImportReport, ImportedMessage, Owner, OwnerStats, Page, Quota, RewriteMark,
+    RewriteStep,
 };
 use crate::config::DatabaseKey;
 use crate::error::{MamError, Result};
@@ -1094,6 +1095,35 @@ impl ArchiveStore for SqliteStore {
         })
     }
 
+    fn rewrite_mark(&mut self) -> Result<Option<RewriteMark>> {
+        let row: Option<(i64, i64)> = self
+            .conn
+            .query_row(
+                "SELECT dictionary, upto FROM archive_rewrite_mark",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(MamError::storage("read the rewrite mark"))?;
+        Ok(row.and_then(|(dictionary, upto)| {
+            Some(RewriteMark {
+                dictionary: u32::try_from(dictionary).ok()?,
+                upto,
+            })
+        }))
+    }
+
+    fn set_rewrite_mark(&mut self, mark: RewriteMark) -> Result<()> {
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO archive_rewrite_mark (singleton, dictionary, upto) \
+                 VALUES (1, ?1, ?2)",
+                params![i64::from(mark.dictionary), mark.upto],
+            )
+            .map_err(MamError::storage("keep the rewrite mark"))?;
+        Ok(())
+    }
+
     fn release_space(&mut self, pages: u64) -> Result<u64> {
         let mode: i64 = self
             .conn
@@ -1448,7 +1478,9 @@ mod tests {
                 |r| r.get(0),
             )
             .expect("tables");
-        assert_eq!(tables, 5);
+        // archive, archive_counts, archive_prefs(_jid), archive_dictionaries,
+        // archive_rewrite_mark.
+        assert_eq!(tables, 6);
     }
 
     #[test]

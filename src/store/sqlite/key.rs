@@ -180,7 +180,10 @@ impl DerivedKeys {
         }
         let mut page_key = [0u8; PAGE_KEY_BYTES];
         pbkdf2::pbkdf2_hmac::<Sha512>(passphrase.as_bytes(), &salt, KDF_ROUNDS, &mut page_key);
-        let raw = format!("x'{}'", hex(&page_key));
+        // SQLCipher's raw-key form, given to `PRAGMA key` as a quoted value like any key.
+        let mut raw = String::from("x'");
+        raw.push_str(&hex(&page_key));
+        raw.push('\'');
         let raw = opens_with(path, &raw).then_some(raw);
         self.0
             .lock()
