@@ -134,22 +134,6 @@ fn escape_into(out: &mut String, s: &str) {
     }
 }
 
-/// A Lua string literal as `util.serialization` writes it (`%q`-like).
-pub fn lua_str(s: &str) -> String {
-    let mut o = String::with_capacity(s.len() + 2);
-    o.push('"');
-    for c in s.chars() {
-        match c {
-            '\\' => o.push_str("\\\\"),
-            '"' => o.push_str("\\\""),
-            '\n' => o.push_str("\\n"),
-            c => o.push(c),
-        }
-    }
-    o.push('"');
-    o
-}
-
 /// Which of the corpus's shapes a message has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Shape {
@@ -234,14 +218,7 @@ impl Rng {
     fn uuid(&mut self) -> String {
         let a = self.next_u64();
         let b = self.next_u64();
-        format!(
-            "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
-            a >> 32,
-            (a >> 16) & 0xffff,
-            a & 0xfff,
-            (b >> 48) & 0x3fff | 0x8000,
-            b & 0xffff_ffff_ffff
-        )
+        uuid_v4_text(a, b)
     }
 
     fn base64(&mut self, bytes: usize) -> String {
@@ -637,4 +614,33 @@ impl Corpus {
     pub fn take(&mut self, n: usize) -> Vec<CorpusMsg> {
         (0..n).map(|_| self.next_msg()).collect()
     }
+}
+
+/// A version-4 UUID's text from 128 bits (the version and variant bits set), as
+/// `util.uuid` writes them.
+pub fn uuid_v4_text(a: u64, b: u64) -> String {
+    format!(
+        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
+        a >> 32,
+        (a >> 16) & 0xffff,
+        a & 0xfff,
+        (b >> 48) & 0x3fff | 0x8000,
+        b & 0xffff_ffff_ffff
+    )
+}
+
+/// A Lua string literal as `util.serialization` writes it (`%q`-like).
+pub fn lua_str(s: &str) -> String {
+    let mut o = String::with_capacity(s.len() + 2);
+    o.push('"');
+    for c in s.chars() {
+        match c {
+            '\\' => o.push_str("\\\\"),
+            '"' => o.push_str("\\\""),
+            '\n' => o.push_str("\\n"),
+            c => o.push(c),
+        }
+    }
+    o.push('"');
+    o
 }

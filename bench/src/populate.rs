@@ -16,6 +16,7 @@ use rusqlite::{params, Connection};
 
 use mam_native::store::codec::{self, Codec, Stored};
 
+use crate::corpus::lua_str;
 use crate::xmpp::{DOMAIN, MUC_DOMAIN};
 
 /// The frequent contact: one message in three.
@@ -137,22 +138,6 @@ impl Dataset {
             body,
         }
     }
-}
-
-/// Lua string literal the way `util.serialization` writes simple strings.
-fn lua_str(s: &str) -> String {
-    let mut o = String::with_capacity(s.len() + 2);
-    o.push('"');
-    for c in s.chars() {
-        match c {
-            '\\' => o.push_str("\\\\"),
-            '"' => o.push_str("\\\""),
-            '\n' => o.push_str("\\n"),
-            c => o.push(c),
-        }
-    }
-    o.push('"');
-    o
 }
 
 /// `YYYY-MM-DDTHH:MM:SSZ` for a Unix time (what `util.datetime.datetime` returns).

@@ -111,14 +111,7 @@ fn stanza_note(db: &Path, n: usize) -> Result<String> {
 fn stock_key(i: usize) -> String {
     let a = (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     let b = a.rotate_left(29) ^ 0x5851_f42d_4c95_7f2d;
-    format!(
-        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
-        a >> 32,
-        (a >> 16) & 0xffff,
-        a & 0xfff,
-        (b >> 48) & 0x3fff | 0x8000,
-        b & 0xffff_ffff_ffff
-    )
+    crate::corpus::uuid_v4_text(a, b)
 }
 
 /// Prosody 0.12's `prosodyarchive`, as `mod_storage_sql` creates it on SQLite

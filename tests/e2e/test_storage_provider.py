@@ -27,20 +27,22 @@ CHECKS = 89  # sentences the probe checks (so a check that stops running shows)
 pytestmark = pytest.mark.skipif(MAM_MODULE != "native", reason="the provider is the native engine's")
 
 
+def probe_options(**extra):
+    """A server whose archive stores are ours, with the contract probe loaded."""
+    return {
+        "plugin_paths": [str(PROBE_DIR)],
+        "modules_enabled": prosody_config.MODULES + ["storage_contract_probe"],
+        "storage": {"archive": "mam_native", "muc_log": "mam_native"},
+        "storage_archive_item_limit": LIMIT,
+        "contract_room_host": ROOMS,
+        "components": {ROOMS: "muc"},
+        **extra,
+    }
+
+
 @pytest.fixture(scope="module")
 def provider_server(prosody_factory):
-    return prosody_factory(
-        "provider",
-        {
-            "plugin_paths": [str(PROBE_DIR)],
-            "modules_enabled": prosody_config.MODULES + ["storage_contract_probe"],
-            "storage": {"archive": "mam_native", "muc_log": "mam_native"},
-            "storage_archive_item_limit": LIMIT,
-            "contract_room_host": ROOMS,
-            "components": {ROOMS: "muc"},
-        },
-        users=4,
-    )
+    return prosody_factory("provider", probe_options(), users=4)
 
 
 async def run_contract(client, mode):
@@ -187,16 +189,8 @@ output {{ type = "mam_native"; hosts = {{ ["localhost"] = {{ "archive-archive" }
 def keyed_provider_server(prosody_factory):
     return prosody_factory(
         "provider-keyed",
-        {
-            "plugin_paths": [str(PROBE_DIR)],
-            "modules_enabled": prosody_config.MODULES + ["storage_contract_probe"],
-            "storage": {"archive": "mam_native", "muc_log": "mam_native"},
-            "storage_archive_item_limit": LIMIT,
-            "contract_room_host": ROOMS,
-            "components": {ROOMS: "muc"},
-            "mam_database_key": "provider key " + token(),
-            "muc_mam_database_key": "rooms key " + token(),
-        },
+        probe_options(mam_database_key="provider key " + token(),
+                      muc_mam_database_key="rooms key " + token()),
         users=2,
     )
 
