@@ -92,10 +92,12 @@ pub const MIGRATIONS: &[&str] = &[
     // 5. Where the background rewrite's last complete pass ended (`compactor`): no row
     //    up to `upto` was a candidate (text, or compressed without a dictionary) once
     //    it had passed, under dictionary `dictionary`, so the next pass (after a
-    //    restart too) starts there instead of walking the whole table again. A text
-    //    row written anywhere (compression off, an import, a reused rowid) takes the
-    //    mark away, and the next pass walks everything: the mark can only be missing,
-    //    never wrong. One row at most.
+    //    restart too) starts there instead of walking the whole table again. Text
+    //    written after the mark (compression off, an import) is walked by that next
+    //    pass anyway; text written at or before it (a rowid SQLite reuses after the
+    //    newest rows were deleted, an old row's stanza replaced) takes the mark away,
+    //    and the next pass walks everything: the mark can only be missing, never
+    //    wrong. One row at most.
     "CREATE TABLE archive_rewrite_mark (
         singleton INTEGER PRIMARY KEY CHECK (singleton = 1),
         dictionary INTEGER NOT NULL,
@@ -103,9 +105,11 @@ pub const MIGRATIONS: &[&str] = &[
     );
     CREATE TRIGGER archive_text_insert_clears_rewrite_mark AFTER INSERT ON archive
         WHEN typeof(NEW.stanza) = 'text'
+            AND NEW.seq <= (SELECT upto FROM archive_rewrite_mark)
         BEGIN DELETE FROM archive_rewrite_mark; END;
     CREATE TRIGGER archive_text_update_clears_rewrite_mark AFTER UPDATE OF stanza ON archive
         WHEN typeof(NEW.stanza) = 'text'
+            AND NEW.seq <= (SELECT upto FROM archive_rewrite_mark)
         BEGIN DELETE FROM archive_rewrite_mark; END;",
 ];
 
