@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use crate::checkpoint::Checkpointer;
 use crate::compactor::Compactor;
-use crate::config::Config;
+use crate::config::{self, Config, Owners};
 use crate::error::Result;
 use crate::expiry::Expirer;
 use crate::id::new_archive_id;
@@ -303,6 +303,37 @@ impl Archive {
         }))
     }
 
+    /// Archives an occupant's join (or, `left`, leave) of the room `room` as stock
+    /// `mod_muc_mam` does with `muc_log_presences`: a presence from `occupant` (the
+    /// occupant's in-room JID), without the occupant's real JID, in the room's
+    /// presences archive ([`config::room_presences_user`]). Nobody waits for it: it
+    /// is committed within the linger, and no client ever gets its id.
+    pub fn append_presence(&mut self, room: &str, occupant: &str, left: bool) -> Result<()> {
+        let when = self.clock.now_micros();
+        let mut stanza =
+            Element::with_ns("presence", ns::JABBER_CLIENT).with_attr("from", occupant);
+        let with = if left {
+            stanza.set_attr("type", "unavailable");
+            config::PRESENCE_LEFT_WITH
+        } else {
+            stanza.push(Element::with_ns("x", ns::MUC));
+            config::PRESENCE_JOINED_WITH
+        };
+        let msg = ArchivedMessage {
+            id: new_archive_id(when),
+            when,
+            with_bare: with.to_owned(),
+            with_resource: split_resource(occupant).1.map(str::to_owned),
+            xml: to_xml(&stanza),
+        };
+        self.writer.submit(WriteOp::Append {
+            owner: self.owner(&config::room_presences_user(room)),
+            msg,
+            delivery: Delivery::AtOnce,
+        })?;
+        Ok(())
+    }
+
     /// [`policy::should_store`] and [`Archive::append`] on one conversion of the
     /// stanza: the shim's fast path when no other module hooks `archive-should-store`.
     pub fn append_if_eligible(
@@ -418,10 +449,12 @@ impl Archive {
     pub fn start_delete_user(&mut self, user: &str) -> Result<JobId> {
         self.prefs.remove(user);
         let job = self.new_job();
-        self.writer.submit(WriteOp::DeleteUser {
-            owner: self.owner(user),
-            job,
-        })?;
+        // A room's presences go with it.
+        let mut owners = vec![self.owner(user)];
+        if self.config.owners == Owners::Rooms {
+            owners.push(self.owner(&config::room_presences_user(user)));
+        }
+        self.writer.submit(WriteOp::DeleteUser { owners, job })?;
         Ok(job)
     }
 

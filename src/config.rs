@@ -112,6 +112,33 @@ const ROOM_OPTIONS: OwnerOptions = OwnerOptions {
     default_store: "muc_log",
 };
 
+/// Stock `mod_muc_mam`'s `with` for a join stored with `muc_log_presences`.
+pub const PRESENCE_JOINED_WITH: &str = "presence";
+/// Stock `mod_muc_mam`'s `with` for a leave stored with `muc_log_presences`.
+pub const PRESENCE_LEFT_WITH: &str = "presence<unavailable";
+
+/// What ends the archive user that holds a room's presences (`muc_log_presences`):
+/// `room<presences`. A room's joins and leaves are kept as an archive of their own
+/// beside the room's messages, so that no query of the room's messages (pages,
+/// counts, history, metadata, quota) ever has to step over them: clients never see
+/// them (stock returns them to nobody either), only the storage provider's readers
+/// do (a web log viewer asks for a room's items without a `with`). `<` cannot occur
+/// in a room's node (nodeprep forbids it), so no room can be named so.
+const PRESENCES_SUFFIX: &str = "<presences";
+
+/// The archive user holding the presences of the room `node`.
+pub fn room_presences_user(node: &str) -> String {
+    let mut user = String::with_capacity(node.len() + PRESENCES_SUFFIX.len());
+    user.push_str(node);
+    user.push_str(PRESENCES_SUFFIX);
+    user
+}
+
+/// The room whose presences archive `user` is, if it is one.
+pub fn room_of_presences_user(user: &str) -> Option<&str> {
+    user.strip_suffix(PRESENCES_SUFFIX)
+}
+
 impl Owners {
     fn options(self) -> &'static OwnerOptions {
         match self {

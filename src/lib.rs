@@ -46,7 +46,8 @@
 //!    `store::codec` (compression with the database's dictionaries); SQLite files are
 //!    opened through `store::sqlite::key` (the SQLCipher key, checked before anything
 //!    is written, and its derivation done once per file and process).
-//! 6. **Core**, used by everything above: [`config`] (options, parsed once at load),
+//! 6. **Core**, used by everything above: [`config`] (options, parsed once at load;
+//!    where a room's joins and leaves are kept, [`config::room_presences_user`]),
 //!    [`policy`] (what to archive and why; preferences), [`stanza`] (XML in
 //!    Prosody's model), [`jid`], [`id`] (archive ids), [`time`], [`ns`], [`error`],
 //!    and [`expiry::period`] (the retention period and its cut-off).

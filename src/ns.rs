@@ -30,6 +30,8 @@ pub const CHAT_MARKERS: &str = "urn:xmpp:chat-markers:0";
 pub const CONFERENCE: &str = "jabber:x:conference";
 /// XEP-0045: Multi-User Chat, user namespace (mediated invitations).
 pub const MUC_USER: &str = "http://jabber.org/protocol/muc#user";
+/// XEP-0045 MUC: the `<x>` of a join presence.
+pub const MUC: &str = "http://jabber.org/protocol/muc";
 /// XEP-0353: Jingle Message Initiation, versions 0 and 1.
 pub const JINGLE_MESSAGE_0: &str = "urn:xmpp:jingle-message:0";
 pub const JINGLE_MESSAGE_1: &str = "urn:xmpp:jingle-message:1";

@@ -70,8 +70,10 @@ pub enum WriteOp {
         owner: Owner,
         prefs: Prefs,
     },
+    /// An account's or a room's whole archive (a room's presences too), in one job
+    /// whose count is every message removed.
     DeleteUser {
-        owner: Owner,
+        owners: Vec<Owner>,
         job: JobId,
     },
     /// The storage provider's writes ([`crate::archive::provider`]): applied once,
@@ -519,8 +521,11 @@ impl WriterThread {
         match op {
             WriteOp::Append { .. } => unreachable_append(),
             WriteOp::SetPrefs { owner, prefs } => self.store.set_prefs(owner, prefs),
-            WriteOp::DeleteUser { owner, job } => {
-                let result = self.store.delete_user(owner);
+            WriteOp::DeleteUser { owners, job } => {
+                let mut result = Ok(0);
+                for owner in owners {
+                    result = result.and_then(|n| Ok(n + self.store.delete_user(owner)?));
+                }
                 self.finish(*job, result)
             }
             WriteOp::Provider { job, op } => {

@@ -47,10 +47,6 @@ local get_room_from_jid = rawget(mod_muc, "get_room_from_jid") or function (room
 end;
 
 module:log("info", "prosody-mam-native %s room archives (native library %s)", native.version, native.library_path);
-if log_presences then
-	module:log("info", "muc_log_presences is set: occupants' joins and leaves are not archived here "
-		.. "(stock stores them but never returns them to anyone; see docs/room-archives.md)");
-end
 
 local engine = engine_lib.open(native, { owners = "rooms" });
 local metrics = module:require "mammetrics";
@@ -184,6 +180,34 @@ module:hook("muc-broadcast-message", function (event)
 		archive_message(event.room, stanza);
 	end
 end, 0.5);
+
+-- muc_log_presences: joins and leaves are archived as stock archives them (a
+-- presence from the occupant's nick, no real JID), beside the room's messages. No
+-- query or join history returns them (stock's neither); the storage provider does,
+-- to modules that read a room's log (docs/room-archives.md).
+local function archive_presence(room, nick, left)
+	if not archiving_enabled(room) then return; end
+	local archive, node = engine.archive, room_node(room);
+	if not node then return; end
+	if not archive then
+		m_skipped["unavailable"]:add(1);
+		return;
+	end
+	local ok, err = archive:append_presence(node, nick, left);
+	if not ok then
+		module:log("error", "Could not archive a presence in %s: %s", room.jid, err.log);
+		m_skipped[err.condition == "resource-constraint" and "queue full" or "error"]:add(1);
+	end
+end
+
+if log_presences then
+	module:hook("muc-occupant-joined", function (event)
+		archive_presence(event.room, event.nick, false);
+	end);
+	module:hook("muc-occupant-left", function (event)
+		archive_presence(event.room, event.nick, true);
+	end);
+end
 
 local function is_subject_change(stanza)
 	return stanza:get_child("subject") ~= nil and stanza:get_child("body") == nil;

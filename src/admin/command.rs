@@ -122,7 +122,8 @@ Commands:
   export ROOM [--host HOST] [--format xml|jsonl]
                  Write a room's archive to standard output.
   stats [--host HOST]
-                 Messages and size per MUC component and per room, oldest and newest.
+                 Messages and size per MUC component and per room, oldest and newest
+                 (a room's joins and leaves on a line of their own: ROOM<presences).
   version        The version of this module and where its native library is.
 
 HOST is a MUC component (Component \"rooms.example.org\" \"muc\"); without --host a
@@ -180,8 +181,9 @@ Each message keeps its id, time and order; its sender's nick is kept as the cont
 resource, the room's address (`to`) is left out, and a real-JID element
 (<x xmlns='http://jabber.org/protocol/muc#user'>) is kept only where stock added it
 itself (in non-anonymous rooms); one a sender put in the message is dropped.
-Presences (stored by stock with muc_log_presences) are skipped and counted: room
-archives keep messages only, and stock never returned presences to clients.
+Joins and leaves (stored by stock with muc_log_presences) keep their ids too, in the
+room's presences archive (listed as ROOM<presences), which only the storage provider
+reads, as stock's never reached clients either.
 
   --host HOST     only this MUC component
   --from DRIVER   read with mod_storage_internal or mod_storage_sql (default: the
@@ -214,7 +216,9 @@ Usage: prosodyctl mod_muc_mam delete ROOM [--host HOST] [--with JID] [--before D
 Deletes ROOM's archived messages: all of them, or only those from one nick
 (--with ROOM@HOST/NICK; the room's bare JID matches every message), or only those
 older than DATE (2024-01-31 or 2024-01-31T12:00:00Z), or both. ROOM is the room's
-JID, or its name with --host (or when the configuration has one MUC component).";
+JID, or its name with --host (or when the configuration has one MUC component).
+Without --with, the room's joins and leaves (muc_log_presences) go too; the count
+reported is the messages'.";
 
 const ROOM_EXPORT_HELP: &str = "\
 Usage: prosodyctl mod_muc_mam export ROOM [--host HOST] [--format xml|jsonl]

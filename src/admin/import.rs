@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::{owner_nouns, AdminError};
-use crate::config::{Config, Owners};
+use crate::config::{self, Config, Owners, PRESENCE_JOINED_WITH, PRESENCE_LEFT_WITH};
 use crate::error::{MamError, Result};
 use crate::jid::split_resource;
 use crate::ns;
@@ -84,11 +84,7 @@ fn source_stamp(user: &str, src: &SourceMessage) -> Result<Micros> {
 /// An item of a stock room archive that is not imported, and why.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum RoomSkip {
-    /// A join or leave stock stored with `muc_log_presences` (`with` `presence` or
-    /// `presence<unavailable`): stock never returned them to clients, and room
-    /// archives here keep messages only.
-    Presence,
-    /// Anything else that is not a `<message>` (stock writes none).
+    /// Neither a `<message>` nor a join or leave `<presence>` (stock writes none).
     NotAMessage,
 }
 
@@ -96,7 +92,6 @@ impl RoomSkip {
     /// The plural the summary counts them under.
     pub fn plural(self) -> &'static str {
         match self {
-            RoomSkip::Presence => "presences",
             RoomSkip::NotAMessage => "other stanzas",
         }
     }
@@ -106,6 +101,9 @@ impl RoomSkip {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RoomItem {
     Message(ImportedMessage),
+    /// A join or leave stock stored with `muc_log_presences`, for the room's
+    /// presences archive ([`config::room_presences_user`]).
+    Presence(ImportedMessage),
     Skipped(RoomSkip),
 }
 
@@ -126,11 +124,12 @@ pub enum RoomItem {
 /// stored stanza has no `to` (with a `to`, the room was semi-anonymous and stock added
 /// no `<x>` at all).
 pub fn room_item(host: &str, room: &str, src: &SourceMessage) -> Result<RoomItem> {
-    match src.stanza.name.as_str() {
-        "message" => {}
-        "presence" => return Ok(RoomItem::Skipped(RoomSkip::Presence)),
+    let presence = match (src.stanza.name.as_str(), src.stanza.attr("type")) {
+        ("message", _) => None,
+        ("presence", None) => Some(PRESENCE_JOINED_WITH),
+        ("presence", Some("unavailable")) => Some(PRESENCE_LEFT_WITH),
         _ => return Ok(RoomItem::Skipped(RoomSkip::NotAMessage)),
-    }
+    };
     let when = source_stamp(room, src)?;
     let room_jid = format!("{room}@{host}");
     let mut stanza = src.stanza.clone();
@@ -142,6 +141,20 @@ pub fn room_item(host: &str, room: &str, src: &SourceMessage) -> Result<RoomItem
     stanza.remove_attr("to");
     if stanza.xmlns().is_none() {
         stanza.set_attr("xmlns", ns::JABBER_CLIENT);
+    }
+    if let Some(kind) = presence {
+        // As our mod_muc_mam archives a join or leave: beside the room's messages,
+        // its kind (stock's `with`) as the contact, the nick as the resource.
+        return Ok(RoomItem::Presence(ImportedMessage {
+            user: config::room_presences_user(room),
+            msg: ArchivedMessage {
+                id: src.id.clone(),
+                when,
+                with_bare: kind.to_owned(),
+                with_resource: nick,
+                xml: to_xml(&stanza),
+            },
+        }));
     }
     drop_forged_muc_user(&mut stanza, semi_anonymous);
     Ok(RoomItem::Message(ImportedMessage {
@@ -224,7 +237,7 @@ pub struct UserTally {
     pub inserted: u64,
     pub already_present: u64,
     pub conflicts: u64,
-    /// Items of the source deliberately not imported (a room's presences).
+    /// Items of the source deliberately not imported (a room's unknown stanzas).
     pub skipped: u64,
 }
 
@@ -313,19 +326,26 @@ impl Importer {
         self.store_batch(user, &items)
     }
 
-    /// Stores one batch of one room's stock items (its messages, one transaction) and
-    /// tallies it, the items skipped included ([`room_item`]).
+    /// Stores one batch of one room's stock items (its messages, one transaction; its
+    /// joins and leaves, another) and tallies it, the items skipped included
+    /// ([`room_item`]). The presences are tallied as their own archive's
+    /// (`room<presences`), so the verification checks them too.
     pub fn room_batch(&mut self, room: &str, batch: &[SourceMessage]) -> Result<()> {
         let mut items = Vec::with_capacity(batch.len());
+        let mut presences = Vec::new();
         let mut skipped = 0;
         for src in batch {
             match room_item(&self.host, room, src)? {
                 RoomItem::Message(m) => items.push(m),
+                RoomItem::Presence(p) => presences.push(p),
                 RoomItem::Skipped(why) => {
                     *self.skipped.entry(why).or_default() += 1;
                     skipped += 1;
                 }
             }
+        }
+        if !presences.is_empty() {
+            self.store_batch(&config::room_presences_user(room), &presences)?;
         }
         self.store_batch(room, &items)?;
         let t = self.tallies.entry(room.to_owned()).or_default();
@@ -346,7 +366,7 @@ impl Importer {
             .map(|(why, n)| format!("{n} {}", why.plural()))
             .collect();
         Some(format!(
-            "Skipped: {} (room archives keep messages only; stock never returned presences to clients)",
+            "Skipped: {} (stock's mod_muc_mam stores messages, joins and leaves only)",
             counts.join(", ")
         ))
     }
@@ -845,7 +865,7 @@ mod tests {
     }
 
     #[test]
-    fn presences_stock_logged_are_skipped_and_counted_in_the_verification() {
+    fn presences_stock_logged_go_beside_the_room_and_are_verified_there() {
         let clock = Arc::new(ManualClock(AtomicI64::new(0)));
         let mut imp = Importer::new(
             "chat.capulet.lit",
@@ -868,23 +888,51 @@ mod tests {
                 "presence<unavailable",
                 "<presence type='unavailable' from='balcony@chat.capulet.lit/Romeo'/>",
             ),
+            room_src("q1", "iq", "<iq type='get' id='x'/>"),
         ];
         imp.room_batch("balcony", &batch).expect("batch");
-        assert_eq!(imp.done(), 3);
+        assert_eq!(imp.done(), 4);
         assert_eq!(
             imp.skipped_line().as_deref(),
-            Some(
-                "Skipped: 2 presences (room archives keep messages only; stock never \
-                 returned presences to clients)"
-            )
+            Some("Skipped: 1 other stanzas (stock's mod_muc_mam stores messages, joins and leaves only)")
         );
         let (lines, ok) = imp.verify().expect("verify");
         assert!(ok, "{lines:?}");
         assert_eq!(
             lines,
-            ["balcony: source 3, archive 1 (1 new, 0 already there, 2 skipped) ok"]
+            [
+                "balcony: source 2, archive 1 (1 new, 0 already there, 1 skipped) ok",
+                "balcony<presences: source 2, archive 2 (2 new, 0 already there) ok",
+            ]
         );
-        assert_eq!(imp.tallies["balcony"].skipped, 2);
+        let presences = imp
+            .store
+            .find(
+                &Owner::new("chat.capulet.lit", "balcony<presences"),
+                &FindRequest {
+                    limit: 10,
+                    ..FindRequest::default()
+                },
+            )
+            .expect("find");
+        let rows: Vec<_> = presences
+            .items
+            .iter()
+            .map(|m| {
+                (
+                    m.id.as_str(),
+                    m.with_bare.as_str(),
+                    m.with_resource.as_deref(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                ("p1", "presence", Some("Romeo")),
+                ("p2", "presence<unavailable", Some("Romeo"))
+            ]
+        );
     }
 
     #[test]

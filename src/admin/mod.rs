@@ -26,7 +26,7 @@ pub mod stock_file;
 use std::io::Write;
 use std::sync::Arc;
 
-use crate::config::{Config, OptionSource, Owners};
+use crate::config::{self, Config, OptionSource, Owners};
 use crate::error::MamError;
 use crate::store::{self, ArchiveStore, DeleteFilter, Owner, WithFilter};
 use crate::time::{Micros, SystemClock};
@@ -127,7 +127,8 @@ impl Operations {
 
     /// Deletes `user`'s messages, only those with `with` (a JID: bare matches every
     /// resource) and before `before` when given, in [`DELETE_BATCH`]-sized
-    /// transactions.
+    /// transactions; a room's joins and leaves too unless `with` is given. Returns
+    /// how many messages went.
     pub fn delete(
         &mut self,
         user: &str,
@@ -139,7 +140,14 @@ impl Operations {
             with: with.map(WithFilter::from_jid),
             before,
         };
-        delete(&mut *self.store, &owner, &filter)
+        let deleted = delete(&mut *self.store, &owner, &filter)?;
+        // A room's joins and leaves go with its messages (not with one sender's);
+        // the count is the messages', which is what the command reports.
+        if self.config.owners == Owners::Rooms && with.is_none() {
+            let presences = self.owner(&config::room_presences_user(user));
+            delete(&mut *self.store, &presences, &filter)?;
+        }
+        Ok(deleted)
     }
 
     /// Writes `user`'s whole archive to `out`; returns how many messages.

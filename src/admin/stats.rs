@@ -1,7 +1,7 @@
 //! `prosodyctl mod_mam stats`: per-owner counts, sizes and date ranges.
 
 use super::{owner_nouns, AdminError};
-use crate::config::Owners;
+use crate::config::{self, Owners};
 use crate::store::ArchiveStore;
 use crate::time::format_datetime;
 
@@ -29,16 +29,31 @@ pub fn stats_report(
     owners: Owners,
 ) -> Result<String, AdminError> {
     let (one, many) = owner_nouns(owners);
+    let rooms = owners == Owners::Rooms;
     let owners = store.owner_stats(host)?;
-    let messages: u64 = owners.iter().map(|o| o.messages).sum();
+    // A room's joins and leaves (`muc_log_presences`) are listed on a line of their
+    // own (`room<presences`) and counted apart from the rooms and their messages.
+    let is_presences = |user: &str| rooms && config::room_of_presences_user(user).is_some();
+    let (mut archives, mut messages, mut presences) = (0, 0, 0);
+    for o in &owners {
+        if is_presences(&o.user) {
+            presences += o.messages;
+        } else {
+            archives += 1;
+            messages += o.messages;
+        }
+    }
     let bytes: u64 = owners.iter().map(|o| o.bytes).sum();
     let db = match store.database_bytes()? {
         Some(b) => format!("{database} ({}, all hosts)", human_bytes(b)),
         None => database.to_owned(),
     };
+    let presences = match presences {
+        0 => String::new(),
+        n => format!(", {n} joins and leaves"),
+    };
     let mut out = format!(
-        "host {host}: {} {many}, {messages} messages, {} of stanzas; database {db}\n",
-        owners.len(),
+        "host {host}: {archives} {many}, {messages} messages{presences}, {} of stanzas; database {db}\n",
         human_bytes(bytes)
     );
     if !owners.is_empty() {
@@ -70,6 +85,7 @@ pub fn stats_report(
 mod tests {
     use super::*;
     use crate::admin::testing::store_with;
+    use crate::store::{ArchivedMessage, Owner};
 
     #[test]
     fn stats_report_lists_users_with_counts_and_dates() {
@@ -101,5 +117,23 @@ mod tests {
         );
         assert!(lines[1].starts_with("  room "), "{report}");
         assert_eq!(human_bytes(10), "10 B");
+        // A room's joins and leaves: a line of their own, counted apart.
+        let join = ArchivedMessage {
+            id: "p1".into(),
+            when: 1,
+            with_bare: "presence".into(),
+            with_resource: Some("romeo".into()),
+            xml: "<presence xmlns='jabber:client' from='juliet@capulet.lit/romeo'/>".into(),
+        };
+        let presences = Owner::new("capulet.lit", "juliet<presences");
+        store.append(&presences, &join, None).expect("append");
+        let report = stats_report(&mut store, "capulet.lit", "/tmp/mam.sqlite", Owners::Rooms)
+            .expect("stats");
+        let lines: Vec<_> = report.lines().collect();
+        assert!(
+            lines[0].starts_with("host capulet.lit: 1 rooms, 3 messages, 1 joins and leaves, "),
+            "{report}"
+        );
+        assert!(lines[3].starts_with("  juliet<presences  "), "{report}");
     }
 }

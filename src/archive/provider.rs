@@ -22,15 +22,20 @@
 //! - **Rooms** (`muc_log`): stock `mod_muc_mam` stores `"message<groupchat"` for every
 //!   message. Our rows keep the room's bare JID and the sender's nick, so every row of
 //!   a room is a `"message<groupchat"` item, and a find with that `with` is the whole
-//!   room. Any other `with` is taken as an occupant JID (`room@service/nick`). Only
-//!   messages are stored: stock's presences (`muc_log_presences`), which stock never
-//!   returns either, are refused as `unsupported-datatype`.
+//!   room's messages. Any other `with` is taken as an occupant JID
+//!   (`room@service/nick`): that sender's messages. Stock's presences
+//!   (`muc_log_presences`: `with` `presence` for a join, `presence<unavailable` for a
+//!   leave) are kept in an archive of their own beside the room's
+//!   ([`config::room_presences_user`]), so no message query steps over them; a find
+//!   with one of those `with`s reads it, and a find without `with` (a web log
+//!   viewer's day page) reads both, merged in time order (a message before a
+//!   presence of the same microsecond). Anything else is `unsupported-datatype`.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use super::Archive;
-use crate::config::Owners;
+use crate::config::{self, Owners, PRESENCE_JOINED_WITH, PRESENCE_LEFT_WITH};
 use crate::error::{MamError, Result};
 use crate::id::new_archive_id;
 use crate::jid::split_resource;
@@ -142,9 +147,30 @@ pub enum StoreAnswer {
 
 /// How stock's `with` maps onto the rows of one owner ([the module doc](self)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum WithModel {
+pub enum WithModel {
     Accounts,
     Rooms,
+}
+
+/// Which rows a store call reaches, from its `with` ([`WithModel::select`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selection {
+    /// The owner's own rows (an account's messages, a room's messages), all of them
+    /// or one partner's.
+    Own(Option<WithFilter>),
+    /// A room's presences (`muc_log_presences`): all of them, or joins or leaves.
+    Presences(Option<WithFilter>),
+    /// A room's messages and presences (stock's `with` = nil), in one time order.
+    Both,
+}
+
+/// The archive beside a room's that holds its presences.
+fn presences_of(room: &Owner) -> Owner {
+    Owner::new(&room.host, &config::room_presences_user(&room.user))
+}
+
+fn is_presences(owner: &Owner) -> bool {
+    config::room_of_presences_user(&owner.user).is_some()
 }
 
 impl WithModel {
@@ -155,17 +181,48 @@ impl WithModel {
         }
     }
 
-    /// The filter a query's `with` becomes; `None` matches every row.
-    fn filter(self, with: Option<&str>) -> Option<WithFilter> {
+    /// The rows a query's `with` reaches.
+    fn select(self, with: Option<&str>) -> Selection {
         match (self, with) {
-            (_, None) | (WithModel::Rooms, Some(ROOM_MESSAGE_WITH)) => None,
-            (_, Some(jid)) => Some(WithFilter::from_jid(jid)),
+            (WithModel::Accounts, None) | (WithModel::Rooms, Some(ROOM_MESSAGE_WITH)) => {
+                Selection::Own(None)
+            }
+            (WithModel::Rooms, None) => Selection::Both,
+            (WithModel::Rooms, Some(kind @ (PRESENCE_JOINED_WITH | PRESENCE_LEFT_WITH))) => {
+                Selection::Presences(Some(WithFilter {
+                    bare: kind.to_owned(),
+                    resource: None,
+                }))
+            }
+            (_, Some(jid)) => Selection::Own(Some(WithFilter::from_jid(jid))),
+        }
+    }
+
+    /// The archives a selection of `owner`'s rows lies in, each with its `with`
+    /// filter: a room's messages first, then its presences (the order ties in time
+    /// are broken by when both are read together).
+    fn parts(owner: &Owner, selection: &Selection) -> Vec<(Owner, Option<WithFilter>)> {
+        match selection {
+            Selection::Own(filter) => vec![(owner.clone(), filter.clone())],
+            Selection::Presences(filter) => vec![(presences_of(owner), filter.clone())],
+            Selection::Both => vec![(owner.clone(), None), (presences_of(owner), None)],
+        }
+    }
+
+    /// Whether a wildcard call (every owner of the host) with this selection reaches
+    /// the archive of `owner`.
+    fn reaches(self, selection: &Selection, owner: &Owner) -> bool {
+        match (self, selection) {
+            (WithModel::Accounts, _) | (WithModel::Rooms, Selection::Both) => true,
+            (WithModel::Rooms, Selection::Own(_)) => !is_presences(owner),
+            (WithModel::Rooms, Selection::Presences(_)) => is_presences(owner),
         }
     }
 
     /// An item's `with` as stock would have stored it.
     fn stock_with(self, owner: &Owner, msg: &ArchivedMessage) -> String {
         match self {
+            WithModel::Rooms if is_presences(owner) => msg.with_bare.clone(),
             WithModel::Rooms if msg.with_bare == room_jid(owner) => ROOM_MESSAGE_WITH.to_owned(),
             WithModel::Rooms => WithFilter {
                 bare: msg.with_bare.clone(),
@@ -176,28 +233,47 @@ impl WithModel {
         }
     }
 
-    /// The row partner for an item appended (or set) with stock's `with`, and the
-    /// stanza as it is stored; a refusal for what this store does not keep.
+    /// Where an item appended (or set) with stock's `with` is kept, the row partner
+    /// and the stanza as it is stored; a refusal for what this store does not keep.
     fn stored(
         self,
         owner: &Owner,
         with: Option<&str>,
         mut stanza: Element,
-    ) -> std::result::Result<(String, Option<String>, Element), Refusal> {
-        let partner = match self {
+    ) -> std::result::Result<StoredItem, Refusal> {
+        let (owner, with_bare, with_resource) = match self {
             WithModel::Accounts => {
                 let (bare, resource) = split_resource(with.unwrap_or(""));
-                (bare.to_owned(), resource.map(str::to_owned))
+                (owner.clone(), bare.to_owned(), resource.map(str::to_owned))
             }
             WithModel::Rooms => {
-                if stanza.name != "message" || !matches!(with, None | Some(ROOM_MESSAGE_WITH)) {
-                    return Err(Refusal::UnsupportedDatatype);
-                }
-                // As our mod_muc_mam stores a room message: from the occupant, to
+                // As our mod_muc_mam stores a room's items: from the occupant, to
                 // nobody (stock keeps `to` = the room and removes it on the way out).
                 stanza.remove_attr("to");
-                let nick = stanza.attr("from").and_then(|f| split_resource(f).1);
-                (room_jid(owner), nick.map(str::to_owned))
+                let nick = stanza
+                    .attr("from")
+                    .and_then(|f| split_resource(f).1)
+                    .map(str::to_owned);
+                match (stanza.name.as_str(), with) {
+                    ("message", None | Some(ROOM_MESSAGE_WITH)) => {
+                        (owner.clone(), room_jid(owner), nick)
+                    }
+                    ("presence", _) => {
+                        // Stock's `with` for a presence is its kind: `presence`, or
+                        // `presence<` and its type.
+                        let kind = match (with, stanza.attr("type")) {
+                            (Some(with), _) => with,
+                            (None, None) => PRESENCE_JOINED_WITH,
+                            (None, Some("unavailable")) => PRESENCE_LEFT_WITH,
+                            (None, Some(_)) => return Err(Refusal::UnsupportedDatatype),
+                        };
+                        if !matches!(kind, PRESENCE_JOINED_WITH | PRESENCE_LEFT_WITH) {
+                            return Err(Refusal::UnsupportedDatatype);
+                        }
+                        (presences_of(owner), kind.to_owned(), nick)
+                    }
+                    _ => return Err(Refusal::UnsupportedDatatype),
+                }
             }
         };
         // Read back, every element then carries its namespace, so Lua's get_child()
@@ -205,8 +281,21 @@ impl WithModel {
         if stanza.xmlns().is_none() {
             stanza.set_attr("xmlns", ns::JABBER_CLIENT);
         }
-        Ok((partner.0, partner.1, stanza))
+        Ok(StoredItem {
+            owner,
+            with_bare,
+            with_resource,
+            stanza,
+        })
     }
+}
+
+/// An item as it is stored ([`WithModel::stored`]).
+struct StoredItem {
+    owner: Owner,
+    with_bare: String,
+    with_resource: Option<String>,
+    stanza: Element,
 }
 
 /// A room's bare JID from its owner: `node@service`, or the service itself for the
@@ -224,15 +313,15 @@ fn room_jid(owner: &Owner) -> String {
 pub enum StoreRead {
     Find(FindJob),
     Summary(FindJob),
-    Users { host: String },
+    Users { host: String, model: WithModel },
 }
 
-/// A find as the store runs it.
+/// A find as the store runs it: one request per archive it reads
+/// ([`WithModel::parts`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FindJob {
-    owner: Owner,
     model: WithModel,
-    req: FindRequest,
+    parts: Vec<(Owner, FindRequest)>,
     /// The query's `ids`, each of which must exist.
     must_exist: Vec<String>,
 }
@@ -249,7 +338,9 @@ pub enum StoreWrite {
         limit: Option<u64>,
     },
     Set {
-        owner: Owner,
+        /// Where the item may be, tried in this order (a room's messages, then its
+        /// presences, when the change does not say which).
+        owners: Vec<Owner>,
         id: String,
         change: ItemChange,
     },
@@ -257,6 +348,8 @@ pub enum StoreWrite {
         host: String,
         /// `None`: every owner of the host (stock's `username == true`).
         user: Option<String>,
+        model: WithModel,
+        selection: Selection,
         req: FindRequest,
         truncate: Option<(u64, bool)>,
     },
@@ -273,6 +366,8 @@ impl Archive {
         WithModel::of(self.config.owners)
     }
 
+    /// The request of a query, without its `with` (which selects archives and rows,
+    /// [`WithModel::parts`]).
     fn find_request(&self, query: &StoreQuery) -> FindRequest {
         let ids = match (&query.ids, &query.key) {
             (Some(ids), Some(key)) => Some(ids.iter().filter(|i| *i == key).cloned().collect()),
@@ -281,7 +376,7 @@ impl Archive {
             (None, None) => None,
         };
         FindRequest {
-            with: self.model().filter(query.with.as_deref()),
+            with: None,
             start: query.start,
             end: query.end,
             after: query.after.iter().cloned().collect(),
@@ -294,10 +389,12 @@ impl Archive {
     }
 
     fn find_job(&self, user: Option<&str>, query: &StoreQuery) -> FindJob {
+        let model = self.model();
+        let req = self.find_request(query);
+        let selection = model.select(query.with.as_deref());
         FindJob {
-            owner: self.store_owner(user),
-            model: self.model(),
-            req: self.find_request(query),
+            model,
+            parts: with_filters(&self.store_owner(user), &selection, &req),
             must_exist: query.ids.clone().unwrap_or_default(),
         }
     }
@@ -325,19 +422,20 @@ impl Archive {
     /// Queues `find(user, query)`; answers [`StoreAnswer::Items`] or a refusal.
     pub fn store_find(&mut self, user: Option<&str>, query: &StoreQuery) -> Result<JobId> {
         let find = self.find_job(user, query);
-        self.submit_read(find.owner.clone(), StoreRead::Find(find))
+        self.submit_read(self.store_owner(user), StoreRead::Find(find))
     }
 
     /// Queues `summary(user, query)`; answers [`StoreAnswer::Summary`].
     pub fn store_summary(&mut self, user: Option<&str>, query: &StoreQuery) -> Result<JobId> {
         let find = self.find_job(user, query);
-        self.submit_read(find.owner.clone(), StoreRead::Summary(find))
+        self.submit_read(self.store_owner(user), StoreRead::Summary(find))
     }
 
     /// Queues `users()`; answers [`StoreAnswer::Users`].
     pub fn store_users(&mut self) -> Result<JobId> {
         let host = self.config.host.clone();
-        self.submit_read(Owner::new(&host, ""), StoreRead::Users { host })
+        let model = self.model();
+        self.submit_read(Owner::new(&host, ""), StoreRead::Users { host, model })
     }
 
     /// Queues `append(user, key, stanza, when, with)`: a new item (a new id when `key`
@@ -351,9 +449,8 @@ impl Archive {
         when: Option<Micros>,
         with: Option<&str>,
     ) -> Result<std::result::Result<JobId, Refusal>> {
-        let owner = self.store_owner(user);
-        let (with_bare, with_resource, stanza) = match self.model().stored(&owner, with, stanza) {
-            Ok(stored) => stored,
+        let item = match self.model().stored(&self.store_owner(user), with, stanza) {
+            Ok(item) => item,
             Err(refusal) => return Ok(Err(refusal)),
         };
         let when = when.unwrap_or_else(|| self.clock.now_micros());
@@ -361,13 +458,13 @@ impl Archive {
         let msg = ArchivedMessage {
             id: key.unwrap_or_else(|| new_archive_id(when)),
             when,
-            with_bare,
-            with_resource,
-            xml: to_xml(&stanza),
+            with_bare: item.with_bare,
+            with_resource: item.with_resource,
+            xml: to_xml(&item.stanza),
         };
         let limit = self.config.item_limit;
         self.submit_write(StoreWrite::Append {
-            owner,
+            owner: item.owner,
             msg,
             replace,
             limit,
@@ -386,37 +483,45 @@ impl Archive {
         with: Option<&str>,
     ) -> Result<std::result::Result<JobId, Refusal>> {
         let owner = self.store_owner(user);
+        let model = self.model();
         let mut change = ItemChange {
             when,
             ..ItemChange::default()
         };
-        match stanza {
+        let owners = match stanza {
             Some(stanza) => {
                 // A new stanza without a new `with` keeps the partner the row has; the
-                // room model still checks the stanza is a message.
-                let (bare, resource, stanza) = match self.model().stored(&owner, with, stanza) {
-                    Ok(stored) => stored,
+                // room model still checks what the stanza is, which says where it is.
+                let item = match model.stored(&owner, with, stanza) {
+                    Ok(item) => item,
                     Err(refusal) => return Ok(Err(refusal)),
                 };
-                change.xml = Some(to_xml(&stanza));
+                change.xml = Some(to_xml(&item.stanza));
                 if with.is_some() {
-                    change.with = Some((bare, resource));
+                    change.with = Some((item.with_bare, item.with_resource));
                 }
+                vec![item.owner]
             }
-            None => {
-                if let Some(with) = with {
-                    if self.model() == WithModel::Rooms && with != ROOM_MESSAGE_WITH {
-                        return Ok(Err(Refusal::UnsupportedDatatype));
-                    }
-                    if self.model() == WithModel::Accounts {
-                        let (bare, resource) = split_resource(with);
-                        change.with = Some((bare.to_owned(), resource.map(str::to_owned)));
-                    }
+            None => match (model, with) {
+                (WithModel::Accounts, Some(with)) => {
+                    let (bare, resource) = split_resource(with);
+                    change.with = Some((bare.to_owned(), resource.map(str::to_owned)));
+                    vec![owner]
                 }
-            }
-        }
+                (WithModel::Accounts, None) => vec![owner],
+                (WithModel::Rooms, with) => match model.select(with) {
+                    Selection::Both => {
+                        let presences = presences_of(&owner);
+                        vec![owner, presences]
+                    }
+                    Selection::Own(None) => vec![owner],
+                    Selection::Presences(_) => vec![presences_of(&owner)],
+                    Selection::Own(Some(_)) => return Ok(Err(Refusal::UnsupportedDatatype)),
+                },
+            },
+        };
         self.submit_write(StoreWrite::Set {
-            owner,
+            owners,
             id: key.to_owned(),
             change,
         })
@@ -432,9 +537,12 @@ impl Archive {
             total: false,
             ..self.find_request(query)
         };
+        let model = self.model();
         self.submit_write(StoreWrite::Delete {
             host: self.config.host.clone(),
             user: user.map(str::to_owned),
+            model,
+            selection: model.select(query.with.as_deref()),
             req,
             truncate: query.truncate.map(|n| (n, query.reverse)),
         })
@@ -467,6 +575,24 @@ impl Archive {
     }
 }
 
+/// One request per archive of `selection`, each with its own `with` filter.
+fn with_filters(
+    owner: &Owner,
+    selection: &Selection,
+    req: &FindRequest,
+) -> Vec<(Owner, FindRequest)> {
+    WithModel::parts(owner, selection)
+        .into_iter()
+        .map(|(owner, with)| {
+            let req = FindRequest {
+                with,
+                ..req.clone()
+            };
+            (owner, req)
+        })
+        .collect()
+}
+
 /// Runs a provider read on a reader thread.
 pub fn run_read(store: &mut dyn ArchiveStore, read: &StoreRead) -> Result<StoreAnswer> {
     match read {
@@ -474,28 +600,180 @@ pub fn run_read(store: &mut dyn ArchiveStore, read: &StoreRead) -> Result<StoreA
             if let Some(refusal) = missing_ids(store, find)? {
                 return Ok(StoreAnswer::Refused(refusal));
             }
-            let page = match store.find(&find.owner, &find.req) {
+            let (found, total) = match find_parts(store, &find.parts) {
                 Err(MamError::ItemNotFound(_)) => {
                     return Ok(StoreAnswer::Refused(Refusal::ItemNotFound))
                 }
                 other => other?,
             };
-            let items = page
-                .items
+            let items = found
                 .iter()
-                .map(|m| store_item(find.model, &find.owner, m))
+                .map(|(part, m)| store_item(find.model, &find.parts[*part].0, m))
                 .collect::<Result<_>>()?;
-            Ok(StoreAnswer::Items {
-                items,
-                total: page.total,
-            })
+            Ok(StoreAnswer::Items { items, total })
         }
         StoreRead::Summary(find) => summary(store, find),
-        StoreRead::Users { host } => Ok(StoreAnswer::Users(store.owners(host)?)),
+        StoreRead::Users { host, model } => {
+            let mut users: Vec<String> = store
+                .owners(host)?
+                .into_iter()
+                .map(|user| match model {
+                    WithModel::Rooms => config::room_of_presences_user(&user)
+                        .map(str::to_owned)
+                        .unwrap_or(user),
+                    WithModel::Accounts => user,
+                })
+                .collect();
+            users.sort();
+            users.dedup();
+            Ok(StoreAnswer::Users(users))
+        }
     }
 }
 
-/// `item-not-found` when one of the query's `ids` is not in the owner's archive.
+/// An item read by [`find_parts`], with the index of the part it came from.
+type PartItem = (usize, ArchivedMessage);
+
+/// A find over one or two archives (a room's messages and presences): each read
+/// with the same bounds, then merged in time order, a room's message before its
+/// presence at the same microsecond. An archive with nothing in it is not read.
+/// The items come with the index of their part.
+fn find_parts(
+    store: &mut dyn ArchiveStore,
+    parts: &[(Owner, FindRequest)],
+) -> Result<(Vec<PartItem>, Option<u64>)> {
+    let mut live = Vec::with_capacity(parts.len());
+    if parts.len() > 1 {
+        for (i, (owner, _)) in parts.iter().enumerate() {
+            if store.message_count(owner)? > 0 {
+                live.push(i);
+            }
+        }
+    }
+    if live.len() <= 1 {
+        // One archive to read (the first when all are empty: it answers an unknown
+        // `before` or `after` as the store does).
+        let i = live.first().copied().unwrap_or(0);
+        let Some((owner, req)) = parts.get(i) else {
+            return Ok((Vec::new(), None));
+        };
+        let page = store.find(owner, req)?;
+        return Ok((page.items.into_iter().map(|m| (i, m)).collect(), page.total));
+    }
+    let positioned = positioned(store, parts)?;
+    let mut merged = Vec::new();
+    let mut total = None;
+    for &i in &live {
+        let (owner, req) = &positioned[i];
+        let page = store.find(
+            owner,
+            &FindRequest {
+                total: false,
+                ..req.clone()
+            },
+        )?;
+        merged.extend(page.items.into_iter().map(|m| (i, m)));
+        if req.total {
+            // Counted as the store counts: ignoring `before`, `after` and `limit`.
+            let (owner, unpositioned) = &parts[i];
+            let count = FindRequest {
+                after: Vec::new(),
+                before: Vec::new(),
+                limit: 0,
+                ..unpositioned.clone()
+            };
+            let n = store.find(owner, &count)?.total.unwrap_or(0);
+            total = Some(total.unwrap_or(0) + n);
+        }
+    }
+    let reverse = parts[0].1.reverse;
+    merged.sort_by(|(pa, a), (pb, b)| {
+        let order = (a.when, pa).cmp(&(b.when, pb));
+        if reverse {
+            order.reverse()
+        } else {
+            order
+        }
+    });
+    merged.truncate(parts[0].1.limit);
+    Ok((merged, total))
+}
+
+/// The requests of several archives read as one, with every `before` and `after` id
+/// (which is in one of them) made a bound of the others: an item of archive `i` at
+/// time `t` comes before an item of archive `j` at `t'` when `(t, i) < (t', j)`.
+/// An id in none of them is `item-not-found`.
+fn positioned(
+    store: &mut dyn ArchiveStore,
+    parts: &[(Owner, FindRequest)],
+) -> Result<Vec<(Owner, FindRequest)>> {
+    let mut out: Vec<(Owner, FindRequest)> = parts
+        .iter()
+        .map(|(owner, req)| {
+            let req = FindRequest {
+                after: Vec::new(),
+                before: Vec::new(),
+                ..req.clone()
+            };
+            (owner.clone(), req)
+        })
+        .collect();
+    let Some((_, first)) = parts.first() else {
+        return Ok(out);
+    };
+    for (id, after) in first
+        .after
+        .iter()
+        .map(|id| (id, true))
+        .chain(first.before.iter().map(|id| (id, false)))
+    {
+        let (home, when) = locate(store, parts, id)?;
+        for (i, (_, req)) in out.iter_mut().enumerate() {
+            match (i == home, after) {
+                (true, true) => req.after.push(id.clone()),
+                (true, false) => req.before.push(id.clone()),
+                (false, true) => {
+                    let start = if i > home {
+                        when
+                    } else {
+                        when.saturating_add(1)
+                    };
+                    req.start = Some(req.start.map_or(start, |s| s.max(start)));
+                }
+                (false, false) => {
+                    let end = if i < home {
+                        when
+                    } else {
+                        when.saturating_sub(1)
+                    };
+                    req.end = Some(req.end.map_or(end, |e| e.min(end)));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Which of `parts` holds item `id`, and its time.
+fn locate(
+    store: &mut dyn ArchiveStore,
+    parts: &[(Owner, FindRequest)],
+    id: &str,
+) -> Result<(usize, Micros)> {
+    let by_id = FindRequest {
+        ids: Some(vec![id.to_owned()]),
+        limit: 1,
+        ..FindRequest::default()
+    };
+    for (i, (owner, _)) in parts.iter().enumerate() {
+        if let Some(item) = store.find(owner, &by_id)?.items.first() {
+            return Ok((i, item.when));
+        }
+    }
+    Err(MamError::ItemNotFound(id.to_owned()))
+}
+
+/// `item-not-found` when one of the query's `ids` is in none of its archives.
 fn missing_ids(store: &mut dyn ArchiveStore, find: &FindJob) -> Result<Option<Refusal>> {
     if find.must_exist.is_empty() {
         return Ok(None);
@@ -508,7 +786,10 @@ fn missing_ids(store: &mut dyn ArchiveStore, find: &FindJob) -> Result<Option<Re
         ids: Some(wanted.clone()),
         ..FindRequest::default()
     };
-    let found = store.find(&find.owner, &req)?.items.len();
+    let mut found = 0;
+    for (owner, _) in &find.parts {
+        found += store.find(owner, &req)?.items.len();
+    }
     Ok((found < wanted.len()).then_some(Refusal::ItemNotFound))
 }
 
@@ -552,29 +833,44 @@ fn walk(
     }
 }
 
+/// [`positioned`] when there are several parts; the parts as they are otherwise.
+fn positioned_parts(
+    store: &mut dyn ArchiveStore,
+    parts: &[(Owner, FindRequest)],
+) -> Result<Vec<(Owner, FindRequest)>> {
+    match parts.len() {
+        0 | 1 => Ok(parts.to_vec()),
+        _ => positioned(store, parts),
+    }
+}
+
 fn summary(store: &mut dyn ArchiveStore, find: &FindJob) -> Result<StoreAnswer> {
     if let Some(refusal) = missing_ids(store, find)? {
         return Ok(StoreAnswer::Refused(refusal));
     }
     let mut by_with: BTreeMap<String, SummaryEntry> = BTreeMap::new();
-    let owner = &find.owner;
-    let walked = walk(store, owner, &find.req, |m| {
-        let with = find.model.stock_with(owner, m);
-        let body = parse_xml(&m.xml)
-            .ok()
-            .and_then(|el| el.get_child_text("body", None));
-        let entry = by_with.entry(with.clone()).or_insert(SummaryEntry {
-            with,
-            count: 0,
-            earliest: m.when,
-            latest: m.when,
-            body: None,
-        });
-        entry.count += 1;
-        entry.earliest = entry.earliest.min(m.when);
-        entry.latest = entry.latest.max(m.when);
-        if body.is_some() {
-            entry.body = body;
+    let walked = positioned_parts(store, &find.parts).and_then(|parts| {
+        for (owner, req) in &parts {
+            walk(store, owner, req, |m| {
+                let with = find.model.stock_with(owner, m);
+                let body = parse_xml(&m.xml)
+                    .ok()
+                    .and_then(|el| el.get_child_text("body", None));
+                let entry = by_with.entry(with.clone()).or_insert(SummaryEntry {
+                    with,
+                    count: 0,
+                    earliest: m.when,
+                    latest: m.when,
+                    body: None,
+                });
+                entry.count += 1;
+                entry.earliest = entry.earliest.min(m.when);
+                entry.latest = entry.latest.max(m.when);
+                if body.is_some() {
+                    entry.body = body;
+                }
+                Ok(())
+            })?;
         }
         Ok(())
     });
@@ -607,23 +903,55 @@ pub fn apply_write(store: &mut dyn ArchiveStore, write: &StoreWrite) -> Result<S
             }
             Ok(StoreAnswer::Stored(msg.id.clone()))
         }
-        StoreWrite::Set { owner, id, change } => Ok(match store.update(owner, id, change)? {
-            true => StoreAnswer::Changed,
-            false => StoreAnswer::Refused(Refusal::ItemNotFound),
-        }),
+        StoreWrite::Set { owners, id, change } => {
+            for owner in owners {
+                if store.update(owner, id, change)? {
+                    return Ok(StoreAnswer::Changed);
+                }
+            }
+            Ok(StoreAnswer::Refused(Refusal::ItemNotFound))
+        }
         StoreWrite::Delete {
             host,
             user,
+            model,
+            selection,
             req,
             truncate,
         } => {
-            let owners = match user {
-                Some(user) => vec![user.clone()],
-                None => store.owners(host)?,
+            let parts = match user {
+                // One owner: its archives, read as one (ids of either bound both).
+                Some(user) => {
+                    let parts = with_filters(&Owner::new(host, user), selection, req);
+                    match positioned_parts(store, &parts) {
+                        Err(MamError::ItemNotFound(_)) => {
+                            return Ok(StoreAnswer::Refused(Refusal::ItemNotFound))
+                        }
+                        other => other?,
+                    }
+                }
+                None => {
+                    let filter = match selection {
+                        Selection::Own(f) | Selection::Presences(f) => f.clone(),
+                        Selection::Both => None,
+                    };
+                    let mut parts = Vec::new();
+                    for user in store.owners(host)? {
+                        let owner = Owner::new(host, &user);
+                        if model.reaches(selection, &owner) {
+                            let req = FindRequest {
+                                with: filter.clone(),
+                                ..req.clone()
+                            };
+                            parts.push((owner, req));
+                        }
+                    }
+                    parts
+                }
             };
             let mut deleted = 0;
-            for user in owners {
-                match delete_matching(store, &Owner::new(host, &user), req, *truncate) {
+            for (owner, req) in &parts {
+                match delete_matching(store, owner, req, *truncate) {
                     Ok(n) => deleted += n,
                     Err(MamError::ItemNotFound(_)) => {
                         return Ok(StoreAnswer::Refused(Refusal::ItemNotFound))
@@ -758,10 +1086,15 @@ mod tests {
             Some(ROOM_MESSAGE_WITH),
         );
         let second = append(&mut a, groupchat("juliet", "two"), 2, None);
-        let presence = parse_xml("<presence from='hall@rooms.lit/romeo'/>").unwrap();
+        let probe = parse_xml("<presence type='probe' from='hall@rooms.lit/romeo'/>").unwrap();
         assert_eq!(
-            a.store_append(Some("hall"), None, presence, None, Some("presence"))
+            a.store_append(Some("hall"), None, probe, None, None)
                 .unwrap(),
+            Err(Refusal::UnsupportedDatatype)
+        );
+        let iq = parse_xml("<iq type='get' id='q'/>").unwrap();
+        assert_eq!(
+            a.store_append(Some("hall"), None, iq, None, None).unwrap(),
             Err(Refusal::UnsupportedDatatype)
         );
         let everything = StoreQuery {
@@ -786,6 +1119,140 @@ mod tests {
         };
         match find(&mut a, juliet) {
             StoreAnswer::Items { items, .. } => assert_eq!(items.len(), 1),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    fn presence(nick: &str, left: bool) -> Element {
+        let kind = if left { " type='unavailable'" } else { "" };
+        parse_xml(&format!("<presence from='hall@rooms.lit/{nick}'{kind}/>")).unwrap()
+    }
+
+    fn keys(answer: StoreAnswer) -> Vec<String> {
+        match answer {
+            StoreAnswer::Items { items, .. } => items.into_iter().map(|i| i.key).collect(),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_rooms_presences_stay_out_of_its_messages_and_merge_with_them_without_a_with() {
+        let (mut a, _dir) = archive(Owners::Rooms, None);
+        let m1 = append(&mut a, groupchat("romeo", "one"), 10, None);
+        let join = append(&mut a, presence("romeo", false), 10, None);
+        let m2 = append(&mut a, groupchat("romeo", "two"), 20, None);
+        let leave = append(&mut a, presence("romeo", true), 30, None);
+        let m3 = append(&mut a, groupchat("juliet", "three"), 30, None);
+        let messages = StoreQuery {
+            with: Some(ROOM_MESSAGE_WITH.into()),
+            ..StoreQuery::default()
+        };
+        assert_eq!(
+            keys(find(&mut a, messages)),
+            [m1.clone(), m2.clone(), m3.clone()]
+        );
+        let joins = StoreQuery {
+            with: Some("presence".into()),
+            ..StoreQuery::default()
+        };
+        match find(&mut a, joins) {
+            StoreAnswer::Items { items, .. } => {
+                assert_eq!(items.len(), 1);
+                assert_eq!(items[0].key, join);
+                assert_eq!(items[0].with, "presence");
+                assert_eq!(items[0].stanza.attr("from"), Some("hall@rooms.lit/romeo"));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        // Without a with: both, a message before a presence of the same time.
+        let order = [m1, join.clone(), m2.clone(), m3.clone(), leave.clone()];
+        assert_eq!(keys(find(&mut a, StoreQuery::default())), order);
+        let newest = StoreQuery {
+            reverse: true,
+            limit: Some(3),
+            total: true,
+            ..StoreQuery::default()
+        };
+        match find(&mut a, newest) {
+            StoreAnswer::Items { items, total } => {
+                let got: Vec<&str> = items.iter().map(|i| i.key.as_str()).collect();
+                assert_eq!(got, [leave.as_str(), m3.as_str(), m2.as_str()]);
+                assert_eq!(total, Some(5));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        // An id of either archive bounds the other.
+        for (i, id) in order.iter().enumerate() {
+            let after = StoreQuery {
+                after: Some(id.clone()),
+                ..StoreQuery::default()
+            };
+            assert_eq!(keys(find(&mut a, after)), order[i + 1..], "after {i}");
+            let before = StoreQuery {
+                before: Some(id.clone()),
+                ..StoreQuery::default()
+            };
+            assert_eq!(keys(find(&mut a, before)), order[..i], "before {i}");
+        }
+        let unknown = StoreQuery {
+            after: Some("absent".into()),
+            ..StoreQuery::default()
+        };
+        assert_eq!(
+            find(&mut a, unknown),
+            StoreAnswer::Refused(Refusal::ItemNotFound)
+        );
+        // users: the room once; a set without a with finds a presence too.
+        let job = a.store_users().unwrap();
+        match answer(&a, job) {
+            StoreAnswer::Users(users) => assert_eq!(users, ["hall"]),
+            other => panic!("unexpected {other:?}"),
+        }
+        let job = a
+            .store_set(Some("hall"), &leave, None, Some(40), None)
+            .unwrap()
+            .unwrap();
+        assert_eq!(answer(&a, job), StoreAnswer::Changed);
+        // Deleting the room's joins leaves the rest; deleting the room, everything.
+        let job = a.store_delete(
+            Some("hall"),
+            &StoreQuery {
+                with: Some("presence".into()),
+                ..StoreQuery::default()
+            },
+        );
+        assert_eq!(answer(&a, job.unwrap()), StoreAnswer::Deleted(1));
+        let job = a
+            .store_delete(Some("hall"), &StoreQuery::default())
+            .unwrap();
+        assert_eq!(answer(&a, job), StoreAnswer::Deleted(4));
+    }
+
+    #[test]
+    fn the_engines_own_joins_and_leaves_go_beside_the_room_and_with_it() {
+        let (mut a, _dir) = archive(Owners::Rooms, None);
+        append(&mut a, groupchat("romeo", "one"), 10, None);
+        a.append_presence("hall", "hall@rooms.lit/romeo", false)
+            .unwrap();
+        a.append_presence("hall", "hall@rooms.lit/romeo", true)
+            .unwrap();
+        assert!(a.flush(WAIT));
+        match find(&mut a, StoreQuery::default()) {
+            StoreAnswer::Items { items, .. } => {
+                let withs: Vec<&str> = items.iter().map(|i| i.with.as_str()).collect();
+                assert_eq!(
+                    withs,
+                    [ROOM_MESSAGE_WITH, "presence", "presence<unavailable"]
+                );
+                let join = &items[1].stanza;
+                assert!(join.get_child("x", Some(ns::MUC)).is_some());
+                assert_eq!(items[2].stanza.attr("type"), Some("unavailable"));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        let job = a.start_delete_user("hall").unwrap();
+        match a.wait_for(job, WAIT).expect("answered").outcome {
+            Outcome::Removed(Ok(n)) => assert_eq!(n, 3),
             other => panic!("unexpected {other:?}"),
         }
     }

@@ -335,6 +335,19 @@ impl UserData for ArchiveHandle {
             },
         );
 
+        // append_presence(room, occupant, left) -> true | nil, err: a join or leave
+        // archived with muc_log_presences (nobody waits for it).
+        methods.add_method_mut(
+            "append_presence",
+            |lua, this, (room, occupant, left): (String, String, bool)| match this
+                .archive()?
+                .append_presence(&room, &occupant, left)
+            {
+                Ok(()) => true.into_lua_multi(lua),
+                Err(e) => failure(lua, e),
+            },
+        );
+
         // query_form(user) -> <query> with the form | nil, err
         methods.add_method_mut("query_form", |lua, this, user: String| {
             let form = this.archive()?.query_form(&user);

@@ -15,7 +15,7 @@ import pytest
 
 from conftest import (
     BACKEND, NS_CLIENT, NS_DATA, NS_DELAY, NS_DISCO_INFO, NS_MAM, NS_SID, WAIT,
-    StanzaError, mam_all, mam_query, q, wait_log,
+    StanzaError, mam_all, mam_query, prosodyctl, q, wait_log,
 )
 
 pytestmark = pytest.mark.native_only  # stock mod_muc_mam differs on purpose (see the docs)
@@ -316,6 +316,52 @@ async def test_a_destroyed_room_takes_its_archive_with_it(prosody_factory, conne
     while await mam_all(owner, to=room):
         assert time.monotonic() < deadline, "the destroyed room's archive is still there"
         await asyncio.sleep(0.1)
+
+
+def room_stats(server):
+    """The head line of `prosodyctl mod_muc_mam stats`."""
+    done = prosodyctl(server, "mod_muc_mam", "stats")
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout.splitlines()[0]
+
+
+async def stats_say(server, words):
+    deadline = time.monotonic() + WAIT
+    while words not in (head := room_stats(server)):
+        assert time.monotonic() < deadline, f"stats never said {words!r}: {head}"
+        await asyncio.sleep(0.1)
+
+
+async def test_joins_and_leaves_are_archived_with_muc_log_presences_and_served_to_no_client(
+        prosody_factory, connect):
+    server = room_server(prosody_factory, "roompresence", muc_log_presences=True, muc_tombstones=False)
+    a, b = server.take_users(2)
+    alice, bob = await connect(server, a), await connect(server, b)
+    room = f"hall@{MUC}"
+    await join(alice, room, "alice")
+    await join(bob, room, "bob")
+    alice.send(groupchat(room, "between the joins"))
+    await received(bob, room, ["between the joins"])
+    bob.xmpp.plugin["xep_0045"].leave_muc(room, "bob")
+    # Two joins and a leave, beside the room's one message.
+    await stats_say(server, ": 1 rooms, 1 messages, 3 joins and leaves, ")
+    # Neither the room's MAM archive nor its join history returns them (as stock).
+    results = await mam_all(alice, to=room)
+    assert [r.body for r in results] == ["between the joins"]
+    assert [r.message.tag for r in results] == [q(NS_CLIENT, "message")]
+    bob.messages.clear()
+    history = await join(bob, room, "bob")
+    assert [body(m.xml) for m in history] == ["between the joins"]
+    await stats_say(server, ": 1 rooms, 1 messages, 4 joins and leaves, ")
+    # A room whose archiving is off stores none.
+    quiet = f"quiet@{MUC}"
+    await join(alice, quiet, "alice")
+    await configure(alice, quiet, **{"muc#roomconfig_enablearchiving": "0"})
+    await join(bob, quiet, "bob")
+    await stats_say(server, ": 1 rooms, 1 messages, 5 joins and leaves, ")
+    # A destroyed room takes its joins and leaves with its messages.
+    await alice.iq("set", f"<query xmlns='{NS_MUC_OWNER}'><destroy/></query>", to=room)
+    await stats_say(server, ": 0 rooms, 0 messages, ")
 
 
 async def test_room_quota_and_expiry_apply_per_room(prosody_factory, connect):

@@ -22,7 +22,7 @@ PROBE_DIR = pathlib.Path(__file__).resolve().parent / "plugins"
 NS = "urn:xmpp:e2e:storage-contract"
 ROOMS = "rooms.localhost"
 LIMIT = 6
-CHECKS = 89  # sentences the probe checks (so a check that stops running shows)
+CHECKS = 106  # sentences the probe checks (so a check that stops running shows)
 
 pytestmark = pytest.mark.skipif(MAM_MODULE != "native", reason="the provider is the native engine's")
 

@@ -226,8 +226,35 @@ local function run_contract(prefix)
 	check("a room message is stored", type(rk) == "string", rk);
 	local gc2 = st.message({ type = "groupchat", from = room_jid .. "/nick2" }):text_tag("body", "second");
 	rooms:append(room, nil, gc2, 7002, "message<groupchat");
-	key, aerr = rooms:append(room, nil, st.presence({ from = room_jid .. "/nick1" }), 7003, "presence");
-	check("a room presence is unsupported-datatype", key == nil and aerr == "unsupported-datatype", aerr);
+	-- Joins and leaves (stock's muc_log_presences): kept beside the messages.
+	local pj = rooms:append(room, nil, st.presence({ from = room_jid .. "/nick1" })
+		:tag("x", { xmlns = "http://jabber.org/protocol/muc" }):up(), 7003, "presence");
+	check("a room join is stored", type(pj) == "string", pj);
+	local pl = rooms:append(room, nil, st.presence({ type = "unavailable"; from = room_jid .. "/nick1" }), 7002);
+	check("a room leave is stored, its with taken from its type as stock takes it", type(pl) == "string", pl);
+	key, aerr = rooms:append(room, nil, st.presence({ type = "error"; from = room_jid .. "/nick1" }), 7004);
+	check("a presence that is neither join nor leave is unsupported-datatype",
+		key == nil and aerr == "unsupported-datatype", aerr);
+	key, aerr = rooms:append(room, nil, st.iq({ type = "get"; id = "x" }), 7004);
+	check("an iq is unsupported-datatype", key == nil and aerr == "unsupported-datatype", aerr);
+	local joins = find(rooms, room, { with = "presence" }) or {};
+	eq("with presence finds the joins", keys(joins), pj);
+	eq("a join carries with presence", (joins[1] or {}).with, "presence");
+	check("a join keeps its muc <x>", joins[1] and joins[1].stanza:get_child("x", "http://jabber.org/protocol/muc") ~= nil);
+	eq("with presence<unavailable finds the leaves", keys(find(rooms, room, { with = "presence<unavailable" }) or {}), pl);
+	local all = find(rooms, room, nil) or {};
+	local withs = {};
+	for i, item in ipairs(all) do withs[i] = item.with; end
+	eq("no with reads messages and presences in time order (a message first at the same second)",
+		table.concat(withs, ","), "message<groupchat,message<groupchat,presence<unavailable,presence");
+	local newest, ntotal = find(rooms, room, { reverse = true; limit = 2; total = true });
+	eq("the newest two of both, newest first", keys(newest or {}), pj .. "," .. pl);
+	eq("the total counts both", ntotal, 4);
+	eq("after a message, the presences after it", keys(find(rooms, room, { after = rk }) or {}),
+		keys({ all[2], all[3], all[4] }));
+	eq("before a presence, what came before it", keys(find(rooms, room, { before = pl }) or {}),
+		keys({ all[1], all[2] }));
+	eq("ids across both", keys(find(rooms, room, { ids = { pj, rk } }) or {}), rk .. "," .. pj);
 	local ritems = find(rooms, room, { with = "message<groupchat" }) or {};
 	eq("message<groupchat finds every room message", #ritems, 2);
 	eq("room items carry message<groupchat", (ritems[1] or {}).with, "message<groupchat");
@@ -241,8 +268,17 @@ local function run_contract(prefix)
 	local rs, rwhen, rwith = rooms:get(room, rk);
 	check("the room tombstone keeps when and with", rs and rwhen == 7001 and rwith == "message<groupchat",
 		tostring(rwhen) .. " " .. tostring(rwith));
-	eq("the room store's summary", ((rooms:summary(room) or {}).counts or {})["message<groupchat"], 2);
-	eq("a destroyed room's archive goes (delete with no query)", rooms:delete(room), 2);
+	local summary = rooms:summary(room) or {};
+	eq("the room store's summary", (summary.counts or {})["message<groupchat"], 2);
+	eq("the summary counts joins", (summary.counts or {})["presence"], 1);
+	local listed = 0;
+	for user in (rooms:users() or function () end) do
+		if user == room then listed = listed + 1; end
+	end
+	eq("users lists a room with presences once", listed, 1);
+	eq("delete with presence<unavailable takes the leaves only", rooms:delete(room, { with = "presence<unavailable" }), 1);
+	eq("a destroyed room's archive goes (delete with no query), its joins too", rooms:delete(room), 3);
+	eq("nothing of the room is left", #(find(rooms, room, nil) or { 1 }), 0);
 
 	return passed, failures;
 end
