@@ -209,8 +209,14 @@ local function open(native, settings)
 		return setmetatable(t_move(stanza, 1, #stanza, 1, copy), stanza_mt);
 	end
 
+	-- What waits its turn behind a held message: stanzas. Stream-level elements
+	-- (stream management's <r/>, <a/>, <enabled/>, <resumed/>; stream errors) go out
+	-- at once: they are about the stream, not its content, and a client resuming its
+	-- stream must get <resumed/> before the stanzas it missed, not after a commit.
+	local holdable = { message = true; presence = true; iq = true };
+
 	local function hold_filter(stanza, session)
-		if passing == session then return stanza; end
+		if passing == session or not holdable[stanza.name] then return stanza; end
 		local q = held_out[session];
 		if not q then
 			if committed_seq >= queued_seq or stanza.name ~= "message" then

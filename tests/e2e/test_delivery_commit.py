@@ -14,6 +14,8 @@
   same lock does not hold a message back).
 - A graceful stop while deliveries are held commits them, then delivers each once
   (here to offline storage, the recipient being offline).
+- A stream resumed (XEP-0198) while its deliveries are held gets them on its new
+  connection, once each.
 """
 
 import asyncio
@@ -28,9 +30,11 @@ import pytest
 
 from conftest import (
     log_lines, wait_log,
-    BACKEND, NS_CLIENT, WAIT, chat_xml, mam_all, q, stanza_ids,
+    BACKEND, NS_CLIENT, WAIT, Client, chat_xml, mam_all, q, stanza_ids,
 )
 from test_faults import db_path, kill_hard
+
+import prosody_config  # noqa: E402  (conftest puts prosody-test-env on sys.path)
 
 pytestmark = pytest.mark.native_only  # the stock module stores before routing anyway
 
@@ -268,3 +272,51 @@ async def test_a_stop_while_deliveries_are_held_commits_them_and_delivers_each_o
     assert set(got) <= set(archived), (got, archived)
     assert archived == texts[:len(archived)]
     print(f"stop while held: {len(got)} delivered once each, {len(archived)} archived")
+
+
+@pytest.mark.sqlite_only(reason="a SQLite file lock held by another process")
+async def test_held_deliveries_reach_a_stream_resumed_while_they_wait(prosody_factory, connect):
+    """A held stanza goes out through the rest of Prosody's own send without a second
+    debug line, but only for a session whose send is its own: one resumed by stream
+    management (XEP-0198) while its deliveries wait runs the new connection's send,
+    and they must reach the client on that connection, once each."""
+    server = prosody_factory("heldresume", {
+        "modules_enabled": prosody_config.MODULES + ["smacks"],
+        "mam_commit_wait_limit": 30,
+    }, users=2)
+    a, b = server.take_users(2)
+    alice = await connect(server, a)
+    bob = Client(server, b, "phone")
+    bob.xmpp.register_plugin("xep_0198")
+    resumed = asyncio.get_running_loop().create_future()
+    bob.xmpp.add_event_handler(
+        "session_resumed", lambda _: resumed.done() or resumed.set_result(True))
+    try:
+        await bob.connect()
+        deadline = time.monotonic() + WAIT
+        while not bob.xmpp.plugin["xep_0198"].sm_id:
+            assert time.monotonic() < deadline, "stream management not enabled"
+            await asyncio.sleep(0.02)
+        alice.send(chat_xml(bob.bare, "before"))
+        await wait_delivered(bob, ["before"])
+
+        texts = [f"r{i}" for i in range(5)]
+        with SqliteLock(server):
+            for text in texts:
+                alice.send(chat_xml(bob.bare, text))
+            await asyncio.sleep(0.5)
+            assert delivered_bodies(bob, "r") == []  # held for the commit
+            # bob's connection breaks (no closing handshake) and he resumes the
+            # stream on a new one while the messages still wait.
+            bob.xmpp.transport.abort()
+            await asyncio.sleep(0.5)
+            bob.xmpp.connect(host="127.0.0.1", port=server.port)
+            await asyncio.wait_for(resumed, WAIT)
+            await asyncio.sleep(0.3)
+            assert delivered_bodies(bob, "r") == []  # still held
+        await wait_delivered(bob, texts)
+        await bob.roundtrip()
+        assert delivered_bodies(bob, "r") == texts  # once each, in order
+        assert [r.body for r in await mam_all(bob)] == ["before"] + texts
+    finally:
+        await bob.disconnect()
