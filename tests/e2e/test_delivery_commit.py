@@ -189,6 +189,15 @@ def delivered_bodies(client, prefix):
     return [body(m) for m in client.delivered() if (body(m) or "").startswith(prefix)]
 
 
+async def send_held(sender, recipient, prefix, texts, wait):
+    """Sends `texts` while the archive is locked: `wait` seconds later none of them
+    has reached the recipient (held for its commit)."""
+    for text in texts:
+        sender.send(chat_xml(recipient.bare, text))
+    await asyncio.sleep(wait)
+    assert delivered_bodies(recipient, prefix) == []
+
+
 async def wait_delivered(client, bodies, timeout=WAIT):
     deadline = time.monotonic() + timeout
     while not set(bodies) <= set(delivered_bodies(client, "")):
@@ -206,12 +215,9 @@ async def test_deliveries_wait_for_the_commit_then_go_out_after_the_wait_limit(p
 
     texts = [f"h{i}" for i in range(20)]
     with SqliteLock(server):
-        for text in texts:
-            alice.send(chat_xml(bob.bare, text))
         # Held: nothing of this is committed, so nothing is delivered (a second is
         # far more than a delivery takes when storage works: see "before").
-        await asyncio.sleep(1.0)
-        assert delivered_bodies(bob, "h") == []
+        await send_held(alice, bob, "h", texts, 1.0)
         # Then the wait limit passes and they go out, in order, once each.
         await wait_delivered(bob, texts)
         await wait_log(server, "Archive commits are taking longer than 3 s")
@@ -302,10 +308,7 @@ async def test_held_deliveries_reach_a_stream_resumed_while_they_wait(prosody_fa
 
         texts = [f"r{i}" for i in range(5)]
         with SqliteLock(server):
-            for text in texts:
-                alice.send(chat_xml(bob.bare, text))
-            await asyncio.sleep(0.5)
-            assert delivered_bodies(bob, "r") == []  # held for the commit
+            await send_held(alice, bob, "r", texts, 0.5)
             # bob's connection breaks (no closing handshake) and he resumes the
             # stream on a new one while the messages still wait.
             bob.xmpp.transport.abort()
