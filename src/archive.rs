@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use crate::checkpoint::Checkpointer;
 use crate::compactor::Compactor;
-use crate::config::{self, Config, Owners};
+use crate::config::{self, Config};
 use crate::error::Result;
 use crate::expiry::Expirer;
 use crate::id::new_archive_id;
@@ -449,11 +449,10 @@ impl Archive {
     pub fn start_delete_user(&mut self, user: &str) -> Result<JobId> {
         self.prefs.remove(user);
         let job = self.new_job();
-        // A room's presences go with it.
-        let mut owners = vec![self.owner(user)];
-        if self.config.owners == Owners::Rooms {
-            owners.push(self.owner(&config::room_presences_user(user)));
-        }
+        let owners = config::whole_archive_users(self.config.owners, user)
+            .iter()
+            .map(|u| self.owner(u))
+            .collect();
         self.writer.submit(WriteOp::DeleteUser { owners, job })?;
         Ok(job)
     }

@@ -139,6 +139,25 @@ pub fn room_of_presences_user(user: &str) -> Option<&str> {
     user.strip_suffix(PRESENCES_SUFFIX)
 }
 
+/// Stock's `with` for a room presence of this `type`: a join (no type) or a leave
+/// (`unavailable`); `None` for any other presence, which stock never logs.
+pub fn presence_with(presence_type: Option<&str>) -> Option<&'static str> {
+    match presence_type {
+        None => Some(PRESENCE_JOINED_WITH),
+        Some("unavailable") => Some(PRESENCE_LEFT_WITH),
+        Some(_) => None,
+    }
+}
+
+/// The archive users that together are `user`'s whole archive: an account's own,
+/// or a room's and its presences'. What deleting an account or a room removes.
+pub fn whole_archive_users(owners: Owners, user: &str) -> Vec<String> {
+    match owners {
+        Owners::Accounts => vec![user.to_owned()],
+        Owners::Rooms => vec![user.to_owned(), room_presences_user(user)],
+    }
+}
+
 impl Owners {
     fn options(self) -> &'static OwnerOptions {
         match self {

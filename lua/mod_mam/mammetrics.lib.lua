@@ -21,11 +21,17 @@ local function by_label(family)
 	end });
 end
 
+local skipped = by_label(metric("counter", "messages_skipped", "",
+	"Messages not archived, by reason", { "reason" }));
+
 return {
 	archived = metric("counter", "messages_archived", "",
 		"Messages archived (queued for the writer thread)"):with_labels();
-	skipped = by_label(metric("counter", "messages_skipped", "",
-		"Messages not archived, by reason", { "reason" }));
+	skipped = skipped;
+	-- An append the engine refused (not a policy's "no"), counted by why.
+	count_failure = function (err)
+		skipped[err.condition == "resource-constraint" and "queue full" or "error"]:add(1);
+	end;
 	delivered_uncommitted = by_label(metric("counter", "messages_delivered_uncommitted", "",
 		"Archived messages delivered before their commit although mam_commit_before_delivery is on, "
 		.. "by reason: outside runner (offline storage or listeners reached where nothing can wait), "

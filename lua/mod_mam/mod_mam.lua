@@ -38,6 +38,7 @@ local metrics = module:require "mammetrics";
 engine.run(metrics);
 local m_archived, m_skipped, m_queries, m_query_latency =
 	metrics.archived, metrics.skipped, metrics.queries, metrics.query_latency;
+local count_failure = metrics.count_failure;
 local when_read = engine.when_read;
 
 local fail, unavailable = engine.fail, engine.unavailable;
@@ -231,7 +232,7 @@ local function message_handler(event, c2s)
 			m_skipped[err.reason]:add(1);
 		else
 			log("error", "Could not archive stanza: %s", err.log);
-			m_skipped[err.condition == "resource-constraint" and "queue full" or "error"]:add(1);
+			count_failure(err);
 		end
 		return;
 	end

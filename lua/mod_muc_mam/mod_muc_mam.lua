@@ -53,6 +53,7 @@ local metrics = module:require "mammetrics";
 engine.run(metrics);
 local m_archived, m_skipped, m_queries, m_query_latency =
 	metrics.archived, metrics.skipped, metrics.queries, metrics.query_latency;
+local count_failure = metrics.count_failure;
 local fail, unavailable, when_read = engine.fail, engine.unavailable, engine.when_read;
 local note_queued = engine.queued;
 
@@ -157,7 +158,7 @@ local function archive_message(room, stanza)
 			m_skipped[err.reason]:add(1);
 		else
 			module:log("error", "Could not archive a message in %s: %s", room.jid, err.log);
-			m_skipped[err.condition == "resource-constraint" and "queue full" or "error"]:add(1);
+			count_failure(err);
 		end
 		return;
 	end
@@ -196,7 +197,7 @@ local function archive_presence(room, nick, left)
 	local ok, err = archive:append_presence(node, nick, left);
 	if not ok then
 		module:log("error", "Could not archive a presence in %s: %s", room.jid, err.log);
-		m_skipped[err.condition == "resource-constraint" and "queue full" or "error"]:add(1);
+		count_failure(err);
 	end
 end
 

@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::{owner_nouns, AdminError};
-use crate::config::{self, Config, Owners, PRESENCE_JOINED_WITH, PRESENCE_LEFT_WITH};
+use crate::config::{self, Config, Owners};
 use crate::error::{MamError, Result};
 use crate::jid::split_resource;
 use crate::ns;
@@ -124,10 +124,12 @@ pub enum RoomItem {
 /// stored stanza has no `to` (with a `to`, the room was semi-anonymous and stock added
 /// no `<x>` at all).
 pub fn room_item(host: &str, room: &str, src: &SourceMessage) -> Result<RoomItem> {
-    let presence = match (src.stanza.name.as_str(), src.stanza.attr("type")) {
-        ("message", _) => None,
-        ("presence", None) => Some(PRESENCE_JOINED_WITH),
-        ("presence", Some("unavailable")) => Some(PRESENCE_LEFT_WITH),
+    let presence = match src.stanza.name.as_str() {
+        "message" => None,
+        "presence" => match config::presence_with(src.stanza.attr("type")) {
+            Some(kind) => Some(kind),
+            None => return Ok(RoomItem::Skipped(RoomSkip::NotAMessage)),
+        },
         _ => return Ok(RoomItem::Skipped(RoomSkip::NotAMessage)),
     };
     let when = source_stamp(room, src)?;
@@ -624,6 +626,16 @@ mod tests {
     use crate::store::FindRequest;
     use std::sync::atomic::{AtomicI64, Ordering};
 
+    /// The first ten items of `user`'s archive on `host`, oldest first.
+    fn first_ten(store: &mut dyn ArchiveStore, host: &str, user: &str) -> Vec<ArchivedMessage> {
+        let req = FindRequest {
+            limit: 10,
+            ..FindRequest::default()
+        };
+        let owner = Owner::new(host, user);
+        store.find(&owner, &req).expect("find").items
+    }
+
     struct ManualClock(AtomicI64);
     impl Clock for ManualClock {
         fn now_micros(&self) -> Micros {
@@ -757,16 +769,8 @@ mod tests {
         }
         // Same order as the source, though all three share one second.
         let mut store = SqliteStore::open(&db).expect("open");
-        let page = store
-            .find(
-                &Owner::new("capulet.lit", "juliet"),
-                &FindRequest {
-                    limit: 10,
-                    ..FindRequest::default()
-                },
-            )
-            .expect("find");
-        let ids: Vec<_> = page.items.iter().map(|m| m.id.as_str()).collect();
+        let items = first_ten(&mut store, "capulet.lit", "juliet");
+        let ids: Vec<_> = items.iter().map(|m| m.id.as_str()).collect();
         assert_eq!(ids, ["m0", "m1", "m2"]);
     }
 
@@ -905,18 +909,8 @@ mod tests {
                 "balcony<presences: source 2, archive 2 (2 new, 0 already there) ok",
             ]
         );
-        let presences = imp
-            .store
-            .find(
-                &Owner::new("chat.capulet.lit", "balcony<presences"),
-                &FindRequest {
-                    limit: 10,
-                    ..FindRequest::default()
-                },
-            )
-            .expect("find");
+        let presences = first_ten(&mut *imp.store, "chat.capulet.lit", "balcony<presences");
         let rows: Vec<_> = presences
-            .items
             .iter()
             .map(|m| {
                 (

@@ -135,17 +135,23 @@ impl Operations {
         with: Option<&str>,
         before: Option<Micros>,
     ) -> Result<u64, AdminError> {
-        let owner = self.owner(user);
         let filter = DeleteFilter {
             with: with.map(WithFilter::from_jid),
             before,
         };
+        let owner = self.owner(user);
         let deleted = delete(&mut *self.store, &owner, &filter)?;
-        // A room's joins and leaves go with its messages (not with one sender's);
-        // the count is the messages', which is what the command reports.
-        if self.config.owners == Owners::Rooms && with.is_none() {
-            let presences = self.owner(&config::room_presences_user(user));
-            delete(&mut *self.store, &presences, &filter)?;
+        // The rest of the whole archive (a room's joins and leaves) goes with it, not
+        // with one sender's messages; the count is the messages', which is what the
+        // command reports.
+        if with.is_none() {
+            for other in config::whole_archive_users(self.config.owners, user)
+                .iter()
+                .skip(1)
+            {
+                let other = self.owner(other);
+                delete(&mut *self.store, &other, &filter)?;
+            }
         }
         Ok(deleted)
     }

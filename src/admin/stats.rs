@@ -87,6 +87,14 @@ mod tests {
     use crate::admin::testing::store_with;
     use crate::store::{ArchivedMessage, Owner};
 
+    /// The report for capulet.lit as a MUC component, and its lines.
+    fn room_report(store: &mut dyn ArchiveStore) -> (String, Vec<String>) {
+        let report =
+            stats_report(store, "capulet.lit", "/tmp/mam.sqlite", Owners::Rooms).expect("stats");
+        let lines = report.lines().map(str::to_owned).collect();
+        (report, lines)
+    }
+
     #[test]
     fn stats_report_lists_users_with_counts_and_dates() {
         let mut store = store_with("juliet", 3);
@@ -108,9 +116,7 @@ mod tests {
             "{report}"
         );
         assert_eq!(human_bytes(1536), "1.5 KiB");
-        let report = stats_report(&mut store, "capulet.lit", "/tmp/mam.sqlite", Owners::Rooms)
-            .expect("stats");
-        let lines: Vec<_> = report.lines().collect();
+        let (report, lines) = room_report(&mut store);
         assert!(
             lines[0].starts_with("host capulet.lit: 1 rooms, 3 messages, "),
             "{report}"
@@ -127,9 +133,7 @@ mod tests {
         };
         let presences = Owner::new("capulet.lit", "juliet<presences");
         store.append(&presences, &join, None).expect("append");
-        let report = stats_report(&mut store, "capulet.lit", "/tmp/mam.sqlite", Owners::Rooms)
-            .expect("stats");
-        let lines: Vec<_> = report.lines().collect();
+        let (report, lines) = room_report(&mut store);
         assert!(
             lines[0].starts_with("host capulet.lit: 1 rooms, 3 messages, 1 joins and leaves, "),
             "{report}"

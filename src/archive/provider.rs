@@ -158,8 +158,8 @@ pub enum Selection {
     /// The owner's own rows (an account's messages, a room's messages), all of them
     /// or one partner's.
     Own(Option<WithFilter>),
-    /// A room's presences (`muc_log_presences`): all of them, or joins or leaves.
-    Presences(Option<WithFilter>),
+    /// A room's joins or its leaves (`muc_log_presences`).
+    Presences(WithFilter),
     /// A room's messages and presences (stock's `with` = nil), in one time order.
     Both,
 }
@@ -189,10 +189,10 @@ impl WithModel {
             }
             (WithModel::Rooms, None) => Selection::Both,
             (WithModel::Rooms, Some(kind @ (PRESENCE_JOINED_WITH | PRESENCE_LEFT_WITH))) => {
-                Selection::Presences(Some(WithFilter {
+                Selection::Presences(WithFilter {
                     bare: kind.to_owned(),
                     resource: None,
-                }))
+                })
             }
             (_, Some(jid)) => Selection::Own(Some(WithFilter::from_jid(jid))),
         }
@@ -204,7 +204,7 @@ impl WithModel {
     fn parts(owner: &Owner, selection: &Selection) -> Vec<(Owner, Option<WithFilter>)> {
         match selection {
             Selection::Own(filter) => vec![(owner.clone(), filter.clone())],
-            Selection::Presences(filter) => vec![(presences_of(owner), filter.clone())],
+            Selection::Presences(filter) => vec![(presences_of(owner), Some(filter.clone()))],
             Selection::Both => vec![(owner.clone(), None), (presences_of(owner), None)],
         }
     }
@@ -261,15 +261,12 @@ impl WithModel {
                     ("presence", _) => {
                         // Stock's `with` for a presence is its kind: `presence`, or
                         // `presence<` and its type.
-                        let kind = match (with, stanza.attr("type")) {
-                            (Some(with), _) => with,
-                            (None, None) => PRESENCE_JOINED_WITH,
-                            (None, Some("unavailable")) => PRESENCE_LEFT_WITH,
-                            (None, Some(_)) => return Err(Refusal::UnsupportedDatatype),
+                        let kind = match with {
+                            Some(kind @ (PRESENCE_JOINED_WITH | PRESENCE_LEFT_WITH)) => kind,
+                            Some(_) => return Err(Refusal::UnsupportedDatatype),
+                            None => config::presence_with(stanza.attr("type"))
+                                .ok_or(Refusal::UnsupportedDatatype)?,
                         };
-                        if !matches!(kind, PRESENCE_JOINED_WITH | PRESENCE_LEFT_WITH) {
-                            return Err(Refusal::UnsupportedDatatype);
-                        }
                         (presences_of(owner), kind.to_owned(), nick)
                     }
                     _ => return Err(Refusal::UnsupportedDatatype),
@@ -932,7 +929,8 @@ pub fn apply_write(store: &mut dyn ArchiveStore, write: &StoreWrite) -> Result<S
                 }
                 None => {
                     let filter = match selection {
-                        Selection::Own(f) | Selection::Presences(f) => f.clone(),
+                        Selection::Own(f) => f.clone(),
+                        Selection::Presences(f) => Some(f.clone()),
                         Selection::Both => None,
                     };
                     let mut parts = Vec::new();
