@@ -45,7 +45,8 @@
 //!    types nor Lua's. Both backends write and read stanzas through
 //!    `store::codec` (compression with the database's dictionaries); SQLite files are
 //!    opened through `store::sqlite::key` (the SQLCipher key, checked before anything
-//!    is written, and its derivation done once per file and process).
+//!    is written, and its derivation done once per file and process) and store ids
+//!    through `store::sqlite::stored_id` (the packed forms of the usual ids).
 //! 6. **Core**, used by everything above: [`config`] (options, parsed once at load;
 //!    where a room's joins and leaves are kept, [`config::room_presences_user`]),
 //!    [`policy`] (what to archive and why; preferences), [`stanza`] (XML in

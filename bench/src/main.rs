@@ -889,17 +889,10 @@ async fn run(o: Opts) -> Result<()> {
             .iter()
             .map(|&n| Dataset::new(&owner_for(n), n))
             .collect();
-        let native_db = native_db(&o.work_dir.join("native/data")).ok();
         let dir = o.work_dir.clone();
         let iters = if o.quick { 50 } else { 200 };
         let r = tokio::task::spawn_blocking(move || {
-            rawsqlite::run(
-                &dir,
-                &datasets,
-                native_db.as_deref(),
-                Duration::from_secs(3),
-                iters,
-            )
+            rawsqlite::run(&dir, &datasets, Duration::from_secs(3), iters)
         })
         .await?;
         match r {

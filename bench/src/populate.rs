@@ -14,7 +14,9 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result};
 use rusqlite::{params, Connection};
 
-use mam_native::store::codec::{self, Codec, Stored};
+use mam_native::store::codec::{self, Codec};
+use mam_native::store::sqlite::SqliteStore;
+use mam_native::store::{ArchiveStore, ArchivedMessage, Owner};
 
 use crate::corpus::lua_str;
 use crate::xmpp::{DOMAIN, MUC_DOMAIN};
@@ -256,12 +258,6 @@ pub fn populate_sql(db: &Path, ds: &Dataset) -> Result<f64> {
     Ok(t.elapsed().as_secs_f64())
 }
 
-/// The single place that knows how a row goes into the native module's `archive`
-/// table. Column names are checked against `sqlite_master` before use.
-pub const NATIVE_INSERT: &str =
-    "INSERT INTO archive (host, user, id, when_us, with_bare, with_resource, stanza) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
-
 /// How the fast path stores stanzas in the native schema.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NativeRows {
@@ -336,91 +332,77 @@ fn mark_rewrite_done(conn: &Connection) -> Result<()> {
     Ok(())
 }
 
-/// What the fast path binds for `xml`: compressed by `codec` when there is one.
-fn stored<'a>(codec: &mut Option<Codec>, xml: &'a str) -> Result<Stored<'a>> {
-    Ok(match codec {
-        Some(c) => c.encode(xml)?,
-        None => Stored::Text(xml),
-    })
-}
-
 /// Native: rows in `archive` of `mam_archive.sqlite` (created by the module on its
-/// first start), plus the per-owner counter when no trigger maintains it.
+/// first start), written through the module's own SQLite store.
 pub fn populate_native(
     db: &Path,
     ds: &Dataset,
     synchronous_off: bool,
     rows: NativeRows,
 ) -> Result<f64> {
-    populate_native_owner(db, DOMAIN, &ds.owner, ds.n, synchronous_off, |conn| {
-        let codec = fast_path_codec(conn, rows, || {
+    let owner = Owner::new(DOMAIN, &ds.owner);
+    populate_native_owner(
+        db,
+        &owner,
+        ds.n,
+        synchronous_off,
+        rows,
+        || {
             (0..DICTIONARY_SAMPLES.min(ds.n))
                 .map(|i| ds.msg(i).xml())
                 .collect()
-        })?;
-        let compressed = codec.is_some();
-        let n = insert_native_batches(conn, ds, 10_000, codec)?;
-        if compressed {
-            mark_rewrite_done(conn)?;
-        }
-        Ok(n)
-    })
+        },
+        |j| {
+            let m = ds.msg(j);
+            ArchivedMessage {
+                id: m.key.clone(),
+                when: m.when_us,
+                with_bare: m.with.clone(),
+                with_resource: m.with_resource.map(str::to_owned),
+                xml: m.xml(),
+            }
+        },
+    )
 }
 
-/// The native fast path for one owner (`host`, `user`): checks the live table's
-/// columns against [`NATIVE_INSERT`], lets `insert` write the rows, and bumps the
-/// owner's counter in `archive_counts` by `n` only if no trigger on `archive` keeps it.
+/// The native fast path for one owner: the dictionary first (for
+/// [`NativeRows::Compressed`]), then `n` messages (`message(j)` for `j` in `0..n`)
+/// through the module's own store ([`SqliteStore::append_many`], 10,000 per
+/// transaction), so the rows, the owner's and contacts' numbers and the counter are
+/// exactly what the module writes. The store opens the file as the module does;
+/// `synchronous_off` then trades durability for speed (the server is stopped).
 fn populate_native_owner(
     db: &Path,
-    host: &str,
-    user: &str,
+    owner: &Owner,
     n: u64,
     synchronous_off: bool,
-    insert: impl FnOnce(&mut Connection) -> Result<u64>,
+    rows: NativeRows,
+    samples: impl FnOnce() -> Vec<String>,
+    message: impl Fn(u64) -> ArchivedMessage,
 ) -> Result<f64> {
     let t = Instant::now();
-    let mut conn = Connection::open(db).with_context(|| format!("opening {}", db.display()))?;
-    if synchronous_off {
-        conn.pragma_update(None, "synchronous", "OFF")?;
-    }
-    let cols: Vec<String> = {
-        let mut st = conn.prepare("SELECT name FROM pragma_table_info('archive')")?;
-        let rows = st.query_map([], |r| r.get::<_, String>(0))?;
-        rows.collect::<rusqlite::Result<_>>()?
+    let compressed = {
+        let conn = Connection::open(db).with_context(|| format!("opening {}", db.display()))?;
+        fast_path_codec(&conn, rows, samples)?.is_some()
     };
-    for c in [
-        "host",
-        "user",
-        "id",
-        "when_us",
-        "with_bare",
-        "with_resource",
-        "stanza",
-    ] {
-        if !cols.iter().any(|x| x == c) {
-            anyhow::bail!("native schema changed: table archive has no column {c} (has {cols:?}); update NATIVE_INSERT");
-        }
+    let mut store = SqliteStore::open(db).with_context(|| format!("opening {}", db.display()))?;
+    if synchronous_off {
+        store.set_synchronous_off()?;
     }
-    let has_counter_table: bool = conn.query_row(
-        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'archive_counts'",
-        [],
-        |r| r.get::<_, i64>(0),
-    )? > 0;
-    let has_counter_trigger: bool = conn.query_row(
-        "SELECT count(*) FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'archive' AND sql LIKE '%archive_counts%'",
-        [],
-        |r| r.get::<_, i64>(0),
-    )? > 0;
-    let inserted = insert(&mut conn)?;
-    if inserted != n {
-        anyhow::bail!("the native fast path wrote {inserted} rows for {user}@{host}, expected {n}");
+    store.set_compression(compressed);
+    let batch = 10_000u64;
+    let mut i = 0;
+    while i < n {
+        let items: Vec<(Owner, ArchivedMessage)> = (i..(i + batch).min(n))
+            .map(|j| (owner.clone(), message(j)))
+            .collect();
+        store.append_many(&items, None)?;
+        i += batch;
     }
-    if has_counter_table && !has_counter_trigger {
-        conn.execute(
-            "INSERT INTO archive_counts (host, user, messages) VALUES (?1, ?2, ?3) \
-             ON CONFLICT (host, user) DO UPDATE SET messages = messages + excluded.messages",
-            params![host, user, n as i64],
-        )?;
+    drop(store);
+    if compressed {
+        let conn = Connection::open(db)?;
+        mark_rewrite_done(&conn)?;
     }
     Ok(t.elapsed().as_secs_f64())
 }
@@ -557,40 +539,6 @@ pub fn arm_stock_expiry(data_path: &Path, owners: &[String]) -> Result<()> {
     let day = date(now_s() - AGE_END_S - 86400);
     fs::write(dir.join(format!("{}.dat", datamanager_encode(&day))), s)?;
     Ok(())
-}
-
-/// Inserts every message of `ds` into the native schema, `batch` rows per
-/// transaction (shared by the pre-population fast path and the raw-SQLite limit),
-/// compressed by `codec` when there is one. Returns the number of rows inserted.
-pub fn insert_native_batches(
-    conn: &mut Connection,
-    ds: &Dataset,
-    batch: u64,
-    mut codec: Option<Codec>,
-) -> Result<u64> {
-    let mut i = 0;
-    while i < ds.n {
-        let tx = conn.transaction()?;
-        {
-            let mut st = tx.prepare_cached(NATIVE_INSERT)?;
-            for j in i..(i + batch).min(ds.n) {
-                let m = ds.msg(j);
-                let xml = m.xml();
-                st.execute(params![
-                    DOMAIN,
-                    ds.owner,
-                    m.key,
-                    m.when_us,
-                    m.with,
-                    m.with_resource,
-                    stored(&mut codec, &xml)?
-                ])?;
-            }
-        }
-        tx.commit()?;
-        i += batch;
-    }
-    Ok(ds.n)
 }
 
 // ---------------------------------------------------------------------------------
@@ -756,39 +704,25 @@ pub fn populate_room_sql(db: &Path, rds: &RoomDataset) -> Result<f64> {
 /// room's JID, `with_resource` the sender's nick, the stanza without `to`.
 pub fn populate_room_native(db: &Path, rds: &RoomDataset, rows: NativeRows) -> Result<f64> {
     let jid = rds.jid();
-    populate_native_owner(db, MUC_DOMAIN, rds.room(), rds.n(), true, |conn| {
-        let mut codec = fast_path_codec(conn, rows, || {
+    populate_native_owner(
+        db,
+        &Owner::new(MUC_DOMAIN, rds.room()),
+        rds.n(),
+        true,
+        rows,
+        || {
             (0..DICTIONARY_SAMPLES.min(rds.n()))
                 .map(|i| rds.native_xml(i))
                 .collect()
-        })?;
-        let mut i = 0;
-        let batch = 10_000u64;
-        while i < rds.n() {
-            let tx = conn.transaction()?;
-            {
-                let mut st = tx.prepare_cached(NATIVE_INSERT)?;
-                for j in i..(i + batch).min(rds.n()) {
-                    let xml = rds.native_xml(j);
-                    st.execute(params![
-                        MUC_DOMAIN,
-                        rds.room(),
-                        Dataset::key(j),
-                        rds.ds.when_us(j),
-                        jid,
-                        RoomDataset::nick(j),
-                        stored(&mut codec, &xml)?
-                    ])?;
-                }
-            }
-            tx.commit()?;
-            i += batch;
-        }
-        if codec.is_some() {
-            mark_rewrite_done(conn)?;
-        }
-        Ok(rds.n())
-    })
+        },
+        |j| ArchivedMessage {
+            id: Dataset::key(j),
+            when: rds.ds.when_us(j),
+            with_bare: jid.clone(),
+            with_resource: Some(RoomDataset::nick(j)),
+            xml: rds.native_xml(j),
+        },
+    )
 }
 
 /// Makes stock mod_muc_mam's daily expiry task due at once on the MUC component:

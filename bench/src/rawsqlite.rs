@@ -10,13 +10,14 @@ use rusqlite::{params, params_from_iter, Connection};
 use serde::{Deserialize, Serialize};
 
 use crate::phases::SHAPES;
-use crate::populate::{self, Dataset, NATIVE_INSERT};
+use crate::populate::{self, Dataset};
 use crate::stats::{summarize_us, Summary};
 use crate::xmpp::DOMAIN;
 
-/// The native module's schema (migrations 1 and 2), used when no database written by
-/// the module itself is at hand to copy the schema from.
-const FALLBACK_SCHEMA: &str = "
+/// The plain layout this phase measures: the native module's schema before its step 6
+/// (owners, contacts and ids as text in every row and index), the straightforward
+/// design a limit should be measured on.
+const RAW_SCHEMA: &str = "
 CREATE TABLE archive (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     host TEXT NOT NULL, user TEXT NOT NULL, id TEXT NOT NULL,
@@ -34,6 +35,37 @@ CREATE TRIGGER archive_count_delete AFTER DELETE ON archive BEGIN
     UPDATE archive_counts SET messages = messages - 1 WHERE host = OLD.host AND user = OLD.user;
     DELETE FROM archive_counts WHERE host = OLD.host AND user = OLD.user AND messages <= 0;
 END;";
+
+/// How a row goes into [`RAW_SCHEMA`].
+const RAW_INSERT: &str =
+    "INSERT INTO archive (host, user, id, when_us, with_bare, with_resource, stanza) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
+
+/// Inserts every message of `ds`, `batch` rows per transaction.
+fn insert_batches(conn: &mut Connection, ds: &Dataset, batch: u64) -> Result<u64> {
+    let mut i = 0;
+    while i < ds.n {
+        let tx = conn.transaction()?;
+        {
+            let mut st = tx.prepare_cached(RAW_INSERT)?;
+            for j in i..(i + batch).min(ds.n) {
+                let m = ds.msg(j);
+                st.execute(params![
+                    DOMAIN,
+                    ds.owner,
+                    m.key,
+                    m.when_us,
+                    m.with,
+                    m.with_resource,
+                    m.xml()
+                ])?;
+            }
+        }
+        tx.commit()?;
+        i += batch;
+    }
+    Ok(ds.n)
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RawResult {
@@ -53,28 +85,6 @@ pub struct RawPage {
     pub shape: String,
     pub latency: Summary,
     pub rows: usize,
-}
-
-fn schema_from(native_db: Option<&Path>) -> (String, String) {
-    if let Some(p) = native_db.filter(|p| p.is_file()) {
-        if let Ok(c) = Connection::open(p) {
-            let sql: rusqlite::Result<Vec<String>> = c
-                .prepare(
-                    "SELECT sql FROM sqlite_master WHERE sql IS NOT NULL AND name NOT LIKE 'sqlite_%' \
-                     ORDER BY CASE type WHEN 'table' THEN 0 WHEN 'index' THEN 1 ELSE 2 END, rowid",
-                )
-                .and_then(|mut st| st.query_map([], |r| r.get(0))?.collect());
-            if let Ok(v) = sql {
-                if !v.is_empty() {
-                    return (v.join(";\n") + ";", format!("copied from {}", p.display()));
-                }
-            }
-        }
-    }
-    (
-        FALLBACK_SCHEMA.to_string(),
-        "built-in copy of the native schema (migrations 1-2)".into(),
-    )
 }
 
 fn open(path: &Path) -> Result<Connection> {
@@ -151,22 +161,21 @@ fn page(c: &Connection, shape: &str, ds: &Dataset) -> Result<usize> {
 pub fn run(
     dir: &Path,
     datasets: &[Dataset],
-    native_db: Option<&Path>,
     single_tx_for: Duration,
     iters: usize,
 ) -> Result<RawResult> {
     let path = dir.join("raw.sqlite");
     let _ = std::fs::remove_file(&path);
-    let (schema, schema_from) = schema_from(native_db);
+    let schema_from = "built-in: the native schema before step 6 (text keys)".to_owned();
     let mut c = open(&path)?;
-    c.execute_batch(&schema)?;
+    c.execute_batch(RAW_SCHEMA)?;
 
     // Single-row transactions, as many as fit in the time given.
     let probe = Dataset::new("probe", 1_000_000);
     let t = Instant::now();
     let mut k = 0u64;
     {
-        let mut st = c.prepare_cached(NATIVE_INSERT)?;
+        let mut st = c.prepare_cached(RAW_INSERT)?;
         while t.elapsed() < single_tx_for {
             let m = probe.msg(k);
             st.execute(params![
@@ -191,7 +200,7 @@ pub fn run(
     let t = Instant::now();
     let mut rows = 0u64;
     for ds in datasets {
-        rows += populate::insert_native_batches(&mut c, ds, 1000, None)?;
+        rows += insert_batches(&mut c, ds, 1000)?;
     }
     let batch = rows as f64 / t.elapsed().as_secs_f64();
 

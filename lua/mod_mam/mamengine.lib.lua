@@ -97,7 +97,14 @@ local function open(native, settings)
 		};
 	end
 
+	local open_started = time_now();
 	local first_handle, first_err = open_handle();
+	local open_took = time_now() - open_started;
+	if open_took >= 2 then
+		-- Only a schema upgrade takes this long (once, at the first start of a new
+		-- version: docs/storage-size.md), and before any client is served.
+		module:log("info", "Opening the archive took %.1f s (a schema upgrade after a new version of the module copies the archive once)", open_took);
+	end
 	if not first_handle and first_err.config then
 		module:log("error", "%s", first_err.log);
 		error("mod_mam: " .. first_err.log);

@@ -6,8 +6,9 @@
 //! file cannot both migrate it.
 //!
 //! Rules for this file: never edit, reorder or remove a step that has shipped; fix a
-//! mistake with a new step. Every index leads with the owner `(host, user)`: the
-//! archive must shard by owner later, and no query may scan beyond one owner's rows.
+//! mistake with a new step. Every index leads with the owner (`(host, user)`, and
+//! from step 6 on the owner's number in `archive_owners`): the archive must shard by
+//! owner later, and no query may scan beyond one owner's rows.
 
 use rusqlite::{Connection, TransactionBehavior};
 
@@ -103,6 +104,83 @@ pub const MIGRATIONS: &[&str] = &[
         dictionary INTEGER NOT NULL,
         upto INTEGER NOT NULL
     );
+    CREATE TRIGGER archive_text_insert_clears_rewrite_mark AFTER INSERT ON archive
+        WHEN typeof(NEW.stanza) = 'text'
+            AND NEW.seq <= (SELECT upto FROM archive_rewrite_mark)
+        BEGIN DELETE FROM archive_rewrite_mark; END;
+    CREATE TRIGGER archive_text_update_clears_rewrite_mark AFTER UPDATE OF stanza ON archive
+        WHEN typeof(NEW.stanza) = 'text'
+            AND NEW.seq <= (SELECT upto FROM archive_rewrite_mark)
+        BEGIN DELETE FROM archive_rewrite_mark; END;",
+    // 6. Smaller keys (issue 18): once stanzas were compressed, the owner and contact
+    //    JIDs repeated as text in every row and in three indexes, and the 26-character
+    //    ids, were most of what a message took on disk. Now:
+    //    - `archive_owners` names each owner once (`owner`, a small integer) and keeps
+    //      its exact message count (what `archive_counts` kept);
+    //    - `archive_contacts` names each of an owner's contacts once, per owner, so a
+    //      contact's JID is kept only while that owner has a message with them (the
+    //      delete trigger removes it with the last one) and never crosses owners;
+    //    - `archive.id` holds the id packed as bytes when it has a form servers write
+    //      (`mam_id`, `store::sqlite::stored_id`), else its text;
+    //    - the indexes lead with `owner` and end with the rowid SQLite appends anyway.
+    //    The whole table is copied once, in this step's transaction, in seq order.
+    //    `mam_id` is registered on every connection before it migrates.
+    "CREATE TABLE archive_owners (
+        owner INTEGER PRIMARY KEY,
+        host TEXT NOT NULL,
+        user TEXT NOT NULL,
+        messages INTEGER NOT NULL DEFAULT 0,
+        UNIQUE (host, user)
+    );
+    INSERT INTO archive_owners (host, user, messages)
+        SELECT host, user, messages FROM archive_counts ORDER BY host, user;
+    CREATE TABLE archive_contacts (
+        contact INTEGER PRIMARY KEY,
+        owner INTEGER NOT NULL,
+        jid TEXT NOT NULL,
+        UNIQUE (owner, jid)
+    );
+    INSERT INTO archive_contacts (owner, jid)
+        SELECT DISTINCT o.owner, a.with_bare FROM archive AS a
+        JOIN archive_owners AS o ON o.host = a.host AND o.user = a.user;
+    CREATE TABLE archive_by_owner (
+        seq INTEGER PRIMARY KEY,
+        owner INTEGER NOT NULL,
+        id NOT NULL,
+        when_us INTEGER NOT NULL,
+        contact INTEGER NOT NULL,
+        with_resource TEXT,
+        stanza TEXT NOT NULL
+    );
+    INSERT INTO archive_by_owner (seq, owner, id, when_us, contact, with_resource, stanza)
+        SELECT a.seq, o.owner, mam_id(a.id), a.when_us, c.contact, a.with_resource, a.stanza
+        FROM archive AS a
+        JOIN archive_owners AS o ON o.host = a.host AND o.user = a.user
+        JOIN archive_contacts AS c ON c.owner = o.owner AND c.jid = a.with_bare
+        ORDER BY a.seq;
+    DROP TABLE archive;
+    DROP TABLE archive_counts;
+    ALTER TABLE archive_by_owner RENAME TO archive;
+    CREATE UNIQUE INDEX archive_owner_id ON archive (owner, id);
+    CREATE INDEX archive_owner_when ON archive (owner, when_us);
+    CREATE INDEX archive_owner_with_when ON archive (owner, contact, when_us);
+    CREATE TRIGGER archive_count_insert AFTER INSERT ON archive BEGIN
+        UPDATE archive_owners SET messages = messages + 1 WHERE owner = NEW.owner;
+    END;
+    CREATE TRIGGER archive_count_delete AFTER DELETE ON archive BEGIN
+        UPDATE archive_owners SET messages = messages - 1 WHERE owner = OLD.owner;
+        DELETE FROM archive_contacts WHERE contact = OLD.contact AND NOT EXISTS
+            (SELECT 1 FROM archive WHERE owner = OLD.owner AND contact = OLD.contact);
+        DELETE FROM archive_owners WHERE owner = OLD.owner AND messages <= 0;
+    END;
+    CREATE TRIGGER archive_contact_update AFTER UPDATE OF contact ON archive
+        WHEN NEW.contact <> OLD.contact BEGIN
+        DELETE FROM archive_contacts WHERE contact = OLD.contact AND NOT EXISTS
+            (SELECT 1 FROM archive WHERE owner = OLD.owner AND contact = OLD.contact);
+    END;
+    CREATE TRIGGER archive_owner_delete AFTER DELETE ON archive_owners BEGIN
+        DELETE FROM archive_contacts WHERE owner = OLD.owner;
+    END;
     CREATE TRIGGER archive_text_insert_clears_rewrite_mark AFTER INSERT ON archive
         WHEN typeof(NEW.stanza) = 'text'
             AND NEW.seq <= (SELECT upto FROM archive_rewrite_mark)

@@ -8,7 +8,7 @@
 //! constants chosen by which filters are present, never text from a client.
 //!
 //! Archive order is `(when_us, seq)`: the timestamp, then insertion order. Every query
-//! names the owner `(host, user)` first so it runs on an index that leads with it (see
+//! names the owner first (its number in `archive_owners`, found by `(host, user)`) so it runs on an index that leads with it (see
 //! [`super::schema`]); the `query_plans_use_owner_leading_indexes` test holds us to it.
 
 use std::path::Path;
@@ -23,6 +23,7 @@ mod admin;
 mod key;
 mod provider;
 pub mod stock;
+pub mod stored_id;
 
 use super::codec::Codec;
 use super::{
@@ -47,30 +48,71 @@ const STATEMENT_CACHE: usize = 256;
 /// How many owners expiry reads at a time while walking a host's owners.
 const OWNER_CHUNK: i64 = 256;
 
-const INSERT_MESSAGE: &str = "INSERT INTO archive (host, user, id, when_us, with_bare, \
-     with_resource, stanza) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
+/// `owner = ` the owner named by `?1` (host) and `?2` (user): one probe of
+/// `archive_owners`' unique index, done once per statement. An owner with no row
+/// matches nothing, as an empty archive should.
+macro_rules! owner_is {
+    () => {
+        "owner = (SELECT owner FROM archive_owners WHERE host = ?1 AND user = ?2)"
+    };
+}
+pub(super) use owner_is;
 
-const OWNER_COUNT: &str = "SELECT messages FROM archive_counts WHERE host = ?1 AND user = ?2";
+/// A row's contact JID (`archive_contacts`, by its rowid).
+macro_rules! contact_jid {
+    () => {
+        "(SELECT jid FROM archive_contacts WHERE contact = archive.contact)"
+    };
+}
+pub(super) use contact_jid;
 
-/// Removes an owner's expired messages (before `?4`) except the one just stored: the
+/// One message: `?1` its seq (NULL for the next), `?2` the owner's and `?4` the
+/// contact's numbers ([`owner_ref`], [`contact_ref`]), `?3` the id in its stored form.
+const INSERT_MESSAGE: &str = "INSERT INTO archive (seq, owner, id, when_us, contact, \
+     with_resource, stanza) VALUES (?1, ?2, mam_id(?3), ?5, ?4, ?6, ?7)";
+
+const OWNER_NUMBER: &str = "SELECT owner FROM archive_owners WHERE host = ?1 AND user = ?2";
+const ADD_OWNER: &str = "INSERT INTO archive_owners (host, user) VALUES (?1, ?2) RETURNING owner";
+const CONTACT_NUMBER: &str = "SELECT contact FROM archive_contacts WHERE owner = ?1 AND jid = ?2";
+const ADD_CONTACT: &str =
+    "INSERT INTO archive_contacts (owner, jid) VALUES (?1, ?2) RETURNING contact";
+
+/// Takes away a contact no message of its owner names any more (a contact added for
+/// an insert or change that then did not happen).
+pub(super) const FORGET_UNUSED_CONTACT: &str = "DELETE FROM archive_contacts \
+     WHERE contact = ?1 AND NOT EXISTS (SELECT 1 FROM archive WHERE owner = \
+     (SELECT owner FROM archive_contacts WHERE contact = ?1) AND contact = ?1)";
+
+const OWNER_COUNT: &str = "SELECT messages FROM archive_owners WHERE host = ?1 AND user = ?2";
+
+/// Removes an owner's expired messages (before `?3`) except the one just stored: the
 /// first step at a quota hit.
-const TRIM_EXPIRED: &str = "DELETE FROM archive WHERE host = ?1 AND user = ?2 \
-     AND when_us < ?4 AND seq <> ?3";
+const TRIM_EXPIRED: &str = "DELETE FROM archive WHERE owner = ?1 \
+     AND when_us < ?3 AND seq <> ?2";
 
-/// Removes an owner's oldest messages except the one just stored (`seq <> ?3`), so a
+/// Removes an owner's oldest messages except the one just stored (`seq <> ?2`), so a
 /// message stamped older than the rest still survives its own quota check.
 const TRIM_OLDEST: &str = "DELETE FROM archive WHERE seq IN (SELECT seq FROM archive \
-     WHERE host = ?1 AND user = ?2 AND seq <> ?3 ORDER BY when_us, seq LIMIT ?4)";
+     WHERE owner = ?1 AND seq <> ?2 ORDER BY when_us, seq LIMIT ?3)";
 
 /// Where an archive id sits in archive order, for RSM `after`/`before`.
-const POSITION_OF_ID: &str =
-    "SELECT when_us, seq FROM archive WHERE host = ?1 AND user = ?2 AND id = ?3";
+const POSITION_OF_ID: &str = concat!(
+    "SELECT when_us, seq FROM archive WHERE ",
+    owner_is!(),
+    " AND id = mam_id(?3)"
+);
 
-const FIRST_MESSAGE: &str = "SELECT id, when_us FROM archive WHERE host = ?1 AND user = ?2 \
-     ORDER BY when_us ASC, seq ASC LIMIT 1";
+const FIRST_MESSAGE: &str = concat!(
+    "SELECT mam_id_text(id), when_us FROM archive WHERE ",
+    owner_is!(),
+    " ORDER BY when_us ASC, seq ASC LIMIT 1"
+);
 
-const LAST_MESSAGE: &str = "SELECT id, when_us FROM archive WHERE host = ?1 AND user = ?2 \
-     ORDER BY when_us DESC, seq DESC LIMIT 1";
+const LAST_MESSAGE: &str = concat!(
+    "SELECT mam_id_text(id), when_us FROM archive WHERE ",
+    owner_is!(),
+    " ORDER BY when_us DESC, seq DESC LIMIT 1"
+);
 
 const GET_DEFAULT_POLICY: &str =
     "SELECT default_policy FROM archive_prefs WHERE host = ?1 AND user = ?2";
@@ -90,20 +132,25 @@ const CLEAR_JID_RULES: &str = "DELETE FROM archive_prefs_jid WHERE host = ?1 AND
 const ADD_JID_RULE: &str =
     "INSERT INTO archive_prefs_jid (host, user, jid, rule) VALUES (?1, ?2, ?3, ?4)";
 
-const DELETE_OWNER_ARCHIVE: &str = "DELETE FROM archive WHERE host = ?1 AND user = ?2";
-const DELETE_OWNER_COUNT: &str = "DELETE FROM archive_counts WHERE host = ?1 AND user = ?2";
+const DELETE_OWNER_ARCHIVE: &str = concat!("DELETE FROM archive WHERE ", owner_is!());
+const DELETE_OWNER_COUNT: &str = "DELETE FROM archive_owners WHERE host = ?1 AND user = ?2";
 const DELETE_OWNER_PREFS: &str = "DELETE FROM archive_prefs WHERE host = ?1 AND user = ?2";
 
 /// The owners on a host that have messages, in name order, from the start.
-const OWNERS_FIRST: &str = "SELECT user FROM archive_counts WHERE host = ?1 ORDER BY user LIMIT ?2";
+const OWNERS_FIRST: &str = "SELECT user FROM archive_owners WHERE host = ?1 AND messages > 0 \
+     ORDER BY user LIMIT ?2";
 
 /// The owners on a host that have messages, in name order, after a given one.
 const OWNERS_AFTER: &str =
-    "SELECT user FROM archive_counts WHERE host = ?1 AND user > ?2 ORDER BY user LIMIT ?3";
+    "SELECT user FROM archive_owners WHERE host = ?1 AND user > ?2 AND messages > 0 \
+     ORDER BY user LIMIT ?3";
 
 /// One owner's oldest messages before the cut-off, at most `?4` of them.
-const EXPIRE_OWNER: &str = "DELETE FROM archive WHERE seq IN (SELECT seq FROM archive \
-     WHERE host = ?1 AND user = ?2 AND when_us < ?3 ORDER BY when_us, seq LIMIT ?4)";
+const EXPIRE_OWNER: &str = concat!(
+    "DELETE FROM archive WHERE seq IN (SELECT seq FROM archive WHERE ",
+    owner_is!(),
+    " AND when_us < ?3 ORDER BY when_us, seq LIMIT ?4)"
+);
 
 /// Dictionaries this connection has not loaded yet (they are only ever added).
 const NEWER_DICTIONARIES: &str = "SELECT version, dictionary FROM archive_dictionaries \
@@ -123,10 +170,12 @@ const RECENT_STANZAS: &str = "SELECT stanza FROM archive ORDER BY seq DESC LIMIT
 /// The rows of one rewrite window that are text or compressed without a dictionary
 /// (`x'0100'`: format 1, dictionary 0), by rowid range: each batch reads one slice of
 /// the table, whatever it holds.
-const REWRITE_CANDIDATES: &str = "SELECT seq, stanza, host, user, id, when_us, with_bare, \
-     with_resource FROM archive \
-     WHERE seq > ?1 AND seq <= ?2 \
-     AND (typeof(stanza) = 'text' OR substr(stanza, 1, 2) = x'0100') ORDER BY seq";
+const REWRITE_CANDIDATES: &str = "SELECT a.seq, a.stanza, o.host, o.user, mam_id_text(a.id), \
+     a.when_us, c.jid, a.with_resource FROM archive AS a \
+     JOIN archive_owners AS o ON o.owner = a.owner \
+     JOIN archive_contacts AS c ON c.contact = a.contact \
+     WHERE a.seq > ?1 AND a.seq <= ?2 \
+     AND (typeof(a.stanza) = 'text' OR substr(a.stanza, 1, 2) = x'0100') ORDER BY a.seq";
 
 /// Whether one rewrite window holds any candidate: asked outside any write
 /// transaction, so a window with nothing to rewrite never takes the write lock.
@@ -138,23 +187,16 @@ const REWRITE_ANY_CANDIDATE: &str = "SELECT EXISTS (SELECT 1 FROM archive \
 /// archive order is kept), not through an UPDATE: SQLite rebalances B-tree pages
 /// after a delete but not after an update that shrinks a row, so updated pages would
 /// stay mostly empty and the file would never shrink. (The counter triggers take one
-/// off and add it back in the same transaction.)
+/// off and add it back in the same transaction; a row that was its owner's or its
+/// contact's last takes their rows along, and [`insert_message`] adds them back.)
 const REWRITE_DELETE: &str = "DELETE FROM archive WHERE seq = ?1";
-
-const REWRITE_INSERT: &str = "INSERT INTO archive (seq, host, user, id, when_us, with_bare, \
-     with_resource, stanza) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
 
 /// One row as the rewrite reads it.
 struct RewriteRow {
     seq: i64,
     text: bool,
-    xml: String,
-    host: String,
-    user: String,
-    id: String,
-    when_us: i64,
-    with_bare: String,
-    with_resource: Option<String>,
+    owner: Owner,
+    msg: ArchivedMessage,
 }
 
 /// A message archive in one SQLite database file.
@@ -214,7 +256,11 @@ impl SqliteStore {
         // The key first: an encrypted file reads as garbage until it is given.
         key::unlock(&conn, path, key)?;
         // Before WAL: switching to WAL writes the file's first page, after which
-        // SQLite no longer takes an auto_vacuum mode.
+        // SQLite no longer takes an auto_vacuum mode or a page size. SQLCipher keeps
+        // its own page size for an encrypted file.
+        if key.passphrase().is_none() {
+            large_pages_if_new(&conn)?;
+        }
         incremental_vacuum_if_new(&conn)?;
         // The pragma answers with the mode it ended up in; a file system without WAL
         // support leaves the default rollback journal, which is slower but correct.
@@ -278,6 +324,15 @@ impl SqliteStore {
             .map_err(MamError::storage("set max_page_count"))
     }
 
+    /// `PRAGMA synchronous = OFF` on this connection: commits no longer wait for the
+    /// disk. Only for filling a file while no server uses it (the benchmark's
+    /// pre-population); a crash of the machine can then lose or damage the file.
+    pub fn set_synchronous_off(&mut self) -> Result<()> {
+        self.conn
+            .pragma_update(None, "synchronous", "OFF")
+            .map_err(MamError::storage("set synchronous=OFF"))
+    }
+
     /// A private, empty archive in memory (for tests and tools).
     pub fn open_in_memory() -> Result<SqliteStore> {
         let conn =
@@ -287,6 +342,8 @@ impl SqliteStore {
 
     fn with_connection(mut conn: Connection) -> Result<SqliteStore> {
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+        // Before the migrations, which pack ids with it.
+        stored_id::register(&conn).map_err(MamError::storage("register mam_id"))?;
         incremental_vacuum_if_new(&conn)?;
         schema::migrate(&mut conn)?;
         Ok(SqliteStore {
@@ -295,6 +352,23 @@ impl SqliteStore {
             codec: Codec::new(),
         })
     }
+}
+
+/// The page size of a new, still empty file: 16 KiB instead of SQLite's 4 KiB.
+/// A compressed message is a row of about 400 bytes; a page holds whole rows only,
+/// so a 4 KiB page wastes about 10% at its end, a 16 KiB page about 2%
+/// (docs/storage-size.md). An existing file keeps its page size.
+const PAGE_SIZE: i64 = 16384;
+
+fn large_pages_if_new(conn: &Connection) -> Result<()> {
+    let pages: i64 = conn
+        .query_row("PRAGMA page_count", [], |r| r.get(0))
+        .map_err(MamError::storage("read page_count"))?;
+    if pages == 0 {
+        conn.pragma_update(None, "page_size", PAGE_SIZE)
+            .map_err(MamError::storage("set page_size"))?;
+    }
+    Ok(())
 }
 
 /// Makes a new, still empty database give pages freed by deletes and by compressing
@@ -413,8 +487,8 @@ impl Sql {
     }
 }
 
-/// Whether the request's match set is the owner's whole archive (then the counter table
-/// answers `<count>` without touching the archive).
+/// Whether the request's match set is the owner's whole archive (then the exact count
+/// in `archive_owners` answers `<count>` without touching the archive).
 fn is_unfiltered(req: &FindRequest) -> bool {
     req.with.is_none() && req.start.is_none() && req.end.is_none() && req.ids.is_none()
 }
@@ -422,15 +496,18 @@ fn is_unfiltered(req: &FindRequest) -> bool {
 /// The WHERE clause shared by a page and its total: owner first, then `with`, `start`,
 /// `end` and `ids`.
 fn push_filters(sql: &mut Sql, owner: &Owner, req: &FindRequest) {
+    let host = || Value::Text(owner.host.clone());
+    let user = || Value::Text(owner.user.clone());
     sql.push(
-        " WHERE host = ? AND user = ?",
-        [
-            Value::Text(owner.host.clone()),
-            Value::Text(owner.user.clone()),
-        ],
+        " WHERE owner = (SELECT owner FROM archive_owners WHERE host = ? AND user = ?)",
+        [host(), user()],
     );
     if let Some(with) = &req.with {
-        sql.push(" AND with_bare = ?", [Value::Text(with.bare.clone())]);
+        sql.push(
+            " AND contact = (SELECT contact FROM archive_contacts WHERE jid = ? AND owner = \
+             (SELECT owner FROM archive_owners WHERE host = ? AND user = ?))",
+            [Value::Text(with.bare.clone()), host(), user()],
+        );
         if let Some(resource) = &with.resource {
             sql.push(" AND with_resource = ?", [Value::Text(resource.clone())]);
         }
@@ -443,7 +520,7 @@ fn push_filters(sql: &mut Sql, owner: &Owner, req: &FindRequest) {
     }
     if let Some(ids) = &req.ids {
         sql.push(
-            " AND id IN (SELECT value FROM json_each(?))",
+            " AND id IN (SELECT mam_id(value) FROM json_each(?))",
             [Value::Text(json_string_array(ids))],
         );
     }
@@ -452,9 +529,15 @@ fn push_filters(sql: &mut Sql, owner: &Owner, req: &FindRequest) {
 /// `FROM archive`, pinned to the per-owner id index when the request names `ids`:
 /// those few rows are then found by id and sorted, instead of SQLite's own choice of
 /// walking the owner's whole archive in time order to skip the sort.
+///
+/// With `with` (and no `ids`), pinned to the per-contact index: the contact is named
+/// by a subquery, whose selectivity SQLite cannot see, so with a time window it
+/// would otherwise walk the owner's whole window instead of one conversation's.
 fn from_archive(req: &FindRequest) -> &'static str {
     if req.ids.is_some() {
         " FROM archive INDEXED BY archive_owner_id"
+    } else if req.with.is_some() {
+        " FROM archive INDEXED BY archive_owner_with_when"
     } else {
         " FROM archive"
     }
@@ -468,7 +551,11 @@ fn page_sql(
     after: Option<Position>,
     before: Option<Position>,
 ) -> Sql {
-    let mut sql = Sql::new("SELECT id, when_us, with_bare, with_resource, stanza");
+    let mut sql = Sql::new(concat!(
+        "SELECT mam_id_text(id), when_us, ",
+        contact_jid!(),
+        ", with_resource, stanza"
+    ));
     sql.push(from_archive(req), []);
     push_filters(&mut sql, owner, req);
     if let Some(p) = after {
@@ -583,20 +670,7 @@ fn append_in(
     quota: Option<Quota>,
 ) -> Result<u64> {
     let stanza = codec.encode(&msg.xml)?;
-    tx.prepare_cached(INSERT_MESSAGE)
-        .and_then(|mut stmt| {
-            stmt.execute(params![
-                owner.host,
-                owner.user,
-                msg.id,
-                msg.when,
-                msg.with_bare,
-                msg.with_resource,
-                stanza,
-            ])
-        })
-        .map_err(MamError::storage("append: insert message"))?;
-    let seq = tx.last_insert_rowid();
+    let (owner_number, seq) = insert_message(tx, None, owner, msg, &stanza)?;
     let mut removed = 0;
     if let Some(quota) = quota {
         let keep = to_sql_int(quota.limit.max(1));
@@ -607,7 +681,7 @@ fn append_in(
         if let (true, Some(before)) = (count > keep, quota.expired_before) {
             let expired = tx
                 .prepare_cached(TRIM_EXPIRED)
-                .and_then(|mut stmt| stmt.execute(params![owner.host, owner.user, seq, before]))
+                .and_then(|mut stmt| stmt.execute(params![owner_number, seq, before]))
                 .map_err(MamError::storage("append: remove expired at quota"))?;
             removed += expired;
             count -= to_sql_int(expired as u64);
@@ -615,13 +689,74 @@ fn append_in(
         if count > keep {
             removed += tx
                 .prepare_cached(TRIM_OLDEST)
-                .and_then(|mut stmt| {
-                    stmt.execute(params![owner.host, owner.user, seq, count - keep])
-                })
+                .and_then(|mut stmt| stmt.execute(params![owner_number, seq, count - keep]))
                 .map_err(MamError::storage("append: trim to quota"))?;
         }
     }
     Ok(to_count(to_sql_int(removed)))
+}
+
+/// The number `archive_owners` gives `owner`, which it gets on its first message.
+pub(super) fn owner_ref(tx: &rusqlite::Transaction<'_>, owner: &Owner) -> Result<i64> {
+    if let Some(number) = owner_number(tx, owner)? {
+        return Ok(number);
+    }
+    tx.prepare_cached(ADD_OWNER)
+        .and_then(|mut stmt| stmt.query_row(params![owner.host, owner.user], |r| r.get(0)))
+        .map_err(MamError::storage("add an owner"))
+}
+
+/// The number of an owner that has a row in `archive_owners`, if it has.
+pub(super) fn owner_number(conn: &Connection, owner: &Owner) -> Result<Option<i64>> {
+    conn.prepare_cached(OWNER_NUMBER)
+        .and_then(|mut stmt| {
+            stmt.query_row(params![owner.host, owner.user], |r| r.get(0))
+                .optional()
+        })
+        .map_err(MamError::storage("look up an owner"))
+}
+
+/// The number `archive_contacts` gives `jid` among `owner`'s contacts, which it gets
+/// on the owner's first message with them.
+pub(super) fn contact_ref(tx: &rusqlite::Transaction<'_>, owner: i64, jid: &str) -> Result<i64> {
+    let found: Option<i64> = tx
+        .prepare_cached(CONTACT_NUMBER)
+        .and_then(|mut stmt| stmt.query_row(params![owner, jid], |r| r.get(0)).optional())
+        .map_err(MamError::storage("look up a contact"))?;
+    match found {
+        Some(number) => Ok(number),
+        None => tx
+            .prepare_cached(ADD_CONTACT)
+            .and_then(|mut stmt| stmt.query_row(params![owner, jid], |r| r.get(0)))
+            .map_err(MamError::storage("add a contact")),
+    }
+}
+
+/// Inserts one row under `seq` (the next one when `None`) with its owner and contact
+/// numbers, and returns the owner's number and the row's seq.
+fn insert_message(
+    tx: &rusqlite::Transaction<'_>,
+    seq: Option<i64>,
+    owner: &Owner,
+    msg: &ArchivedMessage,
+    stanza: &dyn rusqlite::ToSql,
+) -> Result<(i64, i64)> {
+    let owner_number = owner_ref(tx, owner)?;
+    let contact = contact_ref(tx, owner_number, &msg.with_bare)?;
+    tx.prepare_cached(INSERT_MESSAGE)
+        .and_then(|mut stmt| {
+            stmt.execute(params![
+                seq,
+                owner_number,
+                msg.id,
+                contact,
+                msg.when,
+                msg.with_resource,
+                stanza,
+            ])
+        })
+        .map_err(MamError::storage("append: insert message"))?;
+    Ok((owner_number, tx.last_insert_rowid()))
 }
 
 /// Writes an owner's default and JID rules ([`Prefs::stored_rules`]) in the caller's
@@ -862,8 +997,8 @@ impl ArchiveStore for SqliteStore {
         Ok(to_count(to_sql_int(removed)))
     }
 
-    /// Walks the host's owners (from the counter table, which lists exactly the owners
-    /// with messages) and deletes per owner through the owner index, so no statement
+    /// Walks the host's owners that have messages (from `archive_owners`' counts) and
+    /// deletes per owner through the owner index, so no statement
     /// touches rows of an owner it does not name; see `store::expire_round_robin`.
     fn expire_batch(&mut self, host: &str, cutoff: Micros, batch: usize) -> Result<u64> {
         let want = to_sql_int(batch);
@@ -1041,13 +1176,14 @@ impl ArchiveStore for SqliteStore {
                     Ok(RewriteRow {
                         seq: row.get(0)?,
                         text: matches!(row.get_ref(1)?, ValueRef::Text(_)),
-                        xml: decode_column(codec, row, 1)?,
-                        host: row.get(2)?,
-                        user: row.get(3)?,
-                        id: row.get(4)?,
-                        when_us: row.get(5)?,
-                        with_bare: row.get(6)?,
-                        with_resource: row.get(7)?,
+                        owner: Owner::new(&row.get::<_, String>(2)?, &row.get::<_, String>(3)?),
+                        msg: ArchivedMessage {
+                            id: row.get(4)?,
+                            when: row.get(5)?,
+                            with_bare: row.get(6)?,
+                            with_resource: row.get(7)?,
+                            xml: decode_column(codec, row, 1)?,
+                        },
                     })
                 })?
                 .collect()
@@ -1058,32 +1194,27 @@ impl ArchiveStore for SqliteStore {
             let mut delete = tx
                 .prepare_cached(REWRITE_DELETE)
                 .map_err(MamError::storage("rewrite: prepare"))?;
-            let mut insert = tx
-                .prepare_cached(REWRITE_INSERT)
-                .map_err(MamError::storage("rewrite: prepare"))?;
+            // All of the window's rows out first, then back in seq order: the rows
+            // come back several times smaller, and taking each out and putting it
+            // back at once would leave every page holding as many (now small) rows
+            // as before, half empty for good.
+            let mut packed_rows = Vec::with_capacity(rows.len());
             for r in rows {
                 // Compressed without a dictionary and still none: nothing to gain.
                 if !r.text && codec.newest() == 0 {
                     continue;
                 }
-                let Some(packed) = codec.pack(&r.xml)? else {
-                    continue;
-                };
+                if let Some(packed) = codec.pack(&r.msg.xml)? {
+                    packed_rows.push((r, packed));
+                }
+            }
+            for (r, _) in &packed_rows {
                 delete
                     .execute(params![r.seq])
                     .map_err(MamError::storage("rewrite: take a row out"))?;
-                insert
-                    .execute(params![
-                        r.seq,
-                        r.host,
-                        r.user,
-                        r.id,
-                        r.when_us,
-                        r.with_bare,
-                        r.with_resource,
-                        packed
-                    ])
-                    .map_err(MamError::storage("rewrite: put a row back"))?;
+            }
+            for (r, packed) in &packed_rows {
+                insert_message(&tx, Some(r.seq), &r.owner, &r.msg, packed)?;
                 rewritten += 1;
             }
         }
@@ -1227,7 +1358,7 @@ mod tests {
         store
             .conn
             .query_row(
-                "SELECT count(*) FROM archive WHERE host = ?1 AND user = ?2",
+                concat!("SELECT count(*) FROM archive WHERE ", owner_is!()),
                 params![owner.host, owner.user],
                 |r| r.get(0),
             )
@@ -1273,13 +1404,22 @@ mod tests {
         store
             .append(&nurse(), &msg("n1", T0, "juliet@capulet.lit"), None)
             .expect("append");
+        let juliet_number = owner_number(&store.conn, &juliet())
+            .expect("look up")
+            .expect("juliet has messages");
         store.delete_user(&juliet()).expect("delete");
-        for table in [
-            "archive",
-            "archive_counts",
-            "archive_prefs",
-            "archive_prefs_jid",
-        ] {
+        for (table, column) in [("archive", "owner"), ("archive_contacts", "owner")] {
+            let rows: i64 = store
+                .conn
+                .query_row(
+                    &format!("SELECT count(*) FROM {table} WHERE {column} = ?1"),
+                    params![juliet_number],
+                    |r| r.get(0),
+                )
+                .expect("count");
+            assert_eq!(rows, 0, "{table}");
+        }
+        for table in ["archive_owners", "archive_prefs", "archive_prefs_jid"] {
             let rows: i64 = store
                 .conn
                 .query_row(
@@ -1478,9 +1618,118 @@ mod tests {
                 |r| r.get(0),
             )
             .expect("tables");
-        // archive, archive_counts, archive_prefs(_jid), archive_dictionaries,
-        // archive_rewrite_mark.
-        assert_eq!(tables, 6);
+        // archive, archive_owners, archive_contacts, archive_prefs(_jid),
+        // archive_dictionaries, archive_rewrite_mark.
+        assert_eq!(tables, 7);
+    }
+
+    #[test]
+    fn a_step_five_archive_is_rebuilt_with_numbered_keys_and_packed_ids() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("archive.sqlite");
+        let ours = crate::id::new_archive_id(T0);
+        let uuid = "5f0d6a34-9c1e-4b7a-8e21-0c2f9d1e7a55";
+        let rows = [
+            ("juliet", ours.as_str(), T0, "romeo@montague.lit"),
+            ("juliet", uuid, T0 + 1, "nurse@capulet.lit"),
+            (
+                "juliet",
+                "647484e96ff806a816e1d543bb",
+                T0 + 2,
+                "romeo@montague.lit",
+            ),
+            ("juliet", "stock-1", T0 + 3, "romeo@montague.lit"),
+            ("romeo", "stock-1", T0 + 4, "juliet@capulet.lit"),
+        ];
+        {
+            // A database as steps 1 to 5 left it, one stanza compressed (no dictionary).
+            let conn = Connection::open(&path).expect("open");
+            for step in &schema::MIGRATIONS[..5] {
+                conn.execute_batch(step).expect("old step");
+            }
+            conn.pragma_update(None, "user_version", 5)
+                .expect("version");
+            let mut codec = Codec::new();
+            let packed = codec
+                .pack(&"<message><body>long enough to compress, </body></message>".repeat(8))
+                .expect("pack")
+                .expect("smaller");
+            for (i, (user, id, when, with)) in rows.iter().enumerate() {
+                let stanza = if i == 1 {
+                    Value::Blob(packed.clone())
+                } else {
+                    Value::Text(format!("<message id='{id}'/>"))
+                };
+                let host = if *user == "romeo" {
+                    "montague.lit"
+                } else {
+                    "capulet.lit"
+                };
+                conn.execute(
+                    "INSERT INTO archive (host, user, id, when_us, with_bare, with_resource, stanza) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, 'r', ?6)",
+                    params![host, user, id, when, with, stanza],
+                )
+                .expect("insert");
+            }
+        }
+        let mut store = SqliteStore::open(&path).expect("upgrade");
+        let page = store.find(&juliet(), &req(10)).expect("find");
+        assert_eq!(
+            ids(&page),
+            [ours.as_str(), uuid, "647484e96ff806a816e1d543bb", "stock-1"]
+        );
+        assert_eq!(page.items[1].with_bare, "nurse@capulet.lit");
+        assert!(page.items[1].xml.starts_with("<message><body>long"));
+        assert_eq!(page.items[0].with_resource.as_deref(), Some("r"));
+        let id_forms: Vec<String> = store
+            .conn
+            .prepare("SELECT typeof(id) FROM archive ORDER BY seq")
+            .expect("prepare")
+            .query_map([], |r| r.get(0))
+            .expect("query")
+            .collect::<rusqlite::Result<_>>()
+            .expect("rows");
+        assert_eq!(id_forms, ["blob", "blob", "blob", "text", "text"]);
+        // Every id resolves, in each owner's own archive only.
+        let mut after = req(10);
+        after.after = vec![uuid.to_owned()];
+        assert_eq!(
+            ids(&store.find(&juliet(), &after).expect("after")),
+            ["647484e96ff806a816e1d543bb", "stock-1"]
+        );
+        let mut by_with = req(10);
+        by_with.with = with("romeo@montague.lit", None);
+        assert_eq!(
+            ids(&store.find(&juliet(), &by_with).expect("with")),
+            [ours.as_str(), "647484e96ff806a816e1d543bb", "stock-1"]
+        );
+        assert_eq!(
+            ids(&store.find(&romeo(), &req(10)).expect("romeo")),
+            ["stock-1"]
+        );
+        assert_eq!(owner_count(&store, &juliet()), Some(4));
+        // Taking the last message with the nurse takes her JID along.
+        assert_eq!(
+            store
+                .delete_ids(&juliet(), &[uuid.to_owned()])
+                .expect("delete"),
+            1
+        );
+        let nurse_rows: i64 = store
+            .conn
+            .query_row(
+                "SELECT count(*) FROM archive_contacts WHERE jid = 'nurse@capulet.lit'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("count");
+        assert_eq!(nurse_rows, 0);
+        // New messages land beside the old ones.
+        store
+            .append(&juliet(), &msg("m-new", T0 + 9, "romeo@montague.lit"), None)
+            .expect("append");
+        assert_eq!(owner_count(&store, &juliet()), Some(4));
     }
 
     #[test]
@@ -1605,12 +1854,12 @@ mod tests {
     }
 
     /// Asserts the plan never scans `archive` and reaches it only through an index whose
-    /// leading columns are (host, user), constrained by both.
+    /// leading column is the owner, constrained by it.
     fn assert_owner_indexed(store: &SqliteStore, what: &str, sql: &str, params: &[Value]) {
         let details = plan(store, sql, params);
         let on_archive: Vec<&String> = details
             .iter()
-            .filter(|d| d.starts_with("SCAN archive") || d.starts_with("SEARCH archive"))
+            .filter(|d| d.starts_with("SCAN archive ") || d.starts_with("SEARCH archive "))
             .collect();
         assert!(
             !on_archive.is_empty(),
@@ -1636,8 +1885,8 @@ mod tests {
                 .expect("columns")
                 .collect::<rusqlite::Result<_>>()
                 .expect("rows");
-            assert_eq!(columns[..2], ["host", "user"], "{what}: {detail}");
-            assert!(detail.contains("(host=? AND user=?"), "{what}: {detail}");
+            assert_eq!(columns[0], "owner", "{what}: {detail}");
+            assert!(detail.contains("(owner=?"), "{what}: {detail}");
             owner_indexed = true;
         }
         assert!(owner_indexed, "{what}: no owner index in {details:?}");
@@ -1724,9 +1973,9 @@ mod tests {
             ids: Some(vec!["m1".into(), "m2".into()]),
             ..req(50)
         };
-        const WHEN: &str = "archive_owner_when (host=? AND user=?";
-        const WITH: &str = "archive_owner_with_when (host=? AND user=? AND with_bare=?";
-        const ID: &str = "archive_owner_id (host=? AND user=? AND id=?)";
+        const WHEN: &str = "archive_owner_when (owner=?";
+        const WITH: &str = "archive_owner_with_when (owner=? AND contact=?";
+        const ID: &str = "archive_owner_id (owner=? AND id=?)";
         let pages = [
             ("newest page", page_sql(&owner, &newest, None, None), WHEN),
             ("oldest page", page_sql(&owner, &req(50), None, None), WHEN),
@@ -1781,6 +2030,9 @@ mod tests {
             p
         };
         let int = |n: i64| Value::Integer(n);
+        let owner_number_of_store = owner_number(&store.conn, &owner)
+            .expect("look up")
+            .expect("the owner has messages");
         let fixed: [(&str, &str, Vec<Value>); 6] = [
             ("first", FIRST_MESSAGE, owner_params.to_vec()),
             ("last", LAST_MESSAGE, owner_params.to_vec()),
@@ -1788,7 +2040,7 @@ mod tests {
             (
                 "quota trim",
                 TRIM_OLDEST,
-                [owner_params.to_vec(), vec![int(1), int(2)]].concat(),
+                vec![int(owner_number_of_store), int(1), int(2)],
             ),
             (
                 "expire",
@@ -1810,6 +2062,61 @@ mod tests {
         }
     }
 
+    /// How long the first start after the upgrade spends on schema step 6 (the copy
+    /// of the whole table). Run with `cargo test --release --no-default-features
+    /// --features vendored -- --ignored --nocapture step_six_speed` (`MAM_ROWS`,
+    /// default 1,000,000). Prints, does not assert.
+    #[test]
+    #[ignore]
+    fn step_six_speed() {
+        use std::time::Instant;
+        let rows: i64 = std::env::var("MAM_ROWS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1_000_000);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("old.sqlite");
+        {
+            let mut conn = Connection::open(&path).expect("open");
+            conn.pragma_update(None, "journal_mode", "WAL")
+                .expect("wal");
+            for step in &schema::MIGRATIONS[..5] {
+                conn.execute_batch(step).expect("old step");
+            }
+            conn.pragma_update(None, "user_version", 5)
+                .expect("version");
+            let tx = conn.transaction().expect("tx");
+            {
+                let mut insert = tx
+                    .prepare(
+                        "INSERT INTO archive (host, user, id, when_us, with_bare, with_resource, \
+                         stanza) VALUES ('example.com', ?1, ?2, ?3, ?4, 'phone', randomblob(370))",
+                    )
+                    .expect("prepare");
+                for i in 0..rows {
+                    insert
+                        .execute(params![
+                            format!("user{}", i % 50),
+                            crate::id::new_archive_id(T0 + i * 1000),
+                            T0 + i * 1000,
+                            format!("contact{}@example.net", (i * 7) % 300)
+                        ])
+                        .expect("insert");
+                }
+            }
+            tx.commit().expect("commit");
+        }
+        let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        let started = Instant::now();
+        let store = SqliteStore::open(&path).expect("upgrade");
+        println!(
+            "step 6 over {rows} rows ({} MB): {:?}",
+            bytes / 1_000_000,
+            started.elapsed()
+        );
+        drop(store);
+    }
+
     /// Run with `cargo test --release --no-default-features --features vendored --
     /// --ignored --nocapture store_speed`. Prints, does not assert.
     #[test]
@@ -1823,7 +2130,6 @@ mod tests {
         let started = Instant::now();
         {
             let tx = store.conn.transaction().expect("tx");
-            let mut insert = tx.prepare_cached(INSERT_MESSAGE).expect("prepare");
             for i in 0..rows {
                 // 50 regular contacts; "rare" gets three messages spread over the archive.
                 let with = if i % (rows / 3) == 7 {
@@ -1831,20 +2137,17 @@ mod tests {
                 } else {
                     format!("contact{}@example.com", i % 50)
                 };
-                insert
-                    .execute(params![
-                        owner.host,
-                        owner.user,
-                        crate::id::new_archive_id(T0 + i * 1000),
-                        T0 + i * 1000,
-                        with,
-                        Some("res"),
-                        "<message xmlns='jabber:client' type='chat'><body>Hello there, \
-                         this is a message of ordinary length.</body></message>"
-                    ])
-                    .expect("insert");
+                let message = ArchivedMessage {
+                    id: crate::id::new_archive_id(T0 + i * 1000),
+                    when: T0 + i * 1000,
+                    with_bare: with,
+                    with_resource: Some("res".into()),
+                    xml: "<message xmlns='jabber:client' type='chat'><body>Hello there, \
+                          this is a message of ordinary length.</body></message>"
+                        .into(),
+                };
+                insert_message(&tx, None, &owner, &message, &message.xml).expect("insert");
             }
-            drop(insert);
             tx.commit().expect("commit");
         }
         println!(

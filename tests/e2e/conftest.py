@@ -467,6 +467,37 @@ def archive_count(server):
         conn.close()
 
 
+CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def stored_id_text(value):
+    """An archive id as our SQLite file stores it (src/store/sqlite/stored_id.rs):
+    text, or a tag byte and the bytes of a canonical form (1: our 26-character
+    Crockford ids, 2: a lower-case UUID, 3: lower-case hex)."""
+    if isinstance(value, str):
+        return value
+    tag, raw = value[0], bytes(value[1:])
+    if tag == 1 and len(raw) == 16:
+        n = int.from_bytes(raw, "big")
+        return "".join(CROCKFORD[(n >> (5 * (25 - i))) & 31] for i in range(26))
+    if tag == 2 and len(raw) == 16:
+        h = raw.hex()
+        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    if tag == 3 and raw:
+        return raw.hex()
+    raise ValueError(f"not a stored archive id: {value!r}")
+
+
+def sqlite_archive_rows(conn):
+    """Every row of our SQLite archive as (user, id, when_us, with_bare, stanza), in
+    archive order, with owners and contacts looked up and ids unpacked."""
+    rows = conn.execute(
+        "SELECT o.user, a.id, a.when_us, c.jid, a.stanza FROM archive AS a "
+        "JOIN archive_owners AS o ON o.owner = a.owner "
+        "JOIN archive_contacts AS c ON c.contact = a.contact ORDER BY a.when_us, a.seq").fetchall()
+    return [(user, stored_id_text(i), when, with_bare, stanza) for user, i, when, with_bare, stanza in rows]
+
+
 BUILT_PLUGIN = object()  # Prosody(plugin=...): the module `make plugin` built (MAM_MODULE)
 
 

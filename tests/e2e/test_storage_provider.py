@@ -13,7 +13,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from conftest import (BACKEND, MAM_MODULE, PROSODY_BIN, REPO, WAIT, chat_xml, log_lines,
+from conftest import (BACKEND, sqlite_archive_rows, MAM_MODULE, PROSODY_BIN, REPO, WAIT, chat_xml, log_lines,
                       mam_all, send_and_flush, token)
 
 import prosody_config  # noqa: E402  (conftest puts prosody-test-env on sys.path)
@@ -177,7 +177,7 @@ output {{ type = "mam_native"; hosts = {{ ["localhost"] = {{ "archive-archive" }
     assert "Done!" in done.stderr, done.stderr
     import sqlite3
     conn = sqlite3.connect(data / "mam_archive.sqlite")
-    rows = conn.execute("SELECT user, id, when_us, with_bare, stanza FROM archive ORDER BY when_us").fetchall()
+    rows = sqlite_archive_rows(conn)
     conn.close()
     assert [(r[0], r[1], r[2], r[3]) for r in rows] == [
         ("juliet", f"stock-{i}", (1600000000 + i) * 1_000_000, "romeo@montague.lit") for i in (1, 2, 3)]

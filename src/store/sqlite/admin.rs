@@ -5,38 +5,53 @@
 
 use rusqlite::{params, OptionalExtension, TransactionBehavior};
 
-use super::{to_count, to_sql_int, write_prefs, SqliteStore, GET_DEFAULT_POLICY, OWNER_COUNT};
+use super::{
+    contact_jid, contact_ref, owner_is, owner_ref, to_count, to_sql_int, write_prefs, SqliteStore,
+    FORGET_UNUSED_CONTACT, GET_DEFAULT_POLICY, OWNER_COUNT,
+};
 use crate::error::{MamError, Result};
 use crate::policy::Prefs;
 use crate::store::{DeleteFilter, ImportReport, ImportedMessage, Owner, OwnerStats};
 
 /// Inserts a message unless the owner already has its id. The conflict target names
-/// only the unique (host, user, id) index, so any other constraint failure (a NULL,
-/// a broken value) is still an error rather than a silently skipped message.
-const IMPORT_MESSAGE: &str = "INSERT INTO archive (host, user, id, when_us, with_bare, \
-     with_resource, stanza) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
-     ON CONFLICT (host, user, id) DO NOTHING";
+/// only the unique (owner, id) index, so any other constraint failure (a NULL, a
+/// broken value) is still an error rather than a silently skipped message. `?1` and
+/// `?3` are the owner's and the contact's numbers, `?2` the id as given.
+const IMPORT_MESSAGE: &str = "INSERT INTO archive (owner, id, when_us, contact, \
+     with_resource, stanza) VALUES (?1, mam_id(?2), ?4, ?3, ?5, ?6) \
+     ON CONFLICT (owner, id) DO NOTHING";
 
 /// The stored time and partner of an id that was already there.
-const EXISTING_MESSAGE: &str =
-    "SELECT when_us, with_bare FROM archive WHERE host = ?1 AND user = ?2 AND id = ?3";
+const EXISTING_MESSAGE: &str = concat!(
+    "SELECT when_us, ",
+    contact_jid!(),
+    " FROM archive WHERE ",
+    owner_is!(),
+    " AND id = mam_id(?3)"
+);
 
-/// Owners on a host with their counts (from the exact counter table).
-const HOST_OWNERS: &str = "SELECT user, messages FROM archive_counts WHERE host = ?1 ORDER BY user";
+/// Owners on a host with their counts (from the exact counter in `archive_owners`).
+const HOST_OWNERS: &str = "SELECT user, messages FROM archive_owners \
+     WHERE host = ?1 AND messages > 0 ORDER BY user";
 
 /// One owner's oldest time, newest time and stanza bytes, over the owner index.
-const OWNER_SUMMARY: &str =
+const OWNER_SUMMARY: &str = concat!(
     "SELECT min(when_us), max(when_us), total(length(CAST(stanza AS BLOB))) \
-     FROM archive WHERE host = ?1 AND user = ?2";
+     FROM archive WHERE ",
+    owner_is!()
+);
 
 /// Deletes one batch of an owner's messages; `?3`..`?6` are optional filters, each
-/// disabled by a NULL (`with_bare`, `with_resource`, strictly-before time).
-const DELETE_MATCHING: &str = "DELETE FROM archive WHERE seq IN (SELECT seq FROM archive \
-     WHERE host = ?1 AND user = ?2 \
-     AND (?3 IS NULL OR with_bare = ?3) \
+/// disabled by a NULL (the contact's bare JID, its resource, strictly-before time).
+const DELETE_MATCHING: &str = concat!(
+    "DELETE FROM archive WHERE seq IN (SELECT seq FROM archive WHERE ",
+    owner_is!(),
+    " AND (?3 IS NULL OR contact = (SELECT contact FROM archive_contacts \
+     WHERE jid = ?3 AND owner = archive.owner)) \
      AND (?4 IS NULL OR with_resource = ?4) \
      AND (?5 IS NULL OR when_us < ?5) \
-     ORDER BY when_us, seq LIMIT ?6)";
+     ORDER BY when_us, seq LIMIT ?6)"
+);
 
 impl SqliteStore {
     pub(super) fn import_batch_impl(
@@ -61,13 +76,14 @@ impl SqliteStore {
             for item in batch {
                 let m = &item.msg;
                 let stanza = codec.encode(&m.xml)?;
+                let owner = owner_ref(&tx, &Owner::new(host, &item.user))?;
+                let contact = contact_ref(&tx, owner, &m.with_bare)?;
                 let added = insert
                     .execute(params![
-                        host,
-                        item.user,
+                        owner,
                         m.id,
+                        contact,
                         m.when,
-                        m.with_bare,
                         m.with_resource,
                         stanza
                     ])
@@ -76,6 +92,10 @@ impl SqliteStore {
                     report.inserted += 1;
                     continue;
                 }
+                // Not inserted: a contact added for it alone goes again.
+                tx.prepare_cached(FORGET_UNUSED_CONTACT)
+                    .and_then(|mut stmt| stmt.execute(params![contact]))
+                    .map_err(MamError::storage("import: forget an unused contact"))?;
                 let found: Option<(i64, String)> = existing
                     .query_row(params![host, item.user, m.id], |r| {
                         Ok((r.get(0)?, r.get(1)?))

@@ -5,27 +5,38 @@
 
 use rusqlite::{params, TransactionBehavior};
 
-use super::{append_in, json_string_array, load_dictionaries, to_count, to_sql_int, SqliteStore};
+use super::{
+    append_in, contact_ref, json_string_array, load_dictionaries, owner_is, owner_number, to_count,
+    to_sql_int, SqliteStore, FORGET_UNUSED_CONTACT,
+};
 use crate::error::{MamError, Result};
 use crate::store::{ArchivedMessage, ItemChange, Owner};
 
-/// Owners on a host with messages (the counter table lists exactly those).
-const HOST_OWNER_NAMES: &str = "SELECT user FROM archive_counts WHERE host = ?1 ORDER BY user";
+/// Owners on a host with messages.
+const HOST_OWNER_NAMES: &str = "SELECT user FROM archive_owners \
+     WHERE host = ?1 AND messages > 0 ORDER BY user";
 
 /// One message of an owner by id.
-const DELETE_ID: &str = "DELETE FROM archive WHERE host = ?1 AND user = ?2 AND id = ?3";
+const DELETE_ID: &str = concat!(
+    "DELETE FROM archive WHERE ",
+    owner_is!(),
+    " AND id = mam_id(?3)"
+);
 
 /// Several messages of an owner by id (a JSON array, unpacked by `json_each`).
-const DELETE_IDS: &str = "DELETE FROM archive WHERE host = ?1 AND user = ?2 \
-     AND id IN (SELECT value FROM json_each(?3))";
+const DELETE_IDS: &str = concat!(
+    "DELETE FROM archive WHERE ",
+    owner_is!(),
+    " AND id IN (SELECT mam_id(value) FROM json_each(?3))"
+);
 
-/// Changes the present fields of one message: `?4` stanza, `?5` time, `?6` and `?7`
-/// partner (bare and resource; the resource changes only with the bare part). A NULL
-/// leaves the column as it is.
-const UPDATE_MESSAGE: &str = "UPDATE archive SET stanza = coalesce(?4, stanza), \
-     when_us = coalesce(?5, when_us), with_bare = coalesce(?6, with_bare), \
-     with_resource = CASE WHEN ?6 IS NULL THEN with_resource ELSE ?7 END \
-     WHERE host = ?1 AND user = ?2 AND id = ?3";
+/// Changes the present fields of one message of owner number `?1` by id `?2`: `?3`
+/// stanza, `?4` time, `?5` and `?6` partner (the contact's number and the resource;
+/// the resource changes only with the contact). A NULL leaves the column as it is.
+const UPDATE_MESSAGE: &str = "UPDATE archive SET stanza = coalesce(?3, stanza), \
+     when_us = coalesce(?4, when_us), contact = coalesce(?5, contact), \
+     with_resource = CASE WHEN ?5 IS NULL THEN with_resource ELSE ?6 END \
+     WHERE owner = ?1 AND id = mam_id(?2)";
 
 impl SqliteStore {
     pub(super) fn owners_impl(&mut self, host: &str) -> Result<Vec<String>> {
@@ -70,20 +81,32 @@ impl SqliteStore {
             .as_deref()
             .map(|xml| self.codec.encode(xml))
             .transpose()?;
+        // An owner without a row has no message to change.
+        let Some(owner_number) = owner_number(&tx, owner)? else {
+            return Ok(false);
+        };
+        let contact = bare
+            .map(|bare| contact_ref(&tx, owner_number, bare))
+            .transpose()?;
         let changed = tx
             .prepare_cached(UPDATE_MESSAGE)
             .and_then(|mut stmt| {
                 stmt.execute(params![
-                    owner.host,
-                    owner.user,
+                    owner_number,
                     id,
                     stanza,
                     change.when,
-                    bare,
+                    contact,
                     resource,
                 ])
             })
             .map_err(MamError::storage("update: change the message"))?;
+        if let (0, Some(contact)) = (changed, contact) {
+            // No such message: a contact added for it alone goes again.
+            tx.prepare_cached(FORGET_UNUSED_CONTACT)
+                .and_then(|mut stmt| stmt.execute(params![contact]))
+                .map_err(MamError::storage("update: forget an unused contact"))?;
+        }
         tx.commit().map_err(MamError::storage("update: commit"))?;
         Ok(changed > 0)
     }
