@@ -41,6 +41,21 @@ const RAW_INSERT: &str =
     "INSERT INTO archive (host, user, id, when_us, with_bare, with_resource, stanza) \
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
 
+/// Inserts message `j` of `ds` with `st` (prepared from [`RAW_INSERT`]).
+fn insert_one(st: &mut rusqlite::CachedStatement<'_>, ds: &Dataset, j: u64) -> Result<()> {
+    let m = ds.msg(j);
+    st.execute(params![
+        DOMAIN,
+        ds.owner,
+        m.key,
+        m.when_us,
+        m.with,
+        m.with_resource,
+        m.xml()
+    ])?;
+    Ok(())
+}
+
 /// Inserts every message of `ds`, `batch` rows per transaction.
 fn insert_batches(conn: &mut Connection, ds: &Dataset, batch: u64) -> Result<u64> {
     let mut i = 0;
@@ -49,16 +64,7 @@ fn insert_batches(conn: &mut Connection, ds: &Dataset, batch: u64) -> Result<u64
         {
             let mut st = tx.prepare_cached(RAW_INSERT)?;
             for j in i..(i + batch).min(ds.n) {
-                let m = ds.msg(j);
-                st.execute(params![
-                    DOMAIN,
-                    ds.owner,
-                    m.key,
-                    m.when_us,
-                    m.with,
-                    m.with_resource,
-                    m.xml()
-                ])?;
+                insert_one(&mut st, ds, j)?;
             }
         }
         tx.commit()?;
@@ -177,16 +183,7 @@ pub fn run(
     {
         let mut st = c.prepare_cached(RAW_INSERT)?;
         while t.elapsed() < single_tx_for {
-            let m = probe.msg(k);
-            st.execute(params![
-                DOMAIN,
-                probe.owner,
-                m.key,
-                m.when_us,
-                m.with,
-                m.with_resource,
-                m.xml()
-            ])?;
+            insert_one(&mut st, &probe, k)?;
             k += 1;
         }
     }

@@ -14,6 +14,22 @@ use rusqlite::{Connection, TransactionBehavior};
 
 use crate::error::{MamError, Result};
 
+/// The triggers that take the rewrite mark away when text lands at or before it
+/// (step 5; step 6 makes them again on its new table). The text is step 5's as it
+/// shipped.
+macro_rules! rewrite_mark_triggers {
+    () => {
+        "    CREATE TRIGGER archive_text_insert_clears_rewrite_mark AFTER INSERT ON archive
+        WHEN typeof(NEW.stanza) = 'text'
+            AND NEW.seq <= (SELECT upto FROM archive_rewrite_mark)
+        BEGIN DELETE FROM archive_rewrite_mark; END;
+    CREATE TRIGGER archive_text_update_clears_rewrite_mark AFTER UPDATE OF stanza ON archive
+        WHEN typeof(NEW.stanza) = 'text'
+            AND NEW.seq <= (SELECT upto FROM archive_rewrite_mark)
+        BEGIN DELETE FROM archive_rewrite_mark; END;"
+    };
+}
+
 /// The migrations, in order. Step `i` (0-based) moves the schema to version `i + 1`.
 pub const MIGRATIONS: &[&str] = &[
     // 1. The archive itself. `seq` (the rowid) is the insertion order and breaks ties
@@ -99,19 +115,15 @@ pub const MIGRATIONS: &[&str] = &[
     //    newest rows were deleted, an old row's stanza replaced) takes the mark away,
     //    and the next pass walks everything: the mark can only be missing, never
     //    wrong. One row at most.
-    "CREATE TABLE archive_rewrite_mark (
+    concat!(
+        "CREATE TABLE archive_rewrite_mark (
         singleton INTEGER PRIMARY KEY CHECK (singleton = 1),
         dictionary INTEGER NOT NULL,
         upto INTEGER NOT NULL
     );
-    CREATE TRIGGER archive_text_insert_clears_rewrite_mark AFTER INSERT ON archive
-        WHEN typeof(NEW.stanza) = 'text'
-            AND NEW.seq <= (SELECT upto FROM archive_rewrite_mark)
-        BEGIN DELETE FROM archive_rewrite_mark; END;
-    CREATE TRIGGER archive_text_update_clears_rewrite_mark AFTER UPDATE OF stanza ON archive
-        WHEN typeof(NEW.stanza) = 'text'
-            AND NEW.seq <= (SELECT upto FROM archive_rewrite_mark)
-        BEGIN DELETE FROM archive_rewrite_mark; END;",
+",
+        rewrite_mark_triggers!()
+    ),
     // 6. Smaller keys (issue 18): once stanzas were compressed, the owner and contact
     //    JIDs repeated as text in every row and in three indexes, and the 26-character
     //    ids, were most of what a message took on disk. Now:
@@ -125,7 +137,8 @@ pub const MIGRATIONS: &[&str] = &[
     //    - the indexes lead with `owner` and end with the rowid SQLite appends anyway.
     //    The whole table is copied once, in this step's transaction, in seq order.
     //    `mam_id` is registered on every connection before it migrates.
-    "CREATE TABLE archive_owners (
+    concat!(
+        "CREATE TABLE archive_owners (
         owner INTEGER PRIMARY KEY,
         host TEXT NOT NULL,
         user TEXT NOT NULL,
@@ -181,14 +194,9 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE TRIGGER archive_owner_delete AFTER DELETE ON archive_owners BEGIN
         DELETE FROM archive_contacts WHERE owner = OLD.owner;
     END;
-    CREATE TRIGGER archive_text_insert_clears_rewrite_mark AFTER INSERT ON archive
-        WHEN typeof(NEW.stanza) = 'text'
-            AND NEW.seq <= (SELECT upto FROM archive_rewrite_mark)
-        BEGIN DELETE FROM archive_rewrite_mark; END;
-    CREATE TRIGGER archive_text_update_clears_rewrite_mark AFTER UPDATE OF stanza ON archive
-        WHEN typeof(NEW.stanza) = 'text'
-            AND NEW.seq <= (SELECT upto FROM archive_rewrite_mark)
-        BEGIN DELETE FROM archive_rewrite_mark; END;",
+",
+        rewrite_mark_triggers!()
+    ),
 ];
 
 /// The schema version this code writes and reads.
