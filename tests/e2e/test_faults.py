@@ -483,7 +483,7 @@ async def test_a_read_only_file_system_stops_only_archiving_until_it_is_writable
         alice.send(chat_xml(bob.bare, text))
     await wait_delivered(bob, early)
     committed = await mam_all(bob)
-    assert [r.body for r in committed] == early
+    assert [r.body for r in committed] == early, server.log_tail()
     await alice.disconnect()
     await bob.disconnect()
     server.stop()
