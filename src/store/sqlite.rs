@@ -85,6 +85,9 @@ pub(super) const FORGET_UNUSED_CONTACT: &str = "DELETE FROM archive_contacts \
 
 const OWNER_COUNT: &str = "SELECT messages FROM archive_owners WHERE host = ?1 AND user = ?2";
 
+/// [`OWNER_COUNT`] by the owner's number, where the caller has it (a quota check).
+const OWNER_COUNT_OF_NUMBER: &str = "SELECT messages FROM archive_owners WHERE owner = ?1";
+
 /// Removes an owner's expired messages (before `?3`) except the one just stored: the
 /// first step at a quota hit.
 const TRIM_EXPIRED: &str = "DELETE FROM archive WHERE owner = ?1 \
@@ -675,8 +678,8 @@ fn append_in(
     if let Some(quota) = quota {
         let keep = to_sql_int(quota.limit.max(1));
         let mut count: i64 = tx
-            .prepare_cached(OWNER_COUNT)
-            .and_then(|mut stmt| stmt.query_row(params![owner.host, owner.user], |r| r.get(0)))
+            .prepare_cached(OWNER_COUNT_OF_NUMBER)
+            .and_then(|mut stmt| stmt.query_row(params![owner_number], |r| r.get(0)))
             .map_err(MamError::storage("append: read message count"))?;
         if let (true, Some(before)) = (count > keep, quota.expired_before) {
             let expired = tx
