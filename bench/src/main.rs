@@ -173,7 +173,7 @@ fn parse_opts() -> Result<Opts> {
         stall_duration: secs(if quick { 2.0 } else { 6.0 }),
         expiry: true,
         expiry_limit: secs(if quick { 60.0 } else { 180.0 }),
-        rounds: if quick { 0 } else { 3 },
+        rounds: if quick { 0 } else { 5 },
         round_duration: secs(5.0),
         raw: true,
         room_occupants: vec![20, 200],
@@ -675,7 +675,7 @@ async fn throughput_rounds(
         for (idx, spec) in specs {
             let name = spec.kind.name();
             log(format!("round {round}/{}: {name}", o.rounds));
-            let r: Result<f64> = async {
+            let r: Result<(f64, Option<f64>)> = async {
                 let mut srv = Server::start(spec)?;
                 if spec.kind == Kind::NativePg {
                     srv.db_pid = pg_pid;
@@ -684,13 +684,17 @@ async fn throughput_rounds(
                 let t = closed_loop(&srv, &mut pairs, o, o.round_duration).await?;
                 pairs.close().await;
                 srv.stop()?;
-                Ok(t.delivered_per_s)
+                Ok((t.delivered_per_s, t.event_loop_us_per_msg))
             }
             .await;
             match r {
-                Ok(rate) => {
-                    log(format!("round {round}: {name} {rate:.0} msgs/s"));
+                Ok((rate, event_loop)) => {
+                    let per_msg = event_loop
+                        .map(|us| format!(", event loop {us:.1} µs/msg"))
+                        .unwrap_or_default();
+                    log(format!("round {round}: {name} {rate:.0} msgs/s{per_msg}"));
                     configs[*idx].throughput_rounds.push(rate);
+                    configs[*idx].event_loop_rounds.push(event_loop);
                 }
                 Err(e) => configs[*idx]
                     .errors

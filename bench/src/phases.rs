@@ -95,6 +95,11 @@ pub struct MessagingResult {
     pub latency: Summary,
     /// Server CPU during the window, as a percentage of one core.
     pub server_cpu_percent: f64,
+    /// CPU time of Prosody's event loop (its main thread) per message delivered in
+    /// the window, in microseconds: what the loop spends on each message, which
+    /// the machine's speed moves far less than it moves throughput.
+    #[serde(default)]
+    pub event_loop_us_per_msg: Option<f64>,
     /// CPU of the database server's processes during the window (`native-pg`: the
     /// PostgreSQL cluster), as a percentage of one core; on top of `server_cpu_percent`.
     #[serde(default)]
@@ -243,10 +248,14 @@ pub async fn messaging(
     // CPU over the window.
     tokio::time::sleep_until(tokio::time::Instant::from_std(start + warmup)).await;
     let cpu0 = server.cpu_seconds();
+    let loop0 = server.event_loop_cpu_seconds();
+    let in_window0 = in_window.load(Ordering::Relaxed);
     let db0 = server.db_cpu_seconds();
     let ccpu0 = crate::server::self_cpu_seconds();
     let t0 = Instant::now();
     tokio::time::sleep_until(tokio::time::Instant::from_std(send_end)).await;
+    let loop1 = server.event_loop_cpu_seconds();
+    let in_window1 = in_window.load(Ordering::Relaxed);
     let cpu1 = server.cpu_seconds();
     let db1 = server.db_cpu_seconds();
     let ccpu1 = crate::server::self_cpu_seconds();
@@ -286,6 +295,8 @@ pub async fn messaging(
         target_rate_per_s: target,
         latency: summarize_us(&samples),
         server_cpu_percent: 100.0 * (cpu1 - cpu0) / measured_s,
+        event_loop_us_per_msg: (in_window1 > in_window0)
+            .then(|| 1e6 * (loop1 - loop0) / (in_window1 - in_window0) as f64),
         db_cpu_percent: db0
             .zip(db1)
             .map(|(a, b)| 100.0 * (b - a).max(0.0) / measured_s),

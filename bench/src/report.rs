@@ -46,6 +46,10 @@ pub struct ConfigResult {
     /// Closed-loop msgs/s of each interleaved round (after every configuration ran).
     #[serde(default)]
     pub throughput_rounds: Vec<f64>,
+    /// The event loop's CPU per message (µs) in each of those rounds, in the same
+    /// order; absent from runs before it was measured.
+    #[serde(default)]
+    pub event_loop_rounds: Vec<Option<f64>>,
     pub idle_ping: Option<Summary>,
     pub queries: Vec<QueryResult>,
     pub stall_queries: Option<StallResult>,
@@ -512,11 +516,32 @@ fn commit_before_delivery(m: &mut String, r: &Report) {
         "- native ÷ native-nowait ({basis}): {}{bar}",
         ratio_text(rate_native, rate_nowait)
     );
+    // The same rounds paired: each `native` round against the `native-nowait` round
+    // that ran right after it, so both saw nearly the same stretch of the machine.
+    let paired: Vec<f64> = native
+        .throughput_rounds
+        .iter()
+        .zip(&nowait.throughput_rounds)
+        .filter(|(_, b)| **b > 0.0)
+        .map(|(a, b)| a / b)
+        .collect();
+    if let Some(r) = median(&paired) {
+        let (lo, hi) = paired
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
+        let _ = writeln!(
+            m,
+            "- native ÷ native-nowait, round by round (each round against the one right after \
+             it): median {r:.3} of {} pairs, from {lo:.3} to {hi:.3}",
+            paired.len()
+        );
+    }
     let _ = writeln!(
         m,
         "- native ÷ nomam-sid: {}",
         ratio_text(rate_native, rate_sid)
     );
+    event_loop_per_message(m, native, nowait);
     for (which, ours, before) in [
         (
             "low rate",
@@ -548,6 +573,62 @@ fn commit_before_delivery(m: &mut String, r: &Report) {
             signed_ms(ours.latency.p50_ms - before.latency.p50_ms),
             signed_ms(ours.latency.p99_ms - before.latency.p99_ms)
         );
+    }
+}
+
+/// The event loop's CPU per delivered message, `native` against `native-nowait`: what
+/// commit before delivery costs Prosody's own thread (holding, then sending what a
+/// commit covers, and the commit's hand-back). Throughput on this shared machine
+/// moves ±20% from one round to the next; CPU time per message moves far less, so
+/// this says whether a throughput ratio near the bar is the loop's cost or noise.
+/// Rounds are paired (each `native` round with the `native-nowait` round after it)
+/// and the median of the pairs' ratios is given.
+fn event_loop_per_message(m: &mut String, native: &ConfigResult, nowait: &ConfigResult) {
+    let per_round = |c: &ConfigResult| {
+        median(
+            &c.event_loop_rounds
+                .iter()
+                .flatten()
+                .copied()
+                .collect::<Vec<_>>(),
+        )
+    };
+    let pairs: Vec<f64> = native
+        .event_loop_rounds
+        .iter()
+        .zip(&nowait.event_loop_rounds)
+        .filter_map(|(a, b)| Some((*a)? / (*b)?))
+        .collect();
+    if let (Some(a), Some(b), Some(r)) = (per_round(native), per_round(nowait), median(&pairs)) {
+        let _ = writeln!(
+            m,
+            "- event loop CPU per message, median of the interleaved rounds: native {a:.1} µs, \
+             native-nowait {b:.1} µs; median of the {} paired rounds' ratios: {r:.3}",
+            pairs.len()
+        );
+    }
+    let first = |c: &ConfigResult| c.throughput.as_ref().and_then(|t| t.event_loop_us_per_msg);
+    for (which, ours, before) in [
+        ("first closed loop", first(native), first(nowait)),
+        (
+            "open loop, high rate",
+            native
+                .open_loop
+                .as_ref()
+                .and_then(|t| t.event_loop_us_per_msg),
+            nowait
+                .open_loop
+                .as_ref()
+                .and_then(|t| t.event_loop_us_per_msg),
+        ),
+    ] {
+        if let (Some(a), Some(b)) = (ours, before) {
+            let _ = writeln!(
+                m,
+                "- event loop CPU per message, {which}: native {a:.1} µs, native-nowait {b:.1} µs ({})",
+                ratio_text(Some(a), Some(b))
+            );
+        }
     }
 }
 

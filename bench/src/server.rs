@@ -432,6 +432,13 @@ impl Server {
         proc_cpu_seconds(self.pid)
     }
 
+    /// CPU time of Prosody's own thread (the event loop: the process's main thread),
+    /// without the module's writer and reader threads, in seconds.
+    pub fn event_loop_cpu_seconds(&self) -> f64 {
+        let f = proc_stat_fields_of(&format!("/proc/{0}/task/{0}/stat", self.pid));
+        ticks_to_seconds(f.get(11).unwrap_or(&0) + f.get(12).unwrap_or(&0))
+    }
+
     /// CPU time of the database server's processes, when there is one.
     pub fn db_cpu_seconds(&self) -> Option<f64> {
         self.db_pid.map(proc_tree_cpu_seconds)
@@ -509,7 +516,12 @@ pub fn proc_rss_kib(pid: u32) -> u64 {
 /// and may contain spaces): index 0 is the state, 1 the parent PID, 11 and 12 utime and
 /// stime, 13 and 14 the reaped children's cutime and cstime.
 fn proc_stat_fields(pid: u32) -> Vec<u64> {
-    let s = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    proc_stat_fields_of(&format!("/proc/{pid}/stat"))
+}
+
+/// [`proc_stat_fields`] of a `stat` file given by path (a thread's, under `task/`).
+fn proc_stat_fields_of(path: &str) -> Vec<u64> {
+    let s = fs::read_to_string(path).unwrap_or_default();
     let rest = match s.rfind(')') {
         Some(i) => &s[i + 1..],
         None => return Vec::new(),

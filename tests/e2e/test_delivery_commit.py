@@ -16,6 +16,8 @@
   (here to offline storage, the recipient being offline).
 - A stream resumed (XEP-0198) while its deliveries are held gets them on its new
   connection, once each.
+- Another module's output filter failing on one held stanza costs that stanza only:
+  the rest of what the commit released goes out, in order, and the error is logged.
 """
 
 import asyncio
@@ -35,6 +37,8 @@ from conftest import (
 from test_faults import db_path, kill_hard
 
 import prosody_config  # noqa: E402  (conftest puts prosody-test-env on sys.path)
+
+PROBE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "plugins")
 
 pytestmark = pytest.mark.native_only  # the stock module stores before routing anyway
 
@@ -323,3 +327,33 @@ async def test_held_deliveries_reach_a_stream_resumed_while_they_wait(prosody_fa
         assert [r.body for r in await mam_all(bob)] == ["before"] + texts
     finally:
         await bob.disconnect()
+
+
+@pytest.mark.sqlite_only(reason="a SQLite file lock held by another process")
+async def test_a_failing_output_filter_costs_only_its_own_held_stanza(prosody_factory, connect):
+    """Held stanzas are released in one go per session and commit: when a later
+    output filter (another module's) raises an error on one of them, that one is
+    lost, as it would be without the hold, and the rest still go out, in order."""
+    server = prosody_factory("heldboom", {
+        "plugin_paths": [PROBE_DIR],
+        "modules_enabled": prosody_config.MODULES + ["mam_filter_probe"],
+        "mam_commit_wait_limit": 30,
+    }, users=2)
+    a, b = server.take_users(2)
+    alice, bob = await connect(server, a), await connect(server, b, "explosive")
+    texts = ["m0", "m1", "boom", "m2", "boom", "m3", "m4"]
+    with SqliteLock(server):
+        await send_held(alice, bob, "m", texts, 0.5)
+    want = [t for t in texts if t != "boom"]
+    await wait_delivered(bob, want)
+    await bob.roundtrip()
+    assert delivered_bodies(bob, "m") == want
+    assert delivered_bodies(bob, "boom") == []
+    failed = log_lines(server, "Sending a stanza held for its commit failed")
+    assert len(failed) == 2 and all("probe: boom" in line for line in failed), failed
+    # Every one of them is archived, "boom" included: it was committed, then lost on
+    # its way out by the other module's filter.
+    assert [r.body for r in await mam_all(bob)] == texts
+    # The session goes on: the next message is held for its commit and delivered.
+    alice.send(chat_xml(bob.bare, "m5"))
+    await wait_delivered(bob, ["m5"])

@@ -2,7 +2,9 @@
 -- stream management, websocket framing or CSI add one, logging each MAM result it is
 -- handed and whether it is a stanza object (what such filters need); and an
 -- outgoing-bytes filter on resource "bytes", logging how many MAM results each write
--- carries (a byte filter must see one stanza per send).
+-- carries (a byte filter must see one stanza per send); and, on resource
+-- "explosive", an outgoing-stanza filter that raises an error on a message whose body
+-- is "boom" (another module's failing filter).
 
 local filters = require "util.filters";
 local st = require "util.stanza";
@@ -29,10 +31,19 @@ local function bytes_probe(data, session)
 	return data;
 end
 
+local function explosive(stanza)
+	if type(stanza) == "table" and stanza.name == "message" and stanza:get_child_text("body") == "boom" then
+		error("probe: boom");
+	end
+	return stanza;
+end
+
 module:hook("resource-bind", function (event)
 	local session = event.session;
 	if session.resource == "filtered" then
 		filters.add_filter(session, "stanzas/out", probe);
+	elseif session.resource == "explosive" then
+		filters.add_filter(session, "stanzas/out", explosive);
 	elseif session.resource == "bytes" then
 		filters.add_filter(session, "bytes/out", bytes_probe);
 	end
