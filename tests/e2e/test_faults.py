@@ -253,7 +253,7 @@ async def test_a_database_locked_by_another_process_delays_archiving_but_not_the
 
 @pytest.mark.sqlite_only(reason="mam_max_db_pages is SQLite's max_page_count")
 async def test_a_full_database_keeps_delivering_and_keeps_what_was_committed(prosody_factory, connect):
-    # 24 pages of 16 KiB: the empty schema takes about 14, so a few dozen of the
+    # 24 pages of 8 KiB: the empty schema takes about 14, so a few dozen of the
     # incompressible messages below fill the rest (and 10 short ones do not).
     server = prosody_factory("full", {"mam_max_db_pages": 24}, users=2)
     a, b = server.take_users(2)
