@@ -518,13 +518,10 @@ fn commit_before_delivery(m: &mut String, r: &Report) {
     );
     // The same rounds paired: each `native` round against the `native-nowait` round
     // that ran right after it, so both saw nearly the same stretch of the machine.
-    let paired: Vec<f64> = native
-        .throughput_rounds
-        .iter()
-        .zip(&nowait.throughput_rounds)
-        .filter(|(_, b)| **b > 0.0)
-        .map(|(a, b)| a / b)
-        .collect();
+    let paired = paired_ratios(
+        native.throughput_rounds.iter().map(|v| Some(*v)),
+        nowait.throughput_rounds.iter().map(|v| Some(*v)),
+    );
     if let Some(r) = median(&paired) {
         let (lo, hi) = paired
             .iter()
@@ -576,6 +573,17 @@ fn commit_before_delivery(m: &mut String, r: &Report) {
     }
 }
 
+/// Round i of one configuration divided by round i of another (the round that ran
+/// right after it), for the rounds both have a positive value for.
+fn paired_ratios(
+    ours: impl Iterator<Item = Option<f64>>,
+    theirs: impl Iterator<Item = Option<f64>>,
+) -> Vec<f64> {
+    ours.zip(theirs)
+        .filter_map(|(a, b)| Some(a? / b.filter(|b| *b > 0.0)?))
+        .collect()
+}
+
 /// The event loop's CPU per delivered message, `native` against `native-nowait`: what
 /// commit before delivery costs Prosody's own thread (holding, then sending what a
 /// commit covers, and the commit's hand-back). Throughput on this shared machine
@@ -593,12 +601,10 @@ fn event_loop_per_message(m: &mut String, native: &ConfigResult, nowait: &Config
                 .collect::<Vec<_>>(),
         )
     };
-    let pairs: Vec<f64> = native
-        .event_loop_rounds
-        .iter()
-        .zip(&nowait.event_loop_rounds)
-        .filter_map(|(a, b)| Some((*a)? / (*b)?))
-        .collect();
+    let pairs = paired_ratios(
+        native.event_loop_rounds.iter().copied(),
+        nowait.event_loop_rounds.iter().copied(),
+    );
     if let (Some(a), Some(b), Some(r)) = (per_round(native), per_round(nowait), median(&pairs)) {
         let _ = writeln!(
             m,

@@ -435,8 +435,10 @@ impl Server {
     /// CPU time of Prosody's own thread (the event loop: the process's main thread),
     /// without the module's writer and reader threads, in seconds.
     pub fn event_loop_cpu_seconds(&self) -> f64 {
-        let f = proc_stat_fields_of(&format!("/proc/{0}/task/{0}/stat", self.pid));
-        ticks_to_seconds(f.get(11).unwrap_or(&0) + f.get(12).unwrap_or(&0))
+        stat_cpu_seconds(&proc_stat_fields_of(&format!(
+            "/proc/{0}/task/{0}/stat",
+            self.pid
+        )))
     }
 
     /// CPU time of the database server's processes, when there is one.
@@ -537,8 +539,12 @@ fn ticks_to_seconds(ticks: u64) -> f64 {
 }
 
 pub fn proc_cpu_seconds(pid: u32) -> f64 {
-    let f = proc_stat_fields(pid);
-    ticks_to_seconds(f.get(11).unwrap_or(&0) + f.get(12).unwrap_or(&0))
+    stat_cpu_seconds(&proc_stat_fields(pid))
+}
+
+/// utime + stime of [`proc_stat_fields`], in seconds.
+fn stat_cpu_seconds(fields: &[u64]) -> f64 {
+    ticks_to_seconds(fields.get(11).unwrap_or(&0) + fields.get(12).unwrap_or(&0))
 }
 
 /// CPU time of `pid`, of its live children, and of the children it has reaped (for a
