@@ -191,7 +191,8 @@ local function open(native, settings)
 	-- the server next, and nobody's stanzas wait to be processed: the sender's session
 	-- goes on at once, and each recipient gets what one commit covered in one go.
 	local queued_seq, committed_seq = 0, 0;
-	-- session -> { first =, last =, since =, stanzas = {}, need = {}, newest = }
+	-- session -> { first =, last =, since =, stanzas = {}, need = {}, newest =,
+	--              attrs = {}, to = {}, from = {}, type = {}, id = {} }
 	local held_out = setmetatable({}, { __mode = "k" });
 	local passing; -- the session whose held stanzas are being sent on now
 	-- The sessions in the order their held messages may go: a session is queued
@@ -204,18 +205,17 @@ local function open(native, settings)
 
 	local arm_watchdog; -- below, with the watchdog
 
-	-- A copy of the stanza's own element (name, attributes, list of children); the
-	-- children are shared: modules readdress a sent stanza, they do not rebuild it.
 	local stanza_mt = st.stanza_mt;
 	local t_move = table.move;
 	-- A session's queue of held stanzas. Under load a session holds one or two
 	-- messages at a time, over and over: an emptied queue is kept for the next
-	-- session that holds something (its arrays keep their size), instead of three
-	-- new tables per message for the collector.
+	-- session that holds something (its arrays keep their size), instead of new
+	-- tables per held message for the collector.
 	local spare_queues, spare_count = {}, 0;
 	local function spare_queue()
 		if spare_count == 0 then
-			return { first = 1; last = 0; since = 0; stanzas = {}; need = {}; newest = 0 };
+			return { first = 1; last = 0; since = 0; stanzas = {}; need = {}; newest = 0;
+				attrs = {}; to = {}; from = {}; type = {}; id = {} };
 		end
 		local q = spare_queues[spare_count];
 		spare_queues[spare_count] = nil;
@@ -230,9 +230,17 @@ local function open(native, settings)
 		end
 	end
 
-	local function as_sent(stanza)
+	-- A held stanza is sent as it was when it was held, though Prosody's modules may
+	-- change a stanza once sent: MUC and presence broadcasts readdress one object
+	-- for each recipient (private messages we archive included). The queue keeps the
+	-- stanza itself and its addressing (the attribute table, to, from, type, id);
+	-- one changed since is sent as a copy with the addressing it had. A copy of each
+	-- held stanza, as before, was three tables per message for the collector, whose
+	-- marking and sweeping are most of the loop's time under load (measured).
+	local function as_held(stanza, held_attr, held_to, held_from, held_type, held_id)
 		local attr = {};
-		for k, v in pairs(stanza.attr) do attr[k] = v; end
+		for k, v in pairs(held_attr) do attr[k] = v; end
+		attr.to, attr.from, attr.type, attr.id = held_to, held_from, held_type, held_id;
 		local tags = stanza.tags;
 		local copy = { name = stanza.name; attr = attr; tags = t_move(tags, 1, #tags, 1, {}) };
 		return setmetatable(t_move(stanza, 1, #stanza, 1, copy), stanza_mt);
@@ -263,10 +271,9 @@ local function open(native, settings)
 		end
 		local last = q.last + 1;
 		q.last = last;
-		-- Prosody's modules may change a stanza once sent (MUC readdresses one object
-		-- for each occupant, private messages we archive included): held, it is sent
-		-- as it was now.
-		q.stanzas[last] = as_sent(stanza);
+		local attr = stanza.attr;
+		q.stanzas[last], q.attrs[last] = stanza, attr;
+		q.to[last], q.from[last], q.type[last], q.id[last] = attr.to, attr.from, attr.type, attr.id;
 		-- A message waits for every write queued before it; anything else only for
 		-- what is ahead of it.
 		if stanza.name == "message" then
@@ -333,9 +340,16 @@ local function open(native, settings)
 	-- `q.first` moves before each send, so an error leaves the rest to send.
 	local function send_due(session, q, upto, outputs)
 		local first, last, stanzas, need = q.first, q.last, q.stanzas, q.need;
+		local attrs, tos, froms, types, ids = q.attrs, q.to, q.from, q.type, q.id;
 		while first <= last and (not upto or need[first] <= upto) do
-			local stanza = stanzas[first];
-			stanzas[first], need[first] = nil, nil;
+			local stanza, held_attr = stanzas[first], attrs[first];
+			local attr = stanza.attr;
+			if attr ~= held_attr or attr.to ~= tos[first] or attr.from ~= froms[first]
+					or attr.type ~= types[first] or attr.id ~= ids[first] then
+				stanza = as_held(stanza, held_attr, tos[first], froms[first], types[first], ids[first]);
+			end
+			stanzas[first], need[first], attrs[first] = nil, nil, nil;
+			tos[first], froms[first], types[first], ids[first] = nil, nil, nil, nil;
 			first = first + 1;
 			q.first = first;
 			if outputs then
@@ -407,9 +421,19 @@ local function open(native, settings)
 		end
 	end
 
-	-- Called with every archive write a delivery must not overtake.
-	function engine.queued(seq)
+	-- Called with every archive write a delivery must not overtake, and how far the
+	-- writer had committed then (append's last value). Under load the loop serves
+	-- every readable connection before it comes back to the writer's notice: each
+	-- commit's messages waited that long, several hundred held at once, and the
+	-- collector marked them over and over (measured: most of this barrier's cost).
+	-- What the writer is past already goes now instead. The runners waiting in
+	-- await_commit are left to the notice: this is another runner's handler.
+	function engine.queued(seq, upto)
 		if seq > queued_seq then queued_seq = seq; end
+		if upto and upto > committed_seq and not outage then
+			committed_seq = upto;
+			release_due(upto);
+		end
 	end
 
 	-- The newest such write when it is not committed yet, else nil.

@@ -223,7 +223,7 @@ local function message_handler(event, c2s)
 	-- and no session is sent anything after it until then (mamengine's output
 	-- barrier): what a client is given is in the archive whatever happens next.
 	local wait = engine.config.commit_before_delivery;
-	local id, stanza_id, stored, seq = archive:append(store_user, with, stanza,
+	local id, stanza_id, stored, seq, committed = archive:append(store_user, with, stanza,
 		append_options[check_in_append][announce][wait]);
 	if not id then
 		local err = stanza_id;
@@ -239,7 +239,7 @@ local function message_handler(event, c2s)
 	m_archived:add(1);
 	log("debug", "Archived message %s as %s", stanza.attr.id, id);
 	if wait then
-		note_queued(seq);
+		note_queued(seq, committed);
 	end
 	if c2s then
 		senders_ids[stanza] = stanza_id;

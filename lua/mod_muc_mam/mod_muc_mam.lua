@@ -150,7 +150,7 @@ local function archive_message(room, stanza)
 		end
 	end
 	local wait = engine.config.commit_before_delivery;
-	local id, stanza_id, _, seq = archive:append(node, stanza.attr.from or room.jid, stored, append_options[wait]);
+	local id, stanza_id, _, seq, committed = archive:append(node, stanza.attr.from or room.jid, stored, append_options[wait]);
 	if not id then
 		local err = stanza_id;
 		if err.reason then
@@ -164,7 +164,7 @@ local function archive_message(room, stanza)
 	end
 	m_archived:add(1);
 	-- What occupants receive waits for the commit (mamengine's output barrier).
-	if wait then note_queued(seq); end
+	if wait then note_queued(seq, committed); end
 	stanza:add_direct_child(stanza_id);
 end
 

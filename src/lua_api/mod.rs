@@ -280,8 +280,8 @@ impl UserData for ArchiveHandle {
         });
 
         // append(user, with, stanza, { announce =, check =, wait = })
-        //   -> id, stanza_id, stored, seq | nil, err (err.reason: not archived on
-        //   purpose)
+        //   -> id, stanza_id, stored, seq, committed | nil, err (err.reason: not
+        //   archived on purpose); `committed`: every write up to it is committed now
         // `with` is the other party as addressed. Our <stanza-id> (returned as
         // stanza_id) is added to `stanza` itself: copies were most of the garbage
         // this module made. `stored`, the copy as archived, only with `announce`
@@ -316,6 +316,7 @@ impl UserData for ArchiveHandle {
                 } else {
                     archive.append(&user, &with, el, delivery)
                 };
+                let committed = archive.writes_committed();
                 let appended = match result {
                     Ok(Ok(appended)) => appended,
                     Ok(Err(NotStored::EmptyWhenStripped)) => {
@@ -331,7 +332,7 @@ impl UserData for ArchiveHandle {
                     true => Some(this.to_lua(lua, &appended.stored)?),
                     false => None,
                 };
-                (appended.id, stanza_id, stored, appended.seq).into_lua_multi(lua)
+                (appended.id, stanza_id, stored, appended.seq, committed).into_lua_multi(lua)
             },
         );
 

@@ -114,10 +114,15 @@ end);
 
 check("append with wait returns the write's sequence number and a committed notice follows", function ()
 	local _, _, _, first = archive:append("tybalt", "romeo@montague.lit", st.clone(msg));
-	local id, sid, stored, seq = archive:append("tybalt", "romeo@montague.lit", st.clone(msg), { wait = true });
+	local id, sid, stored, seq, upto = archive:append("tybalt", "romeo@montague.lit", st.clone(msg), { wait = true });
 	assert(id and sid, "appended");
 	eq(stored, nil, "no stored copy without announce");
 	assert(math.type(seq) == "integer" and seq > first, "seq " .. tostring(seq) .. " after " .. tostring(first));
+	-- How far the writer had committed when it was queued: never past the write itself.
+	assert(math.type(upto) == "integer" and upto <= seq, "committed " .. tostring(upto) .. " with seq " .. seq);
+	assert(archive:flush(10), "flushed");
+	local _, _, _, later, upto_later = archive:append("tybalt", "romeo@montague.lit", st.clone(msg), { wait = true });
+	assert(upto_later >= seq and upto_later <= later, "committed " .. upto_later .. " after flushing " .. seq);
 	local deadline = os.time() + 10;
 	local committed;
 	repeat
